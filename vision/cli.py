@@ -1,0 +1,37 @@
+"""`vision-quant`: a thin typer layer over the vision library API.
+
+Each command lives in a module of its own that registers itself on ``app``; this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="vision-quant",
+    help=(
+        "INT8 post-training quantization of YOLOv8 ONNX models with TensorRT's calibration algorithms.\n\n"
+        "Examples:\n\n"
+        "  vision-quant build yolov8n.onnx --calib-data images/ --out build/\n\n"
+        "  vision-quant build yolov8n.onnx --calib-data images/ --calibrator entropy2 --json"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    from vision import cli_analysis, cli_build
+
+    cli_build.register(app)
+    cli_analysis.register(app)
+
+
+def main() -> None:
+    _register_commands()
+    app()
+
+
+if __name__ == "__main__":
+    main()
