@@ -1,0 +1,1 @@
+"""Runtimes behind one ``Runner`` interface (Polygraphy's backend/ layout): ONNX Runtime, TensorRT."""

@@ -1,0 +1,86 @@
+"""ONNX Runtime: the embedded default runtime for FP32 and INT8 (Q/DQ) ONNX models on any machine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quant_common.errors import QuantError
+from vision.backends.base import Runner, TensorSpec
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def session_options(threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # ORT's warnings about unused initializers are noise for users
+    return options
+
+
+def create_session(model: str | os.PathLike[str] | bytes, threads: int | None = None,
+                   providers: Sequence[str] | None = None) -> Any:
+    """An ``InferenceSession`` on CPU (or the given providers), with load errors turned into one line."""
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise QuantError(f"model file not found: {source}", "check the path")
+    try:
+        return ort.InferenceSession(source, sess_options=session_options(threads),
+                                    providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as exc:  # noqa: BLE001 - ORT raises several private exception types
+        label = "the in-memory model" if isinstance(source, bytes) else source
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise QuantError(f"ONNX Runtime cannot load {label}: {first[:300]}",
+                         "check that the file is a complete, valid ONNX model (re-export it if truncated)") from exc
+
+
+class OnnxrtRunner(Runner):
+    """Runs an ONNX file (FP32 or INT8 Q/DQ) with ONNX Runtime's CPU kernels."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | os.PathLike[str], threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.model_path = Path(model_path)
+        self.threads = threads
+        self.providers = providers
+        self.session: Any = None
+
+    def activate_impl(self) -> None:
+        self.session = create_session(self.model_path, self.threads, self.providers)
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        values = self.session.run(names, dict(feeds))
+        return dict(zip(names, values, strict=True))
+
+    def input_specs_impl(self) -> list[TensorSpec]:
+        return [TensorSpec(i.name, tuple(i.shape), np.dtype(_ORT_DTYPES.get(i.type, np.float32)))
+                for i in self.session.get_inputs()]
+
+    def output_specs_impl(self) -> list[TensorSpec]:
+        return [TensorSpec(o.name, tuple(o.shape), np.dtype(_ORT_DTYPES.get(o.type, np.float32)))
+                for o in self.session.get_outputs()]
+
+    @property
+    def device(self) -> str:
+        providers = self.session.get_providers() if self.session is not None else ["CPUExecutionProvider"]
+        return "cpu" if providers[0] == "CPUExecutionProvider" else providers[0]

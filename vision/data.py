@@ -1,0 +1,96 @@
+"""Images → letterboxed NCHW float32 batches (Ultralytics-compatible preprocessing)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from quant_common.errors import QuantError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+PAD_VALUE = 114  # Ultralytics' letterbox grey
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How an original image was mapped into the network input: ``net = orig * ratio + (pad_x, pad_y)``."""
+
+    ratio: float
+    pad_x: float
+    pad_y: float
+    original_hw: tuple[int, int]
+
+    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Undo the letterbox for ``[N, 4]`` xyxy boxes in network pixels, clipped to the original image."""
+        boxes = np.asarray(boxes_xyxy, dtype=np.float64).copy()
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - self.pad_x) / self.ratio
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - self.pad_y) / self.ratio
+        h, w = self.original_hw
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        return boxes
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image as 8-bit RGB ``HxWx3``, applying EXIF orientation; gray, RGBA, palette and 16-bit too."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+                img = Image.fromarray((array / peak * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+            elif img.mode == "F":
+                array = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray((array.clip(0, 1) * 255.0).astype(np.uint8), mode="L")
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise QuantError(f"cannot read image {path}: {exc}", "remove or replace the file") from exc
+
+
+def letterbox(image: np.ndarray, new_hw: tuple[int, int], pad_value: int = PAD_VALUE) -> tuple[np.ndarray, LetterboxInfo]:
+    """Resize keeping the aspect ratio (bilinear) and pad symmetrically, as Ultralytics' ``LetterBox(auto=False)``."""
+    h, w = image.shape[:2]
+    new_h, new_w = new_hw
+    ratio = min(new_h / h, new_w / w)
+    resized_w, resized_h = int(round(w * ratio)), int(round(h * ratio))
+    pad_w, pad_h = (new_w - resized_w) / 2, (new_h - resized_h) / 2
+    if (resized_w, resized_h) != (w, h):
+        image = np.asarray(Image.fromarray(image).resize((resized_w, resized_h), Image.BILINEAR))
+    top, left = int(round(pad_h - 0.1)), int(round(pad_w - 0.1))
+    canvas = np.full((new_h, new_w, 3), pad_value, dtype=np.uint8)
+    canvas[top:top + resized_h, left:left + resized_w] = image
+    return canvas, LetterboxInfo(ratio=ratio, pad_x=left, pad_y=top, original_hw=(h, w))
+
+
+def to_input_tensor(images: list[np.ndarray]) -> np.ndarray:
+    """Stack letterboxed ``HxWx3`` uint8 RGB images into an ``NCHW`` float32 batch scaled to [0, 1]."""
+    batch = np.stack(images).astype(np.float32) / 255.0
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def preprocess(path: str | os.PathLike[str], new_hw: tuple[int, int]) -> tuple[np.ndarray, LetterboxInfo]:
+    """One image file → ``1x3xHxW`` float32 input and its letterbox mapping."""
+    boxed, info = letterbox(load_image(path), new_hw)
+    return to_input_tensor([boxed]), info
+
+
+def list_images(source: str | os.PathLike[str]) -> list[Path]:
+    """Images under a directory (recursive, sorted) or listed one per line in a text file."""
+    src = Path(source)
+    if src.is_dir():
+        return sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if src.is_file():
+        base = src.parent
+        paths = []
+        for line in src.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = Path(line)
+                paths.append(p if p.is_absolute() else base / p)
+        return paths
+    raise QuantError(f"calibration data not found: {src}", "pass a directory of images or a text file listing them")
