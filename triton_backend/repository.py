@@ -1,0 +1,276 @@
+"""Write a Triton model repository (``inflight_batcher_llm`` shape, or the LLM-API forward path) from a spec.
+
+``package(spec, out)`` is the library call; ``package_for_build(...)`` is what ``llm-quant build`` calls at its
+end. The tree is staged beside ``out`` and swapped in whole (``quant_common.atomic.staged_dir``), and every
+config.pbtxt is validated with ``model_config_pb2`` before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from quant_common.atomic import atomic_write_json, atomic_write_text, staged_dir
+from quant_common.errors import QuantError, is_importable
+from quant_common.manifest import package_versions, utc_now
+from triton_backend import config_pbtxt, layout
+from triton_backend.options import RUNTIMES, Runtime, TritonOptions
+
+MODELS_SOURCE = Path(__file__).resolve().parent / "models"
+EMBEDDED_FORMAT = "tq-embedded-v1"
+MANIFEST = "repository.json"  # beside the model folders; Triton only loads sub-directories
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
+
+
+class RepositorySpec(BaseModel):
+    """Everything a repository is made from. Paths are checked by :func:`package`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: Runtime
+    options: TritonOptions = TritonOptions()
+    tokenizer_dir: Path
+    embedded_dir: Path | None = None  # pytorch runtime: runtime.json + modelopt state (llm_quant.runtime)
+    engine_dir: Path | None = None  # tensorrtllm runtime: trtllm-build output
+    hf_checkpoint_dir: Path | None = None  # llmapi runtime: Hugging Face unified (quantized) checkpoint
+    trtllm_checkpoint_dir: Path | None = None  # recorded for provenance
+    runtime_loader: str = "llm_quant.runtime:load_quantized"  # pytorch runtime: "module:function"
+
+
+class RepositoryResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    runtime: Runtime
+    models: list[str]
+    max_input_len: int
+    max_seq_len: int
+    warnings: list[str] = []
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise QuantError(f"{what} {path} does not exist", "point to the build output that contains it") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise QuantError(f"{what} {path} is unreadable or not JSON ({exc})", "rebuild it") from exc
+    if not isinstance(data, dict):
+        raise QuantError(f"{what} {path} is not a JSON object", "rebuild it")
+    return data
+
+
+def _model_limit(spec: RepositorySpec) -> tuple[int | None, int | None]:
+    """(max_input_len, max_seq_len) the model/engine itself allows, where it says."""
+    if spec.engine_dir is not None and (spec.engine_dir / "config.json").is_file():
+        build = _read_json(spec.engine_dir / "config.json", "engine config").get("build_config", {})
+        return build.get("max_input_len"), build.get("max_seq_len")
+    candidates: list[Path] = []
+    if spec.embedded_dir is not None:
+        runtime = _read_json(spec.embedded_dir / "runtime.json", "embedded runtime description")
+        base = Path(str(runtime.get("base_model", "")))
+        candidates.append((base if base.is_absolute() else spec.embedded_dir / base) / "config.json")
+        candidates.append(spec.embedded_dir / "config.json")
+    for folder in (spec.hf_checkpoint_dir, spec.trtllm_checkpoint_dir):
+        if folder is not None:
+            candidates.append(folder / "config.json")
+    for candidate in candidates:
+        if candidate.is_file():
+            config = _read_json(candidate, "model config")
+            limit = config.get("max_position_embeddings")
+            if isinstance(limit, int) and limit > 1:
+                return None, limit
+    return None, None
+
+
+def _check_inputs(spec: RepositorySpec) -> list[str]:
+    warnings: list[str] = []
+    if not any((spec.tokenizer_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                                   "tokenizer.model")):
+        raise QuantError(f"no tokenizer files in {spec.tokenizer_dir}",
+                         "pass the Hugging Face model folder (with tokenizer.json) as the tokenizer directory")
+    if spec.runtime == "pytorch":
+        if spec.embedded_dir is None:
+            raise QuantError("the pytorch runtime needs the build's embedded/ directory",
+                             "pass --embedded-dir (written by llm-quant build)")
+        runtime = _read_json(spec.embedded_dir / "runtime.json", "embedded runtime description")
+        if runtime.get("format") != EMBEDDED_FORMAT:
+            raise QuantError(f"{spec.embedded_dir}/runtime.json has format {runtime.get('format')!r}, "
+                             f"expected {EMBEDDED_FORMAT!r}", "rebuild with this version of llm-quant build")
+    elif spec.runtime == "tensorrtllm":
+        if spec.engine_dir is None:
+            raise QuantError("the tensorrtllm runtime needs a TensorRT-LLM engine directory",
+                             "pass --engine-dir (trtllm-build --output_dir) or use --runtime pytorch")
+        if not (spec.engine_dir / "config.json").is_file():
+            warnings.append(f"engine directory {spec.engine_dir} has no config.json yet: run trtllm-build into it "
+                            "before serving")
+    elif spec.runtime == "llmapi":
+        if spec.hf_checkpoint_dir is None or not (spec.hf_checkpoint_dir / "config.json").is_file():
+            raise QuantError("the llmapi runtime needs the Hugging Face (unified) checkpoint folder with config.json",
+                             "pass --hf-checkpoint-dir (written by llm-quant build)")
+        if not is_importable("tensorrt_llm"):
+            warnings.append("TensorRT-LLM is not installed here: this repository is served by its PyTorch backend "
+                            "(the NGC tritonserver *-trtllm-python-py3 image)")
+    return warnings
+
+
+def _path_param(target: Path, out: Path) -> str:
+    """A path as the python models read it: relative to the repository when both share a parent (so a build
+    folder can move as a whole), else absolute."""
+    target = target.resolve()
+    base = out.resolve().parent
+    try:
+        return os.path.join("..", str(target.relative_to(base)))
+    except ValueError:
+        return str(target)
+
+
+def _copy_model_code(source: str, model_dir: Path) -> None:
+    version = model_dir / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(MODELS_SOURCE / source, version / "model.py")
+
+
+def _llmapi_yaml(spec: RepositorySpec) -> str:
+    opts = spec.options
+    assert spec.hf_checkpoint_dir is not None
+    config = {
+        "model": str(spec.hf_checkpoint_dir.resolve()),
+        "backend": "pytorch",
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 1,
+        "kv_cache_config": {"free_gpu_memory_fraction": opts.kv_cache_free_gpu_mem_fraction,
+                            "enable_block_reuse": opts.enable_kv_cache_reuse},
+        "max_batch_size": opts.max_batch_size,
+        "triton_config": {"max_batch_size": 0, "decoupled": opts.decoupled},
+    }
+    return "# LLM() arguments for TensorRT-LLM's PyTorch backend (written by llm-quant package)\n" + yaml.safe_dump(
+        config, sort_keys=False)
+
+
+def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResult:
+    """Write the repository for ``spec`` at ``out`` (replacing any previous one only when complete)."""
+    out_path = Path(out)
+    warnings = _check_inputs(spec)
+    opts = spec.options
+    model_input, model_seq = _model_limit(spec)
+    max_seq_len = opts.max_seq_len or model_seq or 2048
+    max_input_len = opts.max_input_len or model_input or max_seq_len - 1
+    if max_input_len >= max_seq_len:
+        raise QuantError(f"max_input_len {max_input_len} leaves no room to generate within max_seq_len {max_seq_len}",
+                         "lower triton.max_input_len or raise triton.max_seq_len")
+    tokenizer = _path_param(spec.tokenizer_dir, out_path)
+
+    specs: list[config_pbtxt.ModelSpec] = []
+    code: dict[str, str] = {}
+    if spec.runtime == "llmapi":
+        specs.append(layout.llmapi(opts))
+        code["tensorrt_llm"] = "llmapi.py"
+    else:
+        if spec.runtime == "tensorrtllm":
+            assert spec.engine_dir is not None
+            core = layout.tensorrt_llm_core(opts, backend="tensorrtllm", parameters=layout.tensorrtllm_parameters(
+                opts, str(spec.engine_dir.resolve())))
+        else:
+            assert spec.embedded_dir is not None
+            core = layout.tensorrt_llm_core(opts, backend="python", parameters={
+                "embedded_dir": _path_param(spec.embedded_dir, out_path),
+                "runtime_loader": spec.runtime_loader,
+                "max_seq_len": max_seq_len,
+                "exclude_input_in_output": opts.exclude_input_in_output,
+                "torch_threads": opts.torch_threads,
+            })
+            code["tensorrt_llm"] = "tensorrt_llm_pytorch.py"
+        specs += [layout.preprocessing(opts, tokenizer, max_input_len), core,
+                  layout.postprocessing(opts, tokenizer), layout.ensemble(opts), layout.bls(opts)]
+        code.update(preprocessing="preprocessing.py", postprocessing="postprocessing.py",
+                    tensorrt_llm_bls="tensorrt_llm_bls.py")
+
+    # Validate every config before touching the file system.
+    for model in specs:
+        config_pbtxt.validate(config_pbtxt.render(model), source=f"{model.name}/config.pbtxt")
+
+    with staged_dir(out_path) as tmp:
+        for model in specs:
+            model_dir = tmp / model.name
+            model_dir.mkdir()
+            config_pbtxt.write(model_dir, model)
+            if model.name in code:
+                _copy_model_code(code[model.name], model_dir)
+            elif model.platform == "ensemble":
+                (model_dir / "1").mkdir()  # an ensemble still needs a version folder
+        if spec.runtime == "llmapi":
+            atomic_write_text(tmp / "tensorrt_llm" / "1" / "model.yaml", _llmapi_yaml(spec))
+        result = RepositoryResult(path=out_path, runtime=spec.runtime, models=[m.name for m in specs],
+                                  max_input_len=max_input_len, max_seq_len=max_seq_len, warnings=warnings)
+        atomic_write_json(tmp / MANIFEST, {
+            "created": utc_now(), "spec": spec.model_dump(mode="json"), "result": result.model_dump(mode="json"),
+            "default_model": "tensorrt_llm" if spec.runtime == "llmapi" else "ensemble",
+            "versions": package_versions(["tritonclient", "nvidia-pytriton", "torch", "transformers",
+                                          "nvidia-modelopt", "tensorrt_llm"]),
+        })
+    return result
+
+
+def choose_runtime(requested: str, engine_dir: Path | None) -> Runtime:
+    """``auto``: the C++ TensorRT-LLM backend where an engine was built, else the embedded PyTorch runtime."""
+    if requested == "auto":
+        return "tensorrtllm" if engine_dir is not None and (engine_dir / "config.json").is_file() else "pytorch"
+    if requested not in RUNTIMES:
+        raise QuantError(f"unknown runtime {requested!r}", f"choose one of auto, {', '.join(RUNTIMES)}")
+    return requested  # type: ignore[return-value]
+
+
+def package_for_build(
+    build_dir: str | os.PathLike[str],
+    *,
+    options: TritonOptions | Mapping[str, Any] | None = None,
+    runtime: Literal["auto", "tensorrtllm", "pytorch", "llmapi"] = "auto",
+    embedded_dir: str | os.PathLike[str] | None = None,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    engine_dir: str | os.PathLike[str] | None = None,
+    trtllm_checkpoint_dir: str | os.PathLike[str] | None = None,
+    hf_checkpoint_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> RepositoryResult:
+    """Package a ``llm-quant build`` output folder as ``<build_dir>/triton_repo`` (or ``out``).
+
+    Defaults: ``embedded_dir = build_dir/embedded``; ``tokenizer_dir = embedded_dir``; ``options`` is the preset's
+    ``triton:`` section (a dict is validated as :class:`TritonOptions`); ``runtime="auto"`` picks ``tensorrtllm``
+    when ``engine_dir`` holds a built engine, else ``pytorch``.
+    """
+    build = Path(build_dir)
+    if not isinstance(options, TritonOptions):
+        try:
+            options = TritonOptions.model_validate(dict(options or {}))
+        except Exception as exc:  # pydantic.ValidationError: keep its first line only
+            first = str(exc).splitlines()
+            raise QuantError(f"invalid triton options: {' '.join(first[:3])}",
+                             "fix the preset's triton: section") from exc
+    embedded = Path(embedded_dir) if embedded_dir is not None else build / "embedded"
+    engine = Path(engine_dir) if engine_dir is not None else None
+    chosen = choose_runtime(runtime, engine)
+    spec = RepositorySpec(
+        runtime=chosen,
+        options=options,
+        tokenizer_dir=Path(tokenizer_dir) if tokenizer_dir is not None else embedded,
+        embedded_dir=embedded if chosen == "pytorch" else (embedded if embedded.is_dir() else None),
+        engine_dir=engine,
+        hf_checkpoint_dir=Path(hf_checkpoint_dir) if hf_checkpoint_dir is not None else None,
+        trtllm_checkpoint_dir=Path(trtllm_checkpoint_dir) if trtllm_checkpoint_dir is not None else None,
+    )
+    return package(spec, Path(out) if out is not None else build / "triton_repo")
+
+
+def read_manifest(repo: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``repository.json`` written by :func:`package` ({} for repositories written by other tools)."""
+    path = Path(repo) / MANIFEST
+    return _read_json(path, "repository manifest") if path.is_file() else {}
