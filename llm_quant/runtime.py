@@ -1,0 +1,192 @@
+"""The embedded runtime artifact (``tq-embedded-v1``): a modelopt-quantized LLM restored in PyTorch.
+
+Layout of ``<out>/embedded/``:
+- ``runtime.json``: format, base_model (full-precision HF folder, absolute or relative to this dir), qformat,
+  dtype, kv_cache_dtype, exclude_modules, modelopt_version.
+- ``modelopt_state.pth``: a plain dict loadable with ``torch.load(weights_only=True)``:
+  ``modelopt_state`` (``mto.modelopt_state``: modes, configs, quantizer properties), ``quantizer_tensors``
+  (the quantizer buffers: amax, pre_quant_scale), ``folded_weights`` (weights that calibration scaled by
+  1/input pre_quant_scale — SmoothQuant/AWQ fold — recomputed on load from the base weights) and
+  ``weight_overrides`` (any other changed tensor, stored as is; empty for float32 bases).
+- the tokenizer files (tokenizer.json, tokenizer_config.json, chat template, ...).
+
+Restoring = base weights + modelopt state, which reproduces the in-memory quantized model exactly (FACTS §4);
+``save_embedded`` verifies the fold recomputation bit for bit before relying on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from quant_common.atomic import atomic_write_json, staged_dir, staged_file
+from quant_common.errors import QuantError, require
+
+FORMAT = "tq-embedded-v1"
+STATE_FILE = "modelopt_state.pth"
+RUNTIME_FILE = "runtime.json"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _torch() -> Any:
+    return require("torch", purpose="the embedded PyTorch runtime")
+
+
+def _is_quantizer_key(key: str) -> bool:
+    return "_quantizer." in key
+
+
+def _fold(weight: Any, pre_quant_scale: Any) -> Any:
+    """modelopt's SmoothQuant/AWQ fold: ``w * (1 / pre_quant_scale)`` per input channel, in float32."""
+    torch = _torch()
+    inv = 1.0 / pre_quant_scale.to(torch.float32)
+    return (weight * inv.squeeze()[None, :]).to(weight.dtype)
+
+
+def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Split weights changed by calibration into recomputable folds and stored overrides."""
+    torch = _torch()
+    state = model.state_dict()
+    folded: list[str] = []
+    overrides: dict[str, Any] = {}
+    for key, value in state.items():
+        if _is_quantizer_key(key) or key not in base_state or torch.equal(value, base_state[key]):
+            continue
+        module_name = key.rsplit(".", 1)[0]
+        pqs = state.get(f"{module_name}.input_quantizer._pre_quant_scale")
+        if key.endswith(".weight") and pqs is not None and torch.equal(_fold(base_state[key], pqs), value):
+            folded.append(key)
+        else:
+            overrides[key] = value.detach().cpu().contiguous()
+    return folded, overrides
+
+
+def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Path, *, qformat: str,
+                  dtype: str, kv_cache_dtype: str | None, exclude_modules: list[str]) -> Path:
+    """Write ``out_dir`` (staged, then swapped in) for ``model`` quantized from ``base_model_dir``."""
+    torch = _torch()
+    mto = require("modelopt.torch.opt", purpose="saving the modelopt state")
+    safetensors_torch = require("safetensors.torch", purpose="reading base weights")
+    base_state: dict[str, Any] = {}
+    for shard in sorted(Path(base_model_dir).glob("*.safetensors")):
+        base_state.update(safetensors_torch.load_file(str(shard)))
+    # Tied embeddings are saved once; the model's state dict holds both names.
+    for key, value in model.state_dict().items():
+        if key not in base_state and not _is_quantizer_key(key) and key.endswith("lm_head.weight"):
+            base_state[key] = base_state.get(key.replace("lm_head", "model.embed_tokens"), value)
+    base_state = {k: v.to(getattr(torch, dtype)) for k, v in base_state.items()}
+    folded, overrides = _changed_tensors(model, base_state)
+    payload = {
+        "format": FORMAT,
+        "modelopt_state": mto.modelopt_state(model),
+        "quantizer_tensors": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                              if _is_quantizer_key(k)},
+        "folded_weights": folded,
+        "weight_overrides": overrides,
+    }
+    base = Path(base_model_dir).resolve()
+    meta = {
+        "format": FORMAT,
+        "base_model": str(base),
+        "qformat": qformat,
+        "dtype": dtype,
+        "kv_cache_dtype": kv_cache_dtype,
+        "exclude_modules": list(exclude_modules),
+        "modelopt_version": _version("nvidia-modelopt"),
+        "folded_weights": len(folded),
+        "weight_overrides": len(overrides),
+    }
+    with staged_dir(out_dir) as tmp:
+        with staged_file(tmp / STATE_FILE) as state_tmp:
+            torch.save(payload, state_tmp)
+        tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / RUNTIME_FILE, meta)
+        os.chmod(tmp, 0o755)
+    return Path(out_dir)
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def read_runtime_json(embedded_dir: str | Path) -> dict[str, Any]:
+    path = Path(embedded_dir) / RUNTIME_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise QuantError(f"{path} does not exist", "point at the embedded/ folder written by llm-quant build") from exc
+    except ValueError as exc:
+        raise QuantError(f"{path} is not valid JSON ({exc})", "rebuild with llm-quant build") from exc
+    if meta.get("format") != FORMAT:
+        raise QuantError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}",
+                         "rebuild with this version of llm-quant build")
+    if meta.get("dtype") not in DTYPES:
+        raise QuantError(f"{path} has unsupported dtype {meta.get('dtype')!r}", f"use one of {', '.join(DTYPES)}")
+    return meta
+
+
+def base_model_path(embedded_dir: str | Path, meta: dict[str, Any]) -> Path:
+    base = Path(meta["base_model"])
+    if not base.is_absolute():
+        base = (Path(embedded_dir) / base).resolve()
+    if not (base / "config.json").is_file():
+        raise QuantError(f"the base model {base} named in {Path(embedded_dir) / RUNTIME_FILE} is missing",
+                         "restore that folder (llm-quant build recreates the cached default) or rebuild")
+    return base
+
+
+def load_reference(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """The full-precision model and tokenizer the quantized model was made from."""
+    meta = read_runtime_json(embedded_dir)
+    return _load_base(embedded_dir, meta, device), _load_tokenizer(embedded_dir)
+
+
+def _load_base(embedded_dir: str | Path, meta: dict[str, Any], device: str) -> Any:
+    torch = _torch()
+    transformers = require("transformers", purpose="loading the base model")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(base_model_path(embedded_dir, meta)), dtype=getattr(torch, meta["dtype"]))
+    return model.to(device).eval()
+
+
+def _load_tokenizer(embedded_dir: str | Path) -> Any:
+    transformers = require("transformers", purpose="loading the tokenizer")
+    return transformers.AutoTokenizer.from_pretrained(str(embedded_dir))
+
+
+def load_quantized(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """The modelopt fake-quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``."""
+    torch = _torch()
+    mto = require("modelopt.torch.opt", purpose="restoring the quantized model")
+    require("modelopt.torch.quantization", purpose="restoring the quantized model")
+    meta = read_runtime_json(embedded_dir)
+    state_path = Path(embedded_dir) / STATE_FILE
+    try:
+        payload = torch.load(state_path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise QuantError(f"{state_path} does not exist", "rebuild with llm-quant build") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: one line, no traceback
+        raise QuantError(f"{state_path} cannot be loaded ({exc.__class__.__name__})", "rebuild it") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise QuantError(f"{state_path} is not a {FORMAT} state", "rebuild with llm-quant build")
+    model = _load_base(embedded_dir, meta, "cpu")
+    model = mto.restore_from_modelopt_state(model, payload["modelopt_state"])
+    missing = model.load_state_dict(payload["quantizer_tensors"], strict=False)
+    if missing.unexpected_keys:
+        raise QuantError(f"{state_path} holds tensors the model lacks: {missing.unexpected_keys[:3]}",
+                         "the base model changed since the build; rebuild")
+    state = model.state_dict()
+    with torch.no_grad():
+        for key in payload["folded_weights"]:
+            pqs = state[f"{key.rsplit('.', 1)[0]}.input_quantizer._pre_quant_scale"]
+            state[key].copy_(_fold(state[key], pqs))
+        for key, value in payload["weight_overrides"].items():
+            state[key].copy_(value)
+    return model.to(device).eval(), _load_tokenizer(embedded_dir)
