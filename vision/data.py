@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from quant_common.errors import QuantError
+from quant_common.progress import track
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PAD_VALUE = 114  # Ultralytics' letterbox grey
@@ -84,6 +86,8 @@ def list_images(source: str | os.PathLike[str]) -> list[Path]:
     src = Path(source)
     if src.is_dir():
         return sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+        return [src]
     if src.is_file():
         base = src.parent
         paths = []
@@ -94,3 +98,89 @@ def list_images(source: str | os.PathLike[str]) -> list[Path]:
                 paths.append(p if p.is_absolute() else base / p)
         return paths
     raise QuantError(f"calibration data not found: {src}", "pass a directory of images or a text file listing them")
+
+
+class CalibrationSet:
+    """A deterministic, re-iterable source of ``{input_name: NCHW batch}`` feed dicts (Polygraphy's data loader).
+
+    Images are decoded lazily on every pass (memory stays bounded whatever their number); files that cannot be
+    decoded are skipped and counted in ``skipped``. The image order is fixed: sorted paths, then a seeded subset.
+    """
+
+    def __init__(self, paths: list[Path], input_name: str, input_hw: tuple[int, int], batch: int,
+                 *, fixed_batch: bool = False, dtype: str = "float32", description: str = "calibrating") -> None:
+        if not paths:
+            raise QuantError("the calibration set is empty", "pass --calib-data with at least one image")
+        self.paths = list(paths)
+        self.input_name = input_name
+        self.input_hw = input_hw
+        self.batch = batch
+        self.fixed_batch = fixed_batch  # the model cannot take a smaller last batch: drop it
+        self.dtype = np.dtype(dtype)
+        self.description = description
+        self.skipped: dict[str, str] = {}
+        self.images_seen = 0
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike[str], input_name: str, input_hw: tuple[int, int], batch: int,
+                    *, max_images: int | None = None, seed: int = 0, fixed_batch: bool = False,
+                    dtype: str = "float32") -> CalibrationSet:
+        paths = list_images(source)
+        if not paths:
+            raise QuantError(f"no images found in {source} (looked for {', '.join(IMAGE_SUFFIXES)})",
+                             "point --calib-data at a directory or list file of calibration images")
+        return cls(select_subset(paths, max_images, seed), input_name, input_hw, batch,
+                   fixed_batch=fixed_batch, dtype=dtype)
+
+    def __len__(self) -> int:
+        """Number of batches per pass (an upper bound when unreadable files are skipped)."""
+        full, rest = divmod(len(self.paths), self.batch)
+        return full + (1 if rest and not self.fixed_batch else 0)
+
+    def _images(self, paths: list[Path]) -> Iterator[np.ndarray]:
+        for path in paths:
+            try:
+                boxed, _ = letterbox(load_image(path), self.input_hw)
+            except QuantError as exc:
+                self.skipped[str(path)] = exc.problem
+                continue
+            yield boxed
+
+    def iter_batches(self, limit_images: int | None = None, progress: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """Yield feed dicts; ``limit_images`` stops after that many images (for agreement checks)."""
+        paths = self.paths if limit_images is None else self.paths[:limit_images]
+        batches = self._batches(paths)
+        if progress:
+            total = -(-len(paths) // self.batch)
+            batches = track(batches, self.description, total=total)
+        yield from batches
+
+    def _batches(self, paths: list[Path]) -> Iterator[dict[str, np.ndarray]]:
+        pending: list[np.ndarray] = []
+        seen = 0
+        for image in self._images(paths):
+            pending.append(image)
+            if len(pending) == self.batch:
+                seen += len(pending)
+                yield {self.input_name: to_input_tensor(pending).astype(self.dtype, copy=False)}
+                pending = []
+        if pending and not self.fixed_batch:
+            seen += len(pending)
+            yield {self.input_name: to_input_tensor(pending).astype(self.dtype, copy=False)}
+        self.images_seen = seen
+        if seen == 0:
+            raise QuantError(f"none of the {len(paths)} calibration images could be read "
+                             f"(first problem: {next(iter(self.skipped.values()), 'unknown')})",
+                             "check that --calib-data holds valid image files")
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.iter_batches()
+
+
+def select_subset(paths: list[Path], max_images: int | None, seed: int) -> list[Path]:
+    """A seeded random subset of ``max_images`` paths, kept in sorted order (same seed → same subset)."""
+    ordered = sorted(paths)
+    if max_images is None or len(ordered) <= max_images:
+        return ordered
+    picked = np.random.default_rng(seed).choice(len(ordered), size=max_images, replace=False)
+    return [ordered[i] for i in sorted(picked.tolist())]

@@ -1,0 +1,142 @@
+"""`VisionConfig`: every option of `vision-quant build`, loaded from a YAML preset and overridden by the CLI.
+
+The preset lives once, in ``configs/yolov8.yaml``; ``vision/presets/yolov8.yaml`` links to it so the installed
+package carries it too (read through ``importlib.resources``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from quant_common.errors import QuantError
+
+Calibrator = Literal["minmax", "entropy2", "percentile", "mse"]
+Precision = Literal["int8", "fp16", "fp32"]
+Backend = Literal["auto", "onnxruntime", "tensorrt"]
+Histogram = Literal["fine", "trt"]
+
+DEFAULT_PRESET = "yolov8"
+# The trained detector the YOLOv8 work ships inside the package (used when no model is given).
+BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "yolov8n_shapes.onnx"
+
+
+class VisionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: Path | None = None
+    calib_data: Path | None = None
+    synthetic_calib_images: int = Field(64, ge=1)
+    max_calib_images: int | None = Field(512, ge=1)
+    batch: int | None = Field(None, ge=1)
+    imgsz: tuple[int, int] | None = None
+    seed: int = 0
+
+    calibrator: Calibrator = "minmax"
+    percentile: float = Field(99.99, gt=0, le=100)
+    histogram: Histogram = "fine"
+    num_bins: int = Field(2048, ge=128)
+
+    precision: Precision = "int8"
+    backend: Backend = "auto"
+    trt_version: str = "10.13.0"
+    calib_cache: Path | None = None
+    force: bool = False
+    simplify: bool = False
+    save_stats: Path | None = None
+    agreement_images: int = Field(4, ge=0)
+
+    workspace_gb: float = Field(4, gt=0)
+    max_batch: int = Field(8, ge=1)
+
+    out: Path = Path("out/vision")
+
+    @field_validator("imgsz", mode="before")
+    @classmethod
+    def _parse_imgsz(cls, value: Any) -> Any:
+        return parse_imgsz(value) if isinstance(value, (int, str)) else value
+
+    @field_validator("trt_version")
+    @classmethod
+    def _check_trt_version(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(\.\d+){1,3}", value.strip()):
+            raise ValueError(f"'{value}' is not a TensorRT version such as 10.13.0 or 8.6.1")
+        return value.strip()
+
+    @property
+    def cache_path(self) -> Path:
+        return self.calib_cache if self.calib_cache is not None else self.out / "calibration.cache"
+
+    def calibrator_options(self) -> dict[str, Any]:
+        """Options that change the calibrator's result (recorded in build.json and the cache provenance)."""
+        options: dict[str, Any] = {"histogram": self.histogram, "num_bins": self.num_bins}
+        if self.calibrator == "percentile":
+            options["percentile"] = self.percentile
+        return options
+
+
+def parse_imgsz(value: int | str) -> tuple[int, int]:
+    """``640`` / ``"640"`` / ``"480,640"`` / ``"480x640"`` → ``(h, w)``."""
+    parts = [p for p in re.split(r"[,x× ]+", str(value).strip()) if p]
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 32:
+        raise ValueError(f"imgsz '{value}' must be one size or H,W, each at least 32")
+    return dims[0], dims[1]
+
+
+def preset_text(name: str = DEFAULT_PRESET) -> str:
+    """The YAML text of a packaged preset (works from a checkout and from an installed wheel)."""
+    resource = resources.files("vision.presets").joinpath(f"{name}.yaml")
+    if not resource.is_file():
+        raise QuantError(f"unknown vision preset '{name}'", f"use one of: {', '.join(available_presets())}")
+    return resource.read_text(encoding="utf-8")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("vision.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(source: str | os.PathLike[str] | None = None, **overrides: Any) -> VisionConfig:
+    """Read a preset (name or YAML path; default ``yolov8``) and apply ``overrides`` whose value is not None."""
+    if source is not None and Path(source).suffix in {".yaml", ".yml"}:
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise QuantError(f"cannot read config {path}: {exc.strerror or exc}", "check the --config path") from exc
+        label = str(path)
+    else:
+        name = str(source) if source is not None else DEFAULT_PRESET
+        text, label = preset_text(name), f"preset '{name}'"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise QuantError(f"{label} is not valid YAML: {str(exc).splitlines()[0]}", "fix the YAML syntax") from exc
+    if not isinstance(data, dict):
+        raise QuantError(f"{label} must be a mapping of options", "see configs/yolov8.yaml")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return VisionConfig.model_validate(data)
+    except ValidationError as exc:
+        raise QuantError(f"invalid vision option in {label} or the command line: {_first_error(exc)}",
+                         "see `vision-quant build --help` and configs/yolov8.yaml") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "config"
+    if err.get("type") == "extra_forbidden":
+        return f"unknown option '{where}'"
+    value = err.get("input")
+    return f"{where}={value!r}: {err.get('msg', 'invalid')}"
