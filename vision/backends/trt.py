@@ -1,0 +1,328 @@
+"""TensorRT: engine building (FP32/FP16/INT8 implicit or explicit Q/DQ), a cache-fed calibrator and a runner.
+
+Written against the real TensorRT 8.6–10.x Python API and type-checked with mypy against tensorrt-stubs. The module
+imports without TensorRT; every entry point imports it lazily through ``require`` (one clear line when absent).
+
+Versions (FACTS §2): the implicit INT8 calibrators exist up to 10.x (deprecated since 10.1) and are gone in 11.0,
+where INT8 means a strongly typed network parsed from Q/DQ ONNX. 8.x networks need the EXPLICIT_BATCH flag.
+Device buffers come from PyTorch's CUDA allocator (torch is already a dependency), so no extra CUDA binding is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from quant_common.atomic import atomic_write_bytes
+from quant_common.errors import QuantError, require
+from vision.backends.base import Runner, TensorSpec
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+TRT_INSTALL = "pip install 'tensorrt>=8.6,<11' (NVIDIA's index) on a machine with an NVIDIA GPU"
+Int8Mode = Literal["implicit", "explicit"]
+ALGORITHM_CLASSES = {"MinMaxCalibration": "minmax", "EntropyCalibration2": "entropy2"}
+
+
+def import_tensorrt(purpose: str = "--backend tensorrt") -> ModuleType:
+    return require("tensorrt", purpose=purpose, install=TRT_INSTALL)
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in version.split(".")[:3] if p.isdigit()]
+    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
+
+
+def choose_int8_mode(version: str, requested: Int8Mode | None = None) -> Int8Mode:
+    """Implicit calibration on 8.6–10.x (the TensorRT calibrators), explicit Q/DQ on 11+ (the only way there)."""
+    major = version_tuple(version)[0]
+    if requested == "implicit" and major >= 11:
+        raise QuantError(f"TensorRT {version} removed implicit INT8 calibration (IInt8Calibrator)",
+                         "build from the Q/DQ model (explicit INT8) or install tensorrt>=8.6,<11")
+    if requested == "explicit" and major < 10:
+        raise QuantError(f"TensorRT {version} cannot build strongly typed networks from Q/DQ ONNX",
+                         "use implicit INT8 calibration or upgrade to TensorRT 10")
+    return requested or ("explicit" if major >= 11 else "implicit")
+
+
+# -- device memory ---------------------------------------------------------------------------------------------
+def _torch_cuda() -> Any:
+    """PyTorch, checked to have CUDA (imported dynamically: mypy should not type-check all of torch here)."""
+    torch = importlib.import_module("torch")
+    if not torch.cuda.is_available():
+        raise QuantError("TensorRT needs an NVIDIA GPU, but PyTorch sees no CUDA device",
+                         "run on a GPU machine with a CUDA build of PyTorch, or use --backend onnxruntime")
+    return torch
+
+
+class CalibrationFeed:
+    """Hands TensorRT device pointers to successive calibration batches and serves/stores the cache.
+
+    Hardened Polygraphy ``Calibrator``: a cache with the wrong header is refused loudly (TensorRT would ignore it
+    silently, NVIDIA/TensorRT#1378) and a cache TensorRT writes is replaced atomically.
+    """
+
+    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]], batch_size: int, cache_path: Path | None,
+                 expected_header: str) -> None:
+        self.batch_size = batch_size
+        self.cache_path = cache_path
+        self.expected_header = expected_header
+        self._batches: Iterator[Mapping[str, np.ndarray]] = iter(batches)
+        self._device: dict[str, Any] = {}
+        self.batches_fed = 0
+
+    def next_pointers(self, names: list[str]) -> list[int]:
+        batch = next(self._batches, None)
+        if batch is None:
+            return []  # an empty list tells TensorRT the data is exhausted
+        torch = _torch_cuda()
+        pointers = []
+        for name in names:
+            if name not in batch:
+                raise QuantError(f"TensorRT asked for calibration input '{name}', which the data does not provide",
+                                 "calibrate a model with a single image input")
+            self._device[name] = torch.from_numpy(np.ascontiguousarray(batch[name])).cuda()
+            pointers.append(int(self._device[name].data_ptr()))
+        self.batches_fed += 1
+        return pointers
+
+    def read_cache(self) -> bytes | None:
+        if self.cache_path is None or not self.cache_path.is_file():
+            return None
+        data = self.cache_path.read_bytes()
+        header = data.split(b"\n", 1)[0].decode("ascii", "replace").strip()
+        if header != self.expected_header:
+            raise QuantError(f"calibration cache {self.cache_path} has header '{header}', TensorRT here expects "
+                             f"'{self.expected_header}' (it would silently ignore the cache)",
+                             "rebuild the cache with --trt-version matching the installed TensorRT, or --force")
+        return data
+
+    def write_cache(self, data: bytes) -> None:
+        if self.cache_path is not None:
+            atomic_write_bytes(self.cache_path, data)
+
+
+def make_calibrator(feed: CalibrationFeed, algorithm: str) -> trt.IInt8Calibrator:
+    """A TensorRT calibrator of the class matching ``algorithm`` (the cache header word), driven by ``feed``."""
+    trt_mod = import_tensorrt("INT8 calibration with TensorRT")
+    if not hasattr(trt_mod, "IInt8MinMaxCalibrator"):
+        raise QuantError(f"TensorRT {trt_mod.__version__} has no INT8 calibrators (removed in 11.0)",
+                         "use the Q/DQ model (explicit INT8) or install tensorrt>=8.6,<11")
+    import tensorrt as trt
+
+    class MinMaxCalibrator(trt.IInt8MinMaxCalibrator):
+        def __init__(self) -> None:
+            trt.IInt8MinMaxCalibrator.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return feed.batch_size
+
+        def get_batch(self, names: list[str]) -> list[int]:
+            return feed.next_pointers(names)
+
+        def read_calibration_cache(self) -> Any:
+            return feed.read_cache()
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            feed.write_cache(bytes(cache))
+
+    class EntropyCalibrator2(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return feed.batch_size
+
+        def get_batch(self, names: list[str]) -> list[int]:
+            return feed.next_pointers(names)
+
+        def read_calibration_cache(self) -> Any:
+            return feed.read_cache()
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            feed.write_cache(bytes(cache))
+
+    if algorithm == "MinMaxCalibration":
+        return MinMaxCalibrator()
+    if algorithm == "EntropyCalibration2":
+        return EntropyCalibrator2()
+    raise QuantError(f"no TensorRT calibrator reads caches of algorithm '{algorithm}'",
+                     f"use one of {sorted(ALGORITHM_CLASSES)}")
+
+
+# -- engine building -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineSpec:
+    """What to build: one precision, the input's name and size, and the dynamic-batch range."""
+
+    onnx_path: Path
+    engine_path: Path
+    precision: Literal["fp32", "fp16", "int8"]
+    input_name: str
+    input_hw: tuple[int, int]
+    dynamic_batch: bool
+    opt_batch: int = 1
+    max_batch: int = 8
+    workspace_gb: float = 4.0
+    timing_cache_path: Path | None = None
+    int8_mode: Int8Mode = "implicit"
+
+
+def _parse_onnx(trt_mod: Any, builder: trt.Builder, spec: EngineSpec, logger: trt.ILogger) -> trt.INetworkDefinition:
+    import tensorrt as trt
+
+    major = version_tuple(trt_mod.__version__)[0]
+    flags = 0
+    if major < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if spec.precision == "int8" and spec.int8_mode == "explicit":
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(spec.onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise QuantError(f"TensorRT's ONNX parser rejected {spec.onnx_path.name}: {errors[0] if errors else 'unknown'}",
+                         "check the model with `polygraphy inspect model` or re-export it")
+    return network
+
+
+def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
+    """Build and serialize ``spec.engine_path`` (atomically); returns facts for build.json."""
+    trt_mod = import_tensorrt()
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = _parse_onnx(trt_mod, builder, spec, logger)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_gb * (1 << 30)))
+
+    if spec.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif spec.precision == "int8" and spec.int8_mode == "implicit":
+        # INT8 alone is no faster than FP16: layers TensorRT keeps in float would fall back to FP32 (TRT#993).
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
+        if calibrator is None:
+            raise QuantError("implicit INT8 needs a calibrator", "pass the calibration cache")
+        config.int8_calibrator = calibrator
+
+    h, w = spec.input_hw
+    if spec.dynamic_batch:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(spec.input_name, trt.Dims([1, 3, h, w]), trt.Dims([spec.opt_batch, 3, h, w]),
+                          trt.Dims([spec.max_batch, 3, h, w]))
+        config.add_optimization_profile(profile)
+        if spec.precision == "int8" and spec.int8_mode == "implicit":
+            config.set_calibration_profile(profile)
+
+    timing_cache = config.create_timing_cache(
+        spec.timing_cache_path.read_bytes() if spec.timing_cache_path and spec.timing_cache_path.is_file() else b"")
+    config.set_timing_cache(timing_cache, False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise QuantError(f"TensorRT could not build a {spec.precision} engine from {spec.onnx_path.name}",
+                         "rerun with QUANT_DEBUG=1 and read TensorRT's log above")
+    atomic_write_bytes(spec.engine_path, bytes(memoryview(serialized)))
+    if spec.timing_cache_path is not None:
+        atomic_write_bytes(spec.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    return {"engine": str(spec.engine_path), "tensorrt": trt_mod.__version__, "precision": spec.precision,
+            "int8_mode": spec.int8_mode if spec.precision == "int8" else None,
+            "timing_cache": str(spec.timing_cache_path) if spec.timing_cache_path else None}
+
+
+# -- runner ----------------------------------------------------------------------------------------------------
+class TrtRunner(Runner):
+    """Runs a serialized engine (``model.<precision>.engine``) with name→ndarray dicts, like ``OnnxrtRunner``."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: str | Path) -> None:
+        super().__init__()
+        self.engine_path = Path(engine_path)
+        self._engine: trt.ICudaEngine | None = None
+        self._context: trt.IExecutionContext | None = None
+        self._torch: Any = None
+
+    def activate_impl(self) -> None:
+        import_tensorrt()
+        import tensorrt as trt
+
+        if not self.engine_path.is_file():
+            raise QuantError(f"engine not found: {self.engine_path}", "build it with vision-quant build --backend tensorrt")
+        self._torch = _torch_cuda()
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        if engine is None:
+            raise QuantError(f"TensorRT cannot load {self.engine_path} (built by another TensorRT version or GPU?)",
+                             "rebuild the engine on this machine")
+        self._engine = engine
+        self._context = engine.create_execution_context()
+
+    def deactivate_impl(self) -> None:
+        self._context = None
+        self._engine = None
+
+    def _io_names(self, mode_input: bool) -> list[str]:
+        import tensorrt as trt
+
+        engine = self._require_engine()
+        wanted = trt.TensorIOMode.INPUT if mode_input else trt.TensorIOMode.OUTPUT
+        return [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
+                if engine.get_tensor_mode(engine.get_tensor_name(i)) == wanted]
+
+    def _require_engine(self) -> trt.ICudaEngine:
+        if self._engine is None:
+            raise QuantError("the TensorRT runner is not active", "use it as a context manager")
+        return self._engine
+
+    def _spec(self, name: str) -> TensorSpec:
+        import tensorrt as trt
+
+        engine = self._require_engine()
+        dims = engine.get_tensor_shape(name)
+        shape = tuple(int(dims[i]) if int(dims[i]) >= 0 else None for i in range(len(dims)))
+        return TensorSpec(name, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+
+    def input_specs_impl(self) -> list[TensorSpec]:
+        return [self._spec(n) for n in self._io_names(True)]
+
+    def output_specs_impl(self) -> list[TensorSpec]:
+        return [self._spec(n) for n in self._io_names(False)]
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tensorrt as trt
+
+        engine, context, torch = self._require_engine(), self._context, self._torch
+        assert context is not None
+        keep: list[Any] = []
+        for name in self._io_names(True):
+            array = np.ascontiguousarray(feeds[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
+            context.set_input_shape(name, trt.Dims(list(array.shape)))
+            device = torch.from_numpy(array).cuda()
+            keep.append(device)
+            context.set_tensor_address(name, int(device.data_ptr()))
+        outputs: dict[str, Any] = {}
+        for name in self._io_names(False):
+            dims = context.get_tensor_shape(name)
+            shape = tuple(int(dims[i]) for i in range(len(dims)))
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            outputs[name] = torch.empty(shape, dtype=getattr(torch, dtype.name), device="cuda")
+            context.set_tensor_address(name, int(outputs[name].data_ptr()))
+        stream = torch.cuda.current_stream()
+        if not context.execute_async_v3(int(stream.cuda_stream)):
+            raise QuantError("TensorRT inference failed", "rerun with QUANT_DEBUG=1 and read TensorRT's log")
+        stream.synchronize()
+        return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
+
+    @property
+    def device(self) -> str:
+        return "cuda"
