@@ -1,0 +1,185 @@
+"""The INT8 stages of `build`: calibration data → statistics → calibration cache → two Q/DQ models → agreement,
+and the TensorRT engine where TensorRT is installed. Artifacts go to a staging directory; pipeline.py publishes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from quant_common.errors import QuantError
+from quant_common.manifest import Timings
+from vision.config import VisionConfig
+from vision.data import CalibrationSet
+from vision.model import ModelInfo
+
+
+@dataclass
+class Int8Outputs:
+    staged: dict[str, Path] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    cache_reused: bool = False
+    images: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    agreement: dict[str, Any] | None = None
+    qdq: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+    header: str = ""
+    calib: CalibrationSet | None = None  # fed to TensorRT's calibrator should it calibrate itself
+
+
+def calibration_source(cfg: VisionConfig, staging: Path) -> tuple[Path, str]:
+    """The image source and how it was obtained (given by the user, or generated offline)."""
+    if cfg.calib_data is not None:
+        if not cfg.calib_data.exists():
+            raise QuantError(f"calibration data not found: {cfg.calib_data}",
+                             "pass a directory of images or a text file listing them")
+        return cfg.calib_data, "given"
+    try:
+        from vision.synthetic import generate_calibration_images
+    except ImportError as exc:
+        raise QuantError("INT8 needs calibration images and none were given (no --calib-data, no generator)",
+                         "pass --calib-data DIR with representative images") from exc
+    target = staging / "synthetic-calibration"
+    generate_calibration_images(target, cfg.synthetic_calib_images, cfg.seed)
+    return target, f"synthetic(n={cfg.synthetic_calib_images}, seed={cfg.seed})"
+
+
+def stats_tensors(model: onnx.ModelProto) -> list[str]:
+    """Tensors to calibrate: what a TensorRT cache lists plus what the ORT layout quantizes (one set of scales)."""
+    from vision.qdq import ort_quantized_tensors
+    from vision.stats import quantizable_tensors
+
+    return sorted(set(quantizable_tensors(model)) | set(ort_quantized_tensors(model)))
+
+
+def method_options(cfg: VisionConfig) -> dict[str, Any]:
+    return {"percentile": cfg.percentile} if cfg.calibrator == "percentile" else {}
+
+
+def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch: int, staging: Path,
+                  timings: Timings, trt_version: str) -> Int8Outputs:
+    from vision.cache import (
+        CacheProvenance,
+        CalibrationCache,
+        amax_to_scale,
+        check_reusable,
+        data_fingerprint,
+        make_header,
+        write_cache,
+    )
+    from vision.calibrators import TRT_ALGORITHM, compute_all
+    from vision.stats import ActivationCollector, save_stats
+
+    outputs = Int8Outputs()
+    source, origin = calibration_source(cfg, staging)
+    calib = CalibrationSet.from_source(source, info.input_name, hw, batch, max_images=cfg.max_calib_images,
+                                       seed=cfg.seed, fixed_batch=info.fixed_batch is not None,
+                                       dtype=info.input_dtype)
+    outputs.calib = calib
+    model = onnx.load(str(info.path))
+    tensors = stats_tensors(model)
+    collector_options = {"histogram": cfg.histogram, "num_bins": cfg.num_bins, "batch": batch,
+                         "imgsz": list(hw), "max_calib_images": cfg.max_calib_images, "seed": cfg.seed}
+    options = {**method_options(cfg), **collector_options}
+    expected = CacheProvenance(model_sha256=info.sha256, data_fingerprint=data_fingerprint(calib.paths, options),
+                               calibrator=cfg.calibrator, options=options, trt_version=trt_version)
+    header = make_header(trt_version, TRT_ALGORITHM[cfg.calibrator])
+    cache = check_reusable(cfg.cache_path, expected, tensors, force=cfg.force)
+    stats = None
+    if cache is None:
+        collector = ActivationCollector(info.path, tensors, histogram=cfg.histogram, num_bins=cfg.num_bins)
+        with timings.measure("statistics"):
+            for feeds in calib:
+                collector.collect(feeds)
+            stats = collector.result()
+        with timings.measure("calibrate"):
+            amax = compute_all(stats, cfg.calibrator, **method_options(cfg))
+        cache = CalibrationCache(header, {name: amax_to_scale(value) for name, value in amax.items()})
+        outputs.images, outputs.skipped = calib.images_seen, dict(calib.skipped)
+    else:
+        outputs.cache_reused = True
+        outputs.images = len(calib.paths)
+    cache_file = staging / "calibration.cache"
+    write_cache(cache_file, cache, provenance=expected)
+    outputs.staged["cache"] = cache_file
+    sidecar = cache_file.with_name(cache_file.name + ".json")
+    if sidecar.is_file():
+        outputs.staged["cache_provenance"] = sidecar
+    if stats is not None and cfg.save_stats is not None:
+        save_stats(staging / "stats.npz", stats)
+        outputs.staged["stats"] = staging / "stats.npz"
+
+    outputs.scales = {name: float(scale) for name, scale in cache.scales.items()}
+    outputs.header = cache.header
+    _write_qdq(info, calib, cache_file, outputs, staging, timings, cfg.agreement_images)
+    outputs.manifest = {
+        "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
+                        "images_used": outputs.images, "skipped": outputs.skipped,
+                        "fingerprint": expected.data_fingerprint, "batch": batch, "imgsz": list(hw)},
+        "calibrator": {"method": cfg.calibrator, "options": options, "cache_header": cache.header,
+                       "cache_reused": outputs.cache_reused},
+        "amax": {name: round(scale * 127.0, 8) for name, scale in outputs.scales.items()},
+        "qdq": outputs.qdq, "agreement": outputs.agreement,
+    }
+    return outputs
+
+
+def _write_qdq(info: ModelInfo, calib: CalibrationSet, cache_file: Path, outputs: Int8Outputs, staging: Path,
+               timings: Timings, agreement_images: int) -> None:
+    from vision.agreement import compare
+    from vision.backends.onnxrt import OnnxrtRunner
+    from vision.qdq import write_ort_qdq, write_trt_qdq
+
+    sample = list(calib.iter_batches(limit_images=calib.batch, progress=False))[:1]
+    with timings.measure("qdq_tensorrt"):
+        trt_summary = write_trt_qdq(info.path, cache_file, outputs.scales, sample, staging / "model.int8.onnx")
+    with timings.measure("qdq_onnxruntime"):
+        ort_summary = write_ort_qdq(info.path, outputs.scales, sample, staging / "model.int8.ort.onnx")
+    outputs.staged["qdq_trt"] = trt_summary.path
+    outputs.staged["qdq_ort"] = ort_summary.path
+    for summary in (trt_summary, ort_summary):
+        outputs.qdq[summary.path.name] = {"layout": summary.layout, "activation_tensors": summary.activation_tensors,
+                                          "matched_scales": summary.matched_scales,
+                                          "per_channel_weights": summary.per_channel_weights,
+                                          "per_tensor_weights": summary.per_tensor_weights}
+    if agreement_images == 0:
+        return
+    with timings.measure("agreement"):
+        limit = max(agreement_images, calib.batch if calib.fixed_batch else 1)
+        agreement = compare(OnnxrtRunner(info.path), OnnxrtRunner(ort_summary.path),
+                            calib.iter_batches(limit_images=limit, progress=False))
+    outputs.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
+
+
+def build_trt_engine(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], staging: Path,
+                     int8: Int8Outputs | None) -> dict[str, Any]:
+    """``model.<precision>.engine`` + timing cache with TensorRT (implicit calibrators on ≤10.x, Q/DQ on 11+)."""
+    from vision.backends.trt import (
+        CalibrationFeed,
+        EngineSpec,
+        build_engine,
+        choose_int8_mode,
+        import_tensorrt,
+        make_calibrator,
+    )
+
+    trt = import_tensorrt()
+    mode = choose_int8_mode(trt.__version__)
+    spec = EngineSpec(onnx_path=(staging / "model.int8.onnx") if cfg.precision == "int8" and mode == "explicit"
+                      else info.path, engine_path=staging / f"model.{cfg.precision}.engine",
+                      precision=cfg.precision, input_name=info.input_name, input_hw=hw,
+                      dynamic_batch=info.fixed_batch is None, opt_batch=min(cfg.max_batch, 8),
+                      max_batch=cfg.max_batch, workspace_gb=cfg.workspace_gb,
+                      timing_cache_path=staging / "model.timing.cache", int8_mode=mode)
+    calibrator = None
+    if cfg.precision == "int8" and mode == "implicit":
+        if int8 is None:
+            raise QuantError("implicit INT8 needs the calibration cache", "run the INT8 stages first")
+        calib = int8.calib
+        feed = CalibrationFeed(calib or [], calib.batch if calib else 1, staging / "calibration.cache", int8.header)
+        calibrator = make_calibrator(feed, int8.header.rsplit("-", 1)[-1])
+    return build_engine(spec, calibrator)
