@@ -1,0 +1,123 @@
+"""Token generation for the embedded PyTorch runtime, with TensorRT-LLM's sampling semantics.
+
+Used by the python-backend ``tensorrt_llm`` model inside Triton and by the in-process path of
+``benchmarks/serving.py``, so both do the same work. Decoding itself is transformers' ``generate``.
+
+Semantics (as TensorRT-LLM): greedy unless ``top_k > 1`` or ``0 < top_p < 1``; ``top_k = 0`` means no top-k cut;
+``temperature`` only matters when sampling; the end token is not part of the returned tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int
+    end_id: int
+    pad_id: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    seed: int | None = None
+    stop_words: Sequence[Sequence[int]] = field(default_factory=list)
+    bad_words: Sequence[Sequence[int]] = field(default_factory=list)
+
+    @property
+    def sampling(self) -> bool:
+        return self.top_k > 1 or 0.0 < self.top_p < 1.0
+
+
+def words_from_tensor(words: Any) -> list[list[int]]:
+    """TensorRT-LLM's [2, n] word list (flat ids; cumulative end offsets padded with -1) -> token sequences."""
+    if words is None:
+        return []
+    ids, offsets = list(words[0]), [int(o) for o in words[1] if int(o) >= 0]
+    out, start = [], 0
+    for end in offsets:
+        if end > start:
+            out.append([int(t) for t in ids[start:end]])
+        start = end
+    return out
+
+
+def _generation_config(opts: Sampling) -> Any:
+    from transformers import GenerationConfig
+
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": opts.max_new_tokens,
+        "eos_token_id": opts.end_id,
+        "pad_token_id": opts.pad_id,
+        "do_sample": opts.sampling,
+        "num_beams": 1,
+    }
+    if opts.sampling:
+        kwargs.update(temperature=max(opts.temperature, 1e-5), top_k=opts.top_k if opts.top_k > 0 else None,
+                      top_p=opts.top_p if 0.0 < opts.top_p < 1.0 else 1.0)
+    if opts.repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = opts.repetition_penalty
+    if opts.min_tokens > 0:
+        kwargs["min_new_tokens"] = opts.min_tokens
+    if opts.bad_words:
+        kwargs["bad_words_ids"] = [list(w) for w in opts.bad_words]
+    return GenerationConfig(**kwargs)
+
+
+def generate_ids(model: Any, prompt_ids: Sequence[int], opts: Sampling,
+                 on_token: Callable[[int], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> list[int]:
+    """Generate after ``prompt_ids``; return the new tokens (end token excluded).
+
+    ``on_token`` is called with each new token as soon as it is decoded (streaming); ``cancelled`` is polled
+    each step and stops generation early when it returns True.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    prompt_len = len(prompt_ids)
+    stops = [list(w) for w in opts.stop_words if w]
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = bool(cancelled and cancelled())
+            generated = input_ids[0, prompt_len:].tolist()
+            done = done or any(len(generated) >= len(w) and generated[-len(w):] == w for w in stops)
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    class _Streamer(BaseStreamer):
+        def __init__(self) -> None:
+            self.prompt_seen = False
+
+        def put(self, value: Any) -> None:
+            if not self.prompt_seen:  # generate() first hands over the prompt itself
+                self.prompt_seen = True
+                return
+            for token in value.reshape(-1).tolist():
+                if token != opts.end_id and on_token is not None:
+                    on_token(int(token))
+
+        def end(self) -> None:
+            pass
+
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    if opts.sampling and opts.seed is not None:
+        torch.manual_seed(int(opts.seed))
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=_generation_config(opts),
+            stopping_criteria=StoppingCriteriaList([_Stop()]) if (stops or cancelled) else None,
+            streamer=_Streamer() if on_token is not None else None,
+        )
+    generated = output[0, prompt_len:].tolist()
+    if opts.end_id in generated:
+        generated = generated[: generated.index(opts.end_id)]
+    return [int(t) for t in generated]

@@ -1,0 +1,106 @@
+"""Triton python-backend model ``tensorrt_llm_bls``: the ensemble's request interface as business logic.
+
+Calls ``preprocessing`` -> ``tensorrt_llm`` -> ``postprocessing`` itself (Business Logic Scripting), which lets a
+streaming request detokenize each new token as it arrives and lets ``max_tokens`` default to a parameter.
+Written by ``llm-quant package``; self-contained (numpy only).
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+# request input -> (model, input name) for the three steps; absent optional inputs are simply not forwarded
+PRE_INPUTS = {"text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "bad_words": "BAD_WORDS_DICT",
+              "stop_words": "STOP_WORDS_DICT", "end_id": "END_ID", "pad_id": "PAD_ID"}
+PRE_TO_CORE = {"INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths", "REQUEST_OUTPUT_LEN": "request_output_len",
+               "BAD_WORDS_IDS": "bad_words_list", "STOP_WORDS_IDS": "stop_words_list", "OUT_END_ID": "end_id",
+               "OUT_PAD_ID": "pad_id"}
+DIRECT_TO_CORE = {"top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
+                  "repetition_penalty": "repetition_penalty", "min_tokens": "min_tokens", "seed": "seed",
+                  "stream": "streaming"}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+        self.default_max_tokens = int(params.get("default_max_tokens", "64"))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            sender = request.get_response_sender() if self.decoupled else None
+            try:
+                texts = self._run(request, sender)
+                response = pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("text_output", np.array([["".join(texts).encode("utf-8")]], dtype=object))
+                ]) if texts is not None else None
+            except Exception as exc:  # noqa: BLE001 - report to the client, keep serving
+                response = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+            if sender is None:
+                responses.append(response)
+            elif response is None:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            else:
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None if self.decoupled else responses
+
+    @staticmethod
+    def _input(request, name):
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return None if tensor is None else tensor.as_numpy()
+
+    def _run(self, request, sender):
+        query = self._input(request, "text_input")
+        batch = query.shape[0]
+        pre_inputs = []
+        for name, target in PRE_INPUTS.items():
+            value = self._input(request, name)
+            if value is None and name == "max_tokens":
+                value = np.full((batch, 1), self.default_max_tokens, dtype=np.int32)
+            if value is not None:
+                pre_inputs.append(pb_utils.Tensor(target, value))
+        pre = pb_utils.InferenceRequest(model_name="preprocessing", inputs=pre_inputs,
+                                        requested_output_names=list(PRE_TO_CORE)).exec()
+        if pre.has_error():
+            raise ValueError(pre.error().message())
+        core_inputs = [pb_utils.Tensor(target, pb_utils.get_output_tensor_by_name(pre, name).as_numpy())
+                       for name, target in PRE_TO_CORE.items()]
+        for name, target in DIRECT_TO_CORE.items():
+            value = self._input(request, name)
+            if value is not None:
+                core_inputs.append(pb_utils.Tensor(target, value))
+        stream = self._input(request, "stream")
+        streaming = bool(stream is not None and stream.reshape(-1)[0])
+        if streaming and sender is None:
+            raise ValueError("streaming needs the decoupled model: repackage with triton.decoupled true")
+        core = pb_utils.InferenceRequest(model_name="tensorrt_llm", inputs=core_inputs,
+                                         requested_output_names=["output_ids", "sequence_length"])
+        replies = core.exec(decoupled=True) if self.decoupled else [core.exec()]
+        texts = []
+        for reply in replies:
+            if reply.has_error():
+                raise ValueError(reply.error().message())
+            ids = pb_utils.get_output_tensor_by_name(reply, "output_ids")
+            if ids is None:  # an empty final response closes the stream
+                continue
+            lengths = pb_utils.get_output_tensor_by_name(reply, "sequence_length").as_numpy()
+            text = self._detokenize(ids.as_numpy(), lengths)
+            if streaming:
+                sender.send(pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object))]))
+            else:
+                texts.append(text)
+        return None if streaming else texts
+
+    @staticmethod
+    def _detokenize(ids, lengths):
+        post = pb_utils.InferenceRequest(
+            model_name="postprocessing", requested_output_names=["OUTPUT"],
+            inputs=[pb_utils.Tensor("TOKENS_BATCH", ids), pb_utils.Tensor("SEQUENCE_LENGTH", lengths)]).exec()
+        if post.has_error():
+            raise ValueError(post.error().message())
+        out = pb_utils.get_output_tensor_by_name(post, "OUTPUT").as_numpy().reshape(-1)
+        return out[0].decode("utf-8") if isinstance(out[0], bytes) else str(out[0])

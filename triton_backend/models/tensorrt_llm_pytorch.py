@@ -1,0 +1,166 @@
+"""Triton python-backend model ``tensorrt_llm`` for ``--runtime pytorch``: the modelopt-quantized model in PyTorch.
+
+Same inputs/outputs and meaning as the TensorRT-LLM backend's ``tensorrt_llm`` model, so the ensemble and the
+BLS model work unchanged. Needs this project installed on the server side (``llm_quant.runtime`` restores the
+quantized model from the build's ``embedded/`` folder; ``triton_backend.generation`` decodes).
+Requests are served one after another: a CPU box gains nothing from batching several small ones.
+"""
+
+import importlib
+import json
+import locale
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _utf8_locale():
+    """The stub embeds Python without its locale setup, so open() would default to ASCII; torch reads UTF-8
+    templates at import. Switch the C locale to UTF-8 before importing it."""
+    for name in ("", "C.UTF-8", "C.utf8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+        except locale.Error:
+            continue
+        if "utf" in (locale.getencoding() if hasattr(locale, "getencoding") else
+                     locale.getpreferredencoding(False)).lower():
+            return
+
+
+def _parameters(config):
+    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+
+
+def _resolve(path, args):
+    if os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(os.path.dirname(args["model_repository"]), path))
+
+
+def _scalar(request, name, row, default, cast):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    return cast(tensor.as_numpy().reshape(-1)[row])
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        _utf8_locale()
+        import torch
+
+        from triton_backend.generation import Sampling, generate_ids, words_from_tensor
+
+        self._sampling, self._generate, self._words = Sampling, generate_ids, words_from_tensor
+        config = json.loads(args["model_config"])
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+        params = _parameters(config)
+        threads = int(params.get("torch_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        module_name, _, function = params.get("runtime_loader", "llm_quant.runtime:load_quantized").partition(":")
+        loader = getattr(importlib.import_module(module_name), function)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, tokenizer = loader(_resolve(params["embedded_dir"], args), device=device)
+        self.model.eval()
+        self.max_seq_len = int(params.get("max_seq_len", "0")) or None
+        self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
+        self.default_end_id = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.default_pad_id = pad if pad is not None else self.default_end_id
+
+    def execute(self, requests):
+        if self.decoupled:
+            for request in requests:
+                sender = request.get_response_sender()
+                try:
+                    response = self._serve(request, sender)
+                    if response is None:  # streamed: every token went out already; only close the stream
+                        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    else:
+                        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                except Exception as exc:  # noqa: BLE001 - every failure goes back to the client, never kills the model
+                    sender.send(self._error(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return None
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._serve(request, None))
+            except Exception as exc:  # noqa: BLE001
+                responses.append(self._error(exc))
+        return responses
+
+    @staticmethod
+    def _error(exc):
+        message = str(exc) if isinstance(exc, ValueError) else f"{exc.__class__.__name__}: {exc}"
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+    @staticmethod
+    def _tokens_response(tokens):
+        ids = np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens))
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("output_ids", ids),
+            pb_utils.Tensor("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
+        ])
+
+    def _options(self, request, row, max_new):
+        stop = pb_utils.get_input_tensor_by_name(request, "stop_words_list")
+        bad = pb_utils.get_input_tensor_by_name(request, "bad_words_list")
+        seed = pb_utils.get_input_tensor_by_name(request, "seed")
+        return self._sampling(
+            max_new_tokens=max_new,
+            end_id=_scalar(request, "end_id", row, self.default_end_id, int),
+            pad_id=_scalar(request, "pad_id", row, self.default_pad_id, int),
+            temperature=_scalar(request, "temperature", row, 1.0, float),
+            top_k=_scalar(request, "runtime_top_k", row, 0, int),
+            top_p=_scalar(request, "runtime_top_p", row, 0.0, float),
+            repetition_penalty=_scalar(request, "repetition_penalty", row, 1.0, float),
+            min_tokens=_scalar(request, "min_tokens", row, 0, int),
+            seed=None if seed is None else int(seed.as_numpy().reshape(-1)[row]),
+            stop_words=self._words(stop.as_numpy()[row]) if stop is not None else [],
+            bad_words=self._words(bad.as_numpy()[row]) if bad is not None else [],
+        )
+
+    def _serve(self, request, sender):
+        input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+        input_ids = input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids
+        batch = input_ids.shape[0]
+        lengths = pb_utils.get_input_tensor_by_name(request, "input_lengths").as_numpy().reshape(-1)
+        output_len = pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy().reshape(-1)
+        if _scalar(request, "beam_width", 0, 1, int) != 1:
+            raise ValueError("the pytorch runtime supports beam_width 1 only: drop beam_width or use the "
+                             "tensorrtllm runtime")
+        streaming = _scalar(request, "streaming", 0, False, bool)
+        if streaming and not self.decoupled:
+            raise ValueError("streaming needs a decoupled model: repackage with triton.decoupled true")
+        if streaming and batch != 1:
+            raise ValueError("streaming serves one prompt per request")
+        exclude = _scalar(request, "exclude_input_in_output", 0, self.exclude_input, bool)
+        results = []
+        for row in range(batch):
+            prompt = [int(t) for t in input_ids[row, : int(lengths[row])]]
+            max_new = int(output_len[row])
+            if max_new < 1:
+                raise ValueError(f"request_output_len must be at least 1, got {max_new}")
+            if self.max_seq_len and len(prompt) + max_new > self.max_seq_len:
+                raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_new}) exceeds the model's "
+                                 f"maximum sequence length {self.max_seq_len}: shorten the prompt or ask for fewer "
+                                 "tokens")
+            on_token = None
+            if streaming:
+                def on_token(token):
+                    sender.send(self._tokens_response([token]))
+            cancelled = getattr(request, "is_cancelled", None)
+            generated = self._generate(self.model, prompt, self._options(request, row, max_new), on_token=on_token,
+                                       cancelled=cancelled)
+            results.append(generated if (exclude or streaming) else prompt + generated)
+        if streaming:
+            return None
+        width = max([1] + [len(r) for r in results])
+        ids = np.full((batch, 1, width), self.default_end_id, dtype=np.int32)
+        for row, tokens in enumerate(results):
+            ids[row, 0, : len(tokens)] = tokens
+        seq = np.array([[len(r)] for r in results], dtype=np.int32)
+        return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output_ids", ids),
+                                                          pb_utils.Tensor("sequence_length", seq)])
