@@ -77,6 +77,36 @@ def post_processing_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type not in COMPUTE_OPS and not reaches_compute(n, set())]
 
 
+def fold_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy where ``Constant`` nodes and ``Identity`` of an initializer become initializers.
+
+    torch.onnx exports identical weights once and re-shares them through Identity nodes (common for the all-zero
+    biases of an untrained YOLOv8). onnxruntime.quantization then takes such a bias for an activation, gives it a
+    u8 Q/DQ pair, and ORT can no longer fuse that Conv into QLinearConv.
+    """
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    values = {i.name: i for i in folded.graph.initializer}
+    keep = []
+    for node in folded.graph.node:
+        tensor = None
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(values[node.input[0]])
+        if tensor is None:
+            keep.append(node)
+            continue
+        tensor.name = node.output[0]
+        folded.graph.initializer.append(tensor)
+        values[tensor.name] = tensor
+    del folded.graph.node[:]
+    folded.graph.node.extend(keep)
+    return folded
+
+
 def ort_op_types() -> list[str]:
     """The op types onnxruntime.quantization quantizes by default (QDQ plus QOperator registries)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -104,6 +134,7 @@ def ort_quantized_tensors(model: onnx.ModelProto) -> list[str]:
 
     Collect statistics for all of them so that every one gets our scale (none falls back to ORT's own range).
     """
+    model = fold_constant_nodes(model)
     ops, tail = set(ort_op_types()), set(post_processing_nodes(model))
     activations = float_activations(model)
     wanted: set[str] = set()
@@ -233,7 +264,7 @@ def write_ort_qdq(model_path: Path, scales: Mapping[str, float], sample_feeds: S
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.load(str(model_path))
+    model = fold_constant_nodes(onnx.load(str(model_path)))
     overrides = ort_overrides(model, scales)
     missing = [t for t in ort_quantized_tensors(model) if t not in scales]
     tail = post_processing_nodes(model)
@@ -241,9 +272,10 @@ def write_ort_qdq(model_path: Path, scales: Mapping[str, float], sample_feeds: S
     excluded = set(tail) | {n.name for n in model.graph.node if any(t in missing for t in list(n.input) + list(n.output))}
     summary = QdqSummary(path=out_path, layout="onnxruntime")
     with tempfile.TemporaryDirectory(prefix="vq-ortq-") as tmp, _quiet_third_party():
-        tmp_out = Path(tmp) / "model.int8.ort.onnx"
+        tmp_out, tmp_in = Path(tmp) / "model.int8.ort.onnx", Path(tmp) / "model.folded.onnx"
+        onnx.save(model, str(tmp_in))
         try:
-            quantize_static(str(model_path), str(tmp_out), _FeedsReader(sample_feeds), quant_format=QuantFormat.QDQ,
+            quantize_static(str(tmp_in), str(tmp_out), _FeedsReader(sample_feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sorted(excluded),
                             extra_options={"TensorQuantOverrides": overrides, "ActivationSymmetric": False})
