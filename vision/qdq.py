@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,27 +311,28 @@ def _trt_availability_as_importable() -> Iterator[None]:
 
 def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float],
                   sample_feeds: Sequence[Mapping[str, np.ndarray]], out_path: Path) -> QdqSummary:
-    """``model.int8.onnx`` via modelopt.onnx with activation scales read from our TensorRT calibration cache."""
+    """``model.int8.onnx`` via modelopt.onnx with activation scales read from our TensorRT calibration cache.
+
+    modelopt monkey-patches onnxruntime.quantization for the whole process (ort_patching.patch_ort_modules), after
+    which quantize_static misbehaves ("Quantization parameters are not specified for param images"). It therefore
+    runs in a spawned child process; the extra start-up costs about 2 s.
+    """
     from quant_common.errors import require
 
-    mq = require("modelopt.onnx.quantization", purpose="the TensorRT-style Q/DQ model",
-                 install="pip install nvidia-modelopt onnx-graphsurgeon")
+    require("modelopt.onnx.quantization", purpose="the TensorRT-style Q/DQ model",
+            install="pip install nvidia-modelopt onnx-graphsurgeon")
     summary = QdqSummary(path=out_path, layout="tensorrt")
-    data = {k: np.concatenate([f[k] for f in sample_feeds]) for k in sample_feeds[0]}
-    with tempfile.TemporaryDirectory(prefix="vq-mtq-") as tmp, _quiet_third_party():
+    with tempfile.TemporaryDirectory(prefix="vq-mtq-") as tmp:
         # modelopt writes intermediate files beside its input: give it a private copy.
-        src = Path(tmp) / "model.onnx"
+        src, data, tmp_out = Path(tmp) / "model.onnx", Path(tmp) / "calib.npz", Path(tmp) / "model.int8.onnx"
         shutil.copyfile(model_path, src)
-        tmp_out = Path(tmp) / "model.int8.onnx"
-        try:
-            with _trt_availability_as_importable():
-                mq.quantize(str(src), quantize_mode="int8", calibration_data=data, calibration_method="max",
-                            calibration_cache_path=str(cache_path), calibration_eps=["cpu"],
-                            high_precision_dtype="fp32", output_path=str(tmp_out), log_level="ERROR")
-        except Exception as exc:  # noqa: BLE001 - modelopt raises assorted errors
-            raise QuantError(f"modelopt.onnx could not quantize {model_path.name}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}",
-                             "check the model runs in ONNX Runtime; try --simplify") from exc
+        np.savez(data, **{k: np.concatenate([f[k] for f in sample_feeds]) for k in sample_feeds[0]})
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            problem = pool.submit(_modelopt_quantize, str(src), str(cache_path), str(data), str(tmp_out)).result()
+        if problem:
+            raise QuantError(f"modelopt.onnx could not quantize {model_path.name}: {problem}",
+                             "check the model runs in ONNX Runtime; try --simplify")
         if not tmp_out.is_file():
             raise QuantError(f"modelopt.onnx wrote no quantized model for {model_path.name} (nothing to quantize?)",
                              "check that the model has Conv/Gemm/MatMul layers")
@@ -338,3 +342,21 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         with staged_file(out_path) as staged:
             shutil.copyfile(tmp_out, staged)
     return summary
+
+
+def _modelopt_quantize(src: str, cache: str, data: str, out: str) -> str | None:
+    """Child-process body: returns None on success, else the one-line problem."""
+    os.dup2(2, 1)  # modelopt prints progress on stdout; the parent's stdout may carry --json
+    logging.disable(logging.WARNING)
+    import modelopt.onnx.quantization as mq
+
+    with np.load(data) as arrays:
+        feeds = {k: arrays[k] for k in arrays.files}
+    try:
+        with _trt_availability_as_importable():
+            mq.quantize(src, quantize_mode="int8", calibration_data=feeds, calibration_method="max",
+                        calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype="fp32",
+                        output_path=out, log_level="ERROR")
+    except Exception as exc:  # noqa: BLE001 - modelopt raises assorted errors
+        return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return None
