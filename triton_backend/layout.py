@@ -35,6 +35,8 @@ ENSEMBLE_INPUTS = (
     Tensor("stream", BOOL, SCALAR, optional=True),
 )
 ENSEMBLE_OUTPUTS = (Tensor("text_output", BYTES, (-1,)),)
+# The ensemble also returns how many tokens each response carries (tokens/s without re-tokenizing text).
+ENSEMBLE_EXTRA_OUTPUTS = (Tensor("sequence_length", I32, (-1,)),)
 
 # --- core model (tensorrt_llm) interface ----------------------------------------------------------------------
 # Inputs the embedded PyTorch runtime implements; Triton itself rejects any other input with a clear message.
@@ -192,15 +194,16 @@ def ensemble(opts: TritonOptions) -> ModelSpec:
                    "runtime_top_k": "top_k", "runtime_top_p": "top_p", "temperature": "temperature",
                    "repetition_penalty": "repetition_penalty", "min_tokens": "min_tokens", "seed": "seed",
                    "streaming": "stream"},
-        output_map={"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"},
+        output_map={"output_ids": "_TOKENS_BATCH", "sequence_length": "sequence_length"},
     )
     post = EnsembleStep(
         "postprocessing",
-        input_map={"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"},
+        input_map={"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "sequence_length"},
         output_map={"OUTPUT": "text_output"},
     )
     return ModelSpec(name="ensemble", platform="ensemble", max_batch_size=opts.max_batch_size,
-                     inputs=ENSEMBLE_INPUTS, outputs=ENSEMBLE_OUTPUTS, steps=(pre, core, post))
+                     inputs=ENSEMBLE_INPUTS, outputs=ENSEMBLE_OUTPUTS + ENSEMBLE_EXTRA_OUTPUTS,
+                     steps=(pre, core, post))
 
 
 def bls(opts: TritonOptions) -> ModelSpec:
