@@ -1,9 +1,162 @@
-"""`llm-quant build | eval` (to be filled by the LLM pipeline work)."""
+"""`llm-quant build | eval`: thin typer commands over llm_quant.pipeline."""
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from quant_common.cli import handle_errors, print_json
+
+BUILD_HELP = """Quantize a Llama-family model with modelopt and write a TensorRT-LLM checkpoint, a HF checkpoint,
+the embedded PyTorch runtime, the engine (where TensorRT-LLM <=1.2 is installed; else the command to run) and a
+Triton model repository.
+
+Examples:
+
+  llm-quant build --model llama --qformat int8_sq --out out/llama
+
+  llm-quant build --model llama --qformat fp8 --kv-cache-dtype fp8 --accuracy-budget 1 --out out/llama-fp8
+
+  llm-quant build --model llama --model-path ~/models/Llama-3.2-1B --qformat int4_awq --tp-size 2
+
+  llm-quant build --model ./my-hf-folder --qformat int8_sq --calib-file corpus.jsonl --json
+"""
+
+EVAL_HELP = """Perplexity of the full-precision and the quantized model on the same held-out token windows.
+
+Examples:
+
+  llm-quant eval --model llama --qformat int8_sq
+
+  llm-quant eval --model llama --qformat fp8 --accuracy-budget 1 --text held_out.txt --json
+"""
+
+
+def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: str | None,
+            smoothquant_alpha: float | None, accuracy_budget: float | None, calib_dataset: str | None,
+            calib_file: list[Path] | None, calib_size: int | None, calib_seq_len: int | None,
+            batch_size: int | None, eval_seq_len: int | None, eval_tokens: int | None, device: str,
+            extra: dict[str, Any] | None = None, parallel: dict[str, Any] | None = None) -> Any:
+    from llm_quant.pipeline import make_config
+    from llm_quant.presets import qformat_spec
+    from quant_common.errors import QuantError
+
+    qformat_spec(qformat)
+    if kv_cache_dtype not in (None, "fp8", "int8"):
+        raise QuantError(f"unknown --kv-cache-dtype {kv_cache_dtype!r}", "choose fp8 or int8")
+    if device not in ("auto", "cpu", "cuda"):
+        raise QuantError(f"unknown --device {device!r}", "choose auto, cpu or cuda")
+    calib = {k: v for k, v in {"dataset": calib_dataset, "files": calib_file or None, "size": calib_size,
+                               "seq_len": calib_seq_len, "batch_size": batch_size}.items() if v is not None}
+    eval_opts = {k: v for k, v in {"seq_len": eval_seq_len, "max_tokens": eval_tokens}.items() if v is not None}
+    overrides = {"qformat": qformat, "kv_cache_dtype": kv_cache_dtype, "smoothquant_alpha": smoothquant_alpha,
+                 "accuracy_budget": accuracy_budget, "device": device, **(extra or {})}
+    try:
+        return make_config(model, model_path=model_path, overrides=overrides, calib=calib, eval_opts=eval_opts,
+                           parallel=parallel)
+    except ValueError as exc:  # pydantic validation of a flag value
+        errors = getattr(exc, "errors", lambda: [])()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "option"
+        message = errors[0]["msg"] if errors else str(exc).splitlines()[0]
+        raise QuantError(f"invalid {where}: {message}", "see llm-quant build --help") from exc
+
+
+_MODEL = typer.Option("llama", "--model", "-m", help="preset name (llama, mistral, qwen2, gemma), HF folder or hub id")
+_MODEL_PATH = typer.Option(None, "--model-path", help="HF folder or hub id replacing the preset's default model")
+_QFORMAT = typer.Option("int8_sq", "--qformat", "-q",
+                        help="int8_sq, fp8, int4_awq, w4a8_awq, int8_wo, int4_wo, nvfp4 (GPU), full_prec")
+_KV = typer.Option(None, "--kv-cache-dtype", help="fp8 or int8 KV cache")
+_ALPHA = typer.Option(None, "--smoothquant-alpha", help="SmoothQuant migration strength (int8_sq), 0-1")
+_BUDGET = typer.Option(None, "--accuracy-budget", metavar="PCT",
+                       help="max perplexity increase (%); the costliest layers stay in higher precision")
+_CALIB_DS = typer.Option(None, "--calib-dataset", help="'pydoc' (offline default) or a hub dataset (cnn_dailymail)")
+_CALIB_FILE = typer.Option(None, "--calib-file", help="local .txt/.jsonl/.parquet calibration text (repeatable)")
+_CALIB_SIZE = typer.Option(None, "--calib-size", help="calibration sequences (preset default)")
+_CALIB_LEN = typer.Option(None, "--calib-seq-len", help="tokens per calibration sequence")
+_BATCH = typer.Option(None, "--batch-size", help="calibration batch size")
+_EVAL_LEN = typer.Option(None, "--eval-seq-len", help="perplexity window length")
+_EVAL_TOKENS = typer.Option(None, "--eval-tokens", help="held-out tokens to evaluate")
+_DEVICE = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda")
+_JSON = typer.Option(False, "--json", help="print one JSON object instead of text")
+_OUT = typer.Option(Path("out/llm"), "--out", "-o", help="output directory (staged, swapped in when complete)")
+_TEXT = typer.Option(None, "--text", help="held-out text file (default: the corpus' eval split)")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("build", help=BUILD_HELP)
+    @handle_errors
+    def build_cmd(
+        model: str = _MODEL, model_path: str = _MODEL_PATH, qformat: str = _QFORMAT, kv_cache_dtype: str = _KV,
+        smoothquant_alpha: float = _ALPHA, accuracy_budget: float = _BUDGET, calib_dataset: str = _CALIB_DS,
+        calib_file: list[Path] = _CALIB_FILE, calib_size: int = _CALIB_SIZE, calib_seq_len: int = _CALIB_LEN,
+        batch_size: int = _BATCH, eval_seq_len: int = _EVAL_LEN, eval_tokens: int = _EVAL_TOKENS,
+        device: str = _DEVICE,
+        tp_size: int = typer.Option(None, "--tp-size", help="tensor parallelism of the checkpoint"),
+        pp_size: int = typer.Option(None, "--pp-size", help="pipeline parallelism of the checkpoint"),
+        dtype: str = typer.Option(None, "--dtype", help="checkpoint dtype: float16, bfloat16 (preset default)"),
+        out: Path = _OUT,
+        engine: bool = typer.Option(True, "--engine/--no-engine", help="run trtllm-build where available"),
+        triton_runtime: str = typer.Option("auto", "--triton-runtime",
+                                           help="auto, tensorrtllm, pytorch or llmapi"),
+        as_json: bool = _JSON,
+    ) -> None:
+        from llm_quant.pipeline import build
+
+        parallel = {k: v for k, v in {"tp_size": tp_size, "pp_size": pp_size}.items() if v is not None}
+        extra = {"out": out, "build_engine": engine, "triton_runtime": triton_runtime}
+        if dtype is not None:
+            extra["dtype"] = dtype
+        with contextlib.redirect_stdout(sys.stderr):
+            cfg, _, source = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, accuracy_budget,
+                                     calib_dataset, calib_file, calib_size, calib_seq_len, batch_size,
+                                     eval_seq_len, eval_tokens, device, extra=extra, parallel=parallel)
+        with contextlib.redirect_stdout(sys.stderr):  # modelopt/transformers print; stdout is for results
+            result = build(cfg, model_source=source)
+        if as_json:
+            print_json(result.to_dict())
+            return
+        lines = [
+            f"model            {result.model_source}",
+            f"quant_algo       {result.quant_algo} (kv cache: {result.kv_cache_quant_algo})",
+            f"checkpoint       {result.trtllm_checkpoint}",
+            f"hf checkpoint    {result.hf_checkpoint}",
+            f"embedded runtime {result.embedded}",
+            f"triton repo      {result.triton_repo}",
+            f"higher precision {result.layers_kept_high_precision} layers {result.exclude_layers or ''}",
+        ]
+        if result.engine_status == "built":
+            lines.append(f"engine           {result.engine}")
+        else:
+            lines.append(f"engine           skipped: {result.engine_skip_reason}. Where TensorRT-LLM <=1.2 is "
+                         f"installed, run:\n  {result.engine_command}")
+        lines.append(f"manifest         {result.manifest}  ({sum(result.timings.values()):.1f} s)")
+        sys.stdout.write("\n".join(lines) + "\n")
+
+    @app.command("eval", help=EVAL_HELP)
+    @handle_errors
+    def eval_cmd(
+        model: str = _MODEL, model_path: str = _MODEL_PATH, qformat: str = _QFORMAT, kv_cache_dtype: str = _KV,
+        smoothquant_alpha: float = _ALPHA, accuracy_budget: float = _BUDGET,
+        text: Path = _TEXT,
+        calib_dataset: str = _CALIB_DS, calib_file: list[Path] = _CALIB_FILE, calib_size: int = _CALIB_SIZE,
+        calib_seq_len: int = _CALIB_LEN, batch_size: int = _BATCH, eval_seq_len: int = _EVAL_LEN,
+        eval_tokens: int = _EVAL_TOKENS, device: str = _DEVICE, as_json: bool = _JSON,
+    ) -> None:
+        from llm_quant.pipeline import evaluate
+
+        cfg, _, _ = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, accuracy_budget,
+                            calib_dataset, calib_file, calib_size, calib_seq_len, batch_size, eval_seq_len,
+                            eval_tokens, device)
+        with contextlib.redirect_stdout(sys.stderr):
+            report = evaluate(cfg, text_file=text)
+        if as_json:
+            print_json(report.to_dict())
+            return
+        sys.stdout.write(
+            f"perplexity  reference {report.ppl_ref:.3f}  {qformat} {report.ppl_quant:.3f}  "
+            f"Δ {report.delta_pct:+.2f} %  ({report.tokens} tokens, {report.windows}×{report.seq_len})\n"
+            f"layers kept in higher precision: {report.layers_kept_high_precision}\n")

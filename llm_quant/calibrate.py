@@ -1,0 +1,91 @@
+"""Load a HF causal LM and calibrate it with modelopt: the only caller of ``mtq.quantize``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llm_quant.presets import modelopt_config, qformat_spec
+from quant_common.errors import QuantError, require
+from quant_common.progress import track
+
+
+def pick_device(requested: str) -> str:
+    torch = require("torch", purpose="LLM calibration")
+    has_cuda = bool(torch.cuda.is_available())
+    if requested == "cuda" and not has_cuda:
+        raise QuantError("--device cuda was requested but no CUDA GPU is visible", "use --device auto or cpu")
+    return "cuda" if requested in {"auto", "cuda"} and has_cuda else "cpu"
+
+
+def compute_dtype(device: str) -> str:
+    """float32 on CPU (half-precision matmuls are slow or missing there); bfloat16 on GPU."""
+    return "bfloat16" if device == "cuda" else "float32"
+
+
+def load_model(path: Path, *, dtype: str, device: str) -> Any:
+    torch = require("torch", purpose="loading the model")
+    transformers = require("transformers", purpose="loading the model")
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"  # large models: spread layers over every visible GPU
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - unsupported architecture, corrupt weights: one line
+        raise QuantError(f"cannot load the model from {path} ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                         "pass a Hugging Face causal LM checkpoint folder") from exc
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]  # export_hf_checkpoint needs it (FACTS §4)
+    return model.eval()
+
+
+def load_tokenizer(path: Path) -> Any:
+    transformers = require("transformers", purpose="loading the tokenizer")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise QuantError(f"cannot load the tokenizer from {path} ({exc.__class__.__name__})",
+                         "save the tokenizer into the model folder") from exc
+
+
+def check_qformat_device(qformat: str, device: str) -> None:
+    if qformat_spec(qformat).needs_cuda and device != "cuda":
+        raise QuantError(f"--qformat {qformat} needs a CUDA GPU (modelopt's {qformat} kernels are GPU-only) "
+                         "and none is visible", "run on a GPU machine or choose int8_sq, fp8 or int4_awq")
+
+
+def model_device(model: Any) -> Any:
+    return next(model.parameters()).device
+
+
+def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: str | None = None,
+             smoothquant_alpha: float | None = None, exclude_layers: list[str] | tuple[str, ...] = (),
+             description: str = "calibrating") -> Any:
+    """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model."""
+    cfg = modelopt_config(qformat, kv_cache_dtype=kv_cache_dtype, smoothquant_alpha=smoothquant_alpha,
+                          exclude_layers=exclude_layers)
+    if cfg is None:
+        return model
+    check_qformat_device(qformat, model_device(model).type)
+    torch = require("torch", purpose="calibration")
+    mtq = require("modelopt.torch.quantization", purpose="LLM quantization")
+    if not batches:
+        raise QuantError("the calibration data is empty", "pass files or a dataset with text in them")
+    device = model_device(model)
+
+    def forward_loop(m: Any) -> None:
+        with torch.no_grad():
+            for batch in track(batches, description, total=len(batches)):
+                m(batch.to(device))
+
+    try:
+        return mtq.quantize(model, cfg, forward_loop)
+    except (RuntimeError, NotImplementedError, AssertionError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+        if "cuda" in first.lower() or "triton" in first.lower():
+            raise QuantError(f"--qformat {qformat} failed on {device.type}: {first}",
+                             "run it on a CUDA GPU or choose another --qformat") from exc
+        raise

@@ -1,0 +1,131 @@
+"""Format conformance of a TensorRT-LLM checkpoint: config keys, rank files, quantized tensors and scales.
+
+Checks what ``trtllm-build`` will rely on, so a bad export fails here (with one line) rather than on a GPU box.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from quant_common.errors import QuantError, require
+
+REQUIRED_KEYS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "hidden_act", "max_position_embeddings", "mapping", "quantization")
+# Linear layers of a TensorRT-LLM decoder layer and the tensors each quant_algo gives them.
+LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+ALGO_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "W8A8_SQ_PER_CHANNEL": ("int8", ("weights_scaling_factor", "activation_scaling_factor",
+                                     "prequant_scaling_factor")),
+    "FP8": ("float8_e4m3fn", ("weights_scaling_factor", "activation_scaling_factor")),
+    "W8A16": ("int8", ("weights_scaling_factor",)),
+    "W4A16_AWQ": ("int8", ("weights_scaling_factor", "prequant_scaling_factor")),
+    "W4A8_AWQ": ("int8", ("weights_scaling_factor", "prequant_scaling_factor")),
+    "W4A16": ("int8", ("weights_scaling_factor",)),
+}
+KV_TENSOR = "attention.kv_cache_scaling_factor"
+LAYER_RE = re.compile(r"^(?:.*\.)?layers\.(\d+)$")
+
+
+def trtllm_layer_pattern(hf_layer: str) -> str | None:
+    """``model.layers.3`` -> ``transformer.layers.3.*`` (TensorRT-LLM matches exclude_modules with fnmatch)."""
+    match = LAYER_RE.match(hf_layer)
+    return f"transformer.layers.{match.group(1)}.*" if match else None
+
+
+def fix_layer_globs(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """modelopt writes ``transformer.layers.1*``, which fnmatch also matches for layers 10-19: make it exact."""
+    fixed, changes = [], []
+    for pattern in patterns:
+        match = re.fullmatch(r"(.*layers\.\d+)\*", pattern)
+        new = f"{match.group(1)}.*" if match else pattern
+        if new != pattern:
+            changes.append(f"exclude_modules {pattern} -> {new}")
+        if new not in fixed:
+            fixed.append(new)
+    return fixed, changes
+
+
+def is_excluded(name: str, exclude_modules: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude_modules)
+
+
+def _fail(folder: Path, problem: str) -> QuantError:
+    return QuantError(f"TensorRT-LLM checkpoint {folder} is malformed: {problem}",
+                      "this is an export bug; rerun with QUANT_DEBUG=1 and report it")
+
+
+def load_rank(folder: Path, rank: int) -> dict[str, Any]:
+    safetensors_torch = require("safetensors.torch", purpose="reading checkpoint weights")
+    return dict(safetensors_torch.load_file(str(folder / f"rank{rank}.safetensors")))
+
+
+def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None) -> dict[str, Any]:
+    """Raise on any conformance problem; return a summary (quant_algo, ranks, quantized layer count)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise _fail(folder, f"config.json unreadable ({exc})") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise _fail(folder, f"config.json lacks {', '.join(missing)}")
+    mapping = config["mapping"]
+    world = int(mapping.get("world_size", 0))
+    if world != int(mapping.get("tp_size", 1)) * int(mapping.get("pp_size", 1)):
+        raise _fail(folder, f"mapping {mapping} has world_size != tp_size * pp_size")
+    ranks = sorted(folder.glob("rank*.safetensors"))
+    if len(ranks) != world or any(not (folder / f"rank{r}.safetensors").is_file() for r in range(world)):
+        raise _fail(folder, f"expected rank0..rank{world - 1}.safetensors, found {[p.name for p in ranks]}")
+    if hf_config is not None:
+        _check_against_hf(folder, config, hf_config)
+    quant = config["quantization"]
+    algo = quant.get("quant_algo")
+    excluded = list(quant.get("exclude_modules") or [])
+    weights = load_rank(folder, 0)
+    quantized_layers = 0
+    if algo in ALGO_TENSORS:
+        dtype, scales = ALGO_TENSORS[algo]
+        for layer in range(_layers_in_rank(config)):
+            for linear in LINEARS:
+                name = f"transformer.layers.{layer}.{linear}"
+                if f"{name}.weight" not in weights or is_excluded(name, excluded):
+                    continue
+                got = str(weights[f"{name}.weight"].dtype).removeprefix("torch.")
+                if got != dtype:
+                    raise _fail(folder, f"{name}.weight is {got}, {algo} needs {dtype}")
+                absent = [s for s in scales if f"{name}.{s}" not in weights]
+                if absent:
+                    raise _fail(folder, f"{name} lacks {', '.join(absent)} for {algo}")
+                quantized_layers += 1
+        if quantized_layers == 0:
+            raise _fail(folder, f"quant_algo {algo} but no quantized linear layer in rank0")
+    kv_algo = quant.get("kv_cache_quant_algo")
+    if kv_algo and not any(k.endswith(KV_TENSOR) for k in weights):
+        raise _fail(folder, f"kv_cache_quant_algo {kv_algo} but no {KV_TENSOR} tensors")
+    return {"quant_algo": algo, "kv_cache_quant_algo": kv_algo, "world_size": world,
+            "quantized_linears_rank0": quantized_layers, "exclude_modules": excluded}
+
+
+def _layers_in_rank(config: dict[str, Any]) -> int:
+    pp = int(config["mapping"].get("pp_size", 1))
+    return -(-int(config["num_hidden_layers"]) // pp)
+
+
+def _check_against_hf(folder: Path, config: dict[str, Any], hf_config: Any) -> None:
+    from llm_quant.export import rope_theta
+
+    pairs = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+             "num_attention_heads": "num_attention_heads"}
+    for key, hf_key in pairs.items():
+        if getattr(hf_config, hf_key, None) is not None and config[key] != getattr(hf_config, hf_key):
+            raise _fail(folder, f"{key} {config[key]} != model's {getattr(hf_config, hf_key)}")
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+    if config["num_key_value_heads"] != kv_heads:
+        raise _fail(folder, f"num_key_value_heads {config['num_key_value_heads']} != model's {kv_heads}")
+    theta = rope_theta(hf_config)
+    if theta is not None and config.get("rotary_base") != theta:
+        raise _fail(folder, f"rotary_base {config.get('rotary_base')} != model's rope_theta {theta}")

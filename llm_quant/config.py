@@ -1,0 +1,79 @@
+"""Typed configuration of an LLM build: a preset (YAML in configs/llm/) plus the command-line choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+QFormat = Literal["int8_sq", "fp8", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "nvfp4", "full_prec"]
+KVCacheDType = Literal["fp8", "int8"]
+CheckpointDType = Literal["float16", "bfloat16", "float32"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CalibConfig(_Strict):
+    dataset: str = Field("pydoc", description="'pydoc' (offline), a hub dataset name, or local txt/jsonl/parquet")
+    files: list[Path] = Field(default_factory=list, description="local calibration files (override dataset)")
+    size: int = Field(32, ge=1, description="number of calibration sequences")
+    seq_len: int = Field(256, ge=8, description="tokens per calibration sequence")
+    batch_size: int = Field(4, ge=1)
+
+
+class EvalConfig(_Strict):
+    seq_len: int = Field(512, ge=8, description="perplexity window length")
+    max_tokens: int = Field(8192, ge=8, description="held-out tokens evaluated")
+
+
+class ParallelConfig(_Strict):
+    tp_size: int = Field(1, ge=1)
+    pp_size: int = Field(1, ge=1)
+
+
+class TrtllmBuildOptions(_Strict):
+    max_batch_size: int = Field(8, ge=1)
+    max_input_len: int = Field(1024, ge=1)
+    max_seq_len: int = Field(2048, ge=2)
+    max_num_tokens: int = Field(8192, ge=1)
+    max_beam_width: int = Field(1, ge=1)
+    gemm_plugin: str = "auto"
+    gpt_attention_plugin: str = "auto"
+    kv_cache_type: Literal["paged", "continuous", "disabled"] = "paged"
+
+
+class Preset(_Strict):
+    name: str
+    description: str = ""
+    source: str = Field(description="default model: package:<pkg>/<file.gguf>, a hub id, or a folder")
+    decoder_type: str = Field(description="modelopt/TensorRT-LLM decoder type (llama, qwen, gemma, ...)")
+    model_types: list[str] = Field(description="HF config model_type values this preset accepts")
+    dtype: CheckpointDType = "float16"
+    calibration: CalibConfig = Field(default_factory=CalibConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    trtllm_build: TrtllmBuildOptions = Field(default_factory=TrtllmBuildOptions)
+    triton: dict[str, Any] = Field(default_factory=dict, description="triton_backend TritonOptions fields")
+
+
+class BuildConfig(_Strict):
+    """Everything ``build`` needs; the CLI fills it from the preset and the flags."""
+
+    preset: Preset
+    model_path: Path | None = Field(None, description="local HF folder or hub id replacing the preset source")
+    qformat: QFormat = "int8_sq"
+    kv_cache_dtype: KVCacheDType | None = None
+    smoothquant_alpha: float | None = Field(None, gt=0.0, le=1.0)
+    accuracy_budget: float | None = Field(None, gt=0.0, description="max perplexity increase in percent")
+    calibration: CalibConfig
+    eval: EvalConfig
+    parallel: ParallelConfig
+    dtype: CheckpointDType
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out: Path = Path("out/llm")
+    build_engine: bool = True
+    triton_runtime: Literal["auto", "tensorrtllm", "pytorch", "llmapi"] = "auto"
+    seed: int = 0

@@ -1,0 +1,108 @@
+"""The TensorRT-LLM engine step: ``trtllm-build`` argv from the preset; run only where TensorRT-LLM <=1.2 is.
+
+TensorRT-LLM 1.2.x is the last line shipping ``trtllm-build`` and the engine backend (FACTS §3). Where it is
+absent (every machine here) the step is recorded as skipped with the exact command to run elsewhere.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from llm_quant.config import TrtllmBuildOptions
+from quant_common.atomic import staged_dir
+from quant_common.errors import QuantError
+
+LAST_ENGINE_RELEASE = (1, 2)
+
+
+@dataclass
+class EngineResult:
+    status: str  # "built" | "skipped"
+    command: list[str]
+    command_line: str
+    path: str | None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trtllm_build_argv(checkpoint_dir: Path, engine_dir: Path, opts: TrtllmBuildOptions, *, workers: int = 1,
+                      has_kv_quant: bool = False) -> list[str]:
+    argv = [
+        "trtllm-build",
+        "--checkpoint_dir", str(checkpoint_dir),
+        "--output_dir", str(engine_dir),
+        "--max_batch_size", str(opts.max_batch_size),
+        "--max_input_len", str(opts.max_input_len),
+        "--max_seq_len", str(opts.max_seq_len),
+        "--max_num_tokens", str(opts.max_num_tokens),
+        "--max_beam_width", str(opts.max_beam_width),
+        "--gemm_plugin", opts.gemm_plugin,
+        "--gpt_attention_plugin", opts.gpt_attention_plugin,
+        "--kv_cache_type", opts.kv_cache_type,
+        "--workers", str(workers),
+    ]
+    if opts.kv_cache_type == "paged":
+        argv += ["--use_paged_context_fmha", "enable"]
+    return argv
+
+
+def installed_trtllm() -> str | None:
+    for dist in ("tensorrt-llm", "tensorrt_llm"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in version.split(".")[:2]]
+    return parts[0], parts[1] if len(parts) > 1 else 0
+
+
+def skip_reason() -> str | None:
+    """Why the engine cannot be built here (None when it can)."""
+    version = installed_trtllm()
+    if version is None:
+        return "TensorRT-LLM is not installed"
+    if _major_minor(version) > LAST_ENGINE_RELEASE:
+        return f"TensorRT-LLM {version} has no trtllm-build engine backend (last in 1.2.x)"
+    if shutil.which("trtllm-build") is None:
+        return f"TensorRT-LLM {version} is installed but trtllm-build is not on PATH"
+    return None
+
+
+def build_engine(checkpoint_dir: Path, engine_dir: Path, opts: TrtllmBuildOptions, *, workers: int = 1,
+                 log_path: Path | None = None, enabled: bool = True, final_root: tuple[Path, Path] | None = None
+                 ) -> EngineResult:
+    """Build where possible. ``final_root=(staging, final)``: report paths as they will be after the swap."""
+
+    def shown(path: Path) -> Path:
+        return final_root[1] / path.relative_to(final_root[0]) if final_root else path
+
+    argv = trtllm_build_argv(shown(checkpoint_dir), shown(engine_dir), opts, workers=workers)
+    line = shlex.join(argv)
+    reason = skip_reason() if enabled else "engine build disabled (--no-engine)"
+    if reason is not None:
+        return EngineResult("skipped", argv, line, None, reason)
+    with staged_dir(engine_dir) as tmp:
+        staged_argv = trtllm_build_argv(checkpoint_dir, engine_dir, opts, workers=workers)
+        staged_argv[staged_argv.index("--output_dir") + 1] = str(tmp)
+        proc = subprocess.run(staged_argv, capture_output=True, text=True, check=False)
+        if log_path is not None:
+            log_path.write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+            raise QuantError(f"trtllm-build failed (exit {proc.returncode}): {tail[0][:200]}",
+                             f"see {log_path or 'its output'}; the checkpoint is intact")
+        if not (tmp / "config.json").is_file() or not list(tmp.glob("rank*.engine")):
+            raise QuantError(f"trtllm-build wrote no engine into {engine_dir}", "check the trtllm-build log")
+    return EngineResult("built", argv, line, str(shown(engine_dir)))

@@ -1,0 +1,141 @@
+"""Writers of the three build artifacts: TensorRT-LLM checkpoint, HF unified checkpoint, embedded runtime.
+
+modelopt writes the checkpoints; this module then corrects what modelopt gets wrong (FACTS §4):
+``rotary_base`` (and ``rotary_scaling``) are dropped under transformers 5, and ``export_hf_checkpoint`` needs
+``config.architectures``. Every directory is staged and swapped in whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from llm_quant import checkpoint
+from quant_common.atomic import atomic_write_json, staged_dir
+from quant_common.errors import QuantError, require
+
+
+def rope_theta(hf_config: Any) -> float | None:
+    """rope_theta from a transformers 4 (``rope_theta``) or 5 (``rope_parameters``) config."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    if isinstance(params, dict) and params.get("rope_theta") is not None:
+        return float(params["rope_theta"])
+    value = getattr(hf_config, "rope_theta", None)
+    return float(value) if value is not None else None
+
+
+def rope_scaling(hf_config: Any) -> dict[str, Any] | None:
+    """TensorRT-LLM's ``rotary_scaling`` (type + factors) for non-default RoPE, else None."""
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    if not isinstance(params, dict):
+        return None
+    kind = params.get("rope_type") or params.get("type")
+    if not kind or kind == "default":
+        return None
+    scaling = {"type": kind}
+    scaling.update({k: v for k, v in params.items() if k not in {"rope_type", "type", "rope_theta"}})
+    return scaling
+
+
+def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_layers: list[str]) -> list[str]:
+    """Fix modelopt's known omissions in place; returns a description of each change."""
+    changes = []
+    theta = rope_theta(hf_config)
+    if theta is not None and config.get("rotary_base") != theta:
+        changes.append(f"rotary_base {config.get('rotary_base')} -> {theta}")
+        config["rotary_base"] = theta
+    scaling = rope_scaling(hf_config)
+    if scaling is not None and not config.get("rotary_scaling"):
+        changes.append(f"rotary_scaling -> {scaling}")
+        config["rotary_scaling"] = scaling
+    architectures = getattr(hf_config, "architectures", None) or []
+    if not config.get("architecture") and architectures:
+        changes.append(f"architecture -> {architectures[0]}")
+        config["architecture"] = architectures[0]
+    quant = config.setdefault("quantization", {})
+    if quant.get("quant_algo"):
+        excluded, glob_changes = checkpoint.fix_layer_globs(list(quant.get("exclude_modules") or []))
+        changes.extend(glob_changes)
+        for layer in exclude_layers:
+            pattern = checkpoint.trtllm_layer_pattern(layer)
+            if pattern and pattern not in excluded:
+                excluded.append(pattern)
+                changes.append(f"exclude_modules += {pattern}")
+        quant["exclude_modules"] = excluded
+    return changes
+
+
+def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: str, dtype: str, tp_size: int,
+                  pp_size: int, exclude_layers: list[str]) -> dict[str, Any]:
+    torch = require("torch", purpose="exporting the TensorRT-LLM checkpoint")
+    export = require("modelopt.torch.export", purpose="exporting the TensorRT-LLM checkpoint")
+    with staged_dir(out_dir) as tmp:
+        try:
+            export.export_tensorrt_llm_checkpoint(model, decoder_type, getattr(torch, dtype), str(tmp),
+                                                  inference_tensor_parallel=tp_size,
+                                                  inference_pipeline_parallel=pp_size)
+        except Exception as exc:  # noqa: BLE001 - unsupported decoder/parallel layout: one line
+            raise QuantError(f"modelopt could not export a TensorRT-LLM checkpoint (decoder {decoder_type!r}, "
+                             f"tp {tp_size}, pp {pp_size}): {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                             "check the preset's decoder_type and that tp divides the head counts") from exc
+        config_path = tmp / "config.json"
+        config = json.loads(config_path.read_text())
+        changes = correct_trtllm_config(config, hf_config, exclude_layers)
+        atomic_write_json(config_path, config)
+        for rank in range(tp_size * pp_size):  # modelopt writes one config per rank as well when tp/pp > 1
+            rank_cfg = tmp / f"config_rank{rank}.json"
+            if rank_cfg.is_file():
+                rank_config = json.loads(rank_cfg.read_text())
+                correct_trtllm_config(rank_config, hf_config, exclude_layers)
+                atomic_write_json(rank_cfg, rank_config)
+        checkpoint.verify_trtllm_checkpoint(tmp, hf_config=hf_config)
+    return {"path": str(out_dir), "corrections": changes, "config": config}
+
+
+def export_hf(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str, exclude_layers: list[str]) -> dict[str, Any]:
+    torch = require("torch", purpose="exporting the HF checkpoint")
+    export = require("modelopt.torch.export", purpose="exporting the HF checkpoint")
+    if not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]  # export_hf_checkpoint needs it (FACTS §4)
+    with staged_dir(out_dir) as tmp:
+        try:
+            export.export_hf_checkpoint(model, getattr(torch, dtype), str(tmp))
+        except Exception as exc:  # noqa: BLE001
+            raise QuantError(f"modelopt could not export the HF checkpoint: {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                             "try --no-hf-checkpoint or another --qformat") from exc
+        tokenizer.save_pretrained(str(tmp))
+        ignored = _hf_fix_ignore(tmp, exclude_layers)
+    return {"path": str(out_dir), "ignore": ignored}
+
+
+def _hf_fix_ignore(folder: Path, exclude_layers: list[str]) -> list[str]:
+    """Make sure every layer kept in higher precision is in the HF quantization_config ignore list."""
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    qc = config.get("quantization_config")
+    if not isinstance(qc, dict):
+        return []
+    ignore, _ = checkpoint.fix_layer_globs(list(qc.get("ignore") or []))
+    for layer in exclude_layers:
+        if not any(_covers(p, layer) for p in ignore):
+            ignore.append(f"{layer}.*")
+    qc["ignore"] = ignore
+    atomic_write_json(config_path, config)
+    quant_path = folder / "hf_quant_config.json"
+    if quant_path.is_file():
+        hq = json.loads(quant_path.read_text())
+        q = hq.get("quantization", {})
+        excl, _ = checkpoint.fix_layer_globs(list(q.get("exclude_modules") or []))
+        excl += [p for p in ignore if p not in excl]
+        q["exclude_modules"] = excl
+        atomic_write_json(quant_path, hq)
+    return ignore
+
+
+def _covers(pattern: str, layer: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(layer + ".self_attn.q_proj", pattern)

@@ -1,0 +1,233 @@
+"""``build(cfg) -> BuildResult`` and ``evaluate(cfg) -> EvalReport``: the LLM pipeline as a library API.
+
+build: resolve model -> calibration text -> (accuracy-budget layer search) -> modelopt calibration ->
+embedded runtime artifact, TensorRT-LLM checkpoint (corrected, verified), HF checkpoint -> engine (or the
+skipped command) -> Triton repository -> build.json. Everything is built in a staging directory beside
+``--out`` and swapped in whole, so a failed build leaves the previous output (or nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_quant import calibrate, data, engine, export, runtime
+from llm_quant.config import BuildConfig, CalibConfig, EvalConfig, ParallelConfig, Preset
+from llm_quant.evaluate import EvalReport, compare, perplexity
+from llm_quant.models import resolve_model
+from llm_quant.presets import KV_CACHE_ALGOS, is_preset, load_preset, preset_for_model_type, qformat_spec
+from llm_quant.sensitivity import SearchResult, search_exclusions
+from quant_common.atomic import atomic_write_json, ensure_output_dir, staged_dir
+from quant_common.errors import QuantError
+from quant_common.manifest import Timings, package_versions, sha256_file, utc_now
+
+MANIFEST = "build.json"
+VERSIONS = ("torch", "transformers", "nvidia-modelopt", "datasets", "safetensors", "tensorrt-llm", "tritonclient")
+
+
+def make_config(model: str, *, model_path: str | None = None, overrides: dict[str, Any] | None = None,
+                calib: dict[str, Any] | None = None, eval_opts: dict[str, Any] | None = None,
+                parallel: dict[str, Any] | None = None) -> tuple[BuildConfig, Path, str]:
+    """Preset + flags -> (config, resolved local model folder, model source). Resolves/converts the model."""
+    overrides = dict(overrides or {})
+    qformat_spec(overrides.get("qformat", "int8_sq"))  # unknown qformat: fail before any heavy work
+    if is_preset(model):
+        preset = load_preset(model)
+        resolved = resolve_model(model_path or preset.source)
+        _check_model_type(resolved.path, preset)
+    elif model_path is not None:
+        raise QuantError(f"unknown preset {model!r} (with --model-path)", "pass --model <preset> --model-path DIR")
+    elif "/" not in model and not Path(model).exists():
+        from llm_quant.presets import available_presets
+
+        raise QuantError(f"unknown preset {model!r}", f"choose one of {', '.join(available_presets())}, "
+                         "or pass a model folder or a hub id (org/name)")
+    else:
+        resolved = resolve_model(model)
+        preset = preset_for_model_type(_model_type(resolved.path))
+    cfg = BuildConfig(
+        preset=preset,
+        model_path=Path(resolved.path),
+        calibration=CalibConfig.model_validate({**preset.calibration.model_dump(), **(calib or {})}),
+        eval=EvalConfig.model_validate({**preset.eval.model_dump(), **(eval_opts or {})}),
+        parallel=ParallelConfig.model_validate({**preset.parallel.model_dump(), **(parallel or {})}),
+        dtype=overrides.pop("dtype", None) or preset.dtype,
+        **overrides,
+    )
+    calibrate.check_qformat_device(cfg.qformat, calibrate.pick_device(cfg.device))
+    return cfg, resolved.path, resolved.source
+
+
+def _model_type(path: Path) -> str:
+    return str(json.loads((path / "config.json").read_text()).get("model_type", ""))
+
+
+def _check_model_type(path: Path, preset: Preset) -> None:
+    model_type = _model_type(path)
+    if model_type not in preset.model_types:
+        raise QuantError(f"model {path} is a {model_type!r} model; preset {preset.name!r} takes "
+                         f"{', '.join(preset.model_types)}", "choose the matching preset or pass the folder as --model")
+
+
+@dataclass
+class Prepared:
+    model_dir: Path
+    device: str
+    dtype: str  # compute dtype of calibration / embedded runtime
+    tokenizer: Any
+    calib_batches: list[Any]
+    search_windows: Any
+    eval_windows: Any
+
+
+def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None) -> Prepared:
+    assert cfg.model_path is not None
+    device = calibrate.pick_device(cfg.device)
+    tokenizer = calibrate.load_tokenizer(cfg.model_path)
+    docs = data.load_documents(cfg.calibration)
+    calib_stream = data.tokenize_split(docs, tokenizer, "calib")
+    batches = data.calibration_batches(calib_stream, cfg.calibration)
+    search = data.tokenize_split(docs, tokenizer, "search").windows(cfg.eval.seq_len,
+                                                                     max_tokens=cfg.eval.max_tokens // 2)
+    # eval --text FILE: the whole file is held out; otherwise the corpus' eval split
+    eval_stream = data.tokenize_documents(eval_docs, tokenizer) if eval_docs is not None else \
+        data.tokenize_split(docs, tokenizer, "eval")
+    return Prepared(cfg.model_path, device, calibrate.compute_dtype(device), tokenizer, batches, search,
+                    eval_stream.windows(cfg.eval.seq_len, max_tokens=cfg.eval.max_tokens))
+
+
+def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[Any, SearchResult | None]:
+    """Calibrated model; with an accuracy budget, the costliest layers stay in higher precision."""
+    kwargs = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha}
+    search = None
+    exclude: list[str] = []
+    if cfg.accuracy_budget is not None and cfg.qformat != "full_prec":
+        if len(prep.search_windows) == 0:
+            raise QuantError("the calibration text has no held-out search split for --accuracy-budget",
+                             "use more calibration text or lower --eval-seq-len")
+        with timings.measure("layer_search"):
+            model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+            ref = perplexity(model, prep.search_windows, description="reference (search split)").ppl
+            model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, **kwargs)
+            search = search_exclusions(model, prep.search_windows, ref, cfg.accuracy_budget)
+            exclude = search.excluded
+            del model
+    with timings.measure("calibrate"):
+        model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+        model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, exclude_layers=exclude, **kwargs)
+    return model, search
+
+
+@dataclass
+class BuildResult:
+    out: str
+    model_source: str
+    qformat: str
+    quant_algo: str | None
+    kv_cache_quant_algo: str | None
+    trtllm_checkpoint: str
+    hf_checkpoint: str | None
+    embedded: str
+    engine: str | None
+    engine_status: str
+    engine_command: str
+    engine_skip_reason: str | None
+    triton_repo: str | None
+    exclude_layers: list[str] = field(default_factory=list)
+    layers_kept_high_precision: int = 0
+    corrections: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise QuantError(f"output directory {out} is not empty and holds no previous build ({MANIFEST})",
+                         "choose an empty or new --out directory")
+    ensure_output_dir(out.parent if out.parent != Path("") else Path("."))
+
+
+def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
+    assert cfg.model_path is not None
+    out = Path(cfg.out).resolve()
+    _check_out(out)
+    timings = Timings()
+    with timings.measure("data"):
+        prep = prepare(cfg)
+    model, search = quantize_model(cfg, prep, timings)
+    exclude = search.excluded if search else []
+    with staged_dir(out) as tmp:
+        with timings.measure("export_embedded"):
+            runtime.save_embedded(model, prep.tokenizer, prep.model_dir, tmp / "embedded", qformat=cfg.qformat,
+                                  dtype=prep.dtype, kv_cache_dtype=cfg.kv_cache_dtype, exclude_modules=exclude)
+        with timings.measure("export_trtllm"):
+            trt = export.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
+                                       decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
+                                       tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
+                                       exclude_layers=exclude)
+        with timings.measure("export_hf"):
+            hf_export = export.export_hf(model, prep.tokenizer, tmp / "hf_checkpoint", dtype=cfg.dtype,
+                                  exclude_layers=exclude)
+        with timings.measure("engine"):
+            eng = engine.build_engine(tmp / "trtllm_checkpoint", tmp / "engine", cfg.preset.trtllm_build,
+                                      workers=cfg.parallel.tp_size * cfg.parallel.pp_size,
+                                      log_path=tmp / "trtllm-build.log", enabled=cfg.build_engine,
+                                      final_root=(tmp, out))
+        with timings.measure("triton"):
+            triton_repo = package_triton(tmp, cfg, eng)
+        quant = trt["config"].get("quantization", {})
+        result = BuildResult(
+            out=str(out), model_source=model_source or str(cfg.model_path), qformat=cfg.qformat,
+            quant_algo=quant.get("quant_algo"), kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
+            trtllm_checkpoint=str(out / "trtllm_checkpoint"), hf_checkpoint=str(out / "hf_checkpoint"),
+            embedded=str(out / "embedded"), engine=eng.path, engine_status=eng.status,
+            engine_command=eng.command_line, engine_skip_reason=eng.reason,
+            triton_repo=str(out / "triton_repo") if triton_repo else None, exclude_layers=exclude,
+            layers_kept_high_precision=len(exclude), corrections=trt["corrections"], timings=dict(timings),
+            manifest=str(out / MANIFEST))
+        manifest = {
+            "created": utc_now(), "tool": "llm-quant build", "config": cfg.model_dump(mode="json"),
+            "result": result.to_dict(), "engine": eng.to_dict(), "search": search.to_dict() if search else None,
+            "hf_quantization_ignore": hf_export["ignore"],
+            "expected_quant_algo": qformat_spec(cfg.qformat).quant_algo,
+            "expected_kv_cache_quant_algo": KV_CACHE_ALGOS.get(cfg.kv_cache_dtype or ""),
+            "versions": package_versions(VERSIONS),
+            "hashes": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
+                       if p.is_file() and p.suffix in {".json", ".safetensors", ".pth"} and p.stat().st_size < 2**31},
+        }
+        atomic_write_json(tmp / MANIFEST, manifest)
+    return result
+
+
+def package_triton(build_dir: Path, cfg: BuildConfig, eng: engine.EngineResult) -> Path | None:
+    """The single call site into the Triton helper's packaging (triton_backend.repository)."""
+    from triton_backend.repository import package_for_build
+
+    result = package_for_build(build_dir, options=cfg.preset.triton, runtime=cfg.triton_runtime,
+                               engine_dir=build_dir / "engine" if eng.status == "built" else None,
+                               trtllm_checkpoint_dir=build_dir / "trtllm_checkpoint",
+                               hf_checkpoint_dir=build_dir / "hf_checkpoint")
+    return Path(getattr(result, "path", build_dir / "triton_repo"))
+
+
+def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
+    """Perplexity of the full-precision and the quantized model on the same held-out token windows."""
+    eval_docs = data.read_text_file(text_file) if text_file is not None else None
+    timings = Timings()
+    prep = prepare(cfg, eval_docs=eval_docs)
+    if len(prep.eval_windows) == 0:
+        raise QuantError(f"the held-out text has fewer than {cfg.eval.seq_len} tokens",
+                         "pass a longer --text file or lower --eval-seq-len")
+    reference = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+    ref = perplexity(reference, prep.eval_windows, description="reference perplexity")
+    del reference
+    model, search = quantize_model(cfg, prep, timings)
+    quant = perplexity(model, prep.eval_windows, description="quantized perplexity")
+    exclude = search.excluded if search else []
+    return compare(ref, quant, windows=len(prep.eval_windows), seq_len=cfg.eval.seq_len, qformat=cfg.qformat,
+                   layers_kept_high_precision=len(exclude), exclude_layers=exclude)

@@ -1,0 +1,98 @@
+"""Accuracy-budgeted mixed precision: keep the costliest decoder layers in higher precision.
+
+Per-layer sensitivity on the ``search`` split (never the ``eval`` split): starting from the fully quantized
+model, turn one decoder layer's quantizers off at a time and record how much perplexity recovers. Layers are
+then kept in higher precision in that order, the smallest count (binary search) whose search-split perplexity
+is within ``budget * SEARCH_MARGIN`` of the reference. The margin leaves room for the held-out text, which the
+search never sees. Turning quantizers off keeps SmoothQuant/AWQ pre-quant scales applied, so each probe is an
+exact full-precision layer; the final model is re-calibrated with those layers excluded from the start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from llm_quant.evaluate import perplexity
+from quant_common.errors import require
+from quant_common.progress import track
+
+SEARCH_MARGIN = 0.7
+
+
+def decoder_layers(model: Any) -> list[str]:
+    """Module names of the decoder layers (``model.layers.N``), in order."""
+    torch = require("torch", purpose="layer search")
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
+            return [f"{name}.{i}" for i in range(len(module))]
+    return []
+
+
+def _enabled_quantizers(model: Any, layer: str) -> list[Any]:
+    prefix = layer + "."
+    return [m for n, m in model.named_modules()
+            if n.startswith(prefix) and n.endswith("_quantizer") and getattr(m, "is_enabled", False)]
+
+
+class _LayersInFullPrecision:
+    """Context manager: disable exactly the enabled quantizers of ``layers``, restore them on exit."""
+
+    def __init__(self, model: Any, layers: list[str]) -> None:
+        self.quantizers = [q for layer in layers for q in _enabled_quantizers(model, layer)]
+
+    def __enter__(self) -> None:
+        for q in self.quantizers:
+            q.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        for q in self.quantizers:
+            q.enable()
+
+
+@dataclass
+class SearchResult:
+    budget_pct: float
+    target_pct: float
+    ppl_ref: float
+    ppl_uniform: float
+    ppl_final: float
+    excluded: list[str] = field(default_factory=list)
+    recovery: dict[str, float] = field(default_factory=dict)  # layer -> ppl drop when kept in full precision
+    probes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: float,
+                      batch_size: int = 1) -> SearchResult:
+    """Smallest set of costliest layers to keep in higher precision so search-split ppl meets the budget."""
+    target = ppl_ref * (1.0 + budget_pct * SEARCH_MARGIN / 100.0)
+
+    def ppl(layers: list[str]) -> float:
+        with _LayersInFullPrecision(quantized, layers):
+            return perplexity(quantized, windows, batch_size=batch_size, description="layer search").ppl
+
+    uniform = ppl([])
+    result = SearchResult(budget_pct, budget_pct * SEARCH_MARGIN, ppl_ref, uniform, uniform, probes=1)
+    if uniform <= target:
+        return result
+    layers = decoder_layers(quantized)
+    for layer in track(layers, "layer sensitivity", total=len(layers)):
+        result.recovery[layer] = round(uniform - ppl([layer]), 6)
+        result.probes += 1
+    ranked = sorted(layers, key=lambda name: result.recovery[name], reverse=True)
+    lo, hi, best = 1, len(ranked), len(ranked)
+    best_ppl = None
+    while lo <= hi:  # smallest k with ppl(top k) <= target; ppl falls (nearly) monotonically with k
+        mid = (lo + hi) // 2
+        value = ppl(ranked[:mid])
+        result.probes += 1
+        if value <= target:
+            best, best_ppl, hi = mid, value, mid - 1
+        else:
+            lo = mid + 1
+    result.excluded = sorted(ranked[:best], key=layers.index)
+    result.ppl_final = best_ppl if best_ppl is not None else ppl(ranked)
+    return result
