@@ -49,11 +49,11 @@ def calibration_source(cfg: VisionConfig, staging: Path) -> tuple[Path, str]:
 
 
 def stats_tensors(model: onnx.ModelProto) -> list[str]:
-    """Tensors to calibrate: what a TensorRT cache lists plus what the ORT layout quantizes (one set of scales)."""
-    from vision.qdq import ort_quantized_tensors
+    """Every tensor a TensorRT cache lists. The ORT layout's activations are among them (a tensor outside this set
+    is not computed from the image, and write_ort_qdq leaves its nodes in float), so one set of scales serves all."""
     from vision.stats import quantizable_tensors
 
-    return sorted(set(quantizable_tensors(model)) | set(ort_quantized_tensors(model)))
+    return quantizable_tensors(model)
 
 
 def method_options(cfg: VisionConfig) -> dict[str, Any]:

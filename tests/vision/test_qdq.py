@@ -23,10 +23,10 @@ from vision.qdq import (
 )
 
 
-def tiny_detector(path):
+def tiny_detector(path, seed=0):
     """Conv+SiLU → Conv+SiLU → Conv → Sigmoid (the "head"), with a zero bias shared through Identity nodes
     the way torch.onnx exports identical weights."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     inits = [
         numpy_helper.from_array(rng.normal(0, 0.3, (16, 3, 3, 3)).astype(np.float32), "w1"),
         numpy_helper.from_array(rng.normal(0, 0.2, (16, 16, 3, 3)).astype(np.float32), "w2"),
@@ -48,7 +48,7 @@ def tiny_detector(path):
     ]
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
                                                                           ["batch", 3, 32, 32])],
-                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)], inits)
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 6, 16, 16])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
