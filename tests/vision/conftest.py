@@ -1,0 +1,133 @@
+"""Shared fixtures for vision tests: a tiny YOLOv8-like ONNX model built in code, and synthetic images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+TINY_INPUT = "images"
+TINY_OUTPUT = "output0"
+TINY_SIZE = 64
+
+
+class _GraphBuilder:
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, prefix: str) -> str:
+        self.count += 1
+        return f"/model.{self.count}/{prefix}"
+
+    def const(self, prefix: str, value: np.ndarray) -> str:
+        name = self.name(prefix)
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: int = 1, **attrs: object) -> list[str]:
+        base = self.name(op)
+        names = [f"{base}_output_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, names, name=base, **attrs))
+        return names
+
+    def conv_silu(self, x: str, c_in: int, c_out: int, k: int = 3, stride: int = 1) -> str:
+        scale = np.sqrt(2.0 / (c_in * k * k))
+        weight = self.const("weight", (self.rng.standard_normal((c_out, c_in, k, k)) * scale).astype(np.float32))
+        bias = self.const("bias", (self.rng.standard_normal(c_out) * 0.1).astype(np.float32))
+        (conv,) = self.node("Conv", [x, weight, bias], kernel_shape=[k, k], strides=[stride, stride],
+                            pads=[k // 2] * 4)
+        (sig,) = self.node("Sigmoid", [conv])
+        (mul,) = self.node("Mul", [conv, sig])
+        return mul
+
+
+def tiny_detector_onnx(tmp_path: Path, *, dynamic_batch: bool = False, seed: int = 0,
+                       name: str = "tiny_detector.onnx") -> Path:
+    """A 64x64 YOLOv8-shaped detector (random weights, opset 17): Conv+SiLU blocks, a C2f-like Split/Concat,
+    SPPF-like MaxPool, nearest Resize, a residual Add, a shape subgraph (Shape/Gather/Concat → Reshape), a MatMul
+    and a ``[1, 8, 256]`` output whose class half goes through Sigmoid, like ``output0`` of an Ultralytics export."""
+    g = _GraphBuilder(seed)
+    x = g.conv_silu(TINY_INPUT, 3, 8, stride=2)            # 32x32
+    x = g.conv_silu(x, 8, 16, stride=2)                    # 16x16
+    left, right = g.node("Split", [x, g.const("split", np.array([8, 8], np.int64))], outputs=2, axis=1)
+    branch = g.conv_silu(right, 8, 8)
+    (branch,) = g.node("Add", [branch, right])             # bottleneck shortcut
+    (cat,) = g.node("Concat", [left, right, branch], axis=1)
+    x = g.conv_silu(cat, 24, 16, k=1)
+    (pooled,) = g.node("MaxPool", [x], kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2])
+    down = g.conv_silu(pooled, 16, 16, stride=2)           # 8x8
+    (up,) = g.node("Resize", [down, "", g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    (cat2,) = g.node("Concat", [up, x], axis=1)            # 32 x 16x16
+    head = g.conv_silu(cat2, 32, 16)
+    weight = g.const("weight", (g.rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32))
+    (pred,) = g.node("Conv", [head, weight], kernel_shape=[1, 1])
+    # shape subgraph: [batch, 8, -1] computed from the tensor itself (int64, never calibrated)
+    (shape,) = g.node("Shape", [pred])
+    (batch,) = g.node("Gather", [shape, g.const("zero", np.array([0], np.int64))], axis=0)
+    (target,) = g.node("Concat", [batch, g.const("rest", np.array([8, -1], np.int64))], axis=0)
+    (flat,) = g.node("Reshape", [pred, target])            # [N, 8, 256]
+    (moved,) = g.node("Transpose", [flat], perm=[0, 2, 1])  # [N, 256, 8]
+    mix = g.const("mix", (np.eye(8) + g.rng.standard_normal((8, 8)) * 0.1).astype(np.float32))
+    (mixed,) = g.node("MatMul", [moved, mix])
+    (back,) = g.node("Transpose", [mixed], perm=[0, 2, 1])  # [N, 8, 256]
+    box, cls = g.node("Split", [back, g.const("split", np.array([4, 4], np.int64))], outputs=2, axis=1)
+    (score,) = g.node("Sigmoid", [cls])
+    g.nodes.append(helper.make_node("Concat", [box, score], [TINY_OUTPUT], axis=1, name="/model.head/Concat"))
+    batch_dim: int | str = "batch" if dynamic_batch else 1
+    graph = helper.make_graph(
+        g.nodes, "tiny_detector",
+        [helper.make_tensor_value_info(TINY_INPUT, TensorProto.FLOAT, [batch_dim, 3, TINY_SIZE, TINY_SIZE])],
+        [helper.make_tensor_value_info(TINY_OUTPUT, TensorProto.FLOAT, [batch_dim, 8, 256])],
+        g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(tmp_path) / name
+    onnx.save(model, path)
+    return path
+
+
+def synthetic_images(directory: Path, count: int, *, size: tuple[int, int] = (80, 96), seed: int = 0) -> list[Path]:
+    """``count`` PNGs with a smooth background and a few bright rectangles (enough structure for calibration)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for index in range(count):
+        base = (np.sin(xx / rng.uniform(5, 20)) + np.cos(yy / rng.uniform(5, 20))) * 40 + rng.uniform(60, 160)
+        image = np.repeat(base[..., None], 3, axis=2) + rng.normal(0, 8, (h, w, 3))
+        for _ in range(rng.integers(1, 4)):
+            y0, x0 = rng.integers(0, h - 10), rng.integers(0, w - 10)
+            image[y0:y0 + rng.integers(5, 20), x0:x0 + rng.integers(5, 20)] = rng.uniform(0, 255, 3)
+        path = directory / f"img_{index:03d}.png"
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def image_batches(count: int, *, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
+    """``count`` NCHW float32 inputs in [0, 1] (structured noise) without touching the disk."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((count, 3, size // 8, size // 8)).astype(np.float32)
+    images = np.kron(base, np.ones((1, 1, 8, 8), np.float32))
+    return np.clip(images + rng.normal(0, 0.05, images.shape).astype(np.float32), 0, 1)
+
+
+@pytest.fixture
+def tiny_detector(tmp_path: Path) -> Path:
+    return tiny_detector_onnx(tmp_path)
+
+
+@pytest.fixture
+def tiny_detector_dynamic(tmp_path: Path) -> Path:
+    return tiny_detector_onnx(tmp_path, dynamic_batch=True, name="tiny_detector_dynamic.onnx")
