@@ -152,34 +152,8 @@ def _write_qdq(info: ModelInfo, calib: CalibrationSet, cache_file: Path, outputs
         limit = max(agreement_images, calib.batch if calib.fixed_batch else 1)
         agreement = compare(OnnxrtRunner(info.path), OnnxrtRunner(ort_summary.path),
                             calib.iter_batches(limit_images=limit, progress=False))
+        # The TensorRT-layout model must run in ONNX Runtime too; one batch shows it does and how close it is.
+        trt_check = compare(OnnxrtRunner(info.path), OnnxrtRunner(trt_summary.path),
+                            calib.iter_batches(limit_images=calib.batch, progress=False))
     outputs.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
-
-
-def build_trt_engine(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], staging: Path,
-                     int8: Int8Outputs | None) -> dict[str, Any]:
-    """``model.<precision>.engine`` + timing cache with TensorRT (implicit calibrators on ≤10.x, Q/DQ on 11+)."""
-    from vision.backends.trt import (
-        CalibrationFeed,
-        EngineSpec,
-        build_engine,
-        choose_int8_mode,
-        import_tensorrt,
-        make_calibrator,
-    )
-
-    trt = import_tensorrt()
-    mode = choose_int8_mode(trt.__version__)
-    spec = EngineSpec(onnx_path=(staging / "model.int8.onnx") if cfg.precision == "int8" and mode == "explicit"
-                      else info.path, engine_path=staging / f"model.{cfg.precision}.engine",
-                      precision=cfg.precision, input_name=info.input_name, input_hw=hw,
-                      dynamic_batch=info.fixed_batch is None, opt_batch=min(cfg.max_batch, 8),
-                      max_batch=cfg.max_batch, workspace_gb=cfg.workspace_gb,
-                      timing_cache_path=staging / "model.timing.cache", int8_mode=mode)
-    calibrator = None
-    if cfg.precision == "int8" and mode == "implicit":
-        if int8 is None:
-            raise QuantError("implicit INT8 needs the calibration cache", "run the INT8 stages first")
-        calib = int8.calib
-        feed = CalibrationFeed(calib or [], calib.batch if calib else 1, staging / "calibration.cache", int8.header)
-        calibrator = make_calibrator(feed, int8.header.rsplit("-", 1)[-1])
-    return build_engine(spec, calibrator)
+    outputs.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()

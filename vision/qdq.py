@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,7 +314,8 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
 
     modelopt monkey-patches onnxruntime.quantization for the whole process (ort_patching.patch_ort_modules), after
     which quantize_static misbehaves ("Quantization parameters are not specified for param images"). It therefore
-    runs in a spawned child process; the extra start-up costs about 2 s.
+    runs in a child interpreter (subprocess, not multiprocessing: spawn would re-run the caller's main script);
+    the extra start-up costs about 2 s.
     """
     from quant_common.errors import require
 
@@ -327,9 +327,7 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         src, data, tmp_out = Path(tmp) / "model.onnx", Path(tmp) / "calib.npz", Path(tmp) / "model.int8.onnx"
         shutil.copyfile(model_path, src)
         np.savez(data, **{k: np.concatenate([f[k] for f in sample_feeds]) for k in sample_feeds[0]})
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            problem = pool.submit(_modelopt_quantize, str(src), str(cache_path), str(data), str(tmp_out)).result()
+        problem = _run_modelopt_child(src, cache_path, data, tmp_out)
         if problem:
             raise QuantError(f"modelopt.onnx could not quantize {model_path.name}: {problem}",
                              "check the model runs in ONNX Runtime; try --simplify")
@@ -344,9 +342,26 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
     return summary
 
 
-def _modelopt_quantize(src: str, cache: str, data: str, out: str) -> str | None:
-    """Child-process body: returns None on success, else the one-line problem."""
-    os.dup2(2, 1)  # modelopt prints progress on stdout; the parent's stdout may carry --json
+def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path) -> str | None:
+    """Run :func:`modelopt_child_main` in a fresh interpreter; None on success, else the one-line problem."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    code = "import sys; from vision.qdq import modelopt_child_main; sys.exit(modelopt_child_main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(cache), str(data), str(out)], env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          check=False)
+    problem_file = out.with_suffix(".problem")
+    if problem_file.is_file():
+        return problem_file.read_text(encoding="utf-8").strip() or "unknown error"
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return f"child process exited with {proc.returncode}: {lines[-1] if lines else 'no message'}"
+    return None
+
+
+def modelopt_child_main(argv: Sequence[str]) -> int:
+    """Child-process body (see write_trt_qdq); writes the problem to ``<out>.problem`` on failure."""
+    src, cache, data, out = argv
     logging.disable(logging.WARNING)
     import modelopt.onnx.quantization as mq
 
@@ -358,5 +373,7 @@ def _modelopt_quantize(src: str, cache: str, data: str, out: str) -> str | None:
                         calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype="fp32",
                         output_path=out, log_level="ERROR")
     except Exception as exc:  # noqa: BLE001 - modelopt raises assorted errors
-        return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
-    return None
+        Path(out).with_suffix(".problem").write_text(
+            str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, encoding="utf-8")
+        return 1
+    return 0
