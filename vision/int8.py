@@ -82,9 +82,12 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
     outputs.calib = calib
     model = onnx.load(str(info.path))
     tensors = stats_tensors(model)
-    collector_options = {"histogram": cfg.histogram, "num_bins": cfg.num_bins, "batch": batch,
-                         "imgsz": list(hw), "max_calib_images": cfg.max_calib_images, "seed": cfg.seed}
-    options = {**method_options(cfg), **collector_options}
+    # What changes the statistics. The image subset (max_calib_images, seed) is in the data fingerprint already;
+    # the batch matters only for TensorRT's growing histogram (ours is independent of batch and order).
+    options: dict[str, Any] = {**method_options(cfg), "histogram": cfg.histogram, "num_bins": cfg.num_bins,
+                               "imgsz": list(hw)}
+    if cfg.histogram == "trt":
+        options["batch"] = batch
     expected = CacheProvenance(model_sha256=info.sha256, data_fingerprint=data_fingerprint(calib.paths, options),
                                calibrator=cfg.calibrator, options=options, trt_version=trt_version)
     header = make_header(trt_version, TRT_ALGORITHM[cfg.calibrator])

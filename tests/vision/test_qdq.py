@@ -23,7 +23,7 @@ from vision.qdq import (
 )
 
 
-def tiny_detector(path, seed=0):
+def tiny_conv_model(path, seed=0):
     """Conv+SiLU → Conv+SiLU → Conv → Sigmoid (the "head"), with a zero bias shared through Identity nodes
     the way torch.onnx exports identical weights."""
     rng = np.random.default_rng(seed)
@@ -67,7 +67,7 @@ def absmax_scales(model_path, feeds, tensors):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("qdq")
-    path = tiny_detector(root / "tiny.onnx")
+    path = tiny_conv_model(root / "tiny.onnx")
     feeds = {"images": np.random.default_rng(1).random((2, 3, 32, 32), dtype=np.float32)}
     tensors = ort_quantized_tensors(onnx.load(str(path)))
     return root, path, feeds, absmax_scales(path, feeds, tensors)

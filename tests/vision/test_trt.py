@@ -43,9 +43,9 @@ def test_calibration_feed_refuses_a_cache_with_another_header(tmp_path):
 def test_trtexec_lines_cover_every_precision(tmp_path):
     import onnx
 
-    from tests.vision.test_qdq import tiny_detector
+    from tests.vision.test_qdq import tiny_conv_model
 
-    path = tiny_detector(tmp_path / "tiny.onnx")
+    path = tiny_conv_model(tmp_path / "tiny.onnx")
     info = inspect_model(onnx.load(str(path)), path)
     lines = trtexec_commands(info, (32, 32), 8, "calibration.cache", "model.int8.onnx")
     assert set(lines) == {"fp32", "fp16", "int8_cache", "int8_qdq"}
@@ -63,11 +63,11 @@ def test_backend_auto_and_missing_tensorrt():
 
 @needs_trt
 def test_engines_build_and_run(tmp_path):
-    from tests.vision.test_qdq import tiny_detector
+    from tests.vision.test_qdq import tiny_conv_model
     from vision.backends.onnxrt import OnnxrtRunner
     from vision.backends.trt import EngineSpec, TrtRunner, build_engine
 
-    path = tiny_detector(tmp_path / "tiny.onnx")
+    path = tiny_conv_model(tmp_path / "tiny.onnx")
     feeds = {"images": np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)}
     with OnnxrtRunner(path) as ort_runner:
         reference = ort_runner.infer(feeds)["scores"]
