@@ -123,11 +123,13 @@ def entropy2_divergences(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins:
     approx = divergence(slice(None), np.float32)
     # float32 log of Q = G/N: |error| <= ~2 ulp of |log Q| plus 1 ulp for rounding Q itself, and |log Q| is at most
     # max(log total, -log smallest count). Summed with weights G (sum = kept) and divided by total:
+    if total <= 0:
+        return divergence(slice(None), np.float64)
     positive = counts[counts > 0]
     largest_log = max(abs(np.log(total)), abs(np.log(positive.min()))) if positive.size else 0.0
     bound = kept / total * (largest_log + 1.0) * 4.0 * 2.0**-24 + 1e-12
     finite = np.isfinite(approx)
-    if not finite.any() or np.isnan(approx).any():
+    if total <= 0 or not finite.any() or np.isnan(approx).any():
         return divergence(slice(None), np.float64)
     ceiling = np.min(approx[finite] + bound[finite])
     candidates = np.flatnonzero(finite & (approx - bound <= ceiling))
@@ -136,24 +138,39 @@ def entropy2_divergences(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins:
     return result
 
 
-def entropy2_amax(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins: int = 128, start_bin: int = 128) -> float:
-    """TensorRT's Entropy2 (KL-divergence) threshold on a ``|x|`` histogram.
-
-    For each cut ``i`` (``start_bin .. len(hist)``): P is the first ``i`` bins with the tail mass folded into bin
-    ``i-1``; Q merges those ``i`` bins into ``num_quant_bins`` groups and spreads each group's mass evenly over its
-    non-empty bins. The cut with the smallest KL(P||Q) wins (the last one on ties, as modelopt), ``amax = edges[i]``.
-    Like modelopt there is no smoothing: a cut whose last bin is empty while data lies beyond it scores infinity.
-    Vectorised over all cuts with prefix sums: ~1-2 ms per 2048-bin histogram against ~1.5 s for modelopt's
-    ``_compute_amax_entropy`` loop (benchmarks/calibration.py).
-    """
+def entropy2_bin(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins: int = 128, start_bin: int = 128,
+                 skip_undefined: bool = False) -> int:
+    """Index ``i`` of the chosen cut (``amax = edges[i]``); see ``entropy2_amax``."""
     counts, bounds = _as_hist(hist, edges)
     if start_bin < num_quant_bins:
         raise QuantError(f"entropy2 start_bin {start_bin} is below num_quant_bins {num_quant_bins}",
                          "use start_bin >= num_quant_bins (TensorRT uses 128 and 128)")
     if counts.size < start_bin:
-        return float(bounds[-1])  # too few bins to search: nothing to clip
+        return counts.size  # too few bins to search: nothing to clip
     divergence = entropy2_divergences(counts, bounds, num_quant_bins=num_quant_bins, start_bin=start_bin)
-    return float(bounds[start_bin + _last_argmin(divergence)])
+    if skip_undefined and not np.isnan(divergence).all():
+        divergence = np.where(np.isnan(divergence), np.inf, divergence)
+    return start_bin + _last_argmin(divergence)
+
+
+def entropy2_amax(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins: int = 128, start_bin: int = 128,
+                  skip_undefined: bool = False) -> float:
+    """TensorRT's Entropy2 (KL-divergence) threshold on a ``|x|`` histogram.
+
+    For each cut ``i`` (``start_bin .. len(hist)``): P is the first ``i`` bins with the tail mass folded into bin
+    ``i-1``; Q merges those ``i`` bins into ``num_quant_bins`` groups and spreads each group's mass evenly over its
+    non-empty bins. The cut with the smallest KL(P||Q) wins (the last one on ties, as modelopt), ``amax = edges[i]``.
+    Like modelopt there is no smoothing: a cut whose last bin is empty while data lies beyond it scores infinity,
+    and a cut with no data below it is undefined (NaN) — and modelopt's argmin *picks* NaN, so a tensor without
+    values near 0 (a Sigmoid output in (0.3, 1)) gets amax at the start of its data. That is kept by default for
+    parity; ``skip_undefined=True`` ignores such cuts instead.
+    Vectorised over all cuts with prefix sums: ~1-2 ms per 2048-bin histogram against ~1.5 s for modelopt's
+    ``_compute_amax_entropy`` loop (benchmarks/calibration.py).
+    """
+    counts, bounds = _as_hist(hist, edges)
+    index = entropy2_bin(counts, bounds, num_quant_bins=num_quant_bins, start_bin=start_bin,
+                         skip_undefined=skip_undefined)
+    return float(bounds[index])
 
 
 def percentile_amax(hist: np.ndarray, edges: np.ndarray, percentile: float = 99.99) -> float:
