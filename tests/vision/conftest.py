@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -121,6 +125,24 @@ def image_batches(count: int, *, seed: int = 0, size: int = TINY_SIZE) -> np.nda
     base = rng.random((count, 3, size // 8, size // 8)).astype(np.float32)
     images = np.kron(base, np.ones((1, 1, 8, 8), np.float32))
     return np.clip(images + rng.normal(0, 0.05, images.shape).astype(np.float32), 0, 1)
+
+
+def modelopt_function(relative_path: str, name: str, namespace: dict[str, Any]) -> Callable[..., Any]:
+    """A function of the installed nvidia-modelopt, compiled from its own source file with ``namespace`` as globals.
+
+    Importing ``modelopt.torch.quantization`` / ``modelopt.onnx.quantization`` pulls torch, transformers and
+    onnxruntime patches (~15 s of CPU on the CI machine) while the functions we compare against need only numpy,
+    scipy or struct. Nothing is re-implemented: the code under test is modelopt's, byte for byte.
+    """
+    spec = importlib.util.find_spec("modelopt")
+    if spec is None or spec.origin is None:
+        pytest.skip("nvidia-modelopt is not installed")
+    source = Path(spec.origin).parent / relative_path
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name)
+    scope = dict(namespace)
+    exec(compile(ast.Module(body=[function], type_ignores=[]), str(source), "exec"), scope)  # noqa: S102
+    return cast(Callable[..., Any], scope[name])
 
 
 @pytest.fixture

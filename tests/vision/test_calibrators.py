@@ -3,14 +3,11 @@ MinMax is exact; percentile and MSE behave."""
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +26,8 @@ from vision.calibrators import (
     percentile_amax,
 )
 from vision.stats import TensorStats
+
+from .conftest import modelopt_function
 
 
 def _hist(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,25 +100,12 @@ def _reference_entropy_bin(hist: np.ndarray, start_bin: int = 128, nq: int = 128
 
 
 def modelopt_compute_amax_entropy() -> Callable[..., Any]:
-    """modelopt 0.47's own ``_compute_amax_entropy``, compiled from its installed source file.
-
-    Importing ``modelopt.torch.quantization`` pulls torch and transformers (~15 s of CPU on the CI machine); the
-    function itself only needs numpy, ``Counter``, ``scipy.stats.entropy`` and ``torch.tensor`` for its return
-    value, so its source is compiled alone. Nothing is re-implemented: the code under test is modelopt's.
-    """
-    spec = importlib.util.find_spec("modelopt")
-    if spec is None or spec.origin is None:
-        pytest.skip("nvidia-modelopt is not installed")
-    source = Path(spec.origin).parent / "torch" / "quantization" / "calib" / "histogram.py"
-    tree = ast.parse(source.read_text(encoding="utf-8"))
-    function = next(node for node in tree.body
-                    if isinstance(node, ast.FunctionDef) and node.name == "_compute_amax_entropy")
+    """modelopt's own ``_compute_amax_entropy`` (torch is only used for its return value)."""
     from scipy.stats import entropy
 
-    namespace: dict[str, Any] = {"np": np, "Counter": Counter, "entropy": entropy,
-                                 "torch": SimpleNamespace(tensor=np.float32)}
-    exec(compile(ast.Module(body=[function], type_ignores=[]), str(source), "exec"), namespace)  # noqa: S102
-    return cast(Callable[..., Any], namespace["_compute_amax_entropy"])
+    return modelopt_function("torch/quantization/calib/histogram.py", "_compute_amax_entropy",
+                             {"np": np, "Counter": Counter, "entropy": entropy,
+                              "torch": SimpleNamespace(tensor=np.float32)})
 
 
 def _modelopt_bin(hist: np.ndarray, edges: np.ndarray) -> int:
