@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -323,6 +324,6 @@ def load_stats(path: str | os.PathLike[str]) -> dict[str, TensorStats]:
                 result[name] = TensorStats(name, float(low[index]), float(high[index]),
                                            hist.astype(np.int64), edges.astype(np.float64))
             return result
-    except (OSError, ValueError, KeyError, IndexError) as exc:
+    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         raise QuantError(f"statistics file {source} is not a valid stats .npz: {exc}"[:300],
                          "re-create it with --save-stats") from exc
