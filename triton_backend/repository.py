@@ -205,8 +205,8 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
             config_pbtxt.write(model_dir, model)
             if model.name in code:
                 _copy_model_code(code[model.name], model_dir)
-            elif model.platform == "ensemble":
-                (model_dir / "1").mkdir()  # an ensemble still needs a version folder
+            else:
+                (model_dir / "1").mkdir()  # ensembles and C++ backends still need a version folder
         if spec.runtime == "llmapi":
             atomic_write_text(tmp / "tensorrt_llm" / "1" / "model.yaml", _llmapi_yaml(spec))
         result = RepositoryResult(path=out_path, runtime=spec.runtime, models=[m.name for m in specs],

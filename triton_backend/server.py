@@ -125,7 +125,8 @@ def check_repository(repo: Path) -> list[str]:
     return models
 
 
-_LOAD_FAILURE = re.compile(r"failed to load '([^']+)'[^:]*: (.*)$|Poll failed for model directory '([^']+)': (.*)$")
+_LOAD_FAILURE = re.compile(r"failed to load (?:model )?'([^']+)'[^:]*: (.*)$|"
+                           r"Poll failed for model directory '([^']+)': (.*)$")
 
 
 def _failure_from_log(log: Path) -> str | None:
@@ -136,7 +137,7 @@ def _failure_from_log(log: Path) -> str | None:
                 name, reason = (match.group(1), match.group(2)) if match.group(1) else (match.group(3),
                                                                                        match.group(4))
                 # Triton escapes the python traceback into the same line; its first line says what broke.
-                reason = reason.split("\\n")[0].strip()
+                reason = reason.split("\\n")[0].strip().rstrip('"')
                 return f"model '{name}' failed to load: {reason[:300]}"
     return None
 

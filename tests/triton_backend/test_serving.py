@@ -1,0 +1,170 @@
+"""End to end against a real Triton server (the one bundled in nvidia-pytriton) serving the tiny quantized model.
+
+One server for the whole module, started through `llm-quant serve` on free ports and stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from quant_common.errors import QuantError
+from triton_backend.client import LLMClient
+from triton_backend.server import free_port
+
+PROMPTS = ["def f(x):", "The quick brown fox", "Python is a programming language", "for i in range(10):",
+           "import os\nimport sys\n", "class Model:"]
+CLI = str(Path(sys.executable).with_name("llm-quant"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_repo, tmp_path_factory):
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    log = tmp_path_factory.mktemp("serve") / "serve.out"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [CLI, "serve", str(tiny_repo), "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
+             "--metrics-port", str(ports["metrics"])], stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while b"ready:" not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"llm-quant serve did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield {"http": f"127.0.0.1:{ports['http']}", "grpc": f"127.0.0.1:{ports['grpc']}", "ports": ports,
+           "process": process, "log": log}
+    # Clean shutdown on SIGTERM: exit code 0, "stopped", the server process gone.
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=90) == 0, log.read_text()[-2000:]
+    assert "stopped" in log.read_text()
+    assert not _port_open(ports["http"])
+
+
+def _port_open(port):
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_repo):
+    """The same quantized model in-process: plain transformers greedy generate, no Triton code involved."""
+    import torch
+
+    from llm_quant.runtime import load_quantized
+
+    model, tokenizer = load_quantized(tiny_repo.parent / "embedded")
+
+    def complete(prompt, max_tokens):
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                 do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        return tokenizer.decode(new, skip_special_tokens=True), len(new)
+
+    return complete
+
+
+def test_greedy_through_triton_equals_in_process(server, reference):
+    client = LLMClient(server["http"])
+    for prompt in PROMPTS:
+        result = client.generate(prompt, max_tokens=12)
+        expected, count = reference(prompt, 12)
+        assert result.text == expected, prompt
+        assert result.tokens == count
+
+
+def test_streaming_http_and_grpc(server, reference):
+    expected, count = reference(PROMPTS[0], 10)
+    for url, protocol in ((server["http"], "http"), (server["grpc"], "grpc")):
+        result = LLMClient(url, protocol=protocol).generate_streamed(PROMPTS[0], max_tokens=10)
+        assert len(result.pieces) == count > 1, protocol  # one response per token, as they are generated
+        assert result.text == expected
+        assert result.first_token_s is not None and result.first_token_s <= result.latency_s
+    # gRPC without streaming (decoupled model: collected from the stream) and the BLS model agree too.
+    assert LLMClient(server["grpc"], protocol="grpc").generate(PROMPTS[1], max_tokens=8).text == reference(
+        PROMPTS[1], 8)[0]
+    assert LLMClient(server["http"], model="tensorrt_llm_bls").generate(PROMPTS[2], max_tokens=8).text == reference(
+        PROMPTS[2], 8)[0]
+    bls_stream = list(LLMClient(server["grpc"], protocol="grpc", model="tensorrt_llm_bls").stream(PROMPTS[2],
+                                                                                                 max_tokens=8))
+    assert "".join(bls_stream) == reference(PROMPTS[2], 8)[0] and len(bls_stream) > 1
+
+
+def test_curl_style_request(server, reference):
+    reply = requests.post(f"http://{server['http']}/v2/models/ensemble/generate",
+                          data='{"text_input": "def f(x):", "max_tokens": 16}', timeout=60)
+    assert reply.status_code == 200
+    assert reply.json()["text_output"] == reference("def f(x):", 16)[0]
+
+
+def test_cli_generate(server, reference):
+    done = subprocess.run([CLI, "generate", PROMPTS[3], "--url", server["http"], "--max-tokens", "8"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == reference(PROMPTS[3], 8)[0] + "\n"
+    streamed = subprocess.run([CLI, "generate", PROMPTS[3], "--url", server["grpc"], "--protocol", "grpc",
+                               "--max-tokens", "8", "--stream"], capture_output=True, text=True, timeout=120)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == reference(PROMPTS[3], 8)[0] + "\n"
+
+
+def _still_serving(server):
+    assert LLMClient(server["http"]).generate("still there?", max_tokens=2).tokens == 2
+
+
+def test_bad_requests_get_clear_errors_and_server_keeps_serving(server):
+    url = f"http://{server['http']}/v2/models/ensemble/generate"
+    missing = requests.post(url, json={"text_input": "hi"}, timeout=60)
+    assert missing.status_code == 400 and "max_tokens" in missing.json()["error"]
+    wrong_type = requests.post(url, json={"text_input": "hi", "max_tokens": "many"}, timeout=60)
+    assert wrong_type.status_code >= 400 and "error" in wrong_type.json()
+    not_text = requests.post(url, json={"text_input": 5, "max_tokens": 3}, timeout=60)
+    assert not_text.status_code >= 400
+    zero = requests.post(url, json={"text_input": "hi", "max_tokens": 0}, timeout=60)
+    assert zero.status_code >= 400 and "max_tokens must be at least 1" in zero.json()["error"]
+    _still_serving(server)
+    for protocol in ("http", "grpc"):
+        client = LLMClient(server[protocol], protocol=protocol)
+        with pytest.raises(QuantError, match="at most 255 input tokens"):
+            client.generate("word " * 400, max_tokens=4)
+        with pytest.raises(QuantError, match="exceeds the model's maximum sequence length 256"):
+            client.generate("word " * 40, max_tokens=200)
+        with pytest.raises(QuantError, match="max_tokens must be a positive integer"):
+            client.generate("hi", max_tokens="4")  # type: ignore[arg-type]
+    _still_serving(server)
+
+
+def test_cli_errors_are_one_line(server):
+    over = subprocess.run([CLI, "generate", "word " * 400, "--url", server["http"], "--max-tokens", "4"],
+                          capture_output=True, text=True, timeout=60)
+    assert over.returncode == 2 and over.stderr.count("\n") == 1 and "at most 255 input tokens" in over.stderr
+    stopped = subprocess.run([CLI, "generate", "hi", "--url", f"127.0.0.1:{free_port()}"], capture_output=True,
+                             text=True, timeout=60)
+    assert stopped.returncode == 2 and stopped.stderr.startswith("error: cannot reach Triton")
+    assert "Traceback" not in stopped.stderr and stopped.stderr.count("\n") == 1
+    taken = subprocess.run([CLI, "serve", str(Path(server["log"]).parent), "--http-port",
+                            str(server["ports"]["http"])], capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 2
+    _still_serving(server)
+
+
+def test_serve_rejects_taken_port(server, tiny_repo):
+    taken = subprocess.run([CLI, "serve", str(tiny_repo), "--http-port", str(server["ports"]["http"]),
+                            "--grpc-port", str(free_port()), "--metrics-port", str(free_port())],
+                           capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 2
+    assert f"HTTP port {server['ports']['http']} on 127.0.0.1 is already in use" in taken.stderr
+    assert server["process"].poll() is None and os.path.exists(tiny_repo)
