@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,20 @@ class RepositorySpec(BaseModel):
     hf_checkpoint_dir: Path | None = None  # llmapi runtime: Hugging Face unified (quantized) checkpoint
     trtllm_checkpoint_dir: Path | None = None  # recorded for provenance
     runtime_loader: str = "llm_quant.runtime:load_quantized"  # pytorch runtime: "module:function"
+    # A build writes into a staging folder that is renamed when complete: absolute paths written into the
+    # repository (engine_dir, the llmapi checkpoint) must name the final place, not the staging one.
+    staging_root: Path | None = None
+    final_root: Path | None = None
+
+    def final_path(self, path: Path) -> Path:
+        """``path`` where it will live once the build folder is in its final place (absolute)."""
+        path = path.resolve()
+        if self.staging_root is not None and self.final_root is not None:
+            try:
+                return self.final_root.resolve() / path.relative_to(self.staging_root.resolve())
+            except ValueError:
+                pass
+        return path
 
 
 class RepositoryResult(BaseModel):
@@ -143,7 +158,7 @@ def _llmapi_yaml(spec: RepositorySpec) -> str:
     opts = spec.options
     assert spec.hf_checkpoint_dir is not None
     config = {
-        "model": str(spec.hf_checkpoint_dir.resolve()),
+        "model": str(spec.final_path(spec.hf_checkpoint_dir)),
         "backend": "pytorch",
         "tensor_parallel_size": 1,
         "pipeline_parallel_size": 1,
@@ -178,7 +193,7 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
         if spec.runtime == "tensorrtllm":
             assert spec.engine_dir is not None
             core = layout.tensorrt_llm_core(opts, backend="tensorrtllm", parameters=layout.tensorrtllm_parameters(
-                opts, str(spec.engine_dir.resolve())))
+                opts, str(spec.final_path(spec.engine_dir))))
         else:
             assert spec.embedded_dir is not None
             core = layout.tensorrt_llm_core(opts, backend="python", parameters={
@@ -212,12 +227,21 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
         result = RepositoryResult(path=out_path, runtime=spec.runtime, models=[m.name for m in specs],
                                   max_input_len=max_input_len, max_seq_len=max_seq_len, warnings=warnings)
         atomic_write_json(tmp / MANIFEST, {
-            "created": utc_now(), "spec": spec.model_dump(mode="json"), "result": result.model_dump(mode="json"),
+            "created": utc_now(), "spec": _spec_record(spec), "result": result.model_dump(mode="json"),
             "default_model": "tensorrt_llm" if spec.runtime == "llmapi" else "ensemble",
             "versions": package_versions(["tritonclient", "nvidia-pytriton", "torch", "transformers",
                                           "nvidia-modelopt", "tensorrt_llm"]),
         })
     return result
+
+
+def _spec_record(spec: RepositorySpec) -> dict[str, Any]:
+    record = spec.model_dump(mode="json", exclude={"staging_root", "final_root"})
+    for key in ("tokenizer_dir", "embedded_dir", "engine_dir", "hf_checkpoint_dir", "trtllm_checkpoint_dir"):
+        value = getattr(spec, key)
+        if value is not None:
+            record[key] = str(spec.final_path(value))
+    return record
 
 
 def choose_runtime(requested: str, engine_dir: Path | None) -> Runtime:
@@ -240,12 +264,15 @@ def package_for_build(
     trtllm_checkpoint_dir: str | os.PathLike[str] | None = None,
     hf_checkpoint_dir: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
+    final_build_dir: str | os.PathLike[str] | None = None,
 ) -> RepositoryResult:
     """Package a ``llm-quant build`` output folder as ``<build_dir>/triton_repo`` (or ``out``).
 
     Defaults: ``embedded_dir = build_dir/embedded``; ``tokenizer_dir = embedded_dir``; ``options`` is the preset's
     ``triton:`` section (a dict is validated as :class:`TritonOptions`); ``runtime="auto"`` picks ``tensorrtllm``
-    when ``engine_dir`` holds a built engine, else ``pytorch``.
+    when ``engine_dir`` holds a built engine, else ``pytorch``. ``final_build_dir``: where ``build_dir`` will be
+    once the build swaps its staging folder in (detected from ``quant_common.atomic.staged_dir``'s
+    ``.<name>.staging-*`` names when not given); absolute paths in the configs point there.
     """
     build = Path(build_dir)
     if not isinstance(options, TritonOptions):
@@ -267,7 +294,15 @@ def package_for_build(
         hf_checkpoint_dir=Path(hf_checkpoint_dir) if hf_checkpoint_dir is not None else None,
         trtllm_checkpoint_dir=Path(trtllm_checkpoint_dir) if trtllm_checkpoint_dir is not None else None,
     )
+    final = Path(final_build_dir) if final_build_dir is not None else _staging_target(build)
+    if final is not None:
+        spec.staging_root, spec.final_root = build, final
     return package(spec, Path(out) if out is not None else build / "triton_repo")
+
+
+def _staging_target(build: Path) -> Path | None:
+    match = re.match(r"^\.(.+)\.staging-[^/]*$", build.resolve().name)
+    return build.resolve().parent / match.group(1) if match else None
 
 
 def read_manifest(repo: str | os.PathLike[str]) -> dict[str, Any]:

@@ -127,3 +127,15 @@ def test_repackaging_replaces_whole_tree(tiny_build, tmp_path):
     package_for_build(tiny_build, options={"max_batch_size": 4}, out=out)
     assert not (out / "stale_model").exists()
     assert _configs(out)["ensemble"].max_batch_size == 4
+
+
+def test_paths_name_the_final_build_folder(tiny_build, tmp_path):
+    # llm-quant build packages inside quant_common.atomic.staged_dir's staging folder, renamed when complete.
+    staging = tmp_path / ".llama.staging-abc123"
+    shutil.copytree(tiny_build / "embedded", staging / "embedded")
+    engine = _engine_dir(staging)
+    result = package_for_build(staging, engine_dir=engine)
+    params = config_pbtxt.parameters_of(_configs(result.path)["tensorrt_llm"])
+    assert params["gpt_model_path"] == str((tmp_path / "llama" / "engine").resolve())
+    manifest = json.loads((result.path / "repository.json").read_text())
+    assert manifest["spec"]["engine_dir"] == params["gpt_model_path"]
