@@ -52,6 +52,7 @@ class VisionConfig(BaseModel):
     save_stats: Path | None = None
     agreement_images: int = Field(4, ge=0)
 
+    trt_int8: Literal["auto", "implicit", "explicit"] = "auto"
     workspace_gb: float = Field(4, gt=0)
     max_batch: int = Field(8, ge=1)
 

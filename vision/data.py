@@ -40,8 +40,8 @@ class LetterboxInfo:
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image as 8-bit RGB ``HxWx3``, applying EXIF orientation; gray, RGBA, palette and 16-bit too."""
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path) as opened:
+            img: Image.Image = ImageOps.exif_transpose(opened)
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.asarray(img, dtype=np.float64)
                 peak = 65535.0 if array.max(initial=0) > 255 else 255.0
@@ -62,7 +62,7 @@ def letterbox(image: np.ndarray, new_hw: tuple[int, int], pad_value: int = PAD_V
     resized_w, resized_h = int(round(w * ratio)), int(round(h * ratio))
     pad_w, pad_h = (new_w - resized_w) / 2, (new_h - resized_h) / 2
     if (resized_w, resized_h) != (w, h):
-        image = np.asarray(Image.fromarray(image).resize((resized_w, resized_h), Image.BILINEAR))
+        image = np.asarray(Image.fromarray(image).resize((resized_w, resized_h), Image.Resampling.BILINEAR))
     top, left = int(round(pad_h - 0.1)), int(round(pad_w - 0.1))
     canvas = np.full((new_h, new_w, 3), pad_value, dtype=np.uint8)
     canvas[top:top + resized_h, left:left + resized_w] = image

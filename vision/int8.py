@@ -160,3 +160,44 @@ def _write_qdq(info: ModelInfo, calib: CalibrationSet, cache_file: Path, outputs
                             calib.iter_batches(limit_images=calib.batch, progress=False))
     outputs.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
     outputs.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()
+
+
+def build_trt_engine(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], staging: Path,
+                     int8: Int8Outputs | None) -> dict[str, Any]:
+    """``model.<precision>.engine`` + timing cache with TensorRT (implicit calibrators on ≤10.x, Q/DQ on 11+)."""
+    from vision.backends.trt import (
+        CalibrationFeed,
+        EngineSpec,
+        build_engine,
+        choose_int8_mode,
+        import_tensorrt,
+        make_calibrator,
+    )
+
+    trt = import_tensorrt()
+    mode = choose_int8_mode(trt.__version__, None if cfg.trt_int8 == "auto" else cfg.trt_int8)
+    spec = EngineSpec(onnx_path=(staging / "model.int8.onnx") if cfg.precision == "int8" and mode == "explicit"
+                      else info.path, engine_path=staging / f"model.{cfg.precision}.engine",
+                      precision=cfg.precision, input_name=info.input_name, input_hw=hw,
+                      dynamic_batch=info.fixed_batch is None, opt_batch=min(cfg.max_batch, 8),
+                      max_batch=cfg.max_batch, fixed_batch=info.fixed_batch or 1,
+                      dynamic_hw=info.fixed_hw is None, workspace_gb=cfg.workspace_gb,
+                      timing_cache_path=staging / "model.timing.cache", int8_mode=mode)
+    calibrator = None
+    if cfg.precision == "int8" and mode == "implicit":
+        if int8 is None:
+            raise QuantError("implicit INT8 needs the calibration cache", "run the INT8 stages first")
+        calib = int8.calib
+        # TensorRT reads our cache (header checked) and skips its own calibration; the batches are there
+        # should it calibrate anyway.
+        feed = CalibrationFeed(calib or [], calib.batch if calib else 1, staging / "calibration.cache", int8.header)
+        calibrator = make_calibrator(feed, int8.header.rsplit("-", 1)[-1])
+    facts = build_engine(spec, calibrator)
+    if int8 is not None and int8.calib is not None and cfg.agreement_images:
+        from vision.agreement import compare
+        from vision.backends.onnxrt import OnnxrtRunner
+        from vision.backends.trt import TrtRunner
+
+        batches = int8.calib.iter_batches(limit_images=max(cfg.agreement_images, int8.calib.batch), progress=False)
+        facts["agreement"] = compare(OnnxrtRunner(info.path), TrtRunner(spec.engine_path), batches).to_dict()
+    return facts

@@ -245,7 +245,8 @@ class _FeedsReader:
         self._it = iter(self._feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return dict(next(self._it, None) or {}) or None
+        feeds = next(self._it, None)
+        return dict(feeds) if feeds is not None else None
 
     def rewind(self) -> None:
         self._it = iter(self._feeds)

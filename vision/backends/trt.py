@@ -170,6 +170,8 @@ class EngineSpec:
     dynamic_batch: bool
     opt_batch: int = 1
     max_batch: int = 8
+    fixed_batch: int = 1  # used when the batch dimension is fixed
+    dynamic_hw: bool = False  # H/W symbolic in the ONNX: pinned to input_hw by the profile
     workspace_gb: float = 4.0
     timing_cache_path: Path | None = None
     int8_mode: Int8Mode = "implicit"
@@ -215,10 +217,11 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
         config.int8_calibrator = calibrator
 
     h, w = spec.input_hw
-    if spec.dynamic_batch:
+    if spec.dynamic_batch or spec.dynamic_hw:
+        lo, opt, hi = (1, spec.opt_batch, spec.max_batch) if spec.dynamic_batch else (spec.fixed_batch,) * 3
         profile = builder.create_optimization_profile()
-        profile.set_shape(spec.input_name, trt.Dims([1, 3, h, w]), trt.Dims([spec.opt_batch, 3, h, w]),
-                          trt.Dims([spec.max_batch, 3, h, w]))
+        profile.set_shape(spec.input_name, trt.Dims([lo, 3, h, w]), trt.Dims([opt, 3, h, w]),
+                          trt.Dims([hi, 3, h, w]))
         config.add_optimization_profile(profile)
         if spec.precision == "int8" and spec.int8_mode == "implicit":
             config.set_calibration_profile(profile)
