@@ -51,6 +51,8 @@ def build_command(
     precision: Annotated[str | None, typer.Option(help="int8 | fp16 | fp32")] = None,
     backend: Annotated[str | None, typer.Option(help="auto | onnxruntime | tensorrt")] = None,
     trt_version: Annotated[str | None, typer.Option(help="TensorRT version for the cache header, e.g. 8.6.1")] = None,
+    trt_int8: Annotated[str | None, typer.Option(
+        help="TensorRT INT8: auto | implicit (calibrators, 8.6-10.x) | explicit (Q/DQ, 10.x+)")] = None,
     calib_cache: Annotated[Path | None, typer.Option(help="Calibration cache (default: OUT/calibration.cache)")] = None,
     force: Annotated[bool, typer.Option("--force", help="Recalibrate even if the cache belongs elsewhere")] = False,
     simplify: Annotated[bool, typer.Option("--simplify", help="Run onnxslim on the model first")] = False,
@@ -66,7 +68,7 @@ def build_command(
     overrides: dict[str, Any] = {
         "model": model, "calib_data": calib_data, "max_calib_images": max_calib_images, "batch": batch,
         "imgsz": imgsz, "calibrator": calibrator, "percentile": percentile, "histogram": histogram,
-        "precision": precision, "backend": backend, "trt_version": trt_version, "calib_cache": calib_cache,
+        "precision": precision, "backend": backend, "trt_version": trt_version, "trt_int8": trt_int8, "calib_cache": calib_cache,
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
     }
     cfg = load_config(config, **overrides)
