@@ -103,6 +103,7 @@ def build(cfg: VisionConfig) -> BuildResult:
     model_path = resolve_model(cfg)
     with timings.measure("load_model"):
         info, _ = load_model(model_path)
+    original_sha256 = info.sha256
     out = cfg.out
     with _staging(out) as staging:
         if cfg.simplify:
@@ -110,10 +111,11 @@ def build(cfg: VisionConfig) -> BuildResult:
                 simplify(info.path, staging / "model.simplified.onnx")
                 info, _ = load_model(staging / "model.simplified.onnx")
         result = BuildResult(out_dir=out, artifacts={}, precision=cfg.precision, backend=backend)
-        manifest: dict[str, Any] = {"created": utc_now(), "model": {"path": str(model_path), "sha256": info.sha256,
+        manifest: dict[str, Any] = {"created": utc_now(), "model": {"path": str(model_path), "sha256": original_sha256,
                                                                     "input": info.input_name,
                                                                     "input_shape": list(info.input_shape),
-                                                                    "opset": info.opset, "simplified": cfg.simplify},
+                                                                    "opset": info.opset, "simplified": cfg.simplify,
+                                                                    "quantized_sha256": info.sha256},
                                     "config": cfg.model_dump(mode="json")}
         staged: dict[str, Path] = {}
         hw = resolve_input_hw(info, cfg.imgsz)

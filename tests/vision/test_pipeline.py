@@ -123,9 +123,11 @@ def test_entropy2_thresholds_do_not_depend_on_batch_or_order(workspace):
 def test_fp32_without_tensorrt_writes_only_the_manifest(workspace, tmp_path):
     _, model, _ = workspace
     result = build(load_config(model=model, precision="fp32", imgsz=64, out=tmp_path / "fp32",
-                               backend="onnxruntime"))
+                               backend="onnxruntime", simplify=True))
     assert set(result.artifacts) == {"build_json"} and result.calibrator is None
-    assert "--saveEngine=model.fp32.engine" in json.loads(result.artifacts["build_json"].read_text())["trtexec"]["fp32"]
+    manifest = json.loads(result.artifacts["build_json"].read_text())
+    assert "--saveEngine=model.fp32.engine" in manifest["trtexec"]["fp32"]
+    assert manifest["model"]["simplified"] and manifest["timings"]["simplify"] > 0
 
 
 def test_trained_yolov8n_acceptance(tmp_path):
