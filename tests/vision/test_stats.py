@@ -61,6 +61,8 @@ def test_min_max_and_counts_are_exact(tiny_detector_dynamic: Path) -> None:
     collector.collect({TINY_INPUT: images[4:]})
     stats = collector.result()
     assert collector.num_batches == 2 and collector.num_samples == 6
+    derived = set(collector.tensors) - set(collector.measured)  # Concat/Reshape/Transpose: sums of their sources
+    assert {"/model.19/Concat_output_0", "/model.46/Reshape_output_0", TINY_OUTPUT} <= derived
     reference = _all_activations(tiny_detector_dynamic, collector.tensors, images)
     np.testing.assert_allclose(outputs[TINY_OUTPUT].ravel(), reference[TINY_OUTPUT][:4 * 8 * 256], rtol=1e-5,
                                atol=1e-6)
