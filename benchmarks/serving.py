@@ -1,0 +1,221 @@
+"""Serving benchmark: N concurrent clients against Triton for T seconds, and the same prompts in-process.
+
+    .venv/bin/python benchmarks/serving.py --build-dir out/llama            # a `llm-quant build` output
+    .venv/bin/python benchmarks/serving.py --tiny --duration 20             # a tiny random model, offline
+
+Phases, all in this run on this machine, one after another (never overlapping):
+  1. Triton, 1 client: per-request latency with nothing queued (the Triton overhead on a request).
+  2. Triton, N clients for T seconds: requests/s, generated tokens/s, p50/p99 latency, failed requests.
+  3. In-process: the same quantized model (``llm_quant.runtime.load_quantized``) and the same generation code
+     (``triton_backend.generation``) the served model runs, on the same prompts, sequentially.
+Overhead = Triton ÷ in-process, for latency (phase 1 vs 3) and tokens/s (phase 2 vs 3). Prints a table, writes
+``serving.json`` and ``serving.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = [
+    "The capital of France is",
+    "Quantization reduces the size of a neural network by",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "To install a Python package, run",
+    "GPUs are fast at matrix multiplication because",
+    "A haiku about the sea:",
+]
+
+
+@dataclass
+class Phase:
+    name: str
+    clients: int
+    seconds: float
+    requests: int = 0
+    failed: int = 0
+    tokens: int = 0
+    latencies: list[float] = field(default_factory=list)
+    first_error: str | None = None
+
+    def summary(self) -> dict[str, float | int | str | None]:
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            return lat[min(len(lat) - 1, int(round(q * (len(lat) - 1))))] * 1000 if lat else float("nan")
+
+        return {"phase": self.name, "clients": self.clients, "seconds": round(self.seconds, 2),
+                "requests": self.requests, "failed": self.failed,
+                "req_per_s": round(self.requests / self.seconds, 3) if self.seconds else 0.0,
+                "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds else 0.0,
+                "p50_ms": round(pct(0.5), 1), "p99_ms": round(pct(0.99), 1),
+                "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else float("nan"),
+                "first_error": self.first_error}
+
+
+def run_clients(url: str, protocol: str, clients: int, seconds: float, max_tokens: int, stream: bool) -> Phase:
+    from quant_common.errors import QuantError
+    from triton_backend.client import LLMClient
+
+    phase = Phase(f"triton x{clients}", clients, seconds)
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def worker(index: int) -> None:
+        client = LLMClient(url, protocol=protocol)  # type: ignore[arg-type]
+        turn = index
+        while time.perf_counter() < stop_at:
+            prompt = PROMPTS[turn % len(PROMPTS)]
+            turn += 1
+            try:
+                result = (client.generate_streamed(prompt, max_tokens=max_tokens) if stream
+                          else client.generate(prompt, max_tokens=max_tokens))
+            except QuantError as exc:
+                with lock:
+                    phase.requests += 1
+                    phase.failed += 1
+                    phase.first_error = phase.first_error or str(exc)
+                continue
+            with lock:
+                phase.requests += 1
+                phase.tokens += result.tokens or 0
+                phase.latencies.append(result.latency_s)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    phase.seconds = time.perf_counter() - start  # includes the requests still running at the deadline
+    return phase
+
+
+def run_in_process(embedded: Path, seconds: float, max_tokens: int) -> Phase:
+    from llm_quant.runtime import load_quantized
+    from triton_backend.generation import Sampling, generate_ids
+
+    model, tokenizer = load_quantized(embedded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    phase = Phase("in-process", 1, seconds)
+    encoded = [tokenizer.encode(p) for p in PROMPTS]
+    generate_ids(model, encoded[0], Sampling(max_new_tokens=2, end_id=tokenizer.eos_token_id, pad_id=pad))  # warm-up
+    start = time.perf_counter()
+    turn = 0
+    while time.perf_counter() - start < seconds:
+        began = time.perf_counter()
+        ids = generate_ids(model, encoded[turn % len(encoded)],
+                           Sampling(max_new_tokens=max_tokens, end_id=tokenizer.eos_token_id, pad_id=pad))
+        tokenizer.decode(ids, skip_special_tokens=True)  # the server detokenizes too
+        phase.latencies.append(time.perf_counter() - began)
+        phase.requests += 1
+        phase.tokens += len(ids)
+        turn += 1
+    phase.seconds = time.perf_counter() - start
+    return phase
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["phase"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(names, [r["tokens_per_s"] for r in rows], color=["#4c72b0", "#55a868", "#c44e52"][: len(rows)])
+    left.set_title("generated tokens/s")
+    width = 0.38
+    xs = range(len(rows))
+    right.bar([x - width / 2 for x in xs], [r["p50_ms"] for r in rows], width, label="p50")
+    right.bar([x + width / 2 for x in xs], [r["p99_ms"] for r in rows], width, label="p99")
+    right.set_xticks(list(xs), names)
+    right.set_title("request latency (ms)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--build-dir", type=Path, help="output of llm-quant build (holds embedded/)")
+    source.add_argument("--tiny", action="store_true", help="build a tiny random quantized model first")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of the N-client phase")
+    parser.add_argument("--single-duration", type=float, default=20.0, help="seconds of the 1-client and "
+                        "in-process phases")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
+    parser.add_argument("--stream", action="store_true", help="stream responses (decoupled model)")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks" / "serving")
+    args = parser.parse_args(argv)
+
+    from quant_common.atomic import atomic_write_json, staged_file
+    from triton_backend.repository import package_for_build
+    from triton_backend.server import TritonServer, free_port
+
+    work = Path(tempfile.mkdtemp(prefix="tq-serving-"))
+    if args.tiny:
+        from tests.triton_backend.tiny_model import build_tiny_build
+
+        build = build_tiny_build(work / "tiny")
+    else:
+        build = args.build_dir
+    repo = package_for_build(build, out=work / "triton_repo").path
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    server = TritonServer(repo, log_file=work / "tritonserver.log", **ports)
+    print(f"starting Triton on {repo} (log {server.log_file})", file=sys.stderr)
+    with server:
+        url = server.http_url if args.protocol == "http" else server.grpc_url
+        run_clients(url, args.protocol, 1, 0.1, 4, args.stream)  # warm-up
+        single = run_clients(url, args.protocol, 1, args.single_duration, args.max_tokens, args.stream)
+        single.name = "triton x1"
+        loaded = run_clients(url, args.protocol, args.clients, args.duration, args.max_tokens, args.stream)
+    local = run_in_process(build / "embedded", args.single_duration, args.max_tokens)
+
+    rows = [single.summary(), loaded.summary(), local.summary()]
+    overhead = {
+        "latency_p50_ratio_1_client": round(rows[0]["p50_ms"] / rows[2]["p50_ms"], 3),  # type: ignore[operator]
+        "tokens_per_s_ratio_n_clients": round(rows[1]["tokens_per_s"] / rows[2]["tokens_per_s"], 3),  # type: ignore[operator]
+        "latency_p50_added_ms_1_client": round(rows[0]["p50_ms"] - rows[2]["p50_ms"], 1),  # type: ignore[operator]
+    }
+    header = f"{'phase':<12} {'clients':>7} {'s':>6} {'reqs':>5} {'fail':>4} {'req/s':>7} {'tok/s':>8} " \
+             f"{'p50 ms':>8} {'p99 ms':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['phase']:<12} {r['clients']:>7} {r['seconds']:>6} {r['requests']:>5} {r['failed']:>4} "
+              f"{r['req_per_s']:>7} {r['tokens_per_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8}")
+    print(f"overhead: Triton 1-client p50 latency = {overhead['latency_p50_ratio_1_client']}x in-process "
+          f"(+{overhead['latency_p50_added_ms_1_client']} ms); {args.clients}-client tokens/s = "
+          f"{overhead['tokens_per_s_ratio_n_clients']}x in-process")
+    if loaded.first_error:
+        print(f"first error: {loaded.first_error}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "serving.json", {
+        "model": str(build), "protocol": args.protocol, "stream": args.stream, "max_tokens": args.max_tokens,
+        "rows": rows, "overhead": overhead, "settings": {k: str(v) for k, v in asdict(loaded).items()
+                                                          if k in ("clients", "seconds")}})
+    with staged_file(args.out / "serving.png") as tmp:
+        plot(rows, tmp.with_suffix(".png"))
+        tmp.with_suffix(".png").replace(tmp)
+    print(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.png'}")
+    return 1 if loaded.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
