@@ -109,32 +109,30 @@ def entropy2_divergences(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins:
     undefined = kept <= 0                      # Q all zero: scipy gives NaN
     infinite = (last == 0) & (tail > 0)        # P > 0 where Q == 0
 
-    def divergence(rows: np.ndarray | slice, dtype: type[np.floating[Any]]) -> np.ndarray:
+    # Only cuts with a defined, finite KL need the expensive part.
+    result = np.where(undefined, np.nan, np.where(infinite, np.inf, 0.0))
+    live = np.flatnonzero(~undefined & ~infinite)
+    if live.size == 0:
+        return result
+
+    def divergence(rows: np.ndarray, dtype: type[np.floating[Any]]) -> np.ndarray:
         terms, last_level = _q_log_terms(csum, nonzero, bounds[rows], dtype)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p_log_q = terms + np.where(tail[rows] > 0, tail[rows] * np.log(last_level), 0.0)
-            # KL with both sides normalised (as scipy.stats.entropy): sum(P) = total, sum(Q) = kept.
-            value = (p_log_p[rows] - p_log_q) / total + np.log(kept[rows] / total)
-        value = np.where(infinite[rows], np.inf, value)
-        return np.where(undefined[rows], np.nan, value)
+        p_log_q = terms + np.where(tail[rows] > 0, tail[rows] * np.log(np.where(tail[rows] > 0, last_level, 1.0)), 0.0)
+        # KL with both sides normalised (as scipy.stats.entropy): sum(P) = total, sum(Q) = kept.
+        return (p_log_p[rows] - p_log_q) / total + np.log(kept[rows] / total)
 
     if not screen:
-        return divergence(slice(None), np.float64)
-    approx = divergence(slice(None), np.float32)
+        result[live] = divergence(live, np.float64)
+        return result
+    approx = divergence(live, np.float32)
     # float32 log of Q = G/N: |error| <= ~2 ulp of |log Q| plus 1 ulp for rounding Q itself, and |log Q| is at most
     # max(log total, -log smallest count). Summed with weights G (sum = kept) and divided by total:
-    if total <= 0:
-        return divergence(slice(None), np.float64)
     positive = counts[counts > 0]
-    largest_log = max(abs(np.log(total)), abs(np.log(positive.min()))) if positive.size else 0.0
-    bound = kept / total * (largest_log + 1.0) * 4.0 * 2.0**-24 + 1e-12
-    finite = np.isfinite(approx)
-    if total <= 0 or not finite.any() or np.isnan(approx).any():
-        return divergence(slice(None), np.float64)
-    ceiling = np.min(approx[finite] + bound[finite])
-    candidates = np.flatnonzero(finite & (approx - bound <= ceiling))
-    result = approx.copy()
-    result[candidates] = divergence(candidates, np.float64)
+    largest_log = max(abs(np.log(total)), abs(np.log(positive.min())))
+    bound = kept[live] / total * (largest_log + 1.0) * 4.0 * 2.0**-24 + 1e-12
+    candidates = np.flatnonzero(approx - bound <= np.min(approx + bound))
+    approx[candidates] = divergence(live[candidates], np.float64)
+    result[live] = approx
     return result
 
 
@@ -147,6 +145,11 @@ def entropy2_bin(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins: int = 1
                          "use start_bin >= num_quant_bins (TensorRT uses 128 and 128)")
     if counts.size < start_bin:
         return counts.size  # too few bins to search: nothing to clip
+    if not skip_undefined and counts[1:start_bin].sum() == 0 and (counts.size < 2 or counts[1] == 0):
+        # the first cut has no data below it: KL is undefined (NaN) there and modelopt's argmin picks the last NaN
+        kept = np.cumsum(np.r_[counts[1], counts[1:]])[start_bin - 1:]
+        if not (kept > 0).all():
+            return start_bin + int(np.flatnonzero(kept <= 0)[-1])
     divergence = entropy2_divergences(counts, bounds, num_quant_bins=num_quant_bins, start_bin=start_bin)
     if skip_undefined and not np.isnan(divergence).all():
         divergence = np.where(np.isnan(divergence), np.inf, divergence)
