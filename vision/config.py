@@ -23,6 +23,7 @@ Backend = Literal["auto", "onnxruntime", "tensorrt"]
 Histogram = Literal["fine", "trt"]
 
 DEFAULT_PRESET = "yolov8"
+DEFAULT_TRT_VERSION = "10.13.0"  # cache header when no TensorRT is installed (the stubs' version)
 # The trained detector the YOLOv8 work ships inside the package (used when no model is given).
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "yolov8n_shapes.onnx"
 
@@ -45,7 +46,7 @@ class VisionConfig(BaseModel):
 
     precision: Precision = "int8"
     backend: Backend = "auto"
-    trt_version: str = "10.13.0"
+    trt_version: str | None = None  # None: the installed TensorRT, else DEFAULT_TRT_VERSION
     calib_cache: Path | None = None
     force: bool = False
     simplify: bool = False
@@ -65,7 +66,9 @@ class VisionConfig(BaseModel):
 
     @field_validator("trt_version")
     @classmethod
-    def _check_trt_version(cls, value: str) -> str:
+    def _check_trt_version(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.fullmatch(r"\d+(\.\d+){1,3}", value.strip()):
             raise ValueError(f"'{value}' is not a TensorRT version such as 10.13.0 or 8.6.1")
         return value.strip()

@@ -69,6 +69,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
         check_reusable,
         data_fingerprint,
         make_header,
+        sidecar_path,
         write_cache,
     )
     from vision.calibrators import TRT_ALGORITHM, compute_all
@@ -94,8 +95,8 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
     cache = check_reusable(cfg.cache_path, expected, tensors, force=cfg.force)
     stats = None
     if cache is None:
-        collector = ActivationCollector(info.path, tensors, histogram=cfg.histogram, num_bins=cfg.num_bins)
-        with timings.measure("statistics"):
+        with timings.measure("statistics"), ActivationCollector(info.path, tensors, histogram=cfg.histogram,
+                                                                 num_bins=cfg.num_bins) as collector:
             for feeds in calib:
                 collector.collect(feeds)
             stats = collector.result()
@@ -109,9 +110,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
     cache_file = staging / "calibration.cache"
     write_cache(cache_file, cache, provenance=expected)
     outputs.staged["cache"] = cache_file
-    sidecar = cache_file.with_name(cache_file.name + ".json")
-    if sidecar.is_file():
-        outputs.staged["cache_provenance"] = sidecar
+    outputs.staged["cache_provenance"] = sidecar_path(cache_file)
     if stats is not None and cfg.save_stats is not None:
         save_stats(staging / "stats.npz", stats)
         outputs.staged["stats"] = staging / "stats.npz"
@@ -125,7 +124,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
                         "fingerprint": expected.data_fingerprint, "batch": batch, "imgsz": list(hw)},
         "calibrator": {"method": cfg.calibrator, "options": options, "cache_header": cache.header,
                        "cache_reused": outputs.cache_reused},
-        "amax": {name: round(scale * 127.0, 8) for name, scale in outputs.scales.items()},
+        "amax": cache.amax(),
         "qdq": outputs.qdq, "agreement": outputs.agreement,
     }
     return outputs

@@ -17,7 +17,7 @@ from typing import Any
 from quant_common.atomic import atomic_write_json, ensure_output_dir
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings, package_versions, utc_now
-from vision.config import BUNDLED_MODEL, VisionConfig
+from vision.config import BUNDLED_MODEL, DEFAULT_TRT_VERSION, VisionConfig
 from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
 from vision.trtexec import trtexec_commands
 
@@ -86,11 +86,11 @@ def _staging(out: Path) -> Any:
 def _header_version(cfg: VisionConfig, backend: str) -> str:
     """The cache header must name the TensorRT that reads it, or TensorRT ignores the cache silently (#1378)."""
     if backend != "tensorrt":
-        return cfg.trt_version
+        return cfg.trt_version or DEFAULT_TRT_VERSION
     from vision.backends.trt import import_tensorrt
 
     installed = ".".join(import_tensorrt().__version__.split(".")[:3])
-    if "trt_version" in cfg.model_fields_set and cfg.trt_version != installed:
+    if cfg.trt_version is not None and cfg.trt_version != installed:
         raise QuantError(f"--trt-version {cfg.trt_version} differs from the installed TensorRT {installed}",
                          "drop --trt-version when building engines, or use --backend onnxruntime")
     return installed
@@ -145,27 +145,26 @@ def build(cfg: VisionConfig) -> BuildResult:
         manifest["timings"] = dict(timings)
         atomic_write_json(staging / "build.json", manifest)
         staged["build_json"] = staging / "build.json"
-        result.artifacts = _publish(staged, staging, out, cfg)
+        result.artifacts = _publish(staged, out, cfg)
         result.timings = dict(timings)
     return result
 
 
-def _publish(staged: dict[str, Path], staging: Path, out: Path, cfg: VisionConfig) -> dict[str, Path]:
-    """Move finished artifacts from staging into place (each an atomic rename; build.json last)."""
+def _publish(staged: dict[str, Path], out: Path, cfg: VisionConfig) -> dict[str, Path]:
+    """Move finished artifacts from staging into place, each by an atomic rename (build.json last)."""
+    from vision.cache import sidecar_path
+
+    special = {"cache": cfg.cache_path, "cache_provenance": sidecar_path(cfg.cache_path), "stats": cfg.save_stats}
     final: dict[str, Path] = {}
-    order = sorted(staged, key=lambda k: k == "build_json")
-    for key in order:
+    for key in sorted(staged, key=lambda k: k == "build_json"):
         src = staged[key]
-        dest = (cfg.cache_path if key == "cache" else cfg.cache_path.with_name(cfg.cache_path.name + ".json")
-                if key == "cache_provenance" else cfg.save_stats if key == "stats" and cfg.save_stats
-                else out / src.name)
+        dest = special.get(key) or out / src.name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.parent.resolve() == staging.parent.resolve() or _same_fs(staging, dest.parent):
-            os.replace(src, dest)
-        else:  # another filesystem (e.g. --save-stats elsewhere): copy beside the target, then rename
+        if not _same_fs(src, dest.parent):  # e.g. --save-stats on another disk: copy beside the target first
             tmp = dest.with_name(f".{dest.name}.tmp")
             shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            src = tmp
+        os.replace(src, dest)
         final[key] = dest
     return final
 
