@@ -208,6 +208,8 @@ def test_registry_and_errors() -> None:
     stats = {"a": _stats(np.linspace(-1, 2, 5_000)), "b": _stats(np.linspace(0, 4, 5_000))}
     result = compute_all(stats, "percentile", percentile=100.0)
     assert list(result) == ["a", "b"] and result["b"] == pytest.approx(4.0)
+    many = {f"t{i}": _stats(np.random.default_rng(i).laplace(size=5_000)) for i in range(10)}
+    assert compute_all(many, "entropy2", workers=3) == compute_all(many, "entropy2", workers=1)
     with pytest.raises(QuantError, match="unknown calibrator 'kl'.*entropy2, minmax, mse, percentile"):
         compute_all(stats, "kl")
     with pytest.raises(QuantError, match="unknown option"):
