@@ -51,32 +51,18 @@ class QdqSummary:
 
 # -- graph analysis --------------------------------------------------------------------------------------------
 def post_processing_nodes(model: onnx.ModelProto) -> list[str]:
-    """Nodes after which no Conv/Gemm/MatMul follows (the decode tail), kept in float for ONNX Runtime."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    feeds_compute: dict[int, bool] = {}
+    """Nodes after which no Conv/Gemm/MatMul follows (the decode tail), kept in float for ONNX Runtime.
 
-    def reaches_compute(node: onnx.NodeProto, stack: set[int]) -> bool:
-        key = id(node)
-        if key in feeds_compute:
-            return feeds_compute[key]
-        stack.add(key)
-        result = False
-        for out in node.output:
-            for nxt in consumers.get(out, []):
-                if nxt.op_type in COMPUTE_OPS or (id(nxt) not in stack and reaches_compute(nxt, stack)):
-                    result = True
-                    break
-            if result:
-                break
-        stack.discard(key)
-        feeds_compute[key] = result
-        return result
-
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * len(model.graph.node) + 1000))
-    return [n.name for n in model.graph.node if n.op_type not in COMPUTE_OPS and not reaches_compute(n, set())]
+    One pass in reverse topological order (ONNX requires nodes to be topologically sorted).
+    """
+    feeds_compute: set[str] = set()  # tensors from which a compute op is reachable
+    tail: list[str] = []
+    for node in reversed(model.graph.node):
+        if node.op_type in COMPUTE_OPS or any(out in feeds_compute for out in node.output):
+            feeds_compute.update(node.input)
+        if node.op_type not in COMPUTE_OPS and not any(out in feeds_compute for out in node.output):
+            tail.append(node.name)
+    return tail[::-1]
 
 
 def fold_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
