@@ -86,6 +86,21 @@ def test_greedy_through_triton_equals_in_process(server, reference):
         assert result.tokens == count
 
 
+def test_concurrent_requests_are_batched_and_exact(server, reference):
+    # 8 clients at once: the dynamic batcher hands them to the model together; greedy results stay exact.
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = (PROMPTS * 2)[:8]
+
+    def ask(index):
+        client = LLMClient(server["grpc"], protocol="grpc") if index % 2 else LLMClient(server["http"])
+        return client.generate(prompts[index], max_tokens=6 + index % 3).text
+
+    with ThreadPoolExecutor(8) as pool:
+        texts = list(pool.map(ask, range(8)))
+    assert texts == [reference(prompts[i], 6 + i % 3)[0] for i in range(8)]
+
+
 def test_streaming_http_and_grpc(server, reference):
     expected, count = reference(PROMPTS[0], 10)
     for url, protocol in ((server["http"], "http"), (server["grpc"], "grpc")):

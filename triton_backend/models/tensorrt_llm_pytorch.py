@@ -3,7 +3,8 @@
 Same inputs/outputs and meaning as the TensorRT-LLM backend's ``tensorrt_llm`` model, so the ensemble and the
 BLS model work unchanged. Needs this project installed on the server side (``llm_quant.runtime`` restores the
 quantized model from the build's ``embedded/`` folder; ``triton_backend.generation`` decodes).
-Requests are served one after another: a CPU box gains nothing from batching several small ones.
+Concurrent greedy requests are batched into one ``generate`` call (static batching per execute); others run
+one after another.
 """
 
 import importlib
@@ -50,9 +51,10 @@ class TritonPythonModel:
         _utf8_locale()
         import torch
 
-        from triton_backend.generation import Sampling, generate_ids, words_from_tensor
+        from triton_backend.generation import Sampling, batchable, generate_batch, generate_ids, words_from_tensor
 
         self._sampling, self._generate, self._words = Sampling, generate_ids, words_from_tensor
+        self._batchable, self._generate_batch = batchable, generate_batch
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         params = _parameters(config)
@@ -71,25 +73,40 @@ class TritonPythonModel:
         self.default_pad_id = pad if pad is not None else self.default_end_id
 
     def execute(self, requests):
-        if self.decoupled:
-            for request in requests:
-                sender = request.get_response_sender()
-                try:
-                    response = self._serve(request, sender)
-                    if response is None:  # streamed: every token went out already; only close the stream
-                        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                    else:
-                        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-                except Exception as exc:  # noqa: BLE001 - every failure goes back to the client, never kills the model
-                    sender.send(self._error(exc), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            return None
-        responses = []
-        for request in requests:
+        senders = [request.get_response_sender() if self.decoupled else None for request in requests]
+        replies = [None] * len(requests)
+        jobs = {}
+        for index, request in enumerate(requests):
             try:
-                responses.append(self._serve(request, None))
+                jobs[index] = self._parse(request)
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the client, never kills the model
+                replies[index] = self._error(exc)
+        # Concurrent greedy requests share one batched generate (the dynamic batcher queues them meanwhile).
+        single = [i for i, job in jobs.items() if len(job["rows"]) == 1]
+        if self._batchable([jobs[i]["rows"][0][1] for i in single]):
+            try:
+                self._run_batch([jobs[i] for i in single], [senders[i] for i in single])
+                for i in single:
+                    replies[i] = self._reply(jobs.pop(i))
             except Exception as exc:  # noqa: BLE001
-                responses.append(self._error(exc))
-        return responses
+                for i in single:
+                    jobs.pop(i)
+                    replies[i] = self._error(exc)
+        for index, job in jobs.items():
+            try:
+                self._run_rows(job, senders[index])
+                replies[index] = self._reply(job)
+            except Exception as exc:  # noqa: BLE001
+                replies[index] = self._error(exc)
+        if not self.decoupled:
+            return replies
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for sender, reply in zip(senders, replies):
+            if reply is None:  # streamed: every token went out already; only close the stream
+                sender.send(flags=final)
+            else:
+                sender.send(reply, flags=final)
+        return None
 
     @staticmethod
     def _error(exc):
@@ -122,7 +139,7 @@ class TritonPythonModel:
             bad_words=self._words(bad.as_numpy()[row]) if bad is not None else [],
         )
 
-    def _serve(self, request, sender):
+    def _parse(self, request):
         input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
         input_ids = input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids
         batch = input_ids.shape[0]
@@ -136,8 +153,7 @@ class TritonPythonModel:
             raise ValueError("streaming needs a decoupled model: repackage with triton.decoupled true")
         if streaming and batch != 1:
             raise ValueError("streaming serves one prompt per request")
-        exclude = _scalar(request, "exclude_input_in_output", 0, self.exclude_input, bool)
-        results = []
+        rows = []
         for row in range(batch):
             prompt = [int(t) for t in input_ids[row, : int(lengths[row])]]
             max_new = int(output_len[row])
@@ -147,18 +163,37 @@ class TritonPythonModel:
                 raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_new}) exceeds the model's "
                                  f"maximum sequence length {self.max_seq_len}: shorten the prompt or ask for fewer "
                                  "tokens")
+            rows.append((prompt, self._options(request, row, max_new)))
+        return {"rows": rows, "streaming": streaming, "results": [],
+                "exclude": _scalar(request, "exclude_input_in_output", 0, self.exclude_input, bool),
+                "cancelled": getattr(request, "is_cancelled", None)}
+
+    def _run_rows(self, job, sender):
+        for prompt, options in job["rows"]:
             on_token = None
-            if streaming:
+            if job["streaming"]:
                 def on_token(token):
                     sender.send(self._tokens_response([token]))
-            cancelled = getattr(request, "is_cancelled", None)
-            generated = self._generate(self.model, prompt, self._options(request, row, max_new), on_token=on_token,
-                                       cancelled=cancelled)
-            results.append(generated if (exclude or streaming) else prompt + generated)
-        if streaming:
+            job["results"].append(self._generate(self.model, prompt, options, on_token=on_token,
+                                                 cancelled=job["cancelled"]))
+
+    def _run_batch(self, jobs, senders):
+        def on_token(row, token):
+            if jobs[row]["streaming"]:
+                senders[row].send(self._tokens_response([token]))
+
+        results = self._generate_batch(self.model, [job["rows"][0][0] for job in jobs],
+                                       [job["rows"][0][1] for job in jobs], on_token=on_token)
+        for job, generated in zip(jobs, results):
+            job["results"].append(generated)
+
+    def _reply(self, job):
+        if job["streaming"]:
             return None
+        results = [generated if job["exclude"] else prompt + generated
+                   for (prompt, _), generated in zip(job["rows"], job["results"])]
         width = max([1] + [len(r) for r in results])
-        ids = np.full((batch, 1, width), self.default_end_id, dtype=np.int32)
+        ids = np.full((len(results), 1, width), self.default_end_id, dtype=np.int32)
         for row, tokens in enumerate(results):
             ids[row, 0, : len(tokens)] = tokens
         seq = np.array([[len(r)] for r in results], dtype=np.int32)
