@@ -148,8 +148,8 @@ class _FineHistogram:
         low, high, bad = histkernels.fine_update(flat, self.counts)
         self.min, self.max, self.nonfinite = min(self.min, low), max(self.max, high), self.nonfinite + bad
 
-    def histogram(self, absmax: float) -> tuple[np.ndarray, np.ndarray]:
-        return rebin_fine(self.counts, absmax)
+    def histogram(self, absmax: float, num_bins: int = NUM_BINS) -> tuple[np.ndarray, np.ndarray]:
+        return rebin_fine(self.counts, absmax, num_bins)
 
 
 class _TrtHistogram:
@@ -183,7 +183,7 @@ class _TrtHistogram:
             self.counts = np.concatenate([self.counts, np.zeros(needed - self.counts.size, dtype=np.int64)])
         histkernels.linear_update(flat, self.counts, 1.0 / self.width)
 
-    def histogram(self, absmax: float) -> tuple[np.ndarray, np.ndarray]:
+    def histogram(self, absmax: float, num_bins: int = NUM_BINS) -> tuple[np.ndarray, np.ndarray]:
         if self.width == 0.0:
             hist = np.zeros(self.num_bins, dtype=np.int64)
             hist[0] = self.zeros_before_range
@@ -312,7 +312,7 @@ class ActivationCollector:
                 raise QuantError(f"tensor '{name}' produced {acc.nonfinite} NaN/inf values during calibration",
                                  "check the model and the input preprocessing (scale, dtype)")
             low, high = (acc.min, acc.max) if acc.min <= acc.max else (0.0, 0.0)
-            hist, edges = acc.histogram(max(abs(low), abs(high)))
+            hist, edges = acc.histogram(max(abs(low), abs(high)), self.num_bins)
             stats[name] = TensorStats(name=name, min=float(low), max=float(high), hist=hist, edges=edges)
         return stats
 

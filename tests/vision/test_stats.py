@@ -186,3 +186,11 @@ def test_bad_input(tiny_detector: Path, tmp_path: Path) -> None:
     collector.collect({TINY_INPUT: bad})
     with pytest.raises(QuantError, match="NaN/inf"):
         collector.result()
+
+
+def test_num_bins_and_explicit_tensor_subset(tiny_detector: Path) -> None:
+    collector = ActivationCollector(tiny_detector, ["/model.5/Mul_output_0", TINY_INPUT], num_bins=512, threads=1)
+    collector.collect({TINY_INPUT: image_batches(1)})
+    stats = collector.result()
+    assert list(stats) == ["/model.5/Mul_output_0", TINY_INPUT]
+    assert all(item.hist.size == 512 and item.edges.size == 513 for item in stats.values())
