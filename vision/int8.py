@@ -4,10 +4,12 @@ and the TensorRT engine where TensorRT is installed. Artifacts go to a staging d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from quant_common.errors import QuantError
@@ -130,13 +132,26 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
     return outputs
 
 
+def _first_images(calib: CalibrationSet, count: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches holding the first ``count`` readable images (unreadable files skipped, as in calibration)."""
+    left = count
+    for batch in calib.iter_batches(progress=False):
+        take = {k: v[:left] for k, v in batch.items()}
+        left -= len(next(iter(take.values())))
+        yield take
+        if left <= 0:
+            return
+
+
 def _write_qdq(info: ModelInfo, calib: CalibrationSet, cache_file: Path, outputs: Int8Outputs, staging: Path,
                timings: Timings, agreement_images: int) -> None:
     from vision.agreement import compare
     from vision.backends.onnxrt import OnnxrtRunner
     from vision.qdq import write_ort_qdq, write_trt_qdq
 
-    sample = list(calib.iter_batches(limit_images=calib.batch, progress=False))[:1]
+    # One image (one batch for a fixed batch size) is enough: both writers' own calibration is overridden.
+    smallest = calib.batch if calib.fixed_batch else 1
+    sample = list(_first_images(calib, smallest))
     with timings.measure("qdq_tensorrt"):
         trt_summary = write_trt_qdq(info.path, cache_file, outputs.scales, sample, staging / "model.int8.onnx")
     with timings.measure("qdq_onnxruntime"):
@@ -151,12 +166,10 @@ def _write_qdq(info: ModelInfo, calib: CalibrationSet, cache_file: Path, outputs
     if agreement_images == 0:
         return
     with timings.measure("agreement"):
-        limit = max(agreement_images, calib.batch if calib.fixed_batch else 1)
-        agreement = compare(OnnxrtRunner(info.path), OnnxrtRunner(ort_summary.path),
-                            calib.iter_batches(limit_images=limit, progress=False))
+        limit = -(-agreement_images // smallest) * smallest  # whole batches for a fixed batch size
+        agreement = compare(OnnxrtRunner(info.path), OnnxrtRunner(ort_summary.path), _first_images(calib, limit))
         # The TensorRT-layout model must run in ONNX Runtime too; one batch shows it does and how close it is.
-        trt_check = compare(OnnxrtRunner(info.path), OnnxrtRunner(trt_summary.path),
-                            calib.iter_batches(limit_images=calib.batch, progress=False))
+        trt_check = compare(OnnxrtRunner(info.path), OnnxrtRunner(trt_summary.path), sample)
     outputs.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
     outputs.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()
 
