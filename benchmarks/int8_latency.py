@@ -102,7 +102,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.bar(x + 0.2, [r["int8_ms"] for r in rows], 0.4, label="INT8 (ORT layout)")
     ax.set_xticks(x, [f"batch {r['batch']}\n{r['speedup']:.2f}x" for r in rows])
     ax.set_ylabel("median latency (ms)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title.replace(": ", "\n", 1), fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
