@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llm_quant.presets import modelopt_config, qformat_spec
+from llm_quant.presets import has_block_quantization, modelopt_config, qformat_spec
 from quant_common.errors import QuantError, require
 from quant_common.progress import track
 
@@ -57,6 +57,21 @@ def check_qformat_device(qformat: str, device: str) -> None:
                          "and none is visible", "run on a GPU machine or choose int8_sq, fp8 or int4_awq")
 
 
+INT4_BLOCK_SIZES = (128, 64, 32)  # group sizes TensorRT-LLM's INT4 kernels take, largest first
+
+
+def int4_block_size(model: Any) -> int:
+    """Largest INT4 group size dividing every decoder linear's input size (SmolLM2's 576 needs 64)."""
+    torch = require("torch", purpose="calibration")
+    sizes = {m.in_features for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"}
+    for block in INT4_BLOCK_SIZES:
+        if all(size % block == 0 for size in sizes):
+            return block
+    raise QuantError(f"no INT4 group size in {INT4_BLOCK_SIZES} divides the linear input sizes {sorted(sizes)}",
+                     "choose int8_sq, fp8 or int8_wo for this model")
+
+
 def model_device(model: Any) -> Any:
     return next(model.parameters()).device
 
@@ -65,8 +80,9 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
              smoothquant_alpha: float | None = None, exclude_layers: list[str] | tuple[str, ...] = (),
              description: str = "calibrating") -> Any:
     """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model."""
+    block = int4_block_size(model) if has_block_quantization(qformat) else None
     cfg = modelopt_config(qformat, kv_cache_dtype=kv_cache_dtype, smoothquant_alpha=smoothquant_alpha,
-                          exclude_layers=exclude_layers)
+                          exclude_layers=exclude_layers, block_size=block)
     if cfg is None:
         return model
     check_qformat_device(qformat, model_device(model).type)

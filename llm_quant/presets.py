@@ -73,7 +73,8 @@ def layer_pattern(layer: str) -> str:
 
 
 def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothquant_alpha: float | None = None,
-                    exclude_layers: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
+                    exclude_layers: list[str] | tuple[str, ...] = (), block_size: int | None = None
+                    ) -> dict[str, Any] | None:
     """The modelopt quantize config for ``qformat`` (a deep copy; None for full precision)."""
     spec = qformat_spec(qformat)
     if spec.modelopt_cfg is None:
@@ -94,9 +95,27 @@ def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothqu
         entries.append({"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": 8, "axis": None}})
     elif kv_cache_dtype is not None:
         raise QuantError(f"unknown --kv-cache-dtype {kv_cache_dtype!r}", "choose fp8 or int8")
+    if block_size is not None:
+        _set_block_size(entries, block_size)
     for layer in exclude_layers:  # later entries win in modelopt's list form
         entries.append({"quantizer_name": layer_pattern(layer), "enable": False})
     return cfg
+
+
+def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
+    """INT4 group size along the input dimension (modelopt's default 128 does not divide e.g. hidden 576)."""
+    for entry in entries:
+        cfgs = entry.get("cfg")
+        for cfg in cfgs if isinstance(cfgs, list) else [cfgs] if isinstance(cfgs, dict) else []:
+            blocks = cfg.get("block_sizes")
+            if isinstance(blocks, dict):
+                key = -1 if -1 in blocks else "-1" if "-1" in blocks else None
+                if key is not None:
+                    blocks[key] = block_size
+
+
+def has_block_quantization(qformat: str) -> bool:
+    return qformat in {"int4_awq", "w4a8_awq", "int4_wo"}
 
 
 # HF model_type -> preset, for --model given as a folder or hub id.

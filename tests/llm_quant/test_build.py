@@ -1,0 +1,108 @@
+"""End-to-end builds on the tiny random Llama: checkpoint contents, corrections, manifest, artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.llm_quant.conftest import TINY_ROPE_THETA
+from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
+
+torch = pytest.importorskip("torch")
+LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+
+
+@pytest.fixture(scope="module")
+def int8_sq_build(tiny_llama, tmp_path_factory):
+    from llm_quant.pipeline import build
+
+    out = tmp_path_factory.mktemp("int8sq") / "out"
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq")
+    return build(cfg, model_source=source), out
+
+
+def test_int8_sq_checkpoint(int8_sq_build, tiny_llama):
+    result, out = int8_sq_build
+    config = trt_config(out)
+    assert config["quantization"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL" == result.quant_algo
+    assert config["rotary_base"] == TINY_ROPE_THETA  # modelopt drops it under transformers 5; we restore it
+    assert config["architecture"] == "LlamaForCausalLM"
+    assert config["mapping"] == {"world_size": 1, "tp_size": 1, "pp_size": 1}
+    weights = rank_weights(out)
+    for layer in range(2):
+        for linear in LINEARS:
+            name = f"transformer.layers.{layer}.{linear}"
+            w = weights[f"{name}.weight"]
+            assert w.dtype == torch.int8
+            scale = weights[f"{name}.weights_scaling_factor"]
+            assert scale.numel() == w.shape[0] and scale.min() > 0  # per output channel
+            assert weights[f"{name}.activation_scaling_factor"].numel() == 1
+            smoothing = weights[f"{name}.prequant_scaling_factor"]
+            assert smoothing.numel() == w.shape[1] and not torch.all(smoothing == 1)
+
+
+def test_build_outputs_and_manifest(int8_sq_build):
+    result, out = int8_sq_build
+    assert result.engine_status == "skipped" and result.engine is None
+    assert result.engine_command.startswith("trtllm-build --checkpoint_dir " + str(out / "trtllm_checkpoint"))
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["engine"]["status"] == "skipped" and "--output_dir" in manifest["engine"]["command"]
+    assert manifest["result"]["trtllm_checkpoint"] == str(out / "trtllm_checkpoint")
+    assert any(k.endswith("rank0.safetensors") for k in manifest["hashes"])
+    assert (out / "triton_repo").is_dir() and result.triton_repo == str(out / "triton_repo")
+    hf = json.loads((out / "hf_checkpoint" / "config.json").read_text())
+    assert hf["quantization_config"]["quant_algo"] == "W8A8_SQ_PER_CHANNEL"
+    assert (out / "hf_checkpoint" / "tokenizer.json").is_file()
+    runtime = json.loads((out / "embedded" / "runtime.json").read_text())
+    assert runtime["format"] == "tq-embedded-v1" and runtime["qformat"] == "int8_sq"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "no staging leftovers"
+
+
+def test_fp8_with_fp8_kv_cache(tiny_llama, tmp_path):
+    from llm_quant.pipeline import build
+
+    cfg, source = tiny_config(tiny_llama, tmp_path / "fp8", qformat="fp8", kv_cache_dtype="fp8")
+    result = build(cfg, model_source=source)
+    config = trt_config(tmp_path / "fp8")
+    assert config["quantization"]["quant_algo"] == "FP8"
+    assert config["quantization"]["kv_cache_quant_algo"] == "FP8" == result.kv_cache_quant_algo
+    weights = rank_weights(tmp_path / "fp8")
+    assert weights["transformer.layers.0.attention.qkv.weight"].dtype == torch.float8_e4m3fn
+    assert weights["transformer.layers.1.mlp.proj.weight"].dtype == torch.float8_e4m3fn
+    assert "transformer.layers.0.attention.kv_cache_scaling_factor" in weights
+
+
+def _recombine_qkv(parts, heads, kv_heads, head_dim):
+    qs, ks, vs = [], [], []
+    tp = len(parts)
+    for part in parts:
+        q, k, v = part.split([heads // tp * head_dim, kv_heads // tp * head_dim, kv_heads // tp * head_dim])
+        qs.append(q), ks.append(k), vs.append(v)
+    return torch.cat(qs + ks + vs)
+
+
+def test_tp2_ranks_recombine_to_tp1(tiny_llama, tmp_path, int8_sq_build):
+    from llm_quant.pipeline import build
+
+    _, out1 = int8_sq_build
+    cfg, source = tiny_config(tiny_llama, tmp_path / "tp2", qformat="int8_sq", parallel={"tp_size": 2})
+    build(cfg, model_source=source)
+    config = trt_config(tmp_path / "tp2")
+    assert config["mapping"]["tp_size"] == 2 and config["mapping"]["world_size"] == 2
+    full, r0, r1 = rank_weights(out1), rank_weights(tmp_path / "tp2", 0), rank_weights(tmp_path / "tp2", 1)
+    heads, kv_heads, head_dim = config["num_attention_heads"], config["num_key_value_heads"], config["head_size"]
+    checked = 0
+    for key, expected in full.items():
+        a, b = r0[key], r1[key]
+        if key.endswith("attention.qkv.weight") or key.endswith("attention.qkv.weights_scaling_factor"):
+            got = _recombine_qkv([a, b], heads, kv_heads, head_dim)
+        elif a.shape == expected.shape:
+            assert torch.equal(a, b), key
+            got = a
+        else:
+            dim = 0 if a.shape[0] != expected.shape[0] else 1
+            got = torch.cat([a, b], dim=dim)
+        assert got.shape == expected.shape and torch.equal(got.float(), expected.float()), key
+        checked += 1
+    assert checked == len(full) and any(full[k].dtype == torch.int8 for k in full)
