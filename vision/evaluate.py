@@ -122,6 +122,8 @@ def class_to_category(coco: Any, num_classes: int, class_map: str | os.PathLike[
     mapping: dict[int, int] = {}
     for key, value in items:
         category = by_name.get(value) if isinstance(value, str) else value
+        if isinstance(key, str) and key.strip().isdigit():  # JSON object keys are strings
+            key = int(key)
         if not isinstance(key, int) or category not in ids or not 0 <= key < num_classes:
             raise QuantError(f"class map {path}: entry {key!r} -> {value!r} names no model class (0..{num_classes - 1}) "
                              "or no category of the annotation file", "fix the class map")

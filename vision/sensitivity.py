@@ -1,0 +1,151 @@
+"""Per-layer INT8 sensitivity and the accuracy-budgeted search for layers to keep out of INT8.
+
+Sensitivity is measured, not guessed: the FP32 model and the all-INT8 model run on the same images with every
+compute layer's output exposed, and each layer's SQNR (signal-to-quantization-noise ratio, dB) is compared with
+the SQNR of its inputs. The difference is the error that layer itself adds; layers adding the most are kept in
+float first. The detection head's decode tail (box arithmetic, class Sigmoid, Concat) is never quantized by
+``vision.qdq`` in the first place, which is what the field learnt for YOLO (FACTS §2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from quant_common.errors import QuantError
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class LayerError:
+    node: str
+    op_type: str
+    output: str
+    sqnr_db: float  # of the layer's output in the INT8 model against FP32 (accumulated error)
+    added_db: float  # SQNR lost in this layer: min SQNR of its inputs minus SQNR of its output
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """10·log10(‖ref‖² / ‖ref − cand‖²); +inf when identical."""
+    ref = reference.astype(np.float64).ravel()
+    noise = float(np.sum((ref - candidate.astype(np.float64).ravel()) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-30) / noise))
+
+
+def compute_layers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
+
+
+def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> bytes:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in existing:
+            copy.graph.output.append(onnx.ValueInfoProto(name=name))
+            existing.add(name)
+    return copy.SerializeToString()
+
+
+def _run_exposed(model: onnx.ModelProto, names: list[str], feeds: Sequence[Mapping[str, np.ndarray]],
+                 threads: int | None) -> list[dict[str, np.ndarray]]:
+    from vision.backends.onnxrt import create_session
+
+    session = create_session(_with_outputs(model, names), threads=threads)
+    return [dict(zip(names, session.run(names, dict(f)), strict=True)) for f in feeds]
+
+
+def layer_errors(fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str],
+                 feeds: Sequence[Mapping[str, np.ndarray]], threads: int | None = None) -> list[LayerError]:
+    """SQNR of every compute layer's output in the INT8 model, most damaging layer (largest ``added_db``) first."""
+    if not feeds:
+        raise QuantError("layer sensitivity needs at least one input batch", "pass calibration images")
+    fp32 = onnx.load(os.fspath(fp32_path))
+    int8 = onnx.load(os.fspath(int8_path))
+    produced = {o for n in int8.graph.node for o in n.output}
+    graph_inputs = {i.name for i in fp32.graph.input}
+    layers = [n for n in compute_layers(fp32) if n.output[0] in produced]
+    activations = {n.input[0] for n in layers if n.input[0] in produced or n.input[0] in graph_inputs}
+    names = sorted({n.output[0] for n in layers} | (activations - graph_inputs))
+    ref_runs = _run_exposed(fp32, names, feeds, threads)
+    int8_runs = _run_exposed(int8, names, feeds, threads)
+    sqnr = {name: sqnr_db(np.concatenate([r[name].ravel() for r in ref_runs]),
+                          np.concatenate([r[name].ravel() for r in int8_runs])) for name in names}
+    result = []
+    for node in layers:
+        out_db = sqnr[node.output[0]]
+        in_db = sqnr.get(node.input[0], float("inf"))  # the image input is exact in both
+        added = (min(in_db, 99.0) - min(out_db, 99.0))
+        result.append(LayerError(node.name, node.op_type, node.output[0], out_db, added))
+    return sorted(result, key=lambda e: -e.added_db)
+
+
+def scales_without(model: onnx.ModelProto, scales: Mapping[str, float], nodes: Iterable[str]) -> dict[str, float]:
+    """Scales with the activation inputs of ``nodes`` removed: ``vision.qdq.write_ort_qdq`` keeps every node that
+    touches a tensor without a scale in float, so these layers (and their elementwise producers) stay FP32."""
+    wanted = set(nodes)
+    by_name = {n.name: n for n in model.graph.node}
+    unknown = sorted(wanted - set(by_name))
+    if unknown:
+        raise QuantError(f"node(s) {', '.join(unknown[:3])} are not in the model", "pick names from the model graph")
+    initializers = {i.name for i in model.graph.initializer}
+    drop = {t for name in wanted for t in by_name[name].input if t and t not in initializers}
+    return {k: v for k, v in scales.items() if k not in drop}
+
+
+@dataclass
+class BudgetSearch:
+    budget: float  # mAP50-95 points allowed below FP32
+    excluded: list[str]
+    delta: float  # measured mAP50-95 points below FP32 with those exclusions
+    met: bool
+    trials: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def search_exclusions(ranked: Sequence[LayerError], measure_delta: Callable[[list[str]], float], budget: float,
+                      baseline_delta: float, steps: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> BudgetSearch:
+    """Keep the most damaging layers in float, a growing prefix of ``ranked`` at a time, until the measured drop
+    (``measure_delta(excluded) -> mAP points``) is within ``budget``. Stops at the first prefix that meets it;
+    otherwise returns the best prefix tried."""
+    if budget < 0:
+        raise QuantError(f"accuracy budget {budget} is negative", "pass mAP points >= 0, e.g. --accuracy-budget 0.5")
+    trials: list[dict[str, Any]] = [{"excluded": 0, "delta": baseline_delta}]
+    if baseline_delta <= budget:
+        return BudgetSearch(budget, [], baseline_delta, True, trials)
+    best: tuple[float, list[str]] = (baseline_delta, [])
+    for k in steps:
+        if k > len(ranked):
+            break
+        excluded = [e.node for e in ranked[:k]]
+        delta = measure_delta(excluded)
+        trials.append({"excluded": k, "delta": delta})
+        if delta < best[0]:
+            best = (delta, excluded)
+        if delta <= budget:
+            return BudgetSearch(budget, excluded, delta, True, trials)
+    return BudgetSearch(budget, best[1], best[0], False, trials)
+
+
+def write_mixed(model_path: Path, scales: Mapping[str, float], excluded: Sequence[str],
+                sample: Sequence[Mapping[str, np.ndarray]], out_path: Path) -> Any:
+    """The ONNX Runtime INT8 model with ``excluded`` layers kept in float (one call to ``vision.qdq``)."""
+    from vision.qdq import write_ort_qdq
+
+    model = onnx.load(os.fspath(model_path))
+    return write_ort_qdq(model_path, scales_without(model, scales, excluded), sample, out_path)
