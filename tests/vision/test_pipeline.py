@@ -144,3 +144,29 @@ def test_trained_yolov8n_acceptance(tmp_path):
     assert agreement["detection_match"] is not None and agreement["detection_match"] > 0.9, agreement
     assert result.qdq["model.int8.onnx"]["per_channel_weights"] >= 50
     assert result.qdq["model.int8.onnx"]["onnxruntime_check"]["cosine"] > 0.99
+
+
+def test_input_size_and_batch_come_from_the_model_unless_dynamic(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from vision.model import inspect_model, resolve_batch, resolve_input_hw
+
+    def info(shape):
+        x = helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
+        graph = helper.make_graph([helper.make_node("Relu", ["images"], ["y"])], "g", [x], [y])
+        path = tmp_path / "m.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        return inspect_model(onnx.load(str(path)), path)
+
+    fixed = info([1, 3, 320, 480])
+    assert resolve_input_hw(fixed, None) == (320, 480) and resolve_batch(fixed, None) == 1
+    with pytest.raises(QuantError, match="fixed input size 320x480"):
+        resolve_input_hw(fixed, (640, 640))
+    with pytest.raises(QuantError, match="fixed batch size 1"):
+        resolve_batch(fixed, 8)
+    dynamic = info(["n", 3, "h", "w"])
+    assert resolve_input_hw(dynamic, (640, 640)) == (640, 640) and resolve_batch(dynamic, None) == 8
+    with pytest.raises(QuantError, match="--imgsz"):
+        resolve_input_hw(dynamic, None)
