@@ -69,30 +69,65 @@ def decoded_batches(calib_dir: Path, input_name: str, hw: tuple[int, int], batch
     return list(calib.iter_batches(progress=False))
 
 
-def time_plain(model: Path, batches: list[dict[str, np.ndarray]], threads: int | None) -> float:
-    session = create_session(model, threads)
-    session.run(None, batches[0])  # warm-up
-    start = time.perf_counter()
-    for feeds in batches:
-        session.run(None, feeds)
-    return time.perf_counter() - start
+class Clock:
+    """Wall and process CPU time (all threads: ONNX Runtime's and the counting pool's) of a block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def time_plain(session: Any, batches: list[dict[str, np.ndarray]]) -> Clock:
+    with Clock() as clock:
+        for feeds in batches:
+            session.run(None, feeds)
+    return clock
 
 
 def time_collect(model: Path, batches: list[dict[str, np.ndarray]], mode: str,
-                 threads: int | None) -> tuple[float, float, dict[str, TensorStats]]:
-    warm = ActivationCollector(model, histogram=mode)  # type: ignore[arg-type]
-    warm.collect(batches[0])  # session warm-up and numba's first call
-    warm.close()
+                 threads: int | None) -> tuple[Clock, Clock, dict[str, TensorStats]]:
     collector = ActivationCollector(model, histogram=mode, threads=threads)  # type: ignore[arg-type]
-    start = time.perf_counter()
-    for feeds in batches:
-        collector.collect(feeds)
-    collected = time.perf_counter() - start
-    start = time.perf_counter()
-    stats = collector.result()
-    finished = time.perf_counter() - start
+    with Clock() as collected:
+        for feeds in batches:
+            collector.collect(feeds)
+        collector.flush()  # the last batch's counting belongs to collection time
+    with Clock() as finished:
+        stats = collector.result()
     collector.close()
     return collected, finished, stats
+
+
+def collection_rows(model: Path, batches: list[dict[str, np.ndarray]], threads: int | None,
+                    rounds: int) -> tuple[dict[str, Any], dict[str, TensorStats]]:
+    """Plain inference, fine and trt collection, interleaved ``rounds`` times (medians): drift and other load on
+    the machine hit all three alike. Ratios are given on wall time and on process CPU time."""
+    session = create_session(model, threads)
+    session.run(None, batches[0])
+    for mode in ("fine", "trt"):  # warm-up: sessions, numba's first calls
+        warm = ActivationCollector(model, histogram=mode)  # type: ignore[arg-type]
+        warm.collect(batches[0])
+        warm.close()
+    samples: dict[str, list[tuple[float, float, float]]] = {"plain": [], "fine": [], "trt": []}
+    fine_stats: dict[str, TensorStats] = {}
+    for _ in range(rounds):
+        plain = time_plain(session, batches)
+        samples["plain"].append((plain.wall, plain.cpu, 0.0))
+        for mode in ("fine", "trt"):
+            collected, finished, stats = time_collect(model, batches, mode, threads)
+            samples[mode].append((collected.wall, collected.cpu, finished.wall))
+            fine_stats = stats if mode == "fine" else fine_stats
+    plain_wall = statistics.median(x[0] for x in samples["plain"])
+    plain_cpu = statistics.median(x[1] for x in samples["plain"])
+    rows: dict[str, Any] = {"plain_s": plain_wall, "plain_cpu_s": plain_cpu, "rounds": rounds}
+    for mode in ("fine", "trt"):
+        wall = statistics.median(x[0] for x in samples[mode])
+        cpu = statistics.median(x[1] for x in samples[mode])
+        rows[mode] = {"collect_s": wall, "collect_cpu_s": cpu, "result_s": statistics.median(x[2] for x in samples[mode]),
+                      "ratio": wall / plain_wall, "cpu_ratio": cpu / plain_cpu}
+    return rows, fine_stats
 
 
 def modelopt_entropy() -> Any:
@@ -105,9 +140,8 @@ def modelopt_entropy() -> Any:
 def entropy_rows(stats: dict[str, TensorStats], sample: int) -> dict[str, Any]:
     first = next(iter(stats.values()))
     entropy2_bin(first.hist, first.edges)  # warm-up (memoised cut boundaries)
-    start = time.perf_counter()
-    compute_all(stats, "entropy2")
-    ours_total = time.perf_counter() - start
+    with Clock() as all_tensors:
+        compute_all(stats, "entropy2")
     names = [name for name in stats if stats[name].hist.sum() > 0]
     picked = [names[int(i)] for i in np.linspace(0, len(names) - 1, min(sample, len(names)))]
     reference = modelopt_entropy()
@@ -124,7 +158,7 @@ def entropy_rows(stats: dict[str, TensorStats], sample: int) -> dict[str, Any]:
             theirs_times.append(time.perf_counter() - start)
         same += int(np.float32(item.edges[ours_bin]) == np.float32(amax))
     ours_each, theirs_each = statistics.mean(ours_times), statistics.mean(theirs_times)
-    return {"tensors": len(stats), "ours_all_tensors_s": ours_total, "ours_per_tensor_ms": ours_each * 1e3,
+    return {"tensors": len(stats), "ours_all_tensors_s": all_tensors.wall, "ours_all_tensors_cpu_s": all_tensors.cpu, "ours_per_tensor_ms": ours_each * 1e3,
             "modelopt_per_tensor_s": theirs_each, "modelopt_tensors_timed": len(picked),
             "speedup": theirs_each / ours_each, "same_bin": f"{same}/{len(picked)}"}
 
@@ -177,12 +211,15 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_row("entropy2 search, per tensor", f"{ent['ours_per_tensor_ms']:.2f} ms",
                   f"modelopt {ent['modelopt_per_tensor_s']:.2f} s ({ent['modelopt_tensors_timed']} tensors)",
                   f"{ent['speedup']:.0f}x faster, same bin {ent['same_bin']}", ">= 100x")
-    table.add_row(f"entropy2, all {ent['tensors']} tensors", f"{ent['ours_all_tensors_s']:.3f} s", "", "", "< 1 s")
+    table.add_row(f"entropy2, all {ent['tensors']} tensors", f"{ent['ours_all_tensors_s']:.3f} s wall",
+                  f"{ent['ours_all_tensors_cpu_s']:.3f} s CPU", "", "< 1 s")
     col = report["collection"]
     for mode in ("fine", "trt"):
         row = col[mode]
-        table.add_row(f"statistics ({mode} histogram)", f"{row['collect_s']:.2f} s (+{row['result_s']:.2f} s result)",
-                      f"plain FP32 ORT {col['plain_s']:.2f} s", f"{row['ratio']:.2f}x", "<= 1.3x" if mode == "fine" else "")
+        table.add_row(f"statistics ({mode} histogram)",
+                      f"{row['collect_s']:.2f} s wall, {row['collect_cpu_s']:.2f} s CPU (+{row['result_s']:.2f} s result)",
+                      f"plain FP32 ORT {col['plain_s']:.2f} s wall, {col['plain_cpu_s']:.2f} s CPU",
+                      f"{row['ratio']:.2f}x wall, {row['cpu_ratio']:.2f}x CPU", "<= 1.3x" if mode == "fine" else "")
     for mode, label in (("fine", "fine (ours)"), ("trt", "TensorRT growing")):
         row = report["order"][mode]
         table.add_row(f"entropy2 moved by order/batch, {label}", f"median {row['median_pct']:.2f} %",
@@ -231,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--imgsz", type=int, default=640, help="for models with dynamic H/W")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--modelopt-tensors", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds (medians)")
     parser.add_argument("--skip-int8", action="store_true", help="skip the FP32 vs INT8 latency section")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks")
     args = parser.parse_args(argv)
@@ -252,16 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         single = batches if batch == 1 else decoded_batches(calib_dir, info.input_name, hw, 1, args.images, fixed)
         images = sum(next(iter(b.values())).shape[0] for b in batches)
 
-        plain = time_plain(model, batches, args.threads)
-        collection: dict[str, Any] = {}
-        fine_stats: dict[str, TensorStats] = {}
-        for mode in ("fine", "trt"):
-            collected, finished, stats = time_collect(model, batches, mode, args.threads)
-            collection[mode] = {"collect_s": collected, "result_s": finished, "ratio": collected / plain}
-            fine_stats = stats if mode == "fine" else fine_stats
-        collection["plain_s"] = (plain + time_plain(model, batches, args.threads)) / 2  # before and after
-        for mode in ("fine", "trt"):
-            collection[mode]["ratio"] = collection[mode]["collect_s"] / collection["plain_s"]
+        collection, fine_stats = collection_rows(model, batches, args.threads, args.rounds)
         report: dict[str, Any] = {"model": str(model), "images": images, "batch": batch, "collection": collection,
                                   "entropy2": entropy_rows(fine_stats, args.modelopt_tensors),
                                   "order": order_rows(model, batches, single, args.threads)}

@@ -286,7 +286,7 @@ class ActivationCollector:
                   for name in self.measured}
         # Counting this batch overlaps the next batch's inference (at most two batches of activations alive);
         # each accumulator is only ever updated by one task at a time because the previous batch is drained first.
-        self._drain()
+        self.flush()
         order = sorted(self.measured, key=lambda name: -np.asarray(arrays[name]).size)  # big first: balanced pool
         self._pending = [self._pool.submit(self._accumulators[name].update, np.asarray(arrays[name]))
                          for name in order]
@@ -295,13 +295,14 @@ class ActivationCollector:
         self.num_samples += int(lead.shape[0]) if lead is not None and lead.ndim else 1
         return {name: produced[name] for name in self.output_names}
 
-    def _drain(self) -> None:
+    def flush(self) -> None:
+        """Wait until every collected batch is counted (collect() returns before its counting ends)."""
         pending, self._pending = self._pending, []
         for future in pending:
             future.result()
 
     def result(self) -> dict[str, TensorStats]:
-        self._drain()
+        self.flush()
         if self.num_batches == 0:
             raise QuantError("no calibration batch was collected", "give at least one calibration image")
         stats: dict[str, TensorStats] = {}
