@@ -129,8 +129,14 @@ class CalibrationSet:
         if not paths:
             raise QuantError(f"no images found in {source} (looked for {', '.join(IMAGE_SUFFIXES)})",
                              "point --calib-data at a directory or list file of calibration images")
-        return cls(select_subset(paths, max_images, seed), input_name, input_hw, batch,
-                   fixed_batch=fixed_batch, dtype=dtype)
+        missing = [p for p in paths if not p.is_file()]  # names in a list file that do not exist
+        present = [p for p in paths if p.is_file()]
+        if not present:
+            raise QuantError(f"none of the {len(paths)} images listed in {source} exist", "fix the list file paths")
+        calib = cls(select_subset(present, max_images, seed), input_name, input_hw, batch,
+                    fixed_batch=fixed_batch, dtype=dtype)
+        calib.skipped.update({str(p): "file not found" for p in missing})
+        return calib
 
     def __len__(self) -> int:
         """Number of batches per pass (an upper bound when unreadable files are skipped)."""
@@ -168,6 +174,9 @@ class CalibrationSet:
             seen += len(pending)
             yield {self.input_name: to_input_tensor(pending).astype(self.dtype, copy=False)}
         self.images_seen = seen
+        if seen == 0 and self.fixed_batch and len(paths) - len(self.skipped) > 0:
+            raise QuantError(f"fewer readable calibration images than the model's fixed batch of {self.batch}",
+                             f"give at least {self.batch} images or re-export the model with a dynamic batch")
         if seen == 0:
             raise QuantError(f"none of the {len(paths)} calibration images could be read "
                              f"(first problem: {next(iter(self.skipped.values()), 'unknown')})",

@@ -33,6 +33,9 @@ def test_list_images_recursive_list_file_and_single_file(image_dir, tmp_path):
     listing.write_text("# comment\nimgs/im0.png\n\n" + str(found[1]) + "\n")
     assert list_images(listing) == [tmp_path / "imgs/im0.png", found[1]]
     assert list_images(found[2]) == [found[2]]
+    listing.write_text("imgs/im0.png\nimgs/gone.png\n")
+    calib = CalibrationSet.from_source(listing, "images", (32, 32), batch=1)
+    assert calib.paths == [tmp_path / "imgs/im0.png"] and list(calib.skipped) == [str(tmp_path / "imgs/gone.png")]
     with pytest.raises(QuantError, match="not found"):
         list_images(tmp_path / "missing")
 
