@@ -15,7 +15,6 @@ Overhead = Triton ÷ in-process, for latency (phase 1 vs 3) and tokens/s (phase 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -176,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         build = args.build_dir
     repo = package_for_build(build, out=work / "triton_repo").path
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-    server = TritonServer(repo, log_file=work / "tritonserver.log", **ports)
+    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_file=work / "tritonserver.log")
     print(f"starting Triton on {repo} (log {server.log_file})", file=sys.stderr)
     with server:
         url = server.http_url if args.protocol == "http" else server.grpc_url

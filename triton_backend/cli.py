@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -34,22 +34,22 @@ def _load_options(path: Path | None, overrides: dict[str, Any]) -> Any:
 
 
 def package(
-    build_dir: Path = typer.Argument(..., help="Output folder of `llm-quant build` (holds embedded/)."),
-    runtime: str = typer.Option("auto", help="auto | pytorch | tensorrtllm | llmapi. auto: tensorrtllm where "
-                                             "--engine-dir holds an engine, else pytorch."),
-    out: Path | None = typer.Option(None, help="Repository folder [default: BUILD_DIR/triton_repo]."),
-    engine_dir: Path | None = typer.Option(None, help="TensorRT-LLM engine (trtllm-build --output_dir)."),
-    hf_checkpoint_dir: Path | None = typer.Option(None, help="HF unified checkpoint (for --runtime llmapi)."),
-    trtllm_checkpoint_dir: Path | None = typer.Option(None, help="TensorRT-LLM checkpoint (recorded)."),
-    embedded_dir: Path | None = typer.Option(None, help="[default: BUILD_DIR/embedded]"),
-    tokenizer_dir: Path | None = typer.Option(None, help="[default: the embedded dir]"),
-    options: Path | None = typer.Option(None, "--options", help="YAML with Triton options (a preset's triton: "
-                                                                 "section or the bare mapping)."),
-    max_batch_size: int | None = typer.Option(None, help="triton_max_batch_size."),
-    decoupled: bool | None = typer.Option(None, "--decoupled/--no-decoupled", help="Streaming needs decoupled."),
-    kv_cache_free_gpu_mem_fraction: float | None = typer.Option(None, help="TensorRT-LLM KV-cache fraction."),
-    max_input_len: int | None = typer.Option(None, help="Longest prompt in tokens [default: model limit]."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    build_dir: Annotated[Path, typer.Argument(help="Output folder of `llm-quant build` (holds embedded/).")],
+    runtime: Annotated[str, typer.Option(help="auto | pytorch | tensorrtllm | llmapi. auto: tensorrtllm where "
+                                             "--engine-dir holds an engine, else pytorch.")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="Repository folder [default: BUILD_DIR/triton_repo].")] = None,
+    engine_dir: Annotated[Path | None, typer.Option(help="TensorRT-LLM engine (trtllm-build --output_dir).")] = None,
+    hf_checkpoint_dir: Annotated[Path | None, typer.Option(help="HF unified checkpoint (for --runtime llmapi).")] = None,
+    trtllm_checkpoint_dir: Annotated[Path | None, typer.Option(help="TensorRT-LLM checkpoint (recorded).")] = None,
+    embedded_dir: Annotated[Path | None, typer.Option(help="[default: BUILD_DIR/embedded]")] = None,
+    tokenizer_dir: Annotated[Path | None, typer.Option(help="[default: the embedded dir]")] = None,
+    options: Annotated[Path | None, typer.Option("--options", help="YAML with Triton options (a preset's triton: "
+                                                                 "section or the bare mapping).")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="triton_max_batch_size.")] = None,
+    decoupled: Annotated[bool | None, typer.Option("--decoupled/--no-decoupled", help="Streaming needs decoupled.")] = None,
+    kv_cache_free_gpu_mem_fraction: Annotated[float | None, typer.Option(help="TensorRT-LLM KV-cache fraction.")] = None,
+    max_input_len: Annotated[int | None, typer.Option(help="Longest prompt in tokens [default: model limit].")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
     """Write a Triton model repository for a build.
 
@@ -80,14 +80,14 @@ def package(
 
 
 def serve(
-    repo: Path = typer.Argument(..., help="Triton model repository (e.g. out/llama/triton_repo)."),
-    http_port: int = typer.Option(8000, help="HTTP port."),
-    grpc_port: int = typer.Option(8001, help="gRPC port."),
-    metrics_port: int = typer.Option(8002, help="Metrics port."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (all three endpoints)."),
-    log_file: Path | None = typer.Option(None, help="Server log [default: REPO/../tritonserver.log]."),
-    tritonserver: Path | None = typer.Option(None, help="tritonserver binary [default: PATH, else nvidia-pytriton]."),
-    ready_timeout: float = typer.Option(600.0, help="Seconds to wait for the models to load."),
+    repo: Annotated[Path, typer.Argument(help="Triton model repository (e.g. out/llama/triton_repo).")],
+    http_port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port.")] = 8002,
+    host: Annotated[str, typer.Option(help="Address to bind (all three endpoints).")] = "127.0.0.1",
+    log_file: Annotated[Path | None, typer.Option(help="Server log [default: REPO/../tritonserver.log].")] = None,
+    tritonserver: Annotated[Path | None, typer.Option(help="tritonserver binary [default: PATH, else nvidia-pytriton].")] = None,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 600.0,
 ) -> None:
     """Start Triton Inference Server on a model repository; Ctrl-C stops it.
 
@@ -127,17 +127,17 @@ def serve(
 
 
 def generate(
-    prompt: str = typer.Argument(..., help="Text to complete."),
-    url: str | None = typer.Option(None, help="host:port [default: 127.0.0.1:8000 for http, :8001 for grpc]."),
-    model: str = typer.Option("ensemble", help="ensemble | tensorrt_llm_bls | tensorrt_llm (llmapi runtime)."),
-    max_tokens: int = typer.Option(64, help="Tokens to generate."),
-    stream: bool = typer.Option(False, "--stream", help="Print tokens as they arrive."),
-    protocol: str = typer.Option("http", help="http (generate endpoint) | grpc (streaming API)."),
-    temperature: float | None = typer.Option(None, help="Sampling temperature (with --top-k/--top-p)."),
-    top_k: int | None = typer.Option(None, help="Sample from the k best tokens (greedy when unset or 1)."),
-    top_p: float | None = typer.Option(None, help="Nucleus sampling threshold."),
-    seed: int | None = typer.Option(None, help="Random seed for sampling."),
-    as_json: bool = typer.Option(False, "--json", help="Print text, tokens and latency as JSON."),
+    prompt: Annotated[str, typer.Argument(help="Text to complete.")],
+    url: Annotated[str | None, typer.Option(help="host:port [default: 127.0.0.1:8000 for http, :8001 for grpc].")] = None,
+    model: Annotated[str, typer.Option(help="ensemble | tensorrt_llm_bls | tensorrt_llm (llmapi runtime).")] = "ensemble",
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
+    stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they arrive.")] = False,
+    protocol: Annotated[str, typer.Option(help="http (generate endpoint) | grpc (streaming API).")] = "http",
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (with --top-k/--top-p).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample from the k best tokens (greedy when unset or 1).")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling threshold.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed for sampling.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print text, tokens and latency as JSON.")] = False,
 ) -> None:
     """Ask the served model to complete a prompt (greedy by default).
 

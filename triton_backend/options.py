@@ -16,27 +16,27 @@ class TritonOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int = Field(8, ge=1, description="triton_max_batch_size of every model")
-    decoupled: bool = Field(True, description="decoupled_mode: needed for streaming responses")
-    max_queue_delay_microseconds: int = Field(0, ge=0)
-    max_queue_size: int = Field(0, ge=0, description="0 = unbounded queue")
+    max_batch_size: int = Field(default=8, ge=1, description="triton_max_batch_size of every model")
+    decoupled: bool = Field(default=True, description="decoupled_mode: needed for streaming responses")
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    max_queue_size: int = Field(default=0, ge=0, description="0 = unbounded queue")
     batching_strategy: Literal["inflight_fused_batching", "V1"] = "inflight_fused_batching"
     batch_scheduler_policy: Literal["guaranteed_no_evict", "max_utilization"] = "guaranteed_no_evict"
-    kv_cache_free_gpu_mem_fraction: float = Field(0.9, gt=0.0, le=1.0)
-    max_tokens_in_paged_kv_cache: int | None = Field(None, ge=1)
+    kv_cache_free_gpu_mem_fraction: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_tokens_in_paged_kv_cache: int | None = Field(default=None, ge=1)
     enable_kv_cache_reuse: bool = False
     enable_chunked_context: bool = False
-    max_beam_width: int = Field(1, ge=1)
+    max_beam_width: int = Field(default=1, ge=1)
     exclude_input_in_output: bool = True
     logits_datatype: DataType = "TYPE_FP32"
     encoder_input_features_data_type: DataType = "TYPE_FP16"
-    preprocessing_instance_count: int = Field(1, ge=1)
-    postprocessing_instance_count: int = Field(1, ge=1)
-    model_instance_count: int = Field(1, ge=1, description="instances of the python-backend core model")
-    bls_instance_count: int = Field(1, ge=1)
+    preprocessing_instance_count: int = Field(default=1, ge=1)
+    postprocessing_instance_count: int = Field(default=1, ge=1)
+    model_instance_count: int = Field(default=1, ge=1, description="instances of the python-backend core model")
+    bls_instance_count: int = Field(default=1, ge=1)
     add_special_tokens: bool = True
     skip_special_tokens: bool = True
-    max_input_len: int | None = Field(None, ge=1, description="default: engine/model limit")
-    max_seq_len: int | None = Field(None, ge=2, description="prompt + generated tokens; default: model limit")
-    default_max_tokens: int = Field(64, ge=1, description="used by the BLS model when max_tokens is absent")
-    torch_threads: int = Field(0, ge=0, description="pytorch runtime: intra-op threads (0 = torch default)")
+    max_input_len: int | None = Field(default=None, ge=1, description="default: engine/model limit")
+    max_seq_len: int | None = Field(default=None, ge=2, description="prompt + generated tokens; default: model limit")
+    default_max_tokens: int = Field(default=64, ge=1, description="used by the BLS model when max_tokens is absent")
+    torch_threads: int = Field(default=0, ge=0, description="pytorch runtime: intra-op threads (0 = torch default)")

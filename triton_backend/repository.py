@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from quant_common.atomic import atomic_write_json, atomic_write_text, staged_dir
 from quant_common.errors import QuantError, is_importable
@@ -37,7 +37,7 @@ class RepositorySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runtime: Runtime
-    options: TritonOptions = TritonOptions()
+    options: TritonOptions = Field(default_factory=TritonOptions)
     tokenizer_dir: Path
     embedded_dir: Path | None = None  # pytorch runtime: runtime.json + modelopt state (llm_quant.runtime)
     engine_dir: Path | None = None  # tensorrtllm runtime: trtllm-build output

@@ -230,9 +230,9 @@ class TritonServer:
             if self._ready():
                 return
             time.sleep(0.25)
-        reason = _failure_from_log(self.log_file)
+        failure = _failure_from_log(self.log_file)
         raise QuantError(f"Triton was not ready after {self.ready_timeout_s:.0f} s"
-                         + (f" ({reason})" if reason else ""), f"see {self.log_file}")
+                         + (f" ({failure})" if failure else ""), f"see {self.log_file}")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

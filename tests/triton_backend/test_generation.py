@@ -25,12 +25,12 @@ def test_batched_greedy_equals_one_by_one_and_streams_every_token(quantized):
     model, tokenizer = quantized
     prompts = [tokenizer.encode(p) for p in PROMPTS]
     options = [_opts(tokenizer, 6 + i) for i in range(len(prompts))]
-    single = [generate_ids(model, p, o) for p, o in zip(prompts, options)]
+    single = [generate_ids(model, p, o) for p, o in zip(prompts, options, strict=True)]
     streamed: dict[int, list[int]] = {i: [] for i in range(len(prompts))}
     batched = generate_batch(model, prompts, options, on_token=lambda row, token: streamed[row].append(token))
     assert batched == single
     assert all(streamed[i] == batched[i] for i in streamed)
-    assert all(len(b) <= o.max_new_tokens for b, o in zip(batched, options))
+    assert all(len(b) <= o.max_new_tokens for b, o in zip(batched, options, strict=True))
 
 
 def test_sampling_semantics(quantized):

@@ -51,10 +51,10 @@ def build_tiny_build(out: Path, *, seed: int = 0, vocab_size: int = 512) -> Path
     model.config.architectures = ["LlamaForCausalLM"]
     model.save_pretrained(str(base))
     tokenizer.save_pretrained(str(base))
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     calib = tokenizer("\n".join(_corpus(8)), return_tensors="pt").input_ids[:, :128]
-    model = mtq.quantize(model, copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG), lambda m: m(calib))
-    save_embedded(model, tokenizer, base, out / "embedded", qformat="int8_sq", dtype="float32",
+    quantized = mtq.quantize(reloaded, copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG), lambda m: m(calib))
+    save_embedded(quantized, tokenizer, base, out / "embedded", qformat="int8_sq", dtype="float32",
                   kv_cache_dtype=None, exclude_modules=[])
     return out
 

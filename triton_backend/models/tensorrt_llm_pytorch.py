@@ -51,7 +51,13 @@ class TritonPythonModel:
         _utf8_locale()
         import torch
 
-        from triton_backend.generation import Sampling, batchable, generate_batch, generate_ids, words_from_tensor
+        from triton_backend.generation import (
+            Sampling,
+            batchable,
+            generate_batch,
+            generate_ids,
+            words_from_tensor,
+        )
 
         self._sampling, self._generate, self._words = Sampling, generate_ids, words_from_tensor
         self._batchable, self._generate_batch = batchable, generate_batch
@@ -101,7 +107,7 @@ class TritonPythonModel:
         if not self.decoupled:
             return replies
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-        for sender, reply in zip(senders, replies):
+        for sender, reply in zip(senders, replies, strict=True):
             if reply is None:  # streamed: every token went out already; only close the stream
                 sender.send(flags=final)
             else:
@@ -184,14 +190,14 @@ class TritonPythonModel:
 
         results = self._generate_batch(self.model, [job["rows"][0][0] for job in jobs],
                                        [job["rows"][0][1] for job in jobs], on_token=on_token)
-        for job, generated in zip(jobs, results):
+        for job, generated in zip(jobs, results, strict=True):
             job["results"].append(generated)
 
     def _reply(self, job):
         if job["streaming"]:
             return None
         results = [generated if job["exclude"] else prompt + generated
-                   for (prompt, _), generated in zip(job["rows"], job["results"])]
+                   for (prompt, _), generated in zip(job["rows"], job["results"], strict=True)]
         width = max([1] + [len(r) for r in results])
         ids = np.full((len(results), 1, width), self.default_end_id, dtype=np.int32)
         for row, tokens in enumerate(results):
