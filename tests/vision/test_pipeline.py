@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -94,10 +95,17 @@ def test_both_int8_models_run_in_onnxruntime_and_agree(built):
         "activation_tensors"] > 10
 
 
-def test_same_inputs_reuse_the_cache_and_another_calibrator_is_refused(built):
+def test_same_inputs_reuse_the_cache_and_another_calibrator_is_refused(built, tmp_path):
     cfg, first = built
-    again = build(cfg.model_copy(update={"save_stats": None}))
+    # the cache (and its provenance) moved elsewhere and passed with --calib-cache is reused in place
+    elsewhere = tmp_path / "caches" / "yolo.cache"
+    elsewhere.parent.mkdir()
+    for suffix in ("", ".json"):
+        shutil.copyfile(cfg.out / f"calibration.cache{suffix}", f"{elsewhere}{suffix}")
+    again = build(cfg.model_copy(update={"save_stats": None, "calib_cache": elsewhere, "out": tmp_path / "o"}))
     assert again.cache_reused and not first.cache_reused
+    assert again.artifacts["cache"] == elsewhere and not (tmp_path / "o" / "calibration.cache").exists()
+    assert read_cache(elsewhere).scales == read_cache(cfg.out / "calibration.cache").scales
     before = {p.name: p.stat().st_mtime_ns for p in cfg.out.iterdir()}
     with pytest.raises(QuantError, match="another calibrator"):
         build(cfg.model_copy(update={"calibrator": "minmax", "save_stats": None}))
