@@ -16,7 +16,10 @@ Two histogram modes:
 
 Counting is a numba kernel (one pass: bin, min and max): ~1 ns per value against ~6.5 ns for numpy's
 ``right_shift`` + ``bincount`` + ``min`` + ``max`` on the dev machine (measured 8e6 values), run for several
-tensors at once on a thread pool since the kernel releases the GIL.
+tensors at once on a thread pool since the kernel releases the GIL, while ONNX Runtime computes the next batch.
+In fine mode, tensors that only move or join other listed tensors' values (Reshape/Transpose/..., Concat) are not
+counted at all: their histograms are sums of their sources'. Memory: one 0.5 MB count array per counted tensor
+(~100 MB for a YOLOv8n) plus at most two batches of activations, whatever the number of images.
 """
 
 from __future__ import annotations
