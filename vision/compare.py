@@ -156,14 +156,20 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
     from vision.calibrators import compute_all
     from vision.qdq import write_ort_qdq
     from vision.report import write_reports
-    from vision.sensitivity import layer_errors, search_exclusions, write_mixed
+    from vision.sensitivity import budgeted_mixed_precision
 
     opts = opts or CompareOptions()
     model_path, out_dir = Path(model), Path(out)
     if not model_path.is_file():
         raise QuantError(f"model file not found: {model_path}", "pass the FP32 ONNX model")
-    if not opts.calibrators:
-        raise QuantError("no calibrators to compare", "pass at least one of minmax, entropy2, percentile, mse")
+    from vision.calibrators import CALIBRATORS
+
+    unknown = [c for c in opts.calibrators if c not in CALIBRATORS]
+    if not opts.calibrators or unknown:
+        raise QuantError(f"unknown calibrator(s) {', '.join(unknown)}" if unknown else "no calibrators to compare",
+                         f"choose from {', '.join(sorted(CALIBRATORS))}")
+    if not Path(annotations).is_file():
+        raise QuantError(f"annotation file not found: {annotations}", "pass a COCO-format instances json")
     timings = Timings()
     data_dir, ann_path = Path(data), Path(annotations)
     with _staging(out_dir) as staging:
@@ -184,22 +190,16 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
                 variants.append(_variant(f"INT8-{method}", method, path, result, _latency(path, opts)))
                 amax_all[method], scales_all[method] = amax, scales
         best = max(variants[1:], key=lambda v: v.map50_95)
-        best_path = staging / best.model
-        with timings.measure("sensitivity"):
-            ranked = layer_errors(model_path, best_path, sample[:opts.sensitivity_images], opts.threads)
-        mixed_path = staging / "model.int8.mixed.ort.onnx"
-
-        def measure(excluded: list[str]) -> float:
-            write_mixed(model_path, scales_all[best.calibrator or ""], excluded, sample[:1], mixed_path)
-            return 100.0 * (fp32.map50_95 - _evaluate(mixed_path, data_dir, ann_path, opts, None).map50_95)
-
-        with timings.measure("mixed_search"):
-            search = search_exclusions(ranked, measure, opts.accuracy_budget,
-                                       100.0 * (fp32.map50_95 - best.map50_95))
-            write_mixed(model_path, scales_all[best.calibrator or ""], search.excluded, sample[:1], mixed_path)
-            mixed_eval = _evaluate(mixed_path, data_dir, ann_path, opts, progress)
-            variants.append(_variant("INT8-mixed", best.calibrator, mixed_path, mixed_eval, _latency(mixed_path, opts),
-                                     search.excluded))
+        with timings.measure("mixed_precision"):
+            mixed = budgeted_mixed_precision(
+                model_path, staging / best.model, scales_all[best.calibrator or ""], sample[:opts.sensitivity_images],
+                lambda path: _evaluate(path, data_dir, ann_path, opts, None).map50_95, opts.accuracy_budget,
+                staging / "model.int8.mixed.ort.onnx", fp32_map=fp32.map50_95, int8_map=best.map50_95,
+                threads=opts.threads)
+            mixed_eval = _evaluate(mixed.model, data_dir, ann_path, opts, progress)
+            variants.append(_variant("INT8-mixed", best.calibrator, mixed.model, mixed_eval,
+                                     _latency(mixed.model, opts), mixed.search.excluded))
+        ranked, search = mixed.layer_errors, mixed.search
         for v in variants:
             v.delta_map50_95 = 100.0 * (v.map50_95 - fp32.map50_95)
             v.delta_map50 = 100.0 * (v.map50 - fp32.map50)

@@ -149,3 +149,46 @@ def write_mixed(model_path: Path, scales: Mapping[str, float], excluded: Sequenc
 
     model = onnx.load(os.fspath(model_path))
     return write_ort_qdq(model_path, scales_without(model, scales, excluded), sample, out_path)
+
+
+@dataclass
+class MixedResult:
+    """An accuracy-budgeted INT8 model: which layers stay FP32 and what that measured."""
+
+    model: Path
+    fp32_map50_95: float
+    int8_map50_95: float  # all layers INT8
+    mixed_map50_95: float
+    search: BudgetSearch
+    layer_errors: list[LayerError]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": str(self.model), "fp32_map50_95": self.fp32_map50_95, "int8_map50_95": self.int8_map50_95,
+                "mixed_map50_95": self.mixed_map50_95, **self.search.to_dict(),
+                "layer_errors": [e.to_dict() for e in self.layer_errors[:20]]}
+
+
+def budgeted_mixed_precision(model_path: Path, int8_path: Path, scales: Mapping[str, float],
+                             feeds: Sequence[Mapping[str, np.ndarray]], evaluate_map: Callable[[Path], float],
+                             budget: float, out_path: Path, *, fp32_map: float | None = None,
+                             int8_map: float | None = None, threads: int | None = None) -> MixedResult:
+    """The whole item: rank layers by added error, then keep a growing prefix in FP32 until
+    ``FP32 mAP - mixed mAP <= budget`` (mAP50-95 points); writes the chosen model to ``out_path``.
+
+    ``evaluate_map(model) -> mAP50-95`` is the user's accuracy measure (e.g. ``vision.evaluate`` on ``--data``);
+    ``int8_path`` is the all-INT8 model made from ``scales``. ``vision-quant build --accuracy-budget`` and
+    ``vision-quant compare`` both call this.
+    """
+    fp32 = evaluate_map(model_path) if fp32_map is None else fp32_map
+    int8 = evaluate_map(int8_path) if int8_map is None else int8_map
+    ranked = layer_errors(model_path, int8_path, feeds, threads)
+    maps: dict[int, float] = {0: int8}
+
+    def measure(excluded: list[str]) -> float:
+        write_mixed(model_path, scales, excluded, feeds[:1], out_path)
+        maps[len(excluded)] = evaluate_map(out_path)
+        return 100.0 * (fp32 - maps[len(excluded)])
+
+    search = search_exclusions(ranked, measure, budget, 100.0 * (fp32 - int8))
+    write_mixed(model_path, scales, search.excluded, feeds[:1], out_path)  # the chosen prefix, last written wins
+    return MixedResult(out_path, fp32, int8, maps.get(len(search.excluded), int8), search, ranked)

@@ -83,7 +83,8 @@ def test_predict_draws_boxes(app: typer.Typer, labelled: tuple[Path, Path, Path]
     assert edge != original.getpixel(((x0 + x1) // 2, y0))
 
 
-@pytest.mark.parametrize("case", ["missing_images", "not_a_detector", "class_mismatch", "bad_model", "bad_batch"])
+@pytest.mark.parametrize("case", ["missing_images", "not_a_detector", "class_mismatch", "bad_model", "bad_batch",
+                                  "compare_bad_calibrator"])
 def test_bad_input_is_one_line_and_nonzero(app: typer.Typer, labelled: tuple[Path, Path, Path], tmp_path: Path,
                                            case: str) -> None:
     model, images, annotations = labelled
@@ -98,8 +99,11 @@ def test_bad_input_is_one_line_and_nonzero(app: typer.Typer, labelled: tuple[Pat
     elif case == "bad_model":
         (tmp_path / "broken.onnx").write_bytes(b"\x08\x01garbage")
         args = ["predict", tmp_path / "broken.onnx", images / "img0.png"]
-    else:
+    elif case == "bad_batch":
         args = ["bench", model, "--batch", 2]
+    else:
+        args = ["compare", model, "--calib-data", images, "--data", images, "--annotations", annotations,
+                "--calibrators", "minmax,kl", "--out", tmp_path / "cmp", "--bench-iterations", 1]
     code, out, err = _invoke(app, *args)
     assert code != 0
     lines = [line for line in err.strip().splitlines() if line]
