@@ -23,6 +23,13 @@ app = typer.Typer(
 )
 
 
+# An explicit callback keeps typer in multi-command mode: with a lone registered command it would
+# otherwise run that command as the whole app, and `vision-quant build X` would break.
+@app.callback()
+def _group() -> None:
+    """Quantize, package and serve Llama-family LLMs."""
+
+
 def _register_commands() -> None:
     from llm_quant import cli_build
     from triton_backend import cli as triton_cli

@@ -21,6 +21,13 @@ app = typer.Typer(
 )
 
 
+# An explicit callback keeps typer in multi-command mode: with a lone registered command it would
+# otherwise run that command as the whole app, and `vision-quant build X` would break.
+@app.callback()
+def _group() -> None:
+    """INT8 post-training quantization of YOLOv8 ONNX models."""
+
+
 def _register_commands() -> None:
     from vision import cli_analysis, cli_build
 

@@ -27,13 +27,6 @@ Examples:
 
 def register(app: typer.Typer) -> None:
     app.command("build", help=EXAMPLES, no_args_is_help=False)(build_command)
-    if app.registered_callback is None:
-        # Without a callback, typer runs a lone command as the whole app and `vision-quant build X` breaks.
-        app.callback()(_group)
-
-
-def _group() -> None:
-    """vision-quant: INT8 post-training quantization of YOLOv8 ONNX models."""
 
 
 @handle_errors
