@@ -22,8 +22,8 @@ ALGO_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
                                      "prequant_scaling_factor")),
     "FP8": ("float8_e4m3fn", ("weights_scaling_factor", "activation_scaling_factor")),
     "W8A16": ("int8", ("weights_scaling_factor",)),
-    "W4A16_AWQ": ("int8", ("weights_scaling_factor", "prequant_scaling_factor")),
-    "W4A8_AWQ": ("int8", ("weights_scaling_factor", "prequant_scaling_factor")),
+    "W4A16_AWQ": ("int8", ("weights_scaling_factor",)),  # + prequant_scaling_factor when pre_quant_scale
+    "W4A8_AWQ": ("int8", ("weights_scaling_factor",)),
     "W4A16": ("int8", ("weights_scaling_factor",)),
 }
 KV_TENSOR = "attention.kv_cache_scaling_factor"
@@ -89,6 +89,8 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
     quantized_layers = 0
     if algo in ALGO_TENSORS:
         dtype, scales = ALGO_TENSORS[algo]
+        if quant.get("pre_quant_scale"):  # TensorRT-LLM then creates (and requires) the AWQ pre-quant scales
+            scales = (*scales, "prequant_scaling_factor")
         for layer in range(_layers_in_rank(config)):
             for linear in LINEARS:
                 name = f"transformer.layers.{layer}.{linear}"

@@ -83,6 +83,7 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
         changes = correct_trtllm_config(config, hf_config, exclude_layers)
+        changes += _correct_pre_quant_scale(config, tmp)
         atomic_write_json(config_path, config)
         for rank in range(tp_size * pp_size):  # modelopt writes one config per rank as well when tp/pp > 1
             rank_cfg = tmp / f"config_rank{rank}.json"
@@ -92,6 +93,21 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
                 atomic_write_json(rank_cfg, rank_config)
         checkpoint.verify_trtllm_checkpoint(tmp, hf_config=hf_config)
     return {"path": str(out_dir), "corrections": changes, "config": config}
+
+
+def _correct_pre_quant_scale(config: dict[str, Any], folder: Path) -> list[str]:
+    """modelopt marks INT4 weight-only (no AWQ search) ``pre_quant_scale: true`` but writes no
+    ``prequant_scaling_factor``; TensorRT-LLM would then expect tensors that are not there."""
+    quant = config.get("quantization", {})
+    if not quant.get("pre_quant_scale"):
+        return []
+    safetensors = require("safetensors", purpose="reading checkpoint weights")
+    for rank in sorted(folder.glob("rank*.safetensors")):
+        with safetensors.safe_open(str(rank), framework="pt") as handle:
+            if any(key.endswith("prequant_scaling_factor") for key in handle.keys()):
+                return []
+    quant["pre_quant_scale"] = False
+    return ["pre_quant_scale true -> false (no prequant_scaling_factor tensors were written)"]
 
 
 def export_hf(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str, exclude_layers: list[str]) -> dict[str, Any]:

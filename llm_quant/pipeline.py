@@ -170,6 +170,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
                                        decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
                                        tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
                                        exclude_layers=exclude)
+            _check_algorithms(trt["config"], cfg)
         with timings.measure("export_hf"):
             hf_export = export.export_hf(model, prep.tokenizer, tmp / "hf_checkpoint", dtype=cfg.dtype,
                                   exclude_layers=exclude)
@@ -202,6 +203,16 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     return result
+
+
+def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
+    quant = config.get("quantization", {})
+    expected = (qformat_spec(cfg.qformat).quant_algo, KV_CACHE_ALGOS.get(cfg.kv_cache_dtype or ""))
+    got = (quant.get("quant_algo"), quant.get("kv_cache_quant_algo"))
+    if got != expected:
+        raise QuantError(f"modelopt exported quant_algo/kv_cache_quant_algo {got} for --qformat {cfg.qformat} "
+                         f"--kv-cache-dtype {cfg.kv_cache_dtype}, expected {expected}",
+                         "this modelopt version maps formats differently; report it with build.json")
 
 
 def package_triton(build_dir: Path, cfg: BuildConfig, eng: engine.EngineResult) -> Path | None:

@@ -33,7 +33,8 @@ QFORMATS: dict[str, QFormatSpec] = {
     "int4_awq": QFormatSpec("INT4_AWQ_CFG", "W4A16_AWQ", weight_dtype="int8"),
     "w4a8_awq": QFormatSpec("W4A8_AWQ_BETA_CFG", "W4A8_AWQ", weight_dtype="int8"),
     "int8_wo": QFormatSpec("INT8_WEIGHT_ONLY_CFG", "W8A16", weight_dtype="int8"),
-    "int4_wo": QFormatSpec("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "W4A16", weight_dtype="int8"),
+    # modelopt exports INT4 weight-only as W4A16_AWQ without pre-quant scales (export.py corrects the flag)
+    "int4_wo": QFormatSpec("INT4_BLOCKWISE_WEIGHT_ONLY_CFG", "W4A16_AWQ", weight_dtype="int8"),
     "nvfp4": QFormatSpec("NVFP4_DEFAULT_CFG", "NVFP4", needs_cuda=True),
     "full_prec": QFormatSpec(None, None),
 }

@@ -106,3 +106,46 @@ def test_tp2_ranks_recombine_to_tp1(tiny_llama, tmp_path, int8_sq_build):
         assert got.shape == expected.shape and torch.equal(got.float(), expected.float()), key
         checked += 1
     assert checked == len(full) and any(full[k].dtype == torch.int8 for k in full)
+
+
+def test_checkpoint_verifier_rejects_broken_checkpoints(int8_sq_build, tmp_path):
+    import shutil
+
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from llm_quant.checkpoint import verify_trtllm_checkpoint
+    from quant_common.errors import QuantError
+
+    _, out = int8_sq_build
+    hf_config = transformers.AutoConfig.from_pretrained(str(out / "hf_checkpoint"))
+    assert verify_trtllm_checkpoint(out / "trtllm_checkpoint", hf_config=hf_config)["quantized_linears_rank0"] == 10
+    broken = tmp_path / "ckpt"
+    shutil.copytree(out / "trtllm_checkpoint", broken)
+    config = json.loads((broken / "config.json").read_text())
+    config.pop("rotary_base")
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(QuantError, match="rotary_base"):
+        verify_trtllm_checkpoint(broken, hf_config=hf_config)
+    shutil.copy(out / "trtllm_checkpoint" / "config.json", broken / "config.json")
+    weights = load_file(str(broken / "rank0.safetensors"))
+    weights.pop("transformer.layers.1.mlp.fc.activation_scaling_factor")
+    save_file(weights, str(broken / "rank0.safetensors"))
+    with pytest.raises(QuantError, match="layers.1.mlp.fc lacks activation_scaling_factor"):
+        verify_trtllm_checkpoint(broken)
+    (broken / "rank0.safetensors").unlink()
+    with pytest.raises(QuantError, match="rank0"):
+        verify_trtllm_checkpoint(broken)
+
+
+def test_layer_globs_are_made_exact():
+    import fnmatch
+
+    from llm_quant.checkpoint import fix_layer_globs
+
+    fixed, changes = fix_layer_globs(["transformer.layers.1*", "lm_head", "transformer.layers.12*"])
+    assert fixed == ["transformer.layers.1.*", "lm_head", "transformer.layers.12.*"] and len(changes) == 2
+    assert fnmatch.fnmatchcase("transformer.layers.1*", "transformer.layers.1*")
+    assert fnmatch.fnmatchcase("transformer.layers.10.mlp.fc", "transformer.layers.1*")  # modelopt's glob: wrong
+    assert not fnmatch.fnmatchcase("transformer.layers.10.mlp.fc", fixed[0])
+    assert fnmatch.fnmatchcase("transformer.layers.1.mlp.fc", fixed[0])

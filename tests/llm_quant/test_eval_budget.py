@@ -12,15 +12,21 @@ from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
 torch = pytest.importorskip("torch")
 
 
-def test_eval_reports_same_windows(tiny_llama, tmp_path):
-    from llm_quant.pipeline import evaluate
+def test_eval_cli_json_reports_same_windows(tiny_llama, tmp_path):
+    from typer.testing import CliRunner
 
-    cfg, _ = tiny_config(tiny_llama, tmp_path / "unused", qformat="int4_awq")
-    report = evaluate(cfg)
-    assert report.windows >= 4 and report.tokens == report.windows * (report.seq_len - 1)
-    assert report.ppl_ref > 1 and report.ppl_quant > 1 and report.ppl_quant != report.ppl_ref
-    assert math.isclose(report.delta_pct, 100 * (report.ppl_quant - report.ppl_ref) / report.ppl_ref, abs_tol=0.01)
-    assert not (tmp_path / "unused").exists()
+    from llm_quant import cli
+
+    cli._register_commands()
+    result = CliRunner().invoke(cli.app, [
+        "eval", "--model", str(tiny_llama), "--qformat", "int8_wo", "--device", "cpu", "--calib-size", "4",
+        "--calib-seq-len", "64", "--eval-seq-len", "64", "--eval-tokens", "1024", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["windows"] >= 4 and report["tokens"] == report["windows"] * (report["seq_len"] - 1)
+    assert report["ppl_ref"] > 1 and report["ppl_quant"] > 1 and report["ppl_quant"] != report["ppl_ref"]
+    expected = 100 * (report["ppl_quant"] - report["ppl_ref"]) / report["ppl_ref"]
+    assert math.isclose(report["delta_pct"], expected, abs_tol=0.01)
 
 
 def test_layer_search_finds_smallest_set(tiny_llama):
@@ -35,7 +41,7 @@ def test_layer_search_finds_smallest_set(tiny_llama):
     batches = data.calibration_batches(data.tokenize_split(docs, tok, "calib"), CalibConfig(size=4, seq_len=64))
     windows = data.tokenize_split(docs, tok, "search").windows(64, max_tokens=512)
     model = calibrate.load_model(tiny_llama, dtype="float32", device="cpu")
-    model = calibrate.quantize(model, "int4_awq", batches)
+    model = calibrate.quantize(model, "int4_wo", batches)
     layers = sensitivity.decoder_layers(model)
     assert layers == ["model.layers.0", "model.layers.1"]
     uniform = perplexity(model, windows).ppl
