@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,17 @@ import onnx
 import pytest
 
 from quant_common.errors import QuantError
-from tests.vision.conftest import image_batches, synthetic_images
+from tests.vision.conftest import image_batches, synthetic_images, tiny_detector_onnx
 from tests.vision.eval_helpers import labelled_set
 from vision.compare import CompareOptions, compare
-from vision.sensitivity import LayerError, layer_errors, scales_without, search_exclusions, sqnr_db
+from vision.sensitivity import (
+    LayerError,
+    head_nodes,
+    layer_errors,
+    scales_without,
+    search_exclusions,
+    sqnr_db,
+)
 
 
 def test_sqnr_values() -> None:
@@ -46,8 +54,6 @@ def test_budget_search_stops_at_the_first_prefix_that_meets_it() -> None:
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    from tests.vision.conftest import tiny_detector_onnx
-
     root = tmp_path_factory.mktemp("compare")
     model = tiny_detector_onnx(root)
     calib = root / "calib"
@@ -100,7 +106,8 @@ def test_scales_without_drops_the_inputs_of_kept_layers(compared: tuple[Path, ob
     conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0] != "images")
     scales = {name: 0.1 for n in model.graph.node for name in n.input if name}
     kept = scales_without(model, scales, [conv.name])
-    assert conv.input[0] not in kept and len(kept) == len(scales) - 1  # weights are initializers, never listed
+    assert conv.input[0] not in kept and conv.output[0] not in kept
+    assert len(kept) == len(scales) - 2  # weights are initializers, never dropped
     with pytest.raises(QuantError, match="not in the model"):
         scales_without(model, scales, ["no-such-node"])
 
@@ -108,3 +115,12 @@ def test_scales_without_drops_the_inputs_of_kept_layers(compared: tuple[Path, ob
 def test_compare_refuses_bad_input_before_long_work(tmp_path: Path) -> None:
     with pytest.raises(QuantError, match="model file not found"):
         compare(tmp_path / "absent.onnx", tmp_path, tmp_path, tmp_path / "a.json", tmp_path / "out")
+
+
+def test_head_nodes_are_the_all_anchor_part_of_any_yolov8_export() -> None:
+    model = onnx.load(str(Path(__file__).resolve().parents[2] / "vision" / "assets" / "yolov8n_shapes.onnx"))
+    head = set(head_nodes(model))
+    assert {"/model.22/Concat", "/model.22/dfl/Softmax", "/model.22/dfl/conv/Conv", "/model.22/Sigmoid"} <= head
+    assert not any("cv2" in n or "cv3" in n for n in head)  # the per-level branch convs stay INT8 candidates
+    tiny = onnx.load(str(tiny_detector_onnx(Path(tempfile.mkdtemp()))))
+    assert "/model.head/Concat" in set(head_nodes(tiny))
