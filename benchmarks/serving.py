@@ -104,9 +104,10 @@ def run_clients(url: str, protocol: str, clients: int, seconds: float, max_token
 
 def run_in_process(embedded: Path, seconds: float, max_tokens: int) -> Phase:
     from llm_quant.runtime import load_quantized
-    from triton_backend.generation import Sampling, generate_ids
+    from triton_backend.generation import Sampling, fold_quantized_weights, generate_ids
 
     model, tokenizer = load_quantized(embedded)
+    fold_quantized_weights(model)  # as the served model does
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     phase = Phase("in-process", 1, seconds)
     encoded = [tokenizer.encode(p) for p in PROMPTS]

@@ -54,6 +54,7 @@ class TritonPythonModel:
         from triton_backend.generation import (
             Sampling,
             batchable,
+            fold_quantized_weights,
             generate_batch,
             generate_ids,
             words_from_tensor,
@@ -72,6 +73,8 @@ class TritonPythonModel:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, tokenizer = loader(_resolve(params["embedded_dir"], args), device=device)
         self.model.eval()
+        if params.get("fold_weights", "true").lower() == "true":
+            fold_quantized_weights(self.model)
         self.max_seq_len = int(params.get("max_seq_len", "0")) or None
         self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
         self.default_end_id = tokenizer.eos_token_id
