@@ -60,12 +60,21 @@ def package(
       llm-quant package out/llama --runtime tensorrtllm --engine-dir out/llama/engine --max-batch-size 16
 
       llm-quant package out/llama --runtime llmapi --hf-checkpoint-dir out/llama/hf_checkpoint
+
+    BUILD_DIR/engine, BUILD_DIR/hf_checkpoint and BUILD_DIR/trtllm_checkpoint are used when present.
     """
     from triton_backend.repository import package_for_build
 
     opts = _load_options(options, {"max_batch_size": max_batch_size, "decoupled": decoupled,
                                    "kv_cache_free_gpu_mem_fraction": kv_cache_free_gpu_mem_fraction,
                                    "max_input_len": max_input_len})
+    # The folders `llm-quant build` writes, where present and not given explicitly.
+    if engine_dir is None and (build_dir / "engine" / "config.json").is_file():
+        engine_dir = build_dir / "engine"
+    if hf_checkpoint_dir is None and (build_dir / "hf_checkpoint" / "config.json").is_file():
+        hf_checkpoint_dir = build_dir / "hf_checkpoint"
+    if trtllm_checkpoint_dir is None and (build_dir / "trtllm_checkpoint" / "config.json").is_file():
+        trtllm_checkpoint_dir = build_dir / "trtllm_checkpoint"
     result = package_for_build(build_dir, options=opts, runtime=runtime, embedded_dir=embedded_dir,  # type: ignore[arg-type]
                                tokenizer_dir=tokenizer_dir, engine_dir=engine_dir, out=out,
                                trtllm_checkpoint_dir=trtllm_checkpoint_dir, hf_checkpoint_dir=hf_checkpoint_dir)

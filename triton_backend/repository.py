@@ -275,6 +275,8 @@ def package_for_build(
     ``.<name>.staging-*`` names when not given); absolute paths in the configs point there.
     """
     build = Path(build_dir)
+    if not build.is_dir():
+        raise QuantError(f"build directory {build} does not exist", "pass the --out folder of llm-quant build")
     if not isinstance(options, TritonOptions):
         try:
             options = TritonOptions.model_validate(dict(options or {}))
