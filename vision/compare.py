@@ -181,7 +181,7 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
         variants, amax_all, scales_all = [fp32], {}, {}
         for method in opts.calibrators:
             with timings.measure(f"int8_{method}"):
-                options = {"percentile": opts.percentile} if method == "percentile" else {}
+                options: dict[str, Any] = {"percentile": opts.percentile} if method == "percentile" else {}
                 amax = compute_all(stats, method, **options)
                 scales = {name: amax_to_scale(value) for name, value in amax.items()}
                 path = staging / f"model.int8.{method}.ort.onnx"

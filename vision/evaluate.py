@@ -127,7 +127,7 @@ def class_to_category(coco: Any, num_classes: int, class_map: str | os.PathLike[
         if not isinstance(key, int) or category not in ids or not 0 <= key < num_classes:
             raise QuantError(f"class map {path}: entry {key!r} -> {value!r} names no model class (0..{num_classes - 1}) "
                              "or no category of the annotation file", "fix the class map")
-        mapping[key] = int(category)
+        mapping[key] = int(category)  # type: ignore[arg-type]  # checked to be a category id above
     return [mapping.get(i, -1) for i in range(num_classes)]
 
 

@@ -68,17 +68,17 @@ def shape_loops(category: int, rng: np.random.Generator) -> tuple[list[np.ndarra
     if name == "hexagon":
         return [_circle(6)], 1.4
     if name == "cross":
-        a = rng.uniform(0.22, 0.34)
+        a = float(rng.uniform(0.22, 0.34))
         pts = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a),
                (-1, -a), (-a, -a)]
         return [np.array(pts, np.float64)], 1.5
     if name == "ring":
         return [_circle(), _circle() * rng.uniform(0.45, 0.7)], 1.6
     # arrow
-    t = rng.uniform(0.15, 0.28)
-    head = rng.uniform(0.0, 0.4)
-    pts = [(-1, -t), (head, -t), (head, -0.6), (1, 0), (head, 0.6), (head, t), (-1, t)]
-    return [np.array(pts, np.float64)], 1.4
+    shaft = float(rng.uniform(0.15, 0.28))
+    head = float(rng.uniform(0.0, 0.4))
+    arrow = [(-1, -shaft), (head, -shaft), (head, -0.6), (1, 0), (head, 0.6), (head, shaft), (-1, shaft)]
+    return [np.array(arrow, np.float64)], 1.4
 
 
 def _transform(loops: list[np.ndarray], aspect: float, angle: float, radius: float,
@@ -109,7 +109,7 @@ def _rasterize(loops: list[np.ndarray], outline_px: float) -> tuple[int, int, np
                 pen.polygon(xy, fill=255 if i == 0 else 0)
             else:
                 pen.line(xy + [xy[0]], fill=255, width=max(1, int(round(outline_px * s))), joint="curve")
-        small = canvas.resize((w, h), Image.BOX)
+        small = canvas.resize((w, h), Image.Resampling.BOX)
         return np.asarray(small, dtype=np.float32) / 255.0
 
     return x0, y0, draw(True), (draw(False) if outline_px > 0 else None)
@@ -313,7 +313,8 @@ def _check_counts(n: int, seed: int, imgsz: int) -> None:
 
 
 def coco_dict(records: list[dict[str, Any]], seed: int, split: str) -> dict[str, Any]:
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, record in enumerate(records, start=1):
         images.append({"id": image_id, "file_name": record["file_name"], "width": record["width"],
                        "height": record["height"]})

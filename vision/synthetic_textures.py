@@ -47,7 +47,7 @@ def natural_images() -> tuple[np.ndarray, ...]:
     return tuple(photos)
 
 
-def _resize(array: np.ndarray, w: int, h: int, resample: int = Image.BILINEAR) -> np.ndarray:
+def _resize(array: np.ndarray, w: int, h: int, resample: int = Image.Resampling.BILINEAR) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((max(w, 1), max(h, 1)), resample))
 
 
@@ -66,7 +66,7 @@ def photo_crop(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
         crop = crop[:, ::-1]
     if rng.random() < 0.3:
         crop = crop[::-1]
-    out = _resize(np.ascontiguousarray(crop), w, h, Image.BICUBIC).astype(np.float32)
+    out = _resize(np.ascontiguousarray(crop), w, h, Image.Resampling.BICUBIC).astype(np.float32)
     return colour_jitter(rng, out)
 
 
@@ -88,7 +88,7 @@ def fractal_noise(rng: np.random.Generator, w: int, h: int, octaves: int = 5) ->
     cells = int(rng.integers(2, 5))
     for _ in range(octaves):
         grid = (rng.random((cells + 1, cells + 1)) * 255).astype(np.uint8)
-        total += _resize(grid, w, h, Image.BICUBIC).astype(np.float32) / 255.0 * amplitude
+        total += _resize(grid, w, h, Image.Resampling.BICUBIC).astype(np.float32) / 255.0 * amplitude
         weight += amplitude
         amplitude *= persistence
         cells *= 2
