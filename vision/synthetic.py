@@ -291,9 +291,8 @@ def _write_unlabelled(args: tuple[Path, int, int, int]) -> None:
 
 
 def _run(func: Any, jobs: list[Any], workers: int | None, description: str) -> Iterable[Any]:
-    from quant_common.progress import (
-        track,  # lazy: the training recipe runs this module in a venv without rich
-    )
+    # imported here: the training recipe imports this module in an environment that may lack rich
+    from quant_common.progress import track
 
     workers = min(workers or os.cpu_count() or 1, len(jobs)) if jobs else 1
     if workers <= 1:
