@@ -48,6 +48,7 @@ class Phase:
     tokens: int = 0
     latencies: list[float] = field(default_factory=list)
     first_error: str | None = None
+    texts: dict[str, str] = field(default_factory=dict)  # first answer per prompt (greedy: all are equal)
 
     def summary(self) -> dict[str, float | int | str | None]:
         lat = sorted(self.latencies)
@@ -64,7 +65,8 @@ class Phase:
                 "first_error": self.first_error}
 
 
-def run_clients(url: str, protocol: str, clients: int, seconds: float, max_tokens: int, stream: bool) -> Phase:
+def run_clients(url: str, protocol: str, clients: int, seconds: float, max_tokens: int, stream: bool,
+                min_requests: int = 0) -> Phase:
     from quant_common.errors import QuantError
     from triton_backend.client import LLMClient
 
@@ -75,7 +77,7 @@ def run_clients(url: str, protocol: str, clients: int, seconds: float, max_token
     def worker(index: int) -> None:
         client = LLMClient(url, protocol=protocol)  # type: ignore[arg-type]
         turn = index
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < stop_at or phase.requests < min_requests:
             prompt = PROMPTS[turn % len(PROMPTS)]
             turn += 1
             try:
@@ -91,6 +93,7 @@ def run_clients(url: str, protocol: str, clients: int, seconds: float, max_token
                 phase.requests += 1
                 phase.tokens += result.tokens or 0
                 phase.latencies.append(result.latency_s)
+                phase.texts.setdefault(prompt, result.text)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
@@ -102,7 +105,7 @@ def run_clients(url: str, protocol: str, clients: int, seconds: float, max_token
     return phase
 
 
-def run_in_process(embedded: Path, seconds: float, max_tokens: int) -> Phase:
+def run_in_process(embedded: Path, seconds: float, max_tokens: int, min_requests: int = 0) -> Phase:
     from llm_quant.runtime import load_quantized
     from triton_backend.generation import Sampling, fold_quantized_weights, generate_ids
 
@@ -114,11 +117,12 @@ def run_in_process(embedded: Path, seconds: float, max_tokens: int) -> Phase:
     generate_ids(model, encoded[0], Sampling(max_new_tokens=2, end_id=tokenizer.eos_token_id, pad_id=pad))  # warm-up
     start = time.perf_counter()
     turn = 0
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < seconds or phase.requests < min_requests:
         began = time.perf_counter()
         ids = generate_ids(model, encoded[turn % len(encoded)],
                            Sampling(max_new_tokens=max_tokens, end_id=tokenizer.eos_token_id, pad_id=pad))
-        tokenizer.decode(ids, skip_special_tokens=True)  # the server detokenizes too
+        text = tokenizer.decode(ids, skip_special_tokens=True)  # the server detokenizes too
+        phase.texts.setdefault(PROMPTS[turn % len(PROMPTS)], text)
         phase.latencies.append(time.perf_counter() - began)
         phase.requests += 1
         phase.tokens += len(ids)
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--protocol", choices=("http", "grpc"), default="http")
     parser.add_argument("--stream", action="store_true", help="stream responses (decoupled model)")
+    parser.add_argument("--greedy-prompts", type=int, default=5, help="at least this many prompts answered by "
+                        "Triton (1 client) and in-process, compared for equal greedy text")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks" / "serving")
     args = parser.parse_args(argv)
 
@@ -182,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     with server:
         url = server.http_url if args.protocol == "http" else server.grpc_url
         run_clients(url, args.protocol, 1, 0.1, 4, args.stream)  # warm-up
-        single = run_clients(url, args.protocol, 1, args.single_duration, args.max_tokens, args.stream)
+        single = run_clients(url, args.protocol, 1, args.single_duration, args.max_tokens, args.stream,
+                             min_requests=args.greedy_prompts)
         single.name = "triton x1"
         loaded = run_clients(url, args.protocol, args.clients, args.duration, args.max_tokens, args.stream)
-    local = run_in_process(build / "embedded", args.single_duration, args.max_tokens)
+    local = run_in_process(build / "embedded", args.single_duration, args.max_tokens,
+                           min_requests=args.greedy_prompts)
+    compared = sorted(set(single.texts) & set(local.texts))
+    same = [p for p in compared if single.texts[p] == local.texts[p]]
 
     rows = [single.summary(), loaded.summary(), local.summary()]
     overhead = {
@@ -203,18 +213,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overhead: Triton 1-client p50 latency = {overhead['latency_p50_ratio_1_client']}x in-process "
           f"(+{overhead['latency_p50_added_ms_1_client']} ms); {args.clients}-client tokens/s = "
           f"{overhead['tokens_per_s_ratio_n_clients']}x in-process")
+    print(f"greedy equality: {len(same)}/{len(compared)} prompts give identical text through Triton and "
+          "in-process")
+    for prompt in compared:
+        if prompt not in same:
+            print(f"  differs: {prompt!r}: triton {single.texts[prompt]!r} vs in-process {local.texts[prompt]!r}")
     if loaded.first_error:
         print(f"first error: {loaded.first_error}")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "serving.json", {
         "model": str(build), "protocol": args.protocol, "stream": args.stream, "max_tokens": args.max_tokens,
-        "rows": rows, "overhead": overhead, "settings": {k: str(v) for k, v in asdict(loaded).items()
+        "rows": rows, "overhead": overhead, "greedy_equal": len(same), "greedy_compared": len(compared),
+        "texts": {"triton": single.texts, "in_process": local.texts}, "settings": {k: str(v) for k, v in asdict(loaded).items()
                                                           if k in ("clients", "seconds")}})
     with staged_file(args.out / "serving.png") as tmp:
         plot(rows, tmp.with_suffix(".png"))
         tmp.with_suffix(".png").replace(tmp)
     print(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.png'}")
-    return 1 if loaded.failed else 0
+    return 1 if loaded.failed or len(same) != len(compared) else 0
 
 
 if __name__ == "__main__":
