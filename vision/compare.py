@@ -144,8 +144,9 @@ def collect_statistics(model: Path, calib_data: Path, opts: CompareOptions,
         for feeds in calib.iter_batches():
             collector.collect(feeds)
         stats = collector.result()
+    used = calib.images_seen  # read before the sample pass below resets it
     sample = list(calib.iter_batches(limit_images=max(opts.sensitivity_images, batch), progress=False))
-    return stats, sample, calib.images_seen
+    return stats, sample, used
 
 
 def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], data: str | os.PathLike[str],

@@ -87,6 +87,7 @@ def test_compare_writes_the_table_models_and_reports(compared: tuple[Path, objec
     for tensor, value in saved["amax"]["minmax"].items():
         assert value >= saved["amax"]["entropy2"][tensor] - 1e-6
     assert all(row["latency_ms"] > 0 for row in result.table())
+    assert result.calib_images == 4 and result.images == 2
 
 
 def test_layer_errors_rank_every_conv(compared: tuple[Path, object]) -> None:
