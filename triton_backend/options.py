@@ -39,4 +39,7 @@ class TritonOptions(BaseModel):
     max_input_len: int | None = Field(default=None, ge=1, description="default: engine/model limit")
     max_seq_len: int | None = Field(default=None, ge=2, description="prompt + generated tokens; default: model limit")
     default_max_tokens: int = Field(default=64, ge=1, description="used by the BLS model when max_tokens is absent")
+    # Off by default: on the 2-core CPU box a batch of 8 concurrent greedy requests ran slower than the same
+    # requests one by one (benchmarks/serving.py, SmolLM2-135M int8_sq: 0.46 vs 0.76 tokens/s). Turn on for GPUs.
+    batch_requests: bool = Field(default=False, description="pytorch runtime: batch concurrent greedy requests")
     torch_threads: int = Field(default=0, ge=0, description="pytorch runtime: intra-op threads (0 = torch default)")

@@ -202,6 +202,7 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
                 "max_seq_len": max_seq_len,
                 "exclude_input_in_output": opts.exclude_input_in_output,
                 "torch_threads": opts.torch_threads,
+                "batch_requests": opts.batch_requests,
             })
             code["tensorrt_llm"] = "tensorrt_llm_pytorch.py"
         specs += [layout.preprocessing(opts, tokenizer, max_input_len), core,

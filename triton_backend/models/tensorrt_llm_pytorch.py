@@ -3,8 +3,8 @@
 Same inputs/outputs and meaning as the TensorRT-LLM backend's ``tensorrt_llm`` model, so the ensemble and the
 BLS model work unchanged. Needs this project installed on the server side (``llm_quant.runtime`` restores the
 quantized model from the build's ``embedded/`` folder; ``triton_backend.generation`` decodes).
-Concurrent greedy requests are batched into one ``generate`` call (static batching per execute); others run
-one after another.
+With ``batch_requests`` (off by default: slower on a 2-core CPU), concurrent greedy requests share one batched
+``generate`` call; otherwise requests run one after another.
 """
 
 import importlib
@@ -73,6 +73,7 @@ class TritonPythonModel:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, tokenizer = loader(_resolve(params["embedded_dir"], args), device=device)
         self.model.eval()
+        self.batch_requests = params.get("batch_requests", "false").lower() == "true"
         if params.get("fold_weights", "true").lower() == "true":
             fold_quantized_weights(self.model)
         self.max_seq_len = int(params.get("max_seq_len", "0")) or None
@@ -90,9 +91,9 @@ class TritonPythonModel:
                 jobs[index] = self._parse(request)
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the client, never kills the model
                 replies[index] = self._error(exc)
-        # Concurrent greedy requests share one batched generate (the dynamic batcher queues them meanwhile).
+        # With batch_requests, concurrent greedy requests share one batched generate (queued by the dynamic batcher).
         single = [i for i, job in jobs.items() if len(job["rows"]) == 1]
-        if self._batchable([jobs[i]["rows"][0][1] for i in single]):
+        if self.batch_requests and self._batchable([jobs[i]["rows"][0][1] for i in single]):
             try:
                 self._run_batch([jobs[i] for i in single], [senders[i] for i in single])
                 for i in single:
