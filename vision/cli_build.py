@@ -22,6 +22,9 @@ Examples:
   vision-quant build yolov8n_dynamic.onnx --calib-data images/ --imgsz 640 --batch 8
 
   vision-quant build --out out/yolov8      (the bundled detector, calibrated on generated images)
+
+  vision-quant build yolov8n.onnx --calib-data images/ --accuracy-budget 0.5 --data val/ --annotations val.json
+      (keep the most damaging layers in FP32 until INT8 is within 0.5 mAP50-95 points of FP32 on val/)
 """
 
 
@@ -50,6 +53,16 @@ def build_command(
     force: Annotated[bool, typer.Option("--force", help="Recalibrate even if the cache belongs elsewhere")] = False,
     simplify: Annotated[bool, typer.Option("--simplify", help="Run onnxslim on the model first")] = False,
     save_stats: Annotated[Path | None, typer.Option(help="Write the activation statistics to FILE.npz")] = None,
+    accuracy_budget: Annotated[float | None, typer.Option(
+        help="mAP50-95 points INT8 may lose against FP32 on --data; keeps sensitive layers in FP32")] = None,
+    data: Annotated[Path | None, typer.Option(help="Labelled images for --accuracy-budget")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="COCO json for --data")] = None,
+    budget_max_images: Annotated[int | None, typer.Option(
+        help="Evaluate the budget on the first N images of --data (default 100)")] = None,
+    keep_head_fp32: Annotated[bool | None, typer.Option(
+        "--keep-head-fp32/--quantize-head", help="Keep the detection head's all-anchor part in float")] = None,
+    ort_weights: Annotated[str | None, typer.Option(
+        help="model.int8.ort.onnx weights: auto | int8 (exact only with VNNI) | uint8 (zero point 128)")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the image subset and generated images")] = None,
     config: Annotated[str | None, typer.Option(help="Preset name or YAML file (default: yolov8)")] = None,
@@ -63,12 +76,18 @@ def build_command(
         "imgsz": imgsz, "calibrator": calibrator, "percentile": percentile, "histogram": histogram,
         "precision": precision, "backend": backend, "trt_version": trt_version, "trt_int8": trt_int8, "calib_cache": calib_cache,
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
+        "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations,
+        "budget_max_images": budget_max_images, "keep_head_fp32": keep_head_fp32, "ort_weights": ort_weights,
     }
     cfg = load_config(config, **overrides)
     result = build(cfg)
     summary = result.summary()
     if json_output:
         print_json(summary)
+        mixed = summary.get("mixed_precision")
+        if mixed and not mixed["met"]:
+            typer.echo(f"warning: accuracy budget {mixed['budget']} not met (Δ {mixed['delta']:.2f} mAP50-95 points)",
+                       err=True)
         return
     _print_summary(summary)
 
@@ -94,5 +113,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
         console.print(f"FP32 vs INT8 ({agreement['model']}, {agreement['images']} images): cosine "
                       f"{agreement['cosine']:.4f}, max |diff| {agreement['max_abs_diff']:.4g}"
                       + (f", detections matched {det:.1%}" if det is not None else ""))
+    mixed = summary.get("mixed_precision")
+    if mixed:
+        console.print(f"accuracy budget {mixed['budget']} mAP50-95 points: {'met' if mixed['met'] else 'NOT met'} "
+                      f"(FP32 {mixed['map_fp32']:.4f}, INT8 {mixed['map_mixed']:.4f}, Δ {mixed['delta']:.2f} points, "
+                      f"{len(mixed['excluded_nodes'])} layer(s) in float)")
+        if not mixed["met"]:
+            console.print("warning: the budget was not met; the artifacts hold the most accurate INT8 found",
+                          style="yellow")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings"].items())
     console.print(f"timings: {timings}")

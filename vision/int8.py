@@ -31,6 +31,8 @@ class Int8Outputs:
     scales: dict[str, float] = field(default_factory=dict)
     header: str = ""
     calib: CalibrationSet | None = None  # fed to TensorRT's calibrator should it calibrate itself
+    float_layers: list[str] = field(default_factory=list)  # ONNX nodes kept out of INT8 (head, budget)
+    mixed_precision: dict[str, Any] | None = None  # the --accuracy-budget search, when asked for
 
 
 def calibration_source(cfg: VisionConfig, staging: Path) -> tuple[Path, str]:
@@ -119,7 +121,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
 
     outputs.scales = {name: float(scale) for name, scale in cache.scales.items()}
     outputs.header = cache.header
-    _write_qdq(info, calib, cache_file, outputs, staging, timings, cfg.agreement_images)
+    _write_qdq(cfg, info, calib, cache_file, outputs, staging, timings)
     outputs.manifest = {
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
                         "images_used": outputs.images, "skipped": outputs.skipped,
@@ -128,7 +130,10 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], batch
                        "cache_reused": outputs.cache_reused},
         "amax": cache.amax(),
         "qdq": outputs.qdq, "agreement": outputs.agreement,
+        "float_layers": outputs.float_layers,
     }
+    if outputs.mixed_precision is not None:
+        outputs.manifest["mixed_precision"] = outputs.mixed_precision
     return outputs
 
 
@@ -143,35 +148,83 @@ def _first_images(calib: CalibrationSet, count: int) -> Iterator[dict[str, np.nd
             return
 
 
-def _write_qdq(info: ModelInfo, calib: CalibrationSet, cache_file: Path, outputs: Int8Outputs, staging: Path,
-               timings: Timings, agreement_images: int) -> None:
+def _write_qdq(cfg: VisionConfig, info: ModelInfo, calib: CalibrationSet, cache_file: Path, outputs: Int8Outputs,
+               staging: Path, timings: Timings) -> None:
     from vision.agreement import compare
     from vision.backends.onnxrt import OnnxrtRunner
     from vision.qdq import write_ort_qdq, write_trt_qdq
+    from vision.sensitivity import head_nodes
 
     # One image (one batch for a fixed batch size) is enough: both writers' own calibration is overridden.
     smallest = calib.batch if calib.fixed_batch else 1
     sample = list(_first_images(calib, smallest))
-    with timings.measure("qdq_tensorrt"):
-        trt_summary = write_trt_qdq(info.path, cache_file, outputs.scales, sample, staging / "model.int8.onnx")
+    head = head_nodes(onnx.load(str(info.path))) if cfg.keep_head_fp32 else []
+    ort_path = staging / "model.int8.ort.onnx"
     with timings.measure("qdq_onnxruntime"):
-        ort_summary = write_ort_qdq(info.path, outputs.scales, sample, staging / "model.int8.ort.onnx")
+        ort_summary = write_ort_qdq(info.path, outputs.scales, sample, ort_path, nodes_to_exclude=head,
+                                    weight_storage=cfg.ort_weights)
+    outputs.float_layers = list(head)
+    if cfg.accuracy_budget is not None:
+        with timings.measure("accuracy_budget"):
+            outputs.mixed_precision = _budget_search(cfg, info, calib, outputs, ort_path, smallest)
+        outputs.float_layers = list(outputs.mixed_precision["excluded_nodes"])
+        with timings.measure("qdq_onnxruntime"):
+            ort_summary = write_ort_qdq(info.path, outputs.scales, sample, ort_path,
+                                        nodes_to_exclude=outputs.float_layers, weight_storage=cfg.ort_weights)
+    with timings.measure("qdq_tensorrt"):
+        trt_summary = write_trt_qdq(info.path, cache_file, outputs.scales, sample, staging / "model.int8.onnx",
+                                    nodes_to_exclude=outputs.float_layers)
     outputs.staged["qdq_trt"] = trt_summary.path
     outputs.staged["qdq_ort"] = ort_summary.path
     for summary in (trt_summary, ort_summary):
         outputs.qdq[summary.path.name] = {"layout": summary.layout, "activation_tensors": summary.activation_tensors,
                                           "matched_scales": summary.matched_scales,
                                           "per_channel_weights": summary.per_channel_weights,
-                                          "per_tensor_weights": summary.per_tensor_weights}
-    if agreement_images == 0:
+                                          "per_tensor_weights": summary.per_tensor_weights,
+                                          "float_layers": len(summary.excluded_nodes)}
+    outputs.qdq[ort_summary.path.name]["weight_storage"] = ort_summary.weight_storage
+    if cfg.agreement_images == 0:
         return
     with timings.measure("agreement"):
-        limit = -(-agreement_images // smallest) * smallest  # whole batches for a fixed batch size
+        limit = -(-cfg.agreement_images // smallest) * smallest  # whole batches for a fixed batch size
         agreement = compare(OnnxrtRunner(info.path), OnnxrtRunner(ort_summary.path), _first_images(calib, limit))
         # The TensorRT-layout model must run in ONNX Runtime too; one batch shows it does and how close it is.
         trt_check = compare(OnnxrtRunner(info.path), OnnxrtRunner(trt_summary.path), sample)
     outputs.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
     outputs.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()
+
+
+def _budget_search(cfg: VisionConfig, info: ModelInfo, calib: CalibrationSet, outputs: Int8Outputs,
+                   int8_path: Path, smallest: int) -> dict[str, Any]:
+    """Keep the most damaging layers in float until FP32 - INT8 mAP50-95 on ``cfg.data`` is within the budget.
+
+    A budget that cannot be met is not an error: the best set tried is written and reported with ``met: false``
+    (the artifacts are still the most accurate INT8 found; the caller decides whether that is good enough).
+    """
+    from vision.backends import load_runner
+    from vision.evaluate import evaluate
+    from vision.sensitivity import budgeted_mixed_precision
+
+    assert cfg.data is not None and cfg.annotations is not None and cfg.accuracy_budget is not None
+    data, annotations = cfg.data, cfg.annotations
+    hw = info.fixed_hw or (640, 640)
+
+    def map50_95(model: Path) -> float:
+        with load_runner(model) as runner:
+            return float(evaluate(runner, data, annotations, max_images=cfg.budget_max_images, imgsz=hw[0]).map50_95)
+
+    mixed_path = int8_path.with_name("model.int8.mixed.ort.onnx")
+    feeds = list(_first_images(calib, max(cfg.sensitivity_images, smallest)))
+    result = budgeted_mixed_precision(info.path, int8_path, outputs.scales, feeds, map50_95, cfg.accuracy_budget,
+                                      mixed_path, keep_head=cfg.keep_head_fp32, int8_keeps_head=True,
+                                      weight_storage=cfg.ort_weights)
+    mixed_path.unlink(missing_ok=True)  # rewritten as model.int8.ort.onnx by the caller
+    search = result.search
+    return {"budget": search.budget, "met": search.met, "excluded_nodes": search.excluded,
+            "head_nodes": search.trials[0].get("head_fp32", 0), "map_fp32": result.fp32_map50_95,
+            "map_int8": result.int8_map50_95, "map_mixed": result.mixed_map50_95, "delta": search.delta,
+            "images": cfg.budget_max_images, "data": str(data), "annotations": str(annotations),
+            "trials": search.trials, "layer_errors": [e.to_dict() for e in result.layer_errors[:20]]}
 
 
 def build_trt_engine(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], staging: Path,
@@ -194,7 +247,8 @@ def build_trt_engine(cfg: VisionConfig, info: ModelInfo, hw: tuple[int, int], st
                       dynamic_batch=info.fixed_batch is None, opt_batch=min(cfg.max_batch, 8),
                       max_batch=cfg.max_batch, fixed_batch=info.fixed_batch or 1,
                       dynamic_hw=info.fixed_hw is None, workspace_gb=cfg.workspace_gb,
-                      timing_cache_path=staging / "model.timing.cache", int8_mode=mode)
+                      timing_cache_path=staging / "model.timing.cache", int8_mode=mode,
+                      float_layers=tuple(int8.float_layers) if int8 is not None else ())
     calibrator = None
     if cfg.precision == "int8" and mode == "implicit":
         if int8 is None:

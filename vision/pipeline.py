@@ -39,6 +39,8 @@ class BuildResult:
     qdq: dict[str, Any] = field(default_factory=dict)
     engine: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    float_layers: list[str] = field(default_factory=list)
+    mixed_precision: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The ``--json`` object."""
@@ -46,7 +48,10 @@ class BuildResult:
                 "precision": self.precision, "backend": self.backend, "calibrator": self.calibrator,
                 "calibrator_options": self.calibrator_options, "cache_reused": self.cache_reused,
                 "images": self.images, "skipped_images": len(self.skipped_images), "agreement": self.agreement,
-                "qdq": self.qdq, "engine": self.engine, "timings": self.timings}
+                "qdq": self.qdq, "engine": self.engine, "timings": self.timings,
+                "float_layers": len(self.float_layers),
+                "mixed_precision": {k: v for k, v in self.mixed_precision.items()
+                                    if k not in ("trials", "layer_errors")} if self.mixed_precision else None}
 
 
 def resolve_backend(name: str) -> str:
@@ -83,6 +88,22 @@ def _staging(out: Path) -> Any:
                 out.rmdir()  # only succeeds while empty, i.e. when the build failed
 
 
+def check_budget_options(cfg: VisionConfig) -> None:
+    """--accuracy-budget needs a labelled set and INT8; say so before any long work."""
+    if cfg.accuracy_budget is None:
+        return
+    if cfg.data is None or cfg.annotations is None:
+        raise QuantError("--accuracy-budget needs a labelled set to measure mAP on (--data DIR and --annotations FILE)",
+                         "pass --data IMAGES_DIR --annotations coco.json, or drop --accuracy-budget")
+    if cfg.precision != "int8":
+        raise QuantError(f"--accuracy-budget applies to INT8 builds, not --precision {cfg.precision}",
+                         "use --precision int8 or drop --accuracy-budget")
+    if not cfg.data.is_dir():
+        raise QuantError(f"--data directory not found: {cfg.data}", "pass the directory holding the labelled images")
+    if not cfg.annotations.is_file():
+        raise QuantError(f"annotation file not found: {cfg.annotations}", "pass a COCO-format instances json")
+
+
 def _header_version(cfg: VisionConfig, backend: str) -> str:
     """The cache header must name the TensorRT that reads it, or TensorRT ignores the cache silently (#1378)."""
     if backend != "tensorrt":
@@ -99,6 +120,7 @@ def _header_version(cfg: VisionConfig, backend: str) -> str:
 def build(cfg: VisionConfig) -> BuildResult:
     """Run the whole pipeline for ``cfg``; raise ``QuantError`` for anything the user can fix."""
     timings = Timings()
+    check_budget_options(cfg)
     backend = resolve_backend(cfg.backend)
     model_path = resolve_model(cfg)
     with timings.measure("load_model"):
@@ -131,6 +153,7 @@ def build(cfg: VisionConfig) -> BuildResult:
             result.calibrator_options = manifest["calibrator"]["options"]
             result.cache_reused, result.images, result.skipped_images = int8.cache_reused, int8.images, int8.skipped
             result.agreement, result.qdq = int8.agreement, int8.qdq
+            result.float_layers, result.mixed_precision = int8.float_layers, int8.mixed_precision
         if backend == "tensorrt":
             from vision.int8 import build_trt_engine
 

@@ -13,8 +13,10 @@ Both writers verify the result: every activation Q node must carry exactly our s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,6 +48,8 @@ class QdqSummary:
     matched_scales: int = 0  # of those, with exactly our scale
     per_channel_weights: int = 0
     per_tensor_weights: int = 0
+    weight_storage: str = "int8"
+    excluded_nodes: list[str] = field(default_factory=list)  # kept in float on request
     mismatched: list[str] = field(default_factory=list)
 
 
@@ -245,29 +249,47 @@ def ort_overrides(model: onnx.ModelProto, scales: Mapping[str, float]) -> dict[s
 
 
 def write_ort_qdq(model_path: Path, scales: Mapping[str, float], sample_feeds: Sequence[Mapping[str, np.ndarray]],
-                  out_path: Path) -> QdqSummary:
-    """``model.int8.ort.onnx``: activations QUInt8 (zp 128, our scale), weights QInt8 per tensor.
+                  out_path: Path, *, nodes_to_exclude: Sequence[str] = (), per_channel: bool = True,
+                  weight_storage: str = "auto") -> QdqSummary:
+    """``model.int8.ort.onnx``: activations QUInt8 (zp 128, our scale), weights per output channel.
 
+    Weights are symmetric INT8 with scale max|w_c|/127 (as TensorRT/modelopt quantize them); ``weight_storage``
+    ``uint8`` stores them as q+128 with zero point 128, which ORT computes exactly on CPUs without VNNI
+    (``vision.qdq_weights``); ``auto`` picks by this CPU. ``nodes_to_exclude`` stay float while their neighbours
+    stay quantized (their inputs are dequantized, their outputs quantized again for the next INT8 layer).
     ``sample_feeds`` only satisfy quantize_static's calibration pass, whose ranges our overrides replace; one batch
-    is enough. per_channel stays off: it crashed on a YOLOv8n export (FACTS §4b).
+    is enough.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = fold_constant_nodes(onnx.load(str(model_path)))
+    from vision.qdq_weights import resolve_weight_storage, store_weights_uint8
+
+    original = onnx.load(str(model_path))
+    names = {n.name for n in original.graph.node}
+    model = fold_constant_nodes(original)
+    unknown = sorted(set(nodes_to_exclude) - names)
+    if unknown:
+        raise QuantError(f"node(s) to keep in float not in {model_path.name}: {', '.join(unknown[:3])}",
+                         "pick node names from the model graph (e.g. from build.json's mixed_precision)")
     overrides = ort_overrides(model, scales)
     missing = [t for t in ort_quantized_tensors(model) if t not in scales]
     tail = post_processing_nodes(model)
     # A node whose activation has no scale of ours stays float rather than taking ORT's range from one batch.
-    excluded = set(tail) | {n.name for n in model.graph.node if any(t in missing for t in list(n.input) + list(n.output))}
+    excluded = set(tail) | set(nodes_to_exclude) | {
+        n.name for n in model.graph.node if any(t in missing for t in list(n.input) + list(n.output))}
     summary = QdqSummary(path=out_path, layout="onnxruntime")
+    storage = resolve_weight_storage(weight_storage)  # type: ignore[arg-type]
     with tempfile.TemporaryDirectory(prefix="vq-ortq-") as tmp, _quiet_third_party():
         tmp_out, tmp_in = Path(tmp) / "model.int8.ort.onnx", Path(tmp) / "model.folded.onnx"
         onnx.save(model, str(tmp_in))
         try:
             quantize_static(str(tmp_in), str(tmp_out), _FeedsReader(sample_feeds), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sorted(excluded),
-                            extra_options={"TensorQuantOverrides": overrides, "ActivationSymmetric": False})
+                            extra_options={"TensorQuantOverrides": overrides, "ActivationSymmetric": False,
+                                           "WeightSymmetric": True,
+                                           # output features: axis 1 of a MatMul weight (K x N)
+                                           "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
         except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises bare exceptions
             raise QuantError(f"onnxruntime.quantization could not quantize {model_path.name}: "
                              f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}",
@@ -275,6 +297,10 @@ def write_ort_qdq(model_path: Path, scales: Mapping[str, float], sample_feeds: S
         quantized = onnx.load(str(tmp_out))
         _check_scales(quantized, scales, summary, zero_point=128)
         _count_weight_granularity(quantized, summary)
+        summary.weight_storage = storage
+        summary.excluded_nodes = sorted(set(nodes_to_exclude))
+        if storage == "uint8" and store_weights_uint8(quantized):
+            onnx.save(quantized, str(tmp_out))
         with staged_file(out_path) as staged:
             shutil.copyfile(tmp_out, staged)
     return summary
@@ -296,8 +322,12 @@ def _trt_availability_as_importable() -> Iterator[None]:
 
 
 def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float],
-                  sample_feeds: Sequence[Mapping[str, np.ndarray]], out_path: Path) -> QdqSummary:
+                  sample_feeds: Sequence[Mapping[str, np.ndarray]], out_path: Path, *,
+                  nodes_to_exclude: Sequence[str] = ()) -> QdqSummary:
     """``model.int8.onnx`` via modelopt.onnx with activation scales read from our TensorRT calibration cache.
+
+    ``nodes_to_exclude`` get no Q/DQ of their own (modelopt's ``nodes_to_exclude``, matched by exact name), so a
+    strongly typed TensorRT build runs them in float.
 
     modelopt monkey-patches onnxruntime.quantization for the whole process (ort_patching.patch_ort_modules), after
     which quantize_static misbehaves ("Quantization parameters are not specified for param images"). It therefore
@@ -314,7 +344,9 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         src, data, tmp_out = Path(tmp) / "model.onnx", Path(tmp) / "calib.npz", Path(tmp) / "model.int8.onnx"
         shutil.copyfile(model_path, src)
         np.savez(data, **{k: np.concatenate([f[k] for f in sample_feeds]) for k in sample_feeds[0]})
-        problem = _run_modelopt_child(src, cache_path, data, tmp_out)
+        exclude_file = Path(tmp) / "exclude.json"
+        exclude_file.write_text(json.dumps(sorted(set(nodes_to_exclude))), encoding="utf-8")
+        problem = _run_modelopt_child(src, cache_path, data, tmp_out, exclude_file)
         if problem:
             raise QuantError(f"modelopt.onnx could not quantize {model_path.name}: {problem}",
                              "check the model runs in ONNX Runtime; try --simplify")
@@ -324,17 +356,19 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         quantized = onnx.load(str(tmp_out))
         _check_scales(quantized, scales, summary, zero_point=0)
         _count_weight_granularity(quantized, summary)
+        summary.excluded_nodes = sorted(set(nodes_to_exclude))
         with staged_file(out_path) as staged:
             shutil.copyfile(tmp_out, staged)
     return summary
 
 
-def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path) -> str | None:
+def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path) -> str | None:
     """Run :func:`modelopt_child_main` in a fresh interpreter; None on success, else the one-line problem."""
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     code = "import sys; from vision.qdq import modelopt_child_main; sys.exit(modelopt_child_main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, str(src), str(cache), str(data), str(out)], env=env,
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(cache), str(data), str(out), str(exclude)],
+                          env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           check=False)
     problem_file = out.with_suffix(".problem")
@@ -348,7 +382,8 @@ def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path) -> str | 
 
 def modelopt_child_main(argv: Sequence[str]) -> int:
     """Child-process body (see write_trt_qdq); writes the problem to ``<out>.problem`` on failure."""
-    src, cache, data, out = argv
+    src, cache, data, out, exclude = argv
+    excluded = json.loads(Path(exclude).read_text(encoding="utf-8"))
     logging.disable(logging.WARNING)
     import modelopt.onnx.quantization as mq
 
@@ -358,7 +393,9 @@ def modelopt_child_main(argv: Sequence[str]) -> int:
         with _trt_availability_as_importable():
             mq.quantize(src, quantize_mode="int8", calibration_data=feeds, calibration_method="max",
                         calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype="fp32",
-                        output_path=out, log_level="ERROR")
+                        output_path=out, log_level="ERROR",
+                        # modelopt matches these as regular expressions: exact names only
+                        nodes_to_exclude=[re.escape(name) + "$" for name in excluded] or None)
     except Exception as exc:  # noqa: BLE001 - modelopt raises assorted errors
         Path(out).with_suffix(".problem").write_text(
             str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, encoding="utf-8")

@@ -3,8 +3,9 @@
 Sensitivity is measured, not guessed: the FP32 model and the all-INT8 model run on the same images with every
 compute layer's output exposed, and each layer's SQNR (signal-to-quantization-noise ratio, dB) is compared with
 the SQNR of its inputs. The difference is the error that layer itself adds; layers adding the most are kept in
-float first. The detection head's decode tail (box arithmetic, class Sigmoid, Concat) is never quantized by
-``vision.qdq`` in the first place, which is what the field learnt for YOLO (FACTS §2).
+float first, through ``nodes_to_exclude`` of the Q/DQ writers (a float layer between INT8 neighbours reads
+dequantized inputs, its neighbours stay INT8). The detection head's all-anchor part starts in float, which is
+what the field learnt for YOLO (FACTS §2).
 """
 
 from __future__ import annotations
@@ -113,20 +114,6 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
             if any(len(dims.get(o, [])) >= 2 and dims[o][-1] in anchors for o in n.output)]
 
 
-def scales_without(model: onnx.ModelProto, scales: Mapping[str, float], nodes: Iterable[str]) -> dict[str, float]:
-    """Scales with the activation inputs and outputs of ``nodes`` removed: ``vision.qdq.write_ort_qdq`` keeps every
-    node touching a tensor without a scale in float, so these layers run FP32 with float inputs and outputs (as a
-    TensorRT layer constrained to FP32 does); elementwise neighbours sharing those tensors stay float too."""
-    wanted = set(nodes)
-    by_name = {n.name: n for n in model.graph.node}
-    unknown = sorted(wanted - set(by_name))
-    if unknown:
-        raise QuantError(f"node(s) {', '.join(unknown[:3])} are not in the model", "pick names from the model graph")
-    initializers = {i.name for i in model.graph.initializer}
-    drop = {t for name in wanted for t in [*by_name[name].input, *by_name[name].output] if t and t not in initializers}
-    return {k: v for k, v in scales.items() if k not in drop}
-
-
 @dataclass
 class BudgetSearch:
     budget: float  # mAP50-95 points allowed below FP32
@@ -164,12 +151,13 @@ def search_exclusions(ranked: Sequence[LayerError], measure_delta: Callable[[lis
 
 
 def write_mixed(model_path: Path, scales: Mapping[str, float], excluded: Sequence[str],
-                sample: Sequence[Mapping[str, np.ndarray]], out_path: Path) -> Any:
-    """The ONNX Runtime INT8 model with ``excluded`` layers kept in float (one call to ``vision.qdq``)."""
+                sample: Sequence[Mapping[str, np.ndarray]], out_path: Path, weight_storage: str = "auto") -> Any:
+    """The ONNX Runtime INT8 model with ``excluded`` layers kept in float and their neighbours still INT8
+    (``nodes_to_exclude`` of ``vision.qdq.write_ort_qdq``: a float layer reads dequantized inputs)."""
     from vision.qdq import write_ort_qdq
 
-    model = onnx.load(os.fspath(model_path))
-    return write_ort_qdq(model_path, scales_without(model, scales, excluded), sample, out_path)
+    return write_ort_qdq(model_path, scales, sample, out_path, nodes_to_exclude=excluded,
+                         weight_storage=weight_storage)
 
 
 @dataclass
@@ -192,28 +180,34 @@ class MixedResult:
 def budgeted_mixed_precision(model_path: Path, int8_path: Path, scales: Mapping[str, float],
                              feeds: Sequence[Mapping[str, np.ndarray]], evaluate_map: Callable[[Path], float],
                              budget: float, out_path: Path, *, fp32_map: float | None = None,
-                             int8_map: float | None = None, threads: int | None = None) -> MixedResult:
+                             int8_map: float | None = None, threads: int | None = None, keep_head: bool = True,
+                             int8_keeps_head: bool = False, weight_storage: str = "auto") -> MixedResult:
     """The whole item: rank layers by added error, then keep a growing prefix in FP32 until
     ``FP32 mAP - mixed mAP <= budget`` (mAP50-95 points); writes the chosen model to ``out_path``.
 
     ``evaluate_map(model) -> mAP50-95`` is the user's accuracy measure (e.g. ``vision.evaluate`` on ``--data``);
-    ``int8_path`` is the all-INT8 model made from ``scales``. ``vision-quant build --accuracy-budget`` and
-    ``vision-quant compare`` both call this.
+    ``int8_path`` is the INT8 model made from ``scales`` (all layers, or all but the head when
+    ``int8_keeps_head``). With ``keep_head`` the head's all-anchor part (:func:`head_nodes`) stays float from the
+    start (the field's lesson). ``vision-quant build --accuracy-budget`` and ``vision-quant compare`` both call this.
     """
     fp32 = evaluate_map(model_path) if fp32_map is None else fp32_map
     int8 = evaluate_map(int8_path) if int8_map is None else int8_map
-    head = head_nodes(onnx.load(os.fspath(model_path)))
+    head = head_nodes(onnx.load(os.fspath(model_path))) if keep_head else []
     ranked = [e for e in layer_errors(model_path, int8_path, feeds, threads) if e.node not in set(head)]
     maps: dict[int, float] = {}
 
     def measure(excluded: list[str]) -> float:
-        write_mixed(model_path, scales, [*head, *excluded], feeds[:1], out_path)
+        write_mixed(model_path, scales, [*head, *excluded], feeds[:1], out_path, weight_storage)
         maps[len(excluded)] = evaluate_map(out_path)
         return 100.0 * (fp32 - maps[len(excluded)])
 
-    # the head in float is the starting point (the field's lesson), then the most damaging layers one prefix at a time
-    search = search_exclusions(ranked, measure, budget, measure([]) if head else 100.0 * (fp32 - int8))
+    if head and not int8_keeps_head:
+        baseline = measure([])
+    else:
+        maps[0] = int8
+        baseline = 100.0 * (fp32 - int8)
+    search = search_exclusions(ranked, measure, budget, baseline)
     search.trials[0]["head_fp32"] = len(head)
     search.excluded = [*head, *search.excluded]
-    write_mixed(model_path, scales, search.excluded, feeds[:1], out_path)  # the chosen set, last written wins
+    write_mixed(model_path, scales, search.excluded, feeds[:1], out_path, weight_storage)  # the chosen set
     return MixedResult(out_path, fp32, int8, maps.get(len(search.excluded) - len(head), int8), search, ranked)

@@ -23,6 +23,8 @@ EXE = Path(sys.executable).with_name("vision-quant")
 @pytest.fixture(scope="module")
 def app():
     application = typer.Typer()
+    # a callback keeps `build` a subcommand (a lone command would become the root command)
+    application.callback()(lambda: None)
     cli_build.register(application)
     return application
 
@@ -124,3 +126,12 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "model file not found" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_accuracy_budget_without_labelled_data_is_one_line(app, assets, tmp_path):
+    root, model, images = assets
+    code, stdout, stderr = _invoke(app, [model, "--calib-data", images, "--accuracy-budget", 0.5,
+                                         "--annotations", root / "missing.json", "--out", tmp_path / "out"])
+    lines = stderr.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and "--accuracy-budget needs a labelled set" in lines[0], stderr
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,6 @@ from vision.sensitivity import (
     LayerError,
     head_nodes,
     layer_errors,
-    scales_without,
     search_exclusions,
     sqnr_db,
 )
@@ -99,18 +98,6 @@ def test_layer_errors_rank_every_conv(compared: tuple[Path, object]) -> None:
     assert all(np.isfinite(e.sqnr_db) and e.sqnr_db > 0 for e in ranked)
     assert [e.added_db for e in ranked] == sorted((e.added_db for e in ranked), reverse=True)
     assert result.layer_errors and result.mixed["budget"] == 0.5
-
-
-def test_scales_without_drops_the_inputs_of_kept_layers(compared: tuple[Path, object]) -> None:
-    root, _ = compared
-    model = onnx.load(str(root / "tiny_detector.onnx"))
-    conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[0] != "images")
-    scales = {name: 0.1 for n in model.graph.node for name in n.input if name}
-    kept = scales_without(model, scales, [conv.name])
-    assert conv.input[0] not in kept and conv.output[0] not in kept
-    assert len(kept) == len(scales) - 2  # weights are initializers, never dropped
-    with pytest.raises(QuantError, match="not in the model"):
-        scales_without(model, scales, ["no-such-node"])
 
 
 def test_compare_refuses_bad_input_before_long_work(tmp_path: Path) -> None:

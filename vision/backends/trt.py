@@ -175,6 +175,9 @@ class EngineSpec:
     workspace_gb: float = 4.0
     timing_cache_path: Path | None = None
     int8_mode: Int8Mode = "implicit"
+    # ONNX node names kept out of INT8 (head, accuracy budget). Implicit INT8: constrained to FP32 here. Explicit:
+    # the Q/DQ ONNX has no Q/DQ around them already, so strong typing runs them in float.
+    float_layers: tuple[str, ...] = ()
 
 
 def _parse_onnx(trt_mod: Any, builder: trt.Builder, spec: EngineSpec, logger: trt.ILogger) -> trt.INetworkDefinition:
@@ -195,6 +198,25 @@ def _parse_onnx(trt_mod: Any, builder: trt.Builder, spec: EngineSpec, logger: tr
     return network
 
 
+def constrain_float_layers(network: trt.INetworkDefinition, names: Iterable[str]) -> int:
+    """Pin the layers named after ``names`` (ONNX node names; the parser names a layer after its node) to FP32,
+    inputs and outputs included. Returns how many layers were constrained."""
+    import tensorrt as trt
+
+    wanted = set(names)
+    constrained = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name not in wanted:
+            continue
+        layer.precision = trt.float32
+        for output in range(layer.num_outputs):
+            if layer.get_output(output).dtype in (trt.float32, trt.float16, trt.int8):
+                layer.set_output_type(output, trt.float32)
+        constrained += 1
+    return constrained
+
+
 def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
     """Build and serialize ``spec.engine_path`` (atomically); returns facts for build.json."""
     trt_mod = import_tensorrt()
@@ -205,6 +227,7 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
     network = _parse_onnx(trt_mod, builder, spec, logger)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_gb * (1 << 30)))
+    constrained = 0
 
     if spec.precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
@@ -215,6 +238,10 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
         if calibrator is None:
             raise QuantError("implicit INT8 needs a calibrator", "pass the calibration cache")
         config.int8_calibrator = calibrator
+        if spec.float_layers:
+            constrained = constrain_float_layers(network, spec.float_layers)
+            # OBEY: the build fails rather than silently running an excluded layer in INT8
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
     h, w = spec.input_hw
     if spec.dynamic_batch or spec.dynamic_hw:
@@ -239,6 +266,7 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
         atomic_write_bytes(spec.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return {"engine": str(spec.engine_path), "tensorrt": trt_mod.__version__, "precision": spec.precision,
             "int8_mode": spec.int8_mode if spec.precision == "int8" else None,
+            "float_layers": constrained,
             "timing_cache": str(spec.timing_cache_path) if spec.timing_cache_path else None}
 
 
