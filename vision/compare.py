@@ -82,6 +82,8 @@ class CompareOptions:
     class_map: Path | None = None
     seed: int = 0
     imgsz: int = 640
+    keep_head_fp32: bool = True  # as `vision-quant build` does by default (vision.sensitivity.head_nodes)
+    ort_weights: str = "auto"  # vision.qdq_weights
 
 
 Progress = Callable[[Any, str, int], Any]
@@ -157,7 +159,7 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
     from vision.calibrators import compute_all
     from vision.qdq import write_ort_qdq
     from vision.report import write_reports
-    from vision.sensitivity import budgeted_mixed_precision
+    from vision.sensitivity import budgeted_mixed_precision, head_nodes
 
     opts = opts or CompareOptions()
     model_path, out_dir = Path(model), Path(out)
@@ -180,15 +182,19 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
         with timings.measure("statistics"):
             stats, sample, calib_images = collect_statistics(model_path, Path(calib_data), opts)
         variants, amax_all, scales_all = [fp32], {}, {}
+        import onnx
+
+        head = head_nodes(onnx.load(str(model_path))) if opts.keep_head_fp32 else []
         for method in opts.calibrators:
             with timings.measure(f"int8_{method}"):
                 options: dict[str, Any] = {"percentile": opts.percentile} if method == "percentile" else {}
                 amax = compute_all(stats, method, **options)
                 scales = {name: amax_to_scale(value) for name, value in amax.items()}
                 path = staging / f"model.int8.{method}.ort.onnx"
-                write_ort_qdq(model_path, scales, sample[:1], path)
+                write_ort_qdq(model_path, scales, sample[:1], path, nodes_to_exclude=head,
+                              weight_storage=opts.ort_weights)
                 result = _evaluate(path, data_dir, ann_path, opts, progress)
-                variants.append(_variant(f"INT8-{method}", method, path, result, _latency(path, opts)))
+                variants.append(_variant(f"INT8-{method}", method, path, result, _latency(path, opts), head))
                 amax_all[method], scales_all[method] = amax, scales
         best = max(variants[1:], key=lambda v: v.map50_95)
         with timings.measure("mixed_precision"):
@@ -196,7 +202,8 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
                 model_path, staging / best.model, scales_all[best.calibrator or ""], sample[:opts.sensitivity_images],
                 lambda path: _evaluate(path, data_dir, ann_path, opts, None).map50_95, opts.accuracy_budget,
                 staging / "model.int8.mixed.ort.onnx", fp32_map=fp32.map50_95, int8_map=best.map50_95,
-                threads=opts.threads)
+                threads=opts.threads, keep_head=opts.keep_head_fp32, int8_keeps_head=True,
+                weight_storage=opts.ort_weights)
             mixed_eval = _evaluate(mixed.model, data_dir, ann_path, opts, progress)
             variants.append(_variant("INT8-mixed", best.calibrator, mixed.model, mixed_eval,
                                      _latency(mixed.model, opts), mixed.search.excluded))
