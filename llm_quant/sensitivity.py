@@ -66,7 +66,8 @@ class SearchResult:
         return asdict(self)
 
 
-def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: int = 1) -> dict[str, float]:
+def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: int = 1,
+                 relative: bool = True) -> dict[str, float]:
     """Relative output error of each quantized decoder layer, fed the full-precision model's own input.
 
     One full-precision pass records every layer's inputs and outputs (hooks); each quantized layer then runs
@@ -104,6 +105,8 @@ def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: in
                 got = got[0] if isinstance(got, tuple) else got
                 errors[name] += float((got.float() - expected.float()).pow(2).sum())
                 norms[name] += float(expected.float().pow(2).sum())
+    if not relative:
+        return errors
     return {name: errors[name] / max(norms[name], 1e-30) for name in layers}
 
 
