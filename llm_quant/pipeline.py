@@ -202,20 +202,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
                        if p.is_file() and p.suffix in {".json", ".safetensors", ".pth"} and p.stat().st_size < 2**31},
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        _apply_umask(tmp)
     return result
-
-
-def _apply_umask(root: Path) -> None:
-    """Temp files/dirs are created 0600/0700; give the finished build the user's usual permissions, so a
-    Triton server running as another user can read the repository and the model state."""
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in [root, *root.rglob("*")]:
-        if not path.is_symlink():
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:

@@ -15,7 +15,8 @@ import yaml
 from llm_quant.config import Preset
 from quant_common.errors import QuantError, require
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "llm"
+# configs/llm is the one source of truth; llm_quant/presets_yaml links to it so an installed wheel carries it too.
+PRESET_DIR = Path(__file__).resolve().parent / "presets_yaml"
 
 
 @dataclass(frozen=True)

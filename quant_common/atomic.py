@@ -44,6 +44,14 @@ def ensure_output_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
+def _default_mode(directory: bool) -> int:
+    """What a plain ``open``/``mkdir`` would give under the user's umask (mkstemp/mkdtemp use 0600/0700, which
+    would hide finished artifacts from, say, a Triton server running as another user)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -68,6 +76,7 @@ def staged_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode(directory=False))
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException:
@@ -117,6 +126,7 @@ def staged_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, _default_mode(directory=True))
     old = None
     if dest.exists() or dest.is_symlink():
         old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))

@@ -60,3 +60,16 @@ def test_ensure_output_dir_rejects_unwritable(tmp_path):
             ensure_output_dir(ro)
     finally:
         ro.chmod(0o700)
+
+
+def test_outputs_get_the_users_usual_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        with staged_file(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with staged_dir(tmp_path / "d") as tmp:
+            (tmp / "inner").write_text("y")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
