@@ -57,6 +57,7 @@ def build_command(
         help="mAP50-95 points INT8 may lose against FP32 on --data; keeps sensitive layers in FP32")] = None,
     data: Annotated[Path | None, typer.Option(help="Labelled images for --accuracy-budget")] = None,
     annotations: Annotated[Path | None, typer.Option(help="COCO json for --data")] = None,
+    class_map: Annotated[Path | None, typer.Option(help="JSON/YAML model class -> category id for --annotations")] = None,
     budget_max_images: Annotated[int | None, typer.Option(
         help="Evaluate the budget on the first N images of --data (default 100)")] = None,
     keep_head_fp32: Annotated[bool | None, typer.Option(
@@ -76,7 +77,7 @@ def build_command(
         "imgsz": imgsz, "calibrator": calibrator, "percentile": percentile, "histogram": histogram,
         "precision": precision, "backend": backend, "trt_version": trt_version, "trt_int8": trt_int8, "calib_cache": calib_cache,
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
-        "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations,
+        "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations, "class_map": class_map,
         "budget_max_images": budget_max_images, "keep_head_fp32": keep_head_fp32, "ort_weights": ort_weights,
     }
     cfg = load_config(config, **overrides)

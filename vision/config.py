@@ -65,6 +65,7 @@ class VisionConfig(BaseModel):
     data: Path | None = None
     annotations: Path | None = None
     budget_max_images: int | None = Field(100, ge=1)
+    class_map: Path | None = None  # model class -> category id for `annotations` (see vision-quant eval)
     sensitivity_images: int = Field(2, ge=1)
 
     trt_int8: Literal["auto", "implicit", "explicit"] = "auto"

@@ -174,6 +174,12 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, calib: CalibrationSet, cache_
     with timings.measure("qdq_tensorrt"):
         trt_summary = write_trt_qdq(info.path, cache_file, outputs.scales, sample, staging / "model.int8.onnx",
                                     nodes_to_exclude=outputs.float_layers)
+    if outputs.mixed_precision is not None:
+        with timings.measure("accuracy_budget"):
+            # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
+            trt_map = _map50_95(cfg, info, trt_summary.path)
+        outputs.mixed_precision["map_tensorrt_layout"] = trt_map
+        outputs.mixed_precision["delta_tensorrt_layout"] = 100.0 * (outputs.mixed_precision["map_fp32"] - trt_map)
     outputs.staged["qdq_trt"] = trt_summary.path
     outputs.staged["qdq_ort"] = ort_summary.path
     for summary in (trt_summary, ort_summary):
@@ -194,6 +200,19 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, calib: CalibrationSet, cache_
     outputs.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()
 
 
+def _map50_95(cfg: VisionConfig, info: ModelInfo, model: Path) -> float:
+    """mAP50-95 of ``model`` on the first ``cfg.budget_max_images`` images of ``cfg.data``."""
+    from vision.backends import load_runner
+    from vision.evaluate import evaluate
+    from vision.model import resolve_input_hw
+
+    assert cfg.data is not None and cfg.annotations is not None
+    hw = resolve_input_hw(info, cfg.imgsz)
+    with load_runner(model) as runner:
+        return float(evaluate(runner, cfg.data, cfg.annotations, max_images=cfg.budget_max_images,
+                              imgsz=hw[0], class_map=cfg.class_map).map50_95)
+
+
 def _budget_search(cfg: VisionConfig, info: ModelInfo, calib: CalibrationSet, outputs: Int8Outputs,
                    int8_path: Path, smallest: int) -> dict[str, Any]:
     """Keep the most damaging layers in float until FP32 - INT8 mAP50-95 on ``cfg.data`` is within the budget.
@@ -201,17 +220,13 @@ def _budget_search(cfg: VisionConfig, info: ModelInfo, calib: CalibrationSet, ou
     A budget that cannot be met is not an error: the best set tried is written and reported with ``met: false``
     (the artifacts are still the most accurate INT8 found; the caller decides whether that is good enough).
     """
-    from vision.backends import load_runner
-    from vision.evaluate import evaluate
     from vision.sensitivity import budgeted_mixed_precision
 
     assert cfg.data is not None and cfg.annotations is not None and cfg.accuracy_budget is not None
     data, annotations = cfg.data, cfg.annotations
-    hw = info.fixed_hw or (640, 640)
 
     def map50_95(model: Path) -> float:
-        with load_runner(model) as runner:
-            return float(evaluate(runner, data, annotations, max_images=cfg.budget_max_images, imgsz=hw[0]).map50_95)
+        return _map50_95(cfg, info, model)
 
     mixed_path = int8_path.with_name("model.int8.mixed.ort.onnx")
     feeds = list(_first_images(calib, max(cfg.sensitivity_images, smallest)))

@@ -178,3 +178,29 @@ def test_input_size_and_batch_come_from_the_model_unless_dynamic(tmp_path):
     assert resolve_input_hw(dynamic, (640, 640)) == (640, 640) and resolve_batch(dynamic, None) == 8
     with pytest.raises(QuantError, match="--imgsz"):
         resolve_input_hw(dynamic, None)
+
+
+def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
+    import onnx
+
+    from tests.vision.eval_helpers import labelled_set
+    from vision.sensitivity import head_nodes
+
+    model = tiny_detector_onnx(tmp_path)
+    synthetic_images(tmp_path / "calib", 4)
+    images, annotations = labelled_set(tmp_path / "val")
+    (tmp_path / "map.json").write_text(json.dumps({"0": 3, "1": 7, "2": 11}))
+    cfg = load_config(model=model, calib_data=tmp_path / "calib", out=tmp_path / "out", backend="onnxruntime",
+                      accuracy_budget=100.0, data=images, annotations=annotations, agreement_images=0,
+                      class_map=tmp_path / "map.json")
+    result = build(cfg)
+    manifest = json.loads((tmp_path / "out" / "build.json").read_text())
+    mixed = manifest["mixed_precision"]
+    assert mixed["met"] is True and mixed["budget"] == 100.0  # any drop is within 100 points: no search needed
+    assert {"excluded_nodes", "map_fp32", "map_int8", "delta", "map_tensorrt_layout"} <= set(mixed)
+    head = head_nodes(onnx.load(str(model)))
+    assert head and mixed["excluded_nodes"] == head == manifest["float_layers"]
+    assert result.summary()["mixed_precision"]["met"] is True
+    for name in ("model.int8.onnx", "model.int8.ort.onnx"):
+        assert manifest["qdq"][name]["float_layers"] == len(head)
+    assert not (tmp_path / "out" / "model.int8.mixed.ort.onnx").exists()
