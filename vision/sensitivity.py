@@ -114,6 +114,36 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
             if any(len(dims.get(o, [])) >= 2 and dims[o][-1] in anchors for o in n.output)]
 
 
+_ACTIVATIONS = frozenset({"Sigmoid", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Mul"})
+
+
+def with_activations(model: onnx.ModelProto, nodes: Sequence[str]) -> list[str]:
+    """``nodes`` plus the elementwise activation each compute layer feeds (SiLU = Sigmoid + Mul, ReLU, ...).
+
+    TensorRT fuses Conv+activation into one layer, so keeping a layer in FP32 there keeps both. In the ONNX Runtime
+    layout the activation is a node of its own; left INT8, its Q/DQ would quantize the float layer's output anyway.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    by_name = {n.name: n for n in model.graph.node}
+    result = list(dict.fromkeys(nodes))
+    for name in nodes:
+        node = by_name.get(name)
+        if node is None or node.op_type not in COMPUTE_OPS:
+            continue
+        out = node.output[0]
+        first = [c for c in consumers.get(out, []) if c.op_type in _ACTIVATIONS]
+        if len(first) != len(consumers.get(out, [])):
+            continue  # the output feeds something else too: not a fused activation
+        follow = [c for c in first if c.op_type != "Mul"]
+        gated = {o for c in follow for o in c.output}
+        muls = [c for c in first if c.op_type == "Mul" and set(c.input) <= {out, *gated}]
+        result.extend(c.name for c in [*follow, *muls] if c.name not in result)
+    return result
+
+
 @dataclass
 class BudgetSearch:
     budget: float  # mAP50-95 points allowed below FP32
@@ -196,8 +226,11 @@ def budgeted_mixed_precision(model_path: Path, int8_path: Path, scales: Mapping[
     ranked = [e for e in layer_errors(model_path, int8_path, feeds, threads) if e.node not in set(head)]
     maps: dict[int, float] = {}
 
+    onnx_model = onnx.load(os.fspath(model_path))
+
     def measure(excluded: list[str]) -> float:
-        write_mixed(model_path, scales, [*head, *excluded], feeds[:1], out_path, weight_storage)
+        write_mixed(model_path, scales, [*head, *with_activations(onnx_model, excluded)], feeds[:1], out_path,
+                    weight_storage)
         maps[len(excluded)] = evaluate_map(out_path)
         return 100.0 * (fp32 - maps[len(excluded)])
 
@@ -208,6 +241,7 @@ def budgeted_mixed_precision(model_path: Path, int8_path: Path, scales: Mapping[
         baseline = 100.0 * (fp32 - int8)
     search = search_exclusions(ranked, measure, budget, baseline)
     search.trials[0]["head_fp32"] = len(head)
-    search.excluded = [*head, *search.excluded]
+    chosen = len(search.excluded)
+    search.excluded = list(dict.fromkeys([*head, *with_activations(onnx_model, search.excluded)]))
     write_mixed(model_path, scales, search.excluded, feeds[:1], out_path, weight_storage)  # the chosen set
-    return MixedResult(out_path, fp32, int8, maps.get(len(search.excluded) - len(head), int8), search, ranked)
+    return MixedResult(out_path, fp32, int8, maps.get(chosen, int8), search, ranked)

@@ -112,3 +112,13 @@ def test_head_nodes_are_the_all_anchor_part_of_any_yolov8_export() -> None:
     assert not any("cv2" in n or "cv3" in n for n in head)  # the per-level branch convs stay INT8 candidates
     tiny = onnx.load(str(tiny_detector_onnx(Path(tempfile.mkdtemp()))))
     assert "/model.head/Concat" in set(head_nodes(tiny))
+
+
+def test_a_float_layer_takes_its_fused_activation_along() -> None:
+    from vision.sensitivity import with_activations
+
+    model = onnx.load(str(Path(__file__).resolve().parents[2] / "vision" / "assets" / "yolov8n_shapes.onnx"))
+    kept = with_activations(model, ["/model.9/cv2/conv/Conv", "/model.22/cv3.2/cv3.2.2/Conv"])
+    # SiLU = Sigmoid + Mul follows the backbone conv; the class conv feeds a Concat (no activation to take)
+    assert kept == ["/model.9/cv2/conv/Conv", "/model.22/cv3.2/cv3.2.2/Conv", "/model.9/cv2/act/Sigmoid",
+                    "/model.9/cv2/act/Mul"]
