@@ -156,27 +156,54 @@ class BudgetSearch:
         return asdict(self)
 
 
+def prefix_sizes(n: int) -> list[int]:
+    """1, 2, 4, ... below ``n``, then ``n`` itself (all ranked layers): the prefixes the search tries."""
+    sizes, k = [], 1
+    while k < n:
+        sizes.append(k)
+        k *= 2
+    return [*sizes, n] if n else []
+
+
 def search_exclusions(ranked: Sequence[LayerError], measure_delta: Callable[[list[str]], float], budget: float,
-                      baseline_delta: float, steps: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> BudgetSearch:
-    """Keep the most damaging layers in float, a growing prefix of ``ranked`` at a time, until the measured drop
-    (``measure_delta(excluded) -> mAP points``) is within ``budget``. Stops at the first prefix that meets it;
-    otherwise returns the best prefix tried."""
+                      baseline_delta: float, steps: Sequence[int] | None = None) -> BudgetSearch:
+    """Keep the most damaging layers in float, a growing prefix of ``ranked`` at a time (1, 2, 4, ..., all), until
+    the measured drop (``measure_delta(excluded) -> mAP points``) is within ``budget``; then bisect between the
+    last failing and the first passing prefix for the fewest layers that meet it. Unmet even with every ranked
+    layer in float: returns the best prefix tried, ``met`` False."""
     if budget < 0:
         raise QuantError(f"accuracy budget {budget} is negative", "pass mAP points >= 0, e.g. --accuracy-budget 0.5")
     trials: list[dict[str, Any]] = [{"excluded": 0, "delta": baseline_delta}]
     if baseline_delta <= budget:
         return BudgetSearch(budget, [], baseline_delta, True, trials)
     best: tuple[float, list[str]] = (baseline_delta, [])
-    for k in steps:
-        if k > len(ranked):
-            break
+
+    def trial(k: int) -> float:
+        nonlocal best
         excluded = [e.node for e in ranked[:k]]
         delta = measure_delta(excluded)
         trials.append({"excluded": k, "delta": delta})
         if delta < best[0]:
             best = (delta, excluded)
+        return delta
+
+    failing = 0
+    for k in steps if steps is not None else prefix_sizes(len(ranked)):
+        if k > len(ranked):
+            break
+        delta = trial(k)
         if delta <= budget:
-            return BudgetSearch(budget, excluded, delta, True, trials)
+            passing = (k, delta)
+            # measured deltas are noisy, not monotone: this finds a smallest passing prefix between the bounds
+            while passing[0] - failing > 1:
+                mid = (failing + passing[0]) // 2
+                mid_delta = trial(mid)
+                if mid_delta <= budget:
+                    passing = (mid, mid_delta)
+                else:
+                    failing = mid
+            return BudgetSearch(budget, [e.node for e in ranked[:passing[0]]], passing[1], True, trials)
+        failing = k
     return BudgetSearch(budget, best[1], best[0], False, trials)
 
 

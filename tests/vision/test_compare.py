@@ -39,16 +39,32 @@ def test_budget_search_stops_at_the_first_prefix_that_meets_it() -> None:
 
     def measure(excluded: list[str]) -> float:
         calls.append(len(excluded))
-        return {1: 1.5, 2: 0.9, 4: 0.4, 8: 0.1}[len(excluded)]
+        return {1: 1.5, 2: 0.9, 3: 0.6, 4: 0.4, 8: 0.1}[len(excluded)]
 
     search = search_exclusions(_ranked(10), measure, budget=0.5, baseline_delta=2.0)
     assert search.met and search.excluded == ["layer0", "layer1", "layer2", "layer3"]
-    assert search.delta == 0.4 and calls == [1, 2, 4]
+    assert search.delta == 0.4 and calls == [1, 2, 4, 3]  # 3 (between failing 2 and passing 4) fails
     assert search_exclusions(_ranked(10), measure, budget=0.5, baseline_delta=0.3).excluded == []
     unmet = search_exclusions(_ranked(3), lambda e: 1.0 + 0.1 * len(e), budget=0.5, baseline_delta=2.0)
     assert not unmet.met and unmet.excluded == ["layer0"] and unmet.delta == pytest.approx(1.1)
     with pytest.raises(QuantError, match="negative"):
         search_exclusions(_ranked(2), measure, budget=-1, baseline_delta=1.0)
+
+
+def test_budget_search_goes_past_32_to_all_layers_then_bisects_to_the_fewest() -> None:
+    calls: list[int] = []
+
+    def measure(excluded: list[str]) -> float:
+        calls.append(len(excluded))
+        return 0.4 if len(excluded) >= 41 else 0.6  # only 41 or more float layers meet 0.5
+
+    search = search_exclusions(_ranked(100), measure, budget=0.5, baseline_delta=2.0)
+    assert calls[:8] == [1, 2, 4, 8, 16, 32, 64, 48]  # doubling past 32, then bisecting 32..64
+    assert search.met and len(search.excluded) == 41 and search.delta == 0.4
+    assert [t["excluded"] for t in search.trials][1:] == calls
+    only_all = search_exclusions(_ranked(70), lambda e: 0.4 if len(e) == 70 else 0.9, budget=0.5,
+                                 baseline_delta=2.0)
+    assert only_all.met and len(only_all.excluded) == 70  # all ranked layers is the last prefix tried
 
 
 @pytest.fixture(scope="module")
