@@ -127,11 +127,42 @@ def staged_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.chmod(tmp, _default_mode(directory=True))
+    _swap_in_dir(tmp, dest)
+
+
+def _swap_in_dir(src: Path, dest: Path) -> None:
+    """Put directory ``src`` at ``dest`` (same filesystem); an existing ``dest`` is removed only afterwards."""
     old = None
     if dest.exists() or dest.is_symlink():
         old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.old-"))
         os.replace(dest, old / "previous")
-    os.replace(tmp, dest)
+    os.replace(src, dest)
     _fsync_dir(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def publish(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Move a finished staged file or directory to ``dest`` by an atomic rename.
+
+    A file on another filesystem is first copied beside ``dest``; a directory replaces ``dest`` whole.
+    """
+    source, target = Path(src), Path(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        _swap_in_dir(source, target)
+        return target
+    if not _same_filesystem(source, target.parent):
+        with staged_file(target) as tmp:
+            shutil.copyfile(source, tmp)
+        source.unlink()
+        return target
+    os.replace(source, target)
+    return target
+
+
+def _same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False

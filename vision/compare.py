@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from quant_common.atomic import atomic_write_json, ensure_output_dir
+from quant_common.atomic import atomic_write_json, ensure_output_dir, publish
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings, utc_now
 from vision.stats import TensorStats
@@ -246,10 +246,5 @@ def _publish(staging: Path, out: Path, files: Sequence[Path]) -> dict[str, str]:
     """Move finished files from staging into ``out`` by atomic renames (compare.json last)."""
     final: dict[str, str] = {}
     for src in files:
-        dest = out / src.name
-        if src.is_dir():
-            if dest.exists():
-                shutil.rmtree(dest)
-        os.replace(src, dest)
-        final[src.name] = str(dest)
+        final[src.name] = str(publish(src, out / src.name))
     return final

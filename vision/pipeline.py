@@ -7,14 +7,13 @@ succeeded, so a failure leaves ``--out`` as it was (an ``--out`` created by this
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant_common.atomic import atomic_write_json, ensure_output_dir
+from quant_common.atomic import atomic_write_json, ensure_output_dir, publish
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings, package_versions, utc_now
 from vision.config import BUNDLED_MODEL, DEFAULT_TRT_VERSION, VisionConfig
@@ -181,19 +180,5 @@ def _publish(staged: dict[str, Path], out: Path, cfg: VisionConfig) -> dict[str,
     final: dict[str, Path] = {}
     for key in sorted(staged, key=lambda k: k == "build_json"):
         src = staged[key]
-        dest = special.get(key) or out / src.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not _same_fs(src, dest.parent):  # e.g. --save-stats on another disk: copy beside the target first
-            tmp = dest.with_name(f".{dest.name}.tmp")
-            shutil.copyfile(src, tmp)
-            src = tmp
-        os.replace(src, dest)
-        final[key] = dest
+        final[key] = publish(src, special.get(key) or out / src.name)  # --save-stats may be on another disk
     return final
-
-
-def _same_fs(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False

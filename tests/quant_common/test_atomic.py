@@ -73,3 +73,20 @@ def test_outputs_get_the_users_usual_permissions(tmp_path):
         os.umask(previous)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_publish_moves_files_and_replaces_directories_whole(tmp_path):
+    from quant_common.atomic import publish
+
+    staging = tmp_path / "staging"
+    (staging / "report").mkdir(parents=True)
+    (staging / "report" / "new.html").write_text("new")
+    (staging / "model.onnx").write_text("m")
+    out = tmp_path / "out"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "old.html").write_text("old")
+    assert publish(staging / "model.onnx", out / "model.onnx").read_text() == "m"
+    publish(staging / "report", out / "report")
+    assert sorted(os.listdir(out / "report")) == ["new.html"]
+    assert sorted(os.listdir(out)) == ["model.onnx", "report"]  # nothing left beside the outputs
+    assert os.listdir(staging) == []
