@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +97,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json")
     if hasattr(obj, "tolist"):
@@ -166,3 +167,51 @@ def _same_filesystem(a: Path, b: Path) -> bool:
         return os.stat(a).st_dev == os.stat(b).st_dev
     except OSError:
         return False
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A private temporary directory whose contents end up under ``final`` once complete."""
+
+    root: Path
+    final: Path
+
+    def final_path(self, path: str | os.PathLike[str]) -> Path:
+        """Where ``path`` (inside ``root``) will live after publishing; other paths are returned resolved."""
+        resolved = Path(path).resolve()
+        try:
+            return self.final.resolve() / resolved.relative_to(self.root.resolve())
+        except ValueError:
+            return resolved
+
+
+@contextlib.contextmanager
+def staging_area(out: str | os.PathLike[str], prefix: str = ".staging-") -> Iterator[Staging]:
+    """A private directory inside ``out`` for a run's artifacts (publish them with :func:`publish_files`).
+
+    Removed afterwards, and ``out`` too if this run created it and nothing was published (the run failed).
+    """
+    final = Path(out)
+    created = not final.exists()
+    ensure_output_dir(final)
+    root = Path(tempfile.mkdtemp(dir=final, prefix=prefix))
+    try:
+        yield Staging(root, final)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                final.rmdir()  # only succeeds while empty
+
+
+def publish_files(staged: Mapping[str, Path], out: str | os.PathLike[str],
+                  destinations: Mapping[str, Path | None] | None = None) -> dict[str, Path]:
+    """Move finished staged files into ``out`` by atomic renames, in ``staged``'s order (put the manifest last).
+
+    ``destinations`` overrides where a key goes (a user-chosen path, possibly on another disk).
+    """
+    final: dict[str, Path] = {}
+    for key, src in staged.items():
+        target = (destinations or {}).get(key) or Path(out) / src.name
+        final[key] = publish(src, target)
+    return final

@@ -6,9 +6,12 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import typer
+
+from quant_common.atomic import json_default
 from quant_common.errors import QuantError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,7 +57,27 @@ def handle_errors(func: F) -> F:
 
 def print_json(obj: Any) -> None:
     """Print ``obj`` as one JSON object on stdout (the ``--json`` contract)."""
-    from quant_common.atomic import _json_default
-
-    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(obj, default=json_default) + "\n")
     sys.stdout.flush()
+
+
+Registrar = Callable[[typer.Typer], None]
+
+
+def make_app(name: str, help: str, summary: str, registrars: Sequence[Registrar]) -> typer.Typer:
+    """One typer app for a console script: ``registrars`` each add their commands (``module.register``).
+
+    ``summary`` is the group callback's one-line help; an explicit callback keeps typer in multi-command mode
+    (with a lone registered command it would run that command as the whole app, and ``tool build X`` breaks).
+    """
+    app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False)
+
+    def group() -> None:
+        pass
+
+    group.__doc__ = summary
+    app.callback()(group)
+    for register in registrars:
+        register(app)
+    return app

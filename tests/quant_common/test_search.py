@@ -1,0 +1,61 @@
+"""The ranked-prefix budget search: fewest top-ranked items whose measured loss meets the budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from quant_common.errors import QuantError
+from quant_common.search import prefix_sizes, search_ranked_prefix
+
+NAMES = [f"layer{i}" for i in range(20)]
+
+
+def loss_falling_with(count_needed: int):
+    calls: list[int] = []
+
+    def measure(excluded: list[str]) -> float:
+        calls.append(len(excluded))
+        return 0.0 if len(excluded) >= count_needed else 1.0
+
+    return measure, calls
+
+
+def test_prefix_sizes_double_then_all():
+    assert prefix_sizes(20) == [1, 2, 4, 8, 16, 20]
+    assert prefix_sizes(1) == [1]
+    assert prefix_sizes(0) == []
+
+
+@pytest.mark.parametrize("needed", [1, 3, 5, 9, 17, 20])
+def test_finds_the_smallest_passing_prefix(needed):
+    measure, calls = loss_falling_with(needed)
+    result = search_ranked_prefix(NAMES, measure, budget=0.5, baseline=1.0)
+    assert result.met
+    assert result.excluded == NAMES[:needed]
+    assert result.loss == 0.0
+    assert result.probes == len(calls) + 1  # the given baseline counts as the first trial
+    assert len(calls) <= 2 * 5 + 1  # geometric growth then bisection: O(log n) probes
+
+
+def test_baseline_within_budget_measures_nothing_else():
+    measure, calls = loss_falling_with(3)
+    result = search_ranked_prefix(NAMES, measure, budget=2.0, baseline=1.0)
+    assert result.met and result.excluded == [] and calls == []
+
+
+def test_baseline_is_measured_when_not_given():
+    measure, calls = loss_falling_with(0)
+    result = search_ranked_prefix(NAMES, measure, budget=0.5)
+    assert result.met and result.excluded == [] and calls == [0]
+
+
+def test_unmet_budget_returns_best_prefix_tried():
+    losses = {0: 5.0, 1: 4.0, 2: 3.0, 4: 2.5, 8: 2.0, 16: 2.2, 20: 2.1}
+    result = search_ranked_prefix(NAMES, lambda ex: losses[len(ex)], budget=1.0)
+    assert not result.met
+    assert result.excluded == NAMES[:8] and result.loss == 2.0
+
+
+def test_negative_budget_is_refused():
+    with pytest.raises(QuantError, match="negative"):
+        search_ranked_prefix(NAMES, lambda ex: 0.0, budget=-1)
