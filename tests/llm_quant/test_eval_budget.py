@@ -51,11 +51,15 @@ def test_layer_search_finds_smallest_set(tiny_llama):
     budget = 1.0  # percent
     ref = target / (1 + budget * sensitivity.SEARCH_MARGIN / 100)
     result = sensitivity.search_exclusions(model, windows, ref, budget)
+    assert result.probes == len(result.trials) and result.trials[0]["excluded"] == 0 and result.met
     if uniform <= target:
-        assert result.excluded == []
+        assert result.excluded == [] and result.probes == 1
     else:
         assert 1 <= len(result.excluded) <= 2 and result.ppl_final <= target * (1 + 1e-9)
         assert set(result.layer_error) == set(layers) and all(v > 0 for v in result.layer_error.values())
+        # the recorded trials are the search split's perplexity increase over the reference, in percent
+        chosen = next(t for t in result.trials if t["excluded"] == len(result.excluded))
+        assert math.isclose(chosen["loss"], 100 * (result.ppl_final - ref) / ref, rel_tol=1e-9)
 
 
 def test_accuracy_budget_exclusions_reach_both_checkpoints(tiny_llama, tmp_path, monkeypatch):
