@@ -23,8 +23,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llm_quant.runtime import load_quantized
+from llm_quant.tiny import tiny_build
+from quant_common.atomic import atomic_write_json, staged_file
+from quant_common.errors import QuantError
+from triton_backend.client import LLMClient
+from triton_backend.generation import Sampling, fold_quantized_weights, generate_ids
+from triton_backend.repository import package_for_build
+from triton_backend.server import TritonServer, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PROMPTS = [
     "The capital of France is",
@@ -67,9 +75,6 @@ class Phase:
 
 def run_clients(url: str, protocol: str, clients: int, seconds: float, max_tokens: int, stream: bool,
                 min_requests: int = 0) -> Phase:
-    from quant_common.errors import QuantError
-    from triton_backend.client import LLMClient
-
     phase = Phase(f"triton x{clients}", clients, seconds)
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
@@ -106,9 +111,6 @@ def run_clients(url: str, protocol: str, clients: int, seconds: float, max_token
 
 
 def run_in_process(embedded: Path, seconds: float, max_tokens: int, min_requests: int = 0) -> Phase:
-    from llm_quant.runtime import load_quantized
-    from triton_backend.generation import Sampling, fold_quantized_weights, generate_ids
-
     model, tokenizer = load_quantized(embedded)
     fold_quantized_weights(model)  # as the served model does
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -170,15 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks" / "serving")
     args = parser.parse_args(argv)
 
-    from quant_common.atomic import atomic_write_json, staged_file
-    from triton_backend.repository import package_for_build
-    from triton_backend.server import TritonServer, free_port
-
     work = Path(tempfile.mkdtemp(prefix="tq-serving-"))
     if args.tiny:
-        from tests.triton_backend.tiny_model import build_tiny_build
-
-        build = build_tiny_build(work / "tiny")
+        build = tiny_build(work / "tiny")
     else:
         build = args.build_dir
     repo = package_for_build(build, out=work / "triton_repo").path

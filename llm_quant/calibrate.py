@@ -1,13 +1,20 @@
-"""Load a HF causal LM and calibrate it with modelopt: the only caller of ``mtq.quantize``."""
+"""Load a HF causal LM and calibrate it with modelopt: the only caller of ``mtq.quantize``.
+
+The modelopt config comes from the format table (``llm_quant.formats``): the qformat's preset, the KV-cache
+entries, the SmoothQuant alpha, the INT4 group size and the layers kept in higher precision.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
-from llm_quant.presets import has_block_quantization, modelopt_config, qformat_spec
+from llm_quant import formats
 from quant_common.errors import QuantError, require
 from quant_common.progress import track
+
+MODELOPT_INSTALL = "pip install nvidia-modelopt requests"  # modelopt.torch.quantization imports requests undeclared
 
 
 def pick_device(requested: str) -> str:
@@ -38,7 +45,8 @@ def load_model(path: Path, *, dtype: str, device: str) -> Any:
     if "device_map" not in kwargs:
         model = model.to(device)
     if not getattr(model.config, "architectures", None):
-        model.config.architectures = [type(model).__name__]  # export_hf_checkpoint needs it (FACTS §4)
+        # modelopt's export_hf_checkpoint fails without config.architectures (some checkpoints omit it)
+        model.config.architectures = [type(model).__name__]
     return model.eval()
 
 
@@ -52,9 +60,55 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def check_qformat_device(qformat: str, device: str) -> None:
-    if qformat_spec(qformat).needs_cuda and device != "cuda":
+    if formats.qformat(qformat).needs_cuda and device != "cuda":
         raise QuantError(f"--qformat {qformat} needs a CUDA GPU (modelopt's {qformat} kernels are GPU-only) "
-                         "and none is visible", "run on a GPU machine or choose int8_sq, fp8 or int4_awq")
+                         "and none is visible", f"run on a GPU machine or choose {formats.cpu_alternatives()}")
+
+
+def layer_pattern(layer: str) -> str:
+    """modelopt wildcard covering every quantizer of one module subtree (e.g. 'model.layers.3')."""
+    return f"*{layer}.*"
+
+
+def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothquant_alpha: float | None = None,
+                    exclude_layers: list[str] | tuple[str, ...] = (), block_size: int | None = None
+                    ) -> dict[str, Any] | None:
+    """The modelopt quantize config for ``qformat`` (a deep copy; None for full precision)."""
+    row = formats.qformat(qformat)
+    kv = formats.kv_format(kv_cache_dtype) if kv_cache_dtype is not None else None
+    if not row.quantized:
+        if kv is not None:
+            raise QuantError("--kv-cache-dtype needs a quantized --qformat", "drop it or choose a qformat")
+        return None
+    if smoothquant_alpha is not None and not row.smoothquant:
+        raise QuantError(f"--smoothquant-alpha applies to --qformat "
+                         f"{formats.either([r.name for r in formats.QFORMAT_ROWS if r.smoothquant])} only", "drop it")
+    mtq = require("modelopt.torch.quantization", purpose="LLM quantization", install=MODELOPT_INSTALL)
+    cfg = copy.deepcopy(getattr(mtq, str(row.modelopt_cfg)))
+    entries = cfg["quant_cfg"]  # modelopt's list form: later entries win
+    if smoothquant_alpha is not None:
+        cfg["algorithm"] = {"method": "smoothquant", "alpha": float(smoothquant_alpha)}
+    if kv is not None:
+        if kv.modelopt_cfg is not None:
+            entries.extend(copy.deepcopy(getattr(mtq, kv.modelopt_cfg)["quant_cfg"]))
+        entries.extend(copy.deepcopy(list(kv.quant_cfg)))
+    if block_size is not None:
+        _set_block_size(entries, block_size)
+    for layer in exclude_layers:
+        entries.append({"quantizer_name": layer_pattern(layer), "enable": False})
+    return cfg
+
+
+def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
+    """INT4 group size along the input dimension (modelopt's default 128 does not divide e.g. hidden 576)."""
+    for entry in entries:
+        cfgs = entry.get("cfg")
+        for cfg in cfgs if isinstance(cfgs, list) else [cfgs] if isinstance(cfgs, dict) else []:
+            blocks = cfg.get("block_sizes")
+            if isinstance(blocks, dict):
+                key = -1 if -1 in blocks else "-1" if "-1" in blocks else None
+                if key is not None:
+                    blocks[key] = block_size
 
 
 INT4_BLOCK_SIZES = (128, 64, 32)  # group sizes TensorRT-LLM's INT4 kernels take, largest first
@@ -69,7 +123,7 @@ def int4_block_size(model: Any) -> int:
         if all(size % block == 0 for size in sizes):
             return block
     raise QuantError(f"no INT4 group size in {INT4_BLOCK_SIZES} divides the linear input sizes {sorted(sizes)}",
-                     "choose int8_sq, fp8 or int8_wo for this model")
+                     f"choose {formats.cpu_alternatives(int4_blocks=False)} for this model")
 
 
 def model_device(model: Any) -> Any:
@@ -80,7 +134,7 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
              smoothquant_alpha: float | None = None, exclude_layers: list[str] | tuple[str, ...] = (),
              description: str = "calibrating") -> Any:
     """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model."""
-    block = int4_block_size(model) if has_block_quantization(qformat) else None
+    block = int4_block_size(model) if formats.qformat(qformat).int4_blocks else None
     cfg = modelopt_config(qformat, kv_cache_dtype=kv_cache_dtype, smoothquant_alpha=smoothquant_alpha,
                           exclude_layers=exclude_layers, block_size=block)
     if cfg is None:

@@ -1,6 +1,8 @@
 """Format conformance of a TensorRT-LLM checkpoint: config keys, rank files, quantized tensors and scales.
 
 Checks what ``trtllm-build`` will rely on, so a bad export fails here (with one line) rather than on a GPU box.
+Also the HF-config facts a checkpoint must carry over (``rope_theta`` -> ``rotary_base``, ``rotary_scaling``),
+which ``llm_quant.export`` writes and this module checks.
 """
 
 from __future__ import annotations
@@ -11,23 +13,37 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llm_quant.formats import CHECKPOINT_TENSORS
 from quant_common.errors import QuantError, require
 
 REQUIRED_KEYS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "hidden_act", "max_position_embeddings", "mapping", "quantization")
-# Linear layers of a TensorRT-LLM decoder layer and the tensors each quant_algo gives them.
+# Linear layers of a TensorRT-LLM decoder layer; the tensors each quant_algo gives them are in llm_quant.formats.
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
-ALGO_TENSORS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "W8A8_SQ_PER_CHANNEL": ("int8", ("weights_scaling_factor", "activation_scaling_factor",
-                                     "prequant_scaling_factor")),
-    "FP8": ("float8_e4m3fn", ("weights_scaling_factor", "activation_scaling_factor")),
-    "W8A16": ("int8", ("weights_scaling_factor",)),
-    "W4A16_AWQ": ("int8", ("weights_scaling_factor",)),  # + prequant_scaling_factor when pre_quant_scale
-    "W4A8_AWQ": ("int8", ("weights_scaling_factor",)),
-    "W4A16": ("int8", ("weights_scaling_factor",)),
-}
 KV_TENSOR = "attention.kv_cache_scaling_factor"
 LAYER_RE = re.compile(r"^(?:.*\.)?layers\.(\d+)$")
+
+
+def rope_theta(hf_config: Any) -> float | None:
+    """rope_theta from a transformers 4 (``rope_theta``) or 5 (``rope_parameters``) config."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    if isinstance(params, dict) and params.get("rope_theta") is not None:
+        return float(params["rope_theta"])
+    value = getattr(hf_config, "rope_theta", None)
+    return float(value) if value is not None else None
+
+
+def rope_scaling(hf_config: Any) -> dict[str, Any] | None:
+    """TensorRT-LLM's ``rotary_scaling`` (type + factors) for non-default RoPE, else None."""
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    if not isinstance(params, dict):
+        return None
+    kind = params.get("rope_type") or params.get("type")
+    if not kind or kind == "default":
+        return None
+    scaling = {"type": kind}
+    scaling.update({k: v for k, v in params.items() if k not in {"rope_type", "type", "rope_theta"}})
+    return scaling
 
 
 def trtllm_layer_pattern(hf_layer: str) -> str | None:
@@ -87,8 +103,8 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
     excluded = list(quant.get("exclude_modules") or [])
     weights = load_rank(folder, 0)
     quantized_layers = 0
-    if algo in ALGO_TENSORS:
-        dtype, scales = ALGO_TENSORS[algo]
+    if algo in CHECKPOINT_TENSORS:
+        dtype, scales = CHECKPOINT_TENSORS[algo].weight_dtype, CHECKPOINT_TENSORS[algo].scales
         if quant.get("pre_quant_scale"):  # TensorRT-LLM then creates (and requires) the AWQ pre-quant scales
             scales = (*scales, "prequant_scaling_factor")
         for layer in range(_layers_in_rank(config)):
@@ -118,8 +134,6 @@ def _layers_in_rank(config: dict[str, Any]) -> int:
 
 
 def _check_against_hf(folder: Path, config: dict[str, Any], hf_config: Any) -> None:
-    from llm_quant.export import rope_theta
-
     pairs = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
              "num_attention_heads": "num_attention_heads"}
     for key, hf_key in pairs.items():

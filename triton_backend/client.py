@@ -20,16 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from quant_common.errors import QuantError, require
+from triton_backend.interface import ENSEMBLE_REQUEST, LLMAPI_REQUEST, REQUEST_NUMPY_TYPES
 
 Protocol = Literal["http", "grpc"]
-# request field -> input name, per model interface
-ENSEMBLE_NAMES = {"max_tokens": "max_tokens", "stream": "stream", "temperature": "temperature", "top_k": "top_k",
-                  "top_p": "top_p", "seed": "seed", "stop_words": "stop_words", "bad_words": "bad_words"}
-LLMAPI_NAMES = {"max_tokens": "sampling_param_max_tokens", "stream": "streaming",
-                "temperature": "sampling_param_temperature", "top_k": "sampling_param_top_k",
-                "top_p": "sampling_param_top_p", "seed": "sampling_param_seed", "stop_words": "sampling_param_stop"}
-NUMPY_TYPES = {"max_tokens": "int32", "top_k": "int32", "temperature": "float32", "top_p": "float32",
-               "seed": "uint64", "stream": "bool"}
 
 
 @dataclass
@@ -96,7 +89,7 @@ class LLMClient:
             if "text_input" not in inputs:
                 raise QuantError(f"model {self.model!r} takes no text_input (inputs: {', '.join(sorted(inputs))})",
                                  "choose --model ensemble or tensorrt_llm_bls")
-            self._names = LLMAPI_NAMES if "sampling_param_max_tokens" in inputs else ENSEMBLE_NAMES
+            self._names = LLMAPI_REQUEST if "sampling_param_max_tokens" in inputs else ENSEMBLE_REQUEST
         return self._names
 
     def _input_names(self) -> set[str]:
@@ -229,9 +222,9 @@ class LLMClient:
                 array = np.array([[v.encode("utf-8") for v in values]], dtype=object)
                 dtype = "BYTES"
             else:
-                array = np.array([[value]], dtype=NUMPY_TYPES.get(key, "int32"))
+                array = np.array([[value]], dtype=REQUEST_NUMPY_TYPES.get(key, "int32"))
                 dtype = utils.np_to_triton_dtype(array.dtype)
-            if self._names is LLMAPI_NAMES:
+            if self._names is LLMAPI_REQUEST:
                 array = array.reshape(array.shape[1:])  # the LLM-API model has no batch dimension
             tensor = grpcclient.InferInput(name, list(array.shape), dtype)
             tensor.set_data_from_numpy(array)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from quant_common.errors import require
+
 
 @dataclass
 class Sampling:
@@ -39,8 +41,6 @@ def fold_quantized_weights(model: Any) -> Any:
     same tokens). A model without modelopt quantizers is returned unchanged."""
     if not any(name.endswith("weight_quantizer") for name, _ in model.named_modules()):
         return model
-    from quant_common.errors import require
-
     mtq = require("modelopt.torch.quantization", purpose="folding quantized weights")
     mtq.fold_weight(model)
     return model

@@ -1,6 +1,6 @@
 """The models of an ``inflight_batcher_llm``-shaped repository, as :class:`ModelSpec` data (our templates).
 
-Tensor names and meanings follow the TensorRT-LLM backend's interface (TRT-LLM 1.2 ``triton_backend``), so the
+Tensor names and parameters come from ``triton_backend.interface`` (the TensorRT-LLM backend's interface), so the
 same ensemble, preprocessing, postprocessing and BLS models drive either the C++ ``tensorrtllm`` backend or our
 python-backend ``tensorrt_llm`` model (the embedded PyTorch runtime).
 """
@@ -8,108 +8,21 @@ python-backend ``tensorrt_llm`` model (the embedded PyTorch runtime).
 from __future__ import annotations
 
 from triton_backend.config_pbtxt import EnsembleStep, ModelSpec, Tensor
+from triton_backend.interface import (
+    BYTES,
+    CORE_INPUTS,
+    CORE_OUTPUTS,
+    ENSEMBLE_EXTRA_OUTPUTS,
+    ENSEMBLE_INPUTS,
+    ENSEMBLE_OUTPUTS,
+    I32,
+    LLMAPI_INPUTS,
+    LLMAPI_OUTPUTS,
+    SCALAR,
+    trtllm_only_inputs,
+    trtllm_only_outputs,
+)
 from triton_backend.options import TritonOptions
-
-BYTES, I32, F32, U64, BOOL = "TYPE_STRING", "TYPE_INT32", "TYPE_FP32", "TYPE_UINT64", "TYPE_BOOL"
-SCALAR = (1,)
-
-
-def _scalar(name: str, data_type: str, optional: bool = True, reshape: bool = True) -> Tensor:
-    return Tensor(name, data_type, SCALAR, optional=optional, reshape=() if reshape else None)
-
-
-# --- ensemble (and BLS) request interface: what clients send -------------------------------------------------
-ENSEMBLE_INPUTS = (
-    Tensor("text_input", BYTES, SCALAR),
-    Tensor("max_tokens", I32, SCALAR),
-    Tensor("bad_words", BYTES, (-1,), optional=True),
-    Tensor("stop_words", BYTES, (-1,), optional=True),
-    Tensor("end_id", I32, SCALAR, optional=True),
-    Tensor("pad_id", I32, SCALAR, optional=True),
-    Tensor("top_k", I32, SCALAR, optional=True),
-    Tensor("top_p", F32, SCALAR, optional=True),
-    Tensor("temperature", F32, SCALAR, optional=True),
-    Tensor("repetition_penalty", F32, SCALAR, optional=True),
-    Tensor("min_tokens", I32, SCALAR, optional=True),
-    Tensor("seed", U64, SCALAR, optional=True),
-    Tensor("stream", BOOL, SCALAR, optional=True),
-)
-ENSEMBLE_OUTPUTS = (Tensor("text_output", BYTES, (-1,)),)
-# The ensemble also returns how many tokens each response carries (tokens/s without re-tokenizing text).
-ENSEMBLE_EXTRA_OUTPUTS = (Tensor("sequence_length", I32, (-1,)),)
-
-# --- core model (tensorrt_llm) interface ----------------------------------------------------------------------
-# Inputs the embedded PyTorch runtime implements; Triton itself rejects any other input with a clear message.
-CORE_INPUTS = (
-    Tensor("input_ids", I32, (-1,), ragged=True),
-    _scalar("input_lengths", I32, optional=False),
-    _scalar("request_output_len", I32, optional=False),
-    _scalar("end_id", I32),
-    _scalar("pad_id", I32),
-    Tensor("stop_words_list", I32, (2, -1), optional=True, ragged=True),
-    Tensor("bad_words_list", I32, (2, -1), optional=True, ragged=True),
-    _scalar("beam_width", I32),
-    _scalar("temperature", F32),
-    _scalar("runtime_top_k", I32),
-    _scalar("runtime_top_p", F32),
-    _scalar("repetition_penalty", F32),
-    _scalar("min_tokens", I32),
-    _scalar("seed", U64),
-    _scalar("exclude_input_in_output", BOOL),
-    _scalar("streaming", BOOL),
-)
-CORE_OUTPUTS = (
-    Tensor("output_ids", I32, (-1, -1)),
-    Tensor("sequence_length", I32, (-1,)),
-)
-
-
-def _trtllm_only_inputs(opts: TritonOptions) -> tuple[Tensor, ...]:
-    """Further inputs the C++ backend understands (sampling/penalty knobs, logits requests, encoder input)."""
-    return (
-        Tensor("encoder_input_features", opts.encoder_input_features_data_type, (-1, -1), optional=True,
-               ragged=True),
-        _scalar("encoder_output_lengths", I32),
-        Tensor("embedding_bias", F32, (-1,), optional=True, ragged=True),
-        _scalar("num_return_sequences", I32),
-        _scalar("len_penalty", F32),
-        _scalar("early_stopping", BOOL),
-        _scalar("presence_penalty", F32),
-        _scalar("frequency_penalty", F32),
-        _scalar("return_log_probs", BOOL),
-        _scalar("return_context_logits", BOOL),
-        _scalar("return_generation_logits", BOOL),
-        _scalar("stop", BOOL),
-    )
-
-
-def _trtllm_only_outputs(opts: TritonOptions) -> tuple[Tensor, ...]:
-    return (
-        Tensor("cum_log_probs", F32, (-1,)),
-        Tensor("output_log_probs", F32, (-1, -1)),
-        Tensor("context_logits", opts.logits_datatype, (-1, -1)),
-        Tensor("generation_logits", opts.logits_datatype, (-1, -1, -1)),
-        Tensor("batch_index", I32, SCALAR),
-    )
-
-
-def tensorrtllm_parameters(opts: TritonOptions, engine_dir: str) -> dict[str, object]:
-    """Parameters the C++ ``tensorrtllm`` backend reads (template names in comments where they differ)."""
-    params: dict[str, object] = {
-        "max_beam_width": opts.max_beam_width,
-        "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
-        "gpt_model_type": opts.batching_strategy,  # batching_strategy
-        "gpt_model_path": engine_dir,  # engine_dir
-        "batch_scheduler_policy": opts.batch_scheduler_policy,
-        "kv_cache_free_gpu_mem_fraction": opts.kv_cache_free_gpu_mem_fraction,
-        "exclude_input_in_output": opts.exclude_input_in_output,
-        "enable_kv_cache_reuse": opts.enable_kv_cache_reuse,
-        "enable_chunked_context": opts.enable_chunked_context,
-        "normalize_log_probs": True,
-    }
-    if opts.max_tokens_in_paged_kv_cache is not None:
-        params["max_tokens_in_paged_kv_cache"] = opts.max_tokens_in_paged_kv_cache
-    return params
 
 
 def tensorrt_llm_core(opts: TritonOptions, *, backend: str, parameters: dict[str, object]) -> ModelSpec:
@@ -124,8 +37,8 @@ def tensorrt_llm_core(opts: TritonOptions, *, backend: str, parameters: dict[str
         preferred_batch_size=opts.max_batch_size if full else None,
         max_queue_delay_microseconds=opts.max_queue_delay_microseconds,
         max_queue_size=opts.max_queue_size,
-        inputs=CORE_INPUTS + (_trtllm_only_inputs(opts) if full else ()),
-        outputs=CORE_OUTPUTS + (_trtllm_only_outputs(opts) if full else ()),
+        inputs=CORE_INPUTS + (trtllm_only_inputs(opts) if full else ()),
+        outputs=CORE_OUTPUTS + (trtllm_only_outputs(opts) if full else ()),
         instance_count=1 if full else opts.model_instance_count,
         parameters=parameters,
     )
@@ -227,18 +140,8 @@ def llmapi(opts: TritonOptions) -> ModelSpec:
         name="tensorrt_llm",
         backend="python",
         max_batch_size=0,
-        inputs=(
-            Tensor("text_input", BYTES, (-1,)),
-            Tensor("streaming", BOOL, SCALAR, optional=True),
-            Tensor("sampling_param_max_tokens", I32, SCALAR, optional=True),
-            Tensor("sampling_param_temperature", F32, SCALAR, optional=True),
-            Tensor("sampling_param_top_k", I32, SCALAR, optional=True),
-            Tensor("sampling_param_top_p", F32, SCALAR, optional=True),
-            Tensor("sampling_param_seed", U64, SCALAR, optional=True),
-            Tensor("sampling_param_stop", BYTES, (-1,), optional=True),
-            Tensor("sampling_param_exclude_input_from_output", BOOL, SCALAR, optional=True),
-        ),
-        outputs=(Tensor("text_output", BYTES, (-1,)), Tensor("finish_reason", BYTES, (-1,))),
+        inputs=LLMAPI_INPUTS,
+        outputs=LLMAPI_OUTPUTS,
         decoupled=opts.decoupled,
         instance_count=1,
     )

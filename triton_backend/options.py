@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Runtime = Literal["tensorrtllm", "pytorch", "llmapi"]
-RUNTIMES: tuple[str, ...] = ("tensorrtllm", "pytorch", "llmapi")
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+# "auto": tensorrtllm where an engine was built, else pytorch (triton_backend.repository.choose_runtime)
+RuntimeChoice = Literal["auto", "tensorrtllm", "pytorch", "llmapi"]
 DataType = Literal["TYPE_FP32", "TYPE_FP16", "TYPE_BF16"]
 
 

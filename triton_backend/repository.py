@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from quant_common.atomic import atomic_write_json, atomic_write_text, staged_dir
+from quant_common.atomic import Staging, atomic_write_json, atomic_write_text, staged_dir
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import package_versions, utc_now
-from triton_backend import config_pbtxt, layout
-from triton_backend.options import RUNTIMES, Runtime, TritonOptions
+from triton_backend import config_pbtxt, interface, layout
+from triton_backend.options import RUNTIMES, Runtime, RuntimeChoice, TritonOptions
 
 MODELS_SOURCE = Path(__file__).resolve().parent / "models"
 EMBEDDED_FORMAT = "tq-embedded-v1"
@@ -51,13 +50,9 @@ class RepositorySpec(BaseModel):
 
     def final_path(self, path: Path) -> Path:
         """``path`` where it will live once the build folder is in its final place (absolute)."""
-        path = path.resolve()
         if self.staging_root is not None and self.final_root is not None:
-            try:
-                return self.final_root.resolve() / path.relative_to(self.staging_root.resolve())
-            except ValueError:
-                pass
-        return path
+            return Staging(self.staging_root, self.final_root).final_path(path)
+        return path.resolve()
 
 
 class RepositoryResult(BaseModel):
@@ -192,7 +187,7 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
     else:
         if spec.runtime == "tensorrtllm":
             assert spec.engine_dir is not None
-            core = layout.tensorrt_llm_core(opts, backend="tensorrtllm", parameters=layout.tensorrtllm_parameters(
+            core = layout.tensorrt_llm_core(opts, backend="tensorrtllm", parameters=interface.tensorrtllm_parameters(
                 opts, str(spec.final_path(spec.engine_dir))))
         else:
             assert spec.embedded_dir is not None
@@ -227,8 +222,10 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
             atomic_write_text(tmp / "tensorrt_llm" / "1" / "model.yaml", _llmapi_yaml(spec))
         result = RepositoryResult(path=out_path, runtime=spec.runtime, models=[m.name for m in specs],
                                   max_input_len=max_input_len, max_seq_len=max_seq_len, warnings=warnings)
+        # Inside a build's staging folder, record where the repository will be, as for every other path.
+        recorded = result.model_copy(update={"path": spec.final_path(out_path)}) if spec.staging_root else result
         atomic_write_json(tmp / MANIFEST, {
-            "created": utc_now(), "spec": _spec_record(spec), "result": result.model_dump(mode="json"),
+            "created": utc_now(), "spec": _spec_record(spec), "result": recorded.model_dump(mode="json"),
             "default_model": "tensorrt_llm" if spec.runtime == "llmapi" else "ensemble",
             "versions": package_versions(["tritonclient", "nvidia-pytriton", "torch", "transformers",
                                           "nvidia-modelopt", "tensorrt_llm"]),
@@ -258,7 +255,7 @@ def package_for_build(
     build_dir: str | os.PathLike[str],
     *,
     options: TritonOptions | Mapping[str, Any] | None = None,
-    runtime: Literal["auto", "tensorrtllm", "pytorch", "llmapi"] = "auto",
+    runtime: RuntimeChoice = "auto",
     embedded_dir: str | os.PathLike[str] | None = None,
     tokenizer_dir: str | os.PathLike[str] | None = None,
     engine_dir: str | os.PathLike[str] | None = None,
@@ -272,8 +269,8 @@ def package_for_build(
     Defaults: ``embedded_dir = build_dir/embedded``; ``tokenizer_dir = embedded_dir``; ``options`` is the preset's
     ``triton:`` section (a dict is validated as :class:`TritonOptions`); ``runtime="auto"`` picks ``tensorrtllm``
     when ``engine_dir`` holds a built engine, else ``pytorch``. ``final_build_dir``: where ``build_dir`` will be
-    once the build swaps its staging folder in (detected from ``quant_common.atomic.staged_dir``'s
-    ``.<name>.staging-*`` names when not given); absolute paths in the configs point there.
+    once a build swaps its staging folder in (``llm-quant build`` passes it); absolute paths in the configs point
+    there.
     """
     build = Path(build_dir)
     if not build.is_dir():
@@ -297,15 +294,9 @@ def package_for_build(
         hf_checkpoint_dir=Path(hf_checkpoint_dir) if hf_checkpoint_dir is not None else None,
         trtllm_checkpoint_dir=Path(trtllm_checkpoint_dir) if trtllm_checkpoint_dir is not None else None,
     )
-    final = Path(final_build_dir) if final_build_dir is not None else _staging_target(build)
-    if final is not None:
-        spec.staging_root, spec.final_root = build, final
+    if final_build_dir is not None:
+        spec.staging_root, spec.final_root = build, Path(final_build_dir)
     return package(spec, Path(out) if out is not None else build / "triton_repo")
-
-
-def _staging_target(build: Path) -> Path | None:
-    match = re.match(r"^\.(.+)\.staging-[^/]*$", build.resolve().name)
-    return build.resolve().parent / match.group(1) if match else None
 
 
 def read_manifest(repo: str | os.PathLike[str]) -> dict[str, Any]:

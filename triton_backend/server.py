@@ -1,9 +1,9 @@
 """Launch Triton Inference Server on a model repository, wait until it is ready, stop it cleanly.
 
 Uses a system ``tritonserver`` where one is on PATH (e.g. NVIDIA's NGC containers, whose backends include
-``tensorrtllm``), else the Triton 2.51 build bundled in ``nvidia-pytriton`` (FACTS §5): a backend folder with a
-real copy of ``libtriton_python.so`` (a symlink "escapes backend directory"), the python-backend stub for this
-Python, ``triton_python_backend_utils.py``; this environment's ``bin`` first on PATH and this interpreter's
+``tensorrtllm``), else the Triton 2.51 build bundled in ``nvidia-pytriton`` 0.7, which needs: a backend folder
+with a real copy of ``libtriton_python.so`` (a symlink "escapes backend directory"), the python-backend stub for
+this Python, ``triton_python_backend_utils.py``; this environment's ``bin`` first on PATH and this interpreter's
 ``lib`` on LD_LIBRARY_PATH so the stub embeds the same Python (and sees numpy<2, which BYTES tensors need).
 """
 
@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
@@ -62,8 +63,6 @@ def _bundled_backends(root: Path) -> Path:
     if not stub.is_file():
         raise QuantError(f"nvidia-pytriton has no python-backend stub for Python {version}",
                          "use Python 3.8–3.13 or a system tritonserver")
-    from importlib import metadata
-
     tag = f"pytriton-{metadata.version('nvidia-pytriton')}-py{version}"
     backends = _cache_dir() / "triton-backends" / tag
     python_dir = backends / "python"

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llm_quant.pipeline import make_config
+
 TINY_CALIB = {"size": 4, "seq_len": 64, "batch_size": 2}
 TINY_EVAL = {"seq_len": 64, "max_tokens": 1024}
 
 
 def tiny_config(model_dir: Path, out: Path, **overrides: Any):
-    from llm_quant.pipeline import make_config
-
     parallel = overrides.pop("parallel", None)
     cfg, _, source = make_config(str(model_dir), overrides={"out": out, "device": "cpu", **overrides},
                                  calib=TINY_CALIB, eval_opts=TINY_EVAL, parallel=parallel)

@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from llm_quant.checkpoint import fix_layer_globs, verify_trtllm_checkpoint
+from llm_quant.pipeline import build
+from quant_common.errors import QuantError
 from tests.llm_quant.conftest import TINY_ROPE_THETA
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
 
@@ -15,8 +18,6 @@ LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 
 @pytest.fixture(scope="module")
 def int8_sq_build(tiny_llama, tmp_path_factory):
-    from llm_quant.pipeline import build
-
     out = tmp_path_factory.mktemp("int8sq") / "out"
     cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq")
     return build(cfg, model_source=source), out
@@ -60,8 +61,6 @@ def test_build_outputs_and_manifest(int8_sq_build):
 
 
 def test_fp8_with_fp8_kv_cache(tiny_llama, tmp_path):
-    from llm_quant.pipeline import build
-
     cfg, source = tiny_config(tiny_llama, tmp_path / "fp8", qformat="fp8", kv_cache_dtype="fp8")
     result = build(cfg, model_source=source)
     config = trt_config(tmp_path / "fp8")
@@ -83,8 +82,6 @@ def _recombine_qkv(parts, heads, kv_heads, head_dim):
 
 
 def test_tp2_ranks_recombine_to_tp1(tiny_llama, tmp_path, int8_sq_build):
-    from llm_quant.pipeline import build
-
     _, out1 = int8_sq_build
     cfg, source = tiny_config(tiny_llama, tmp_path / "tp2", qformat="int8_sq", parallel={"tp_size": 2})
     build(cfg, model_source=source)
@@ -114,9 +111,6 @@ def test_checkpoint_verifier_rejects_broken_checkpoints(int8_sq_build, tmp_path)
     import transformers
     from safetensors.torch import load_file, save_file
 
-    from llm_quant.checkpoint import verify_trtllm_checkpoint
-    from quant_common.errors import QuantError
-
     _, out = int8_sq_build
     hf_config = transformers.AutoConfig.from_pretrained(str(out / "hf_checkpoint"))
     assert verify_trtllm_checkpoint(out / "trtllm_checkpoint", hf_config=hf_config)["quantized_linears_rank0"] == 10
@@ -140,8 +134,6 @@ def test_checkpoint_verifier_rejects_broken_checkpoints(int8_sq_build, tmp_path)
 
 def test_layer_globs_are_made_exact():
     import fnmatch
-
-    from llm_quant.checkpoint import fix_layer_globs
 
     fixed, changes = fix_layer_globs(["transformer.layers.1*", "lm_head", "transformer.layers.12*"])
     assert fixed == ["transformer.layers.1.*", "lm_head", "transformer.layers.12.*"] and len(changes) == 2

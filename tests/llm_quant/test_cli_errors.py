@@ -7,14 +7,13 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
+from llm_quant import calibrate, cli, presets
+from quant_common.errors import QuantError
 from tests.llm_quant.conftest import build_tiny_llama
 
 
 @pytest.fixture(scope="module")
 def app():
-    from llm_quant import cli
-
-    cli._register_commands()
     return cli.app
 
 
@@ -113,3 +112,26 @@ def test_build_help_has_examples(app):
 def test_tiny_builder_without_config(tmp_path):
     folder = build_tiny_llama(tmp_path / "m", config=False)
     assert not (folder / "config.json").exists()
+
+
+def test_bad_triton_option_in_preset_fails_at_load_before_calibration(app, tmp_path, tiny_llama, monkeypatch):
+    presets_dir = tmp_path / "presets"
+    presets_dir.mkdir()
+    good = (presets.PRESET_DIR / "llama.yaml").read_text()
+    assert "\ntriton:\n  max_batch_size: 8\n" in good
+    (presets_dir / "llama.yaml").write_text(good.replace("\ntriton:\n  max_batch_size: 8\n",
+                                                         "\ntriton:\n  max_batch_size: 8\n  no_such_option: 1\n"))
+    monkeypatch.setattr(presets, "PRESET_DIR", presets_dir)
+
+    def never(*args, **kwargs):
+        raise AssertionError("calibration must not start with a bad preset")
+
+    monkeypatch.setattr(calibrate, "quantize", never)
+    code, text = run(app, ["build", "--model", "llama", "--model-path", str(tiny_llama), "--device", "cpu",
+                           "--out", str(tmp_path / "o" / "out")])
+    assert_one_line_error(code, text, "presets/llama.yaml is invalid", "triton.no_such_option")
+    assert_nothing_written(tmp_path / "o")
+    # An out-of-range value fails the same way, when the preset is loaded.
+    (presets_dir / "bad.yaml").write_text(good.replace("max_batch_size: 8\n  decoupled", "max_batch_size: 0\n  decoupled"))
+    with pytest.raises(QuantError, match="triton.max_batch_size"):
+        presets.load_preset("bad")

@@ -6,18 +6,18 @@ import json
 import math
 
 import pytest
+from typer.testing import CliRunner
 
+from llm_quant import calibrate, cli, data, pipeline, sensitivity
+from llm_quant.config import CalibConfig
+from llm_quant.evaluate import perplexity
+from llm_quant.sensitivity import SearchResult
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
 
 torch = pytest.importorskip("torch")
 
 
 def test_eval_cli_json_reports_same_windows(tiny_llama, tmp_path):
-    from typer.testing import CliRunner
-
-    from llm_quant import cli
-
-    cli._register_commands()
     result = CliRunner().invoke(cli.app, [
         "eval", "--model", str(tiny_llama), "--qformat", "int8_wo", "--device", "cpu", "--calib-size", "4",
         "--calib-seq-len", "64", "--eval-seq-len", "64", "--eval-tokens", "1024", "--json"])
@@ -31,10 +31,6 @@ def test_eval_cli_json_reports_same_windows(tiny_llama, tmp_path):
 
 def test_layer_search_finds_smallest_set(tiny_llama):
     import transformers
-
-    from llm_quant import calibrate, data, sensitivity
-    from llm_quant.config import CalibConfig
-    from llm_quant.evaluate import perplexity
 
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_llama))
     docs = data.builtin_corpus()
@@ -55,17 +51,18 @@ def test_layer_search_finds_smallest_set(tiny_llama):
     budget = 1.0  # percent
     ref = target / (1 + budget * sensitivity.SEARCH_MARGIN / 100)
     result = sensitivity.search_exclusions(model, windows, ref, budget)
+    assert result.probes == len(result.trials) and result.trials[0]["excluded"] == 0 and result.met
     if uniform <= target:
-        assert result.excluded == []
+        assert result.excluded == [] and result.probes == 1
     else:
         assert 1 <= len(result.excluded) <= 2 and result.ppl_final <= target * (1 + 1e-9)
         assert set(result.layer_error) == set(layers) and all(v > 0 for v in result.layer_error.values())
+        # the recorded trials are the search split's perplexity increase over the reference, in percent
+        chosen = next(t for t in result.trials if t["excluded"] == len(result.excluded))
+        assert math.isclose(chosen["loss"], 100 * (result.ppl_final - ref) / ref, rel_tol=1e-9)
 
 
 def test_accuracy_budget_exclusions_reach_both_checkpoints(tiny_llama, tmp_path, monkeypatch):
-    from llm_quant import pipeline
-    from llm_quant.sensitivity import SearchResult
-
     # The search itself is tested above; here its outcome must reach every artifact.
     monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget: SearchResult(
         budget, budget * 0.7, ref, ref * 2, ref, excluded=["model.layers.1"]))

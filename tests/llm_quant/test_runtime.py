@@ -6,6 +6,8 @@ import copy
 
 import pytest
 
+from llm_quant.runtime import load_quantized, load_reference, save_embedded
+
 torch = pytest.importorskip("torch")
 
 
@@ -13,8 +15,6 @@ torch = pytest.importorskip("torch")
 def test_embedded_restore_is_exact(tiny_llama, tmp_path, cfg_name):
     import modelopt.torch.quantization as mtq
     import transformers
-
-    from llm_quant.runtime import load_quantized, load_reference, save_embedded
 
     model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tiny_llama))

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from quant_common.atomic import atomic_write_json, ensure_output_dir, staged_dir, staged_file
+from quant_common.atomic import atomic_write_json, ensure_output_dir, publish, staged_dir, staged_file
 from quant_common.errors import QuantError
 
 
@@ -76,8 +76,6 @@ def test_outputs_get_the_users_usual_permissions(tmp_path):
 
 
 def test_publish_moves_files_and_replaces_directories_whole(tmp_path):
-    from quant_common.atomic import publish
-
     staging = tmp_path / "staging"
     (staging / "report").mkdir(parents=True)
     (staging / "report" / "new.html").write_text("new")

@@ -1,7 +1,7 @@
 import pytest
 
 from quant_common.cli import handle_errors
-from quant_common.errors import MissingDependencyError, QuantError, require
+from quant_common.errors import MissingDependencyError, QuantError, is_importable, require
 
 
 def test_require_missing_module_is_one_clear_line():
@@ -14,8 +14,6 @@ def test_require_missing_module_is_one_clear_line():
 def test_tensorrt_is_not_faked():
     # TensorRT cannot be installed here; make sure nothing in the test environment pretends it is.
     # tensorrt-stubs installs tensorrt/__init__.pyi, which imports as an empty namespace package.
-    from quant_common.errors import is_importable
-
     if is_importable("tensorrt"):
         pytest.skip("a real TensorRT is installed on this machine")
     with pytest.raises(MissingDependencyError, match="stubs|cannot be imported"):

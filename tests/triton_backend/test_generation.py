@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llm_quant.runtime import load_quantized
 from triton_backend.generation import Sampling, batchable, generate_batch, generate_ids, words_from_tensor
 
 PROMPTS = ["def f(x):", "The quick brown fox", "for i in range(10):", "a", "import os\nimport sys\n"]
@@ -12,8 +13,6 @@ PROMPTS = ["def f(x):", "The quick brown fox", "for i in range(10):", "a", "impo
 
 @pytest.fixture(scope="module")
 def quantized(tiny_build):
-    from llm_quant.runtime import load_quantized
-
     return load_quantized(tiny_build / "embedded")
 
 

@@ -135,8 +135,10 @@ def test_paths_name_the_final_build_folder(tiny_build, tmp_path):
     staging = tmp_path / ".llama.staging-abc123"
     shutil.copytree(tiny_build / "embedded", staging / "embedded")
     engine = _engine_dir(staging)
-    result = package_for_build(staging, engine_dir=engine)
+    result = package_for_build(staging, engine_dir=engine, final_build_dir=tmp_path / "llama")
     params = config_pbtxt.parameters_of(_configs(result.path)["tensorrt_llm"])
     assert params["gpt_model_path"] == str((tmp_path / "llama" / "engine").resolve())
     manifest = json.loads((result.path / "repository.json").read_text())
     assert manifest["spec"]["engine_dir"] == params["gpt_model_path"]
+    assert manifest["result"]["path"] == str((tmp_path / "llama" / "triton_repo").resolve())
+    assert result.path == staging / "triton_repo"  # the caller publishes it

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from llm_quant.runtime import load_quantized
 from quant_common.errors import QuantError
 from triton_backend.client import LLMClient
 from triton_backend.server import free_port
@@ -58,8 +59,6 @@ def _port_open(port):
 def reference(tiny_repo):
     """The same quantized model in-process: plain transformers greedy generate, no Triton code involved."""
     import torch
-
-    from llm_quant.runtime import load_quantized
 
     model, tokenizer = load_quantized(tiny_repo.parent / "embedded")
 
