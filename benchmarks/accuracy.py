@@ -1,7 +1,7 @@
 """FP32 vs INT8 under ONNX Runtime on the CPU: mAP table with the latency ratio beside it (run on demand).
 
 Defaults reproduce the bundled detector's numbers offline: the val split is regenerated from seed 0 and the
-calibration images from seed 1 (vision.synthetic), then `vision.compare.compare` builds every INT8 variant,
+calibration images from seed 1 (vision.data.synthetic), then `vision.pipeline.compare.compare` builds every INT8 variant,
 evaluates it and times it in the same run, so FP32 and INT8 latencies are measured side by side.
 
     .venv/bin/python benchmarks/accuracy.py                      # 200 val images, 64 calibration images
@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision.compare import CompareOptions, compare  # noqa: E402
+from vision.pipeline.compare import CompareOptions, compare  # noqa: E402
 from vision.config import BUNDLED_MODEL  # noqa: E402
-from vision.synthetic import generate_calibration_images, generate_dataset  # noqa: E402
+from vision.data.synthetic import generate_calibration_images, generate_dataset  # noqa: E402
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Calibration speed and stability, measured side by side in one run on this machine.
 
-1. Entropy2 search: ours (``vision.calibrators``) vs modelopt's ``_compute_amax_entropy`` on the *same* histograms
+1. Entropy2 search: ours (``vision.calibration.calibrators``) vs modelopt's ``_compute_amax_entropy`` on the *same* histograms
    (the model's real activation histograms); goal >= 100x faster. modelopt's pure-Python loop takes seconds per
    tensor, so it is timed on ``--modelopt-tensors`` tensors spread over the model and compared per tensor; every
    one of those must pick the same bin.
@@ -38,10 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vision.backends.onnxrt import create_session  # noqa: E402
-from vision.calibrators import compute_all, entropy2_bin  # noqa: E402
-from vision.data import CalibrationSet  # noqa: E402
+from vision.calibration.calibrators import compute_all, entropy2_bin  # noqa: E402
+from vision.data.images import CalibrationSet  # noqa: E402
 from vision.model import load_model, resolve_input_hw  # noqa: E402
-from vision.stats import ActivationCollector, TensorStats, save_stats  # noqa: E402
+from vision.calibration.stats import ActivationCollector, TensorStats, save_stats  # noqa: E402
 
 DEFAULT_MODEL = Path("/work/models/yolov8n_untrained_dynamic.onnx")  # dynamic batch: batch 4 vs 1 comparable
 

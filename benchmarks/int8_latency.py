@@ -6,7 +6,7 @@ FP32 / INT8 (goal: INT8 >= 2x faster on the CI CPU, which has AVX512-VNNI).
 
     .venv/bin/python benchmarks/int8_latency.py MODEL.onnx --calib-data DIR [--imgsz 640] [--int8 model.int8.ort.onnx]
 
-Without --int8, the INT8 model is built first with `vision.pipeline.build` (ONNX Runtime backend). A model with a
+Without --int8, the INT8 model is built first with `vision.pipeline.build.build` (ONNX Runtime backend). A model with a
 fixed batch dimension is measured at that batch only (e.g. a default Ultralytics export: batch 1).
 """
 
@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vision.backends.onnxrt import create_session  # noqa: E402
-from vision.data import CalibrationSet  # noqa: E402
+from vision.data.images import CalibrationSet  # noqa: E402
 from vision.model import load_model, resolve_input_hw  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def _median_ms(sessions: Sequence[Any], feeds: dict[str, np.ndarray], warmup: in
 
 def build_int8(model: Path, calib_dir: Path | None, work_dir: Path, imgsz: tuple[int, int] | None = None) -> Path:
     from vision.config import load_config
-    from vision.pipeline import build
+    from vision.pipeline.build import build
 
     cfg = load_config(model=model, calib_data=calib_dir, out=work_dir, backend="onnxruntime", imgsz=imgsz,
                       agreement_images=0, max_calib_images=32)

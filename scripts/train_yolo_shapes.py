@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision.synthetic import CLASSES, generate_dataset  # noqa: E402
+from vision.data.synthetic import CLASSES, generate_dataset  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

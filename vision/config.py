@@ -53,11 +53,11 @@ class VisionConfig(BaseModel):
     save_stats: Path | None = None
     agreement_images: int = Field(4, ge=0)
 
-    # Layers kept out of INT8. The detection head's all-anchor part (vision.sensitivity.head_nodes) collapses in
+    # Layers kept out of INT8. The detection head's all-anchor part (vision.evaluation.sensitivity.head_nodes) collapses in
     # INT8 on YOLO (FACTS §2); both Q/DQ models and TensorRT's implicit build keep it in float by default.
     keep_head_fp32: bool = True
     # ONNX Runtime layout weight storage: int8 (fast u8s8 kernels, exact only with VNNI), uint8 (zero point 128,
-    # exact on every x86 CPU), auto = by this CPU (vision.qdq_weights). Scales are the same either way.
+    # exact on every x86 CPU), auto = by this CPU (vision.artifacts.qdq_weights). Scales are the same either way.
     ort_weights: Literal["auto", "int8", "uint8"] = "auto"
     # Accuracy-budgeted mixed precision: keep the most damaging layers in float until FP32 mAP50-95 minus INT8
     # mAP50-95 (points) on `data`/`annotations` is within the budget.
