@@ -22,6 +22,8 @@ import numpy as np
 
 from quant_common.atomic import atomic_write_bytes, atomic_write_json
 from quant_common.errors import QuantError
+from quant_common.manifest import sha256_file
+from vision.calibration.calibrators import CALIBRATORS
 
 ALGORITHMS = ("EntropyCalibration2", "MinMaxCalibration", "EntropyCalibration", "LegacyCalibration")
 _HEADER = re.compile(r"^TRT-(\d+)-([A-Za-z0-9]+)$")
@@ -227,8 +229,6 @@ def check_reusable(cache_path: str | os.PathLike[str], expected: CacheProvenance
     - anything else → ``QuantError`` naming what differs. With ``force=True`` a mismatched or unreadable cache is
       ignored instead (``None``: recalibrate, and the caller overwrites it); a matching one is still reused.
     """
-    from vision.calibration.calibrators import TRT_ALGORITHM
-
     path = Path(cache_path)
     if not path.exists():
         return None
@@ -244,7 +244,8 @@ def check_reusable(cache_path: str | os.PathLike[str], expected: CacheProvenance
     if provenance is not None:
         problems += [f"another {label}" for label in _differences(provenance, expected)]
     else:
-        wanted = make_header(expected.trt_version, TRT_ALGORITHM.get(expected.calibrator, "EntropyCalibration2"))
+        spec = CALIBRATORS.get(expected.calibrator)
+        wanted = make_header(expected.trt_version, spec.trt_algorithm if spec else "EntropyCalibration2")
         if cache.header != wanted:
             problems.append(f"header {cache.header} (expected {wanted}: another algorithm or TensorRT version)")
     missing = [name for name in tensors if name not in cache.scales]
@@ -263,14 +264,10 @@ def data_fingerprint(paths: Sequence[str | os.PathLike[str]], options: Mapping[s
     Content hashing costs ~0.1 s per 50 MB of images; mtimes would change on every copy of the data set."""
     digests = []
     for item in paths:
-        hasher = hashlib.sha256()
         try:
-            with open(item, "rb") as handle:
-                while block := handle.read(1 << 20):
-                    hasher.update(block)
+            digests.append(sha256_file(item))
         except OSError as exc:
             raise QuantError(f"cannot read calibration image {item}: {exc.strerror or exc}", "check the file") from exc
-        digests.append(hasher.hexdigest())
     total = hashlib.sha256()
     # TensorRT's growing histogram depends on image order: only then does the order belong in the fingerprint
     for digest in (digests if options.get("histogram") == "trt" else sorted(digests)):

@@ -1,9 +1,13 @@
-"""Calibrators: pure ``|x| histogram → amax`` functions (MinMax, Entropy2, percentile, MSE) and their registry.
+"""Calibrators: pure ``|x| histogram → amax`` functions (MinMax, Entropy2, percentile, MSE) and the table of them.
 
 Every function takes a histogram of ``|x|`` (``hist[k]`` counts values in ``[edges[k], edges[k+1])``, ``edges[0] == 0``)
 and returns the clipping threshold ``amax``; the INT8 scale is ``amax / 127``. No I/O, no state: the statistics
-module decides how histograms are made, this module only searches them. A new method is one function plus one
-``CALIBRATORS`` line.
+module decides how histograms are made, this module only searches them.
+
+``CALIBRATORS`` is the one list of methods: each row names the method, its function, the algorithm word its
+TensorRT calibration cache carries and the build options it takes. The config's choices, the CLI help, the cache
+header, ``vision-quant compare``'s default set and the report colours all derive from it, so a new method is one
+function plus one row.
 """
 
 from __future__ import annotations
@@ -12,14 +16,14 @@ import functools
 import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from quant_common.errors import QuantError
-
-if TYPE_CHECKING:
-    from vision.calibration.stats import TensorStats
+from vision.calibration.histkernels import entropy_q_terms
+from vision.calibration.stats import TensorStats
 
 _TINY = 1e-300  # log(max(G, tiny)) * G is 0 for an empty group without a branch
 
@@ -111,8 +115,6 @@ def entropy2_divergences(hist: np.ndarray, edges: np.ndarray, *, num_quant_bins:
         return result
     rows = np.ascontiguousarray(bounds[live])
     if engine == "numba":
-        from vision.calibration.histkernels import entropy_q_terms
-
         terms, last_level = entropy_q_terms(csum, nonzero, rows)
     else:
         terms, last_level = _q_log_terms(csum, nonzero, rows)
@@ -224,26 +226,38 @@ def _mse(stats: TensorStats, **options: Any) -> float:
     return mse_amax(stats.hist, stats.edges, **options)
 
 
-CALIBRATORS: dict[str, Callable[..., float]] = {
-    "minmax": minmax_amax,
-    "entropy2": _entropy2,
-    "percentile": _percentile,
-    "mse": _mse,
-}
+@dataclass(frozen=True)
+class CalibratorSpec:
+    """One calibration method: everything the rest of the package needs to know about it."""
 
-# Algorithm word of the cache header. TensorRT ignores a cache whose word differs from the calibrator reading it
-# (NVIDIA/TensorRT#1378). percentile/mse have no TensorRT calibrator: their caches are labelled EntropyCalibration2
-# because that is the calibrator trtexec (--calib) and our TensorRT backend use to *read* a foreign cache, and a
-# read cache skips calibration entirely, so the scales are used as written.
-TRT_ALGORITHM: dict[str, str] = {
-    "minmax": "MinMaxCalibration",
-    "entropy2": "EntropyCalibration2",
-    "percentile": "EntropyCalibration2",
-    "mse": "EntropyCalibration2",
-}
+    name: str
+    amax: Callable[..., float]  # (TensorStats, **options) -> amax
+    # Algorithm word of the cache header. TensorRT ignores a cache whose word differs from the calibrator reading it
+    # (NVIDIA/TensorRT#1378). Methods without a TensorRT calibrator are labelled EntropyCalibration2: that is the
+    # calibrator trtexec (--calib) and our TensorRT backend use to *read* a foreign cache, and a read cache skips
+    # calibration entirely, so the scales are used as written.
+    trt_algorithm: str
+    # Build options passed to ``amax`` as keywords: field names of VisionConfig and CompareOptions
+    # (they change the result, so they are also recorded in the cache provenance).
+    options: tuple[str, ...] = ()
+    compared: bool = True  # in `vision-quant compare`'s default set
+
+    def options_from(self, source: Any) -> dict[str, Any]:
+        """This method's options, read from a config object (``VisionConfig``, ``CompareOptions``)."""
+        return {name: getattr(source, name) for name in self.options}
 
 
-def _check_method(method: str) -> Callable[..., float]:
+CALIBRATORS: dict[str, CalibratorSpec] = {spec.name: spec for spec in (
+    CalibratorSpec("minmax", minmax_amax, "MinMaxCalibration"),
+    CalibratorSpec("entropy2", _entropy2, "EntropyCalibration2"),
+    CalibratorSpec("percentile", _percentile, "EntropyCalibration2", options=("percentile",)),
+    CalibratorSpec("mse", _mse, "EntropyCalibration2", compared=False),
+)}
+CALIBRATOR_NAMES: tuple[str, ...] = tuple(CALIBRATORS)
+COMPARED: tuple[str, ...] = tuple(name for name, spec in CALIBRATORS.items() if spec.compared)
+
+
+def calibrator_spec(method: str) -> CalibratorSpec:
     try:
         return CALIBRATORS[method]
     except KeyError:
@@ -253,7 +267,7 @@ def _check_method(method: str) -> Callable[..., float]:
 
 def compute_amax(stats: TensorStats, method: str, **options: Any) -> float:
     """``amax`` of one tensor with the named calibrator (``options`` go to its function)."""
-    calibrate = _check_method(method)
+    calibrate = calibrator_spec(method).amax
     try:
         return calibrate(stats, **options)
     except TypeError as exc:  # an option the method does not take
@@ -265,7 +279,7 @@ def compute_all(stats: Mapping[str, TensorStats], method: str, *, workers: int |
                 **options: Any) -> dict[str, float]:
     """``amax`` for every tensor, in the order of ``stats``. The searches are numpy-bound (the GIL is released),
     so ``workers`` threads (default: CPU count) run tensors side by side."""
-    _check_method(method)
+    calibrator_spec(method)
     names = list(stats)
     count = workers or os.cpu_count() or 1
     if count == 1 or len(names) < 8:

@@ -1,4 +1,4 @@
-"""Activation statistics with ONNX Runtime: running min/max and a ``|x|`` histogram for every tensor TensorRT
+"""Activation statistics through the ONNX Runtime ``Runner``: running min/max and a ``|x|`` histogram for every tensor TensorRT
 would calibrate, in one pass over the data and bounded memory (activations are never kept).
 
 Two histogram modes:
@@ -38,14 +38,12 @@ import onnx
 
 from quant_common.atomic import staged_file
 from quant_common.errors import QuantError
+from vision.backends.onnxrt import OnnxrtRunner
 from vision.calibration import histkernels
+from vision.graph import derivable_tensors, quantizable_tensors
+from vision.model import read_onnx
 
 NUM_BINS = 2048
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-# Outputs that describe a tensor rather than its values: never activations.
-_METADATA_OPS = {"Shape", "Size", "Constant", "ConstantOfShape", "EyeLike", "RandomNormal", "RandomUniform"}
-
-
 @dataclass(frozen=True)
 class TensorStats:
     """What a calibrator sees for one tensor: signed min/max and a histogram of ``|x|``."""
@@ -63,76 +61,6 @@ class TensorStats:
     @property
     def count(self) -> int:
         return int(self.hist.sum())
-
-
-def quantizable_tensors(model: onnx.ModelProto) -> list[str]:
-    """Every tensor a TensorRT calibration cache lists for ``model``: the float network inputs, then every float
-    tensor computed from them (each node output in graph order, network outputs included).
-
-    TensorRT's cache names every tensor of the network it calibrated (see e.g. ultralytics/ultralytics#14121:
-    ``images`` then each layer output), not only those feeding Conv/MatMul. Excluded: initializers, outputs of
-    Constant-like nodes, and shape computations — anything not computed from a network input, or computed
-    through ``Shape``/``Size`` (their outputs are metadata), and non-float tensors (int64 shape math, bool masks).
-    """
-    graph = model.graph
-    initializers = {init.name for init in graph.initializer}
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - inference is a best effort; declared types are used below
-        inferred = model
-    elem_type = {
-        info.name: info.type.tensor_type.elem_type
-        for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-        if info.type.HasField("tensor_type")
-    }
-    names: list[str] = []
-    data: set[str] = set()
-    for graph_input in graph.input:
-        if graph_input.name in initializers:
-            continue
-        data.add(graph_input.name)
-        if elem_type.get(graph_input.name) in _FLOAT_TYPES:
-            names.append(graph_input.name)
-    for node in graph.node:
-        if node.op_type in _METADATA_OPS or not any(name in data for name in node.input):
-            continue
-        for output in node.output:
-            if not output:
-                continue
-            data.add(output)
-            if elem_type.get(output) in _FLOAT_TYPES and output not in names:
-                names.append(output)
-    return names
-
-
-_MOVE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Transpose"}
-
-
-def derivable_tensors(model: onnx.ModelProto, tensors: Sequence[str]) -> dict[str, list[str]]:
-    """Tensors among ``tensors`` whose values are exactly other listed tensors' values: outputs of pure data
-    movement (Reshape, Transpose, ...: the same multiset of values) and of Concat (the union of its inputs).
-    Their histograms are the sum of their sources' (exact for fixed bins), so they need no counting: ~18 % of a
-    YOLOv8n's activation values. Maps each to its sources."""
-    wanted = set(tensors)
-    derived: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        if not node.output or node.output[0] not in wanted:
-            continue
-        sources = [node.input[0]] if node.op_type in _MOVE_OPS else list(node.input) if node.op_type == "Concat" else []
-        if sources and all(source in wanted for source in sources):
-            derived[node.output[0]] = sources
-    return derived
-
-
-def load_model(model_path: str | os.PathLike[str]) -> onnx.ModelProto:
-    path = Path(model_path)
-    if not path.is_file():
-        raise QuantError(f"model file not found: {path}", "check the path")
-    try:
-        return onnx.load(os.fspath(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError, onnx raises several types
-        raise QuantError(f"cannot read ONNX model {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"[:300],
-                         "check that the file is a complete ONNX model (re-export it if truncated)") from exc
 
 
 class _FineHistogram:
@@ -224,46 +152,40 @@ def rebin_fine(counts: np.ndarray, absmax: float, num_bins: int = NUM_BINS) -> t
 
 
 class ActivationCollector:
-    """One ONNX Runtime session that also returns every calibrated tensor; ``collect`` folds each batch into
+    """One ONNX Runtime runner that also returns every calibrated tensor; ``collect`` folds each batch into
     per-tensor statistics and returns the model's own outputs, ``result`` hands the histograms to calibrators.
 
     ``threads``: worker threads counting histograms (default: CPU count); ONNX Runtime keeps its own setting.
     """
 
-    def __init__(self, model_path: str | os.PathLike[str], tensors: Sequence[str] | None = None, *,
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike[str], tensors: Sequence[str] | None = None, *,
                  histogram: Literal["fine", "trt"] = "fine", num_bins: int = NUM_BINS,
                  threads: int | None = None) -> None:
         if histogram not in ("fine", "trt"):
             raise QuantError(f"unknown histogram mode '{histogram}'", "use 'fine' (default) or 'trt'")
         if num_bins < 128:
             raise QuantError(f"num_bins {num_bins} is too small for entropy calibration", "use 2048 (TensorRT)")
-        self.model_path = Path(model_path)
+        label = "the model" if isinstance(model, onnx.ModelProto) else str(model)
+        proto = model if isinstance(model, onnx.ModelProto) else read_onnx(model)
         self.histogram_mode = histogram
         self.num_bins = num_bins
-        model = load_model(self.model_path)
-        available = quantizable_tensors(model)
+        available = quantizable_tensors(proto)
         if tensors is None:
             self.tensors = available
         else:
             unknown = [name for name in tensors if name not in set(available)]
             if unknown:
-                raise QuantError(f"tensor(s) {', '.join(unknown[:5])} are not float activations of {self.model_path}",
-                                 "pick names from vision.calibration.stats.quantizable_tensors(model)")
+                raise QuantError(f"tensor(s) {', '.join(unknown[:5])} are not float activations of {label}",
+                                 "pick names from vision.graph.quantizable_tensors(model)")
             self.tensors = list(dict.fromkeys(tensors))
-        self.input_names = [i.name for i in model.graph.input
-                            if i.name not in {init.name for init in model.graph.initializer}]
-        self.output_names = [o.name for o in model.graph.output]
+        self.input_names = [i.name for i in proto.graph.input
+                            if i.name not in {init.name for init in proto.graph.initializer}]
+        self.output_names = [o.name for o in proto.graph.output]
         # fine histograms add up exactly, so tensors that only move or join others' values need no counting
-        self._derived = derivable_tensors(model, self.tensors) if histogram == "fine" else {}
+        self._derived = derivable_tensors(proto, self.tensors) if histogram == "fine" else {}
         self.measured = [name for name in self.tensors if name not in self._derived]
-        existing = {o.name for o in model.graph.output} | set(self.input_names)
-        for name in self.measured:
-            if name not in existing:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-        self._fetch = list(dict.fromkeys([*self.output_names, *(t for t in self.measured if t not in self.input_names)]))
-        from vision.backends.onnxrt import create_session
-
-        self._session = create_session(model.SerializeToString())
+        self._runner = OnnxrtRunner(proto, extra_outputs=[t for t in self.measured if t not in self.input_names])
+        self._runner.activate()
         self._accumulators: dict[str, _FineHistogram | _TrtHistogram] = {
             name: _FineHistogram() if histogram == "fine" else _TrtHistogram(num_bins) for name in self.measured
         }
@@ -278,12 +200,14 @@ class ActivationCollector:
             raise QuantError(f"calibration batch lacks input(s) {', '.join(missing)}",
                              f"feed every model input: {', '.join(self.input_names)}")
         try:
-            values = self._session.run(self._fetch, {name: feeds[name] for name in self.input_names})
+            produced = self._runner.infer({name: feeds[name] for name in self.input_names})
+        except QuantError as exc:  # the runner's own input check (shape): same message as ORT's own failures
+            raise QuantError(f"ONNX Runtime failed on a calibration batch: {exc.problem[:300]}",
+                             "check the input shape and dtype against the model") from exc
         except Exception as exc:  # noqa: BLE001 - ORT raises private exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise QuantError(f"ONNX Runtime failed on a calibration batch: {first[:300]}",
                              "check the input shape and dtype against the model") from exc
-        produced = dict(zip(self._fetch, values, strict=True))
         # inputs are copied: the caller may refill its buffer while this batch is still being counted
         arrays = {name: (np.array(feeds[name]) if name in self.input_names else produced[name])
                   for name in self.measured}
@@ -336,7 +260,7 @@ class ActivationCollector:
     def close(self) -> None:
         self._pending = []
         self._pool.shutdown(wait=True)
-        self._session = None
+        self._runner.deactivate()
 
     def __enter__(self) -> ActivationCollector:
         return self

@@ -6,8 +6,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from quant_common.cli import handle_errors, print_json
+from quant_common.errors import QuantError
+from quant_common.progress import track
+from vision.backends.select import load_runner
+from vision.evaluation.bench import benchmark
+from vision.evaluation.evaluate import evaluate
+from vision.evaluation.plots import per_class_chart
+from vision.evaluation.predict import class_names_from_onnx, predict
+from vision.pipeline.compare import DEFAULT_CALIBRATORS, CompareOptions, compare
 
 EVAL_HELP = """
 COCO mAP50-95 / mAP50 (pycocotools) of a FP32 ONNX, a Q/DQ ONNX or a TensorRT engine on a labelled image set.
@@ -43,8 +53,9 @@ Threads = Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads
 Imgsz = Annotated[int, typer.Option(help="Input size for models with dynamic height/width")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
 
-COMPARE_HELP = """
-One table FP32 | INT8-minmax | INT8-entropy2 | INT8-percentile | INT8-mixed (mAP50-95, mAP50, Δ vs FP32, latency
+_VARIANTS = " | ".join(["FP32", *(f"INT8-{name}" for name in DEFAULT_CALIBRATORS), "INT8-mixed"])
+COMPARE_HELP = f"""
+One table {_VARIANTS} (mAP50-95, mAP50, Δ vs FP32, latency
 under ONNX Runtime), plus report.md and report.html with activation histograms and each calibrator's threshold,
 per-layer SQNR ranked, and mAP and latency bars. INT8-mixed keeps the layers adding the most quantization error
 in FP32, as few as --accuracy-budget (mAP50-95 points) allows.
@@ -63,8 +74,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _progress() -> Any:
-    from quant_common.progress import track
-
     return lambda items, description, total: track(items, description, total)
 
 
@@ -85,24 +94,16 @@ def eval_command(
     plot: Annotated[Path | None, typer.Option(help="Write a per-class AP bar chart (PNG) here")] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    from vision.backends import load_runner
-    from vision.evaluation.evaluate import evaluate
-
     runner = load_runner(artifact, backend, threads)
     with runner:
         result = evaluate(runner, data, annotations, class_map=class_map, conf=conf, iou=iou, max_det=max_det,
                           max_images=max_images, imgsz=imgsz, progress=None if json_output else _progress())
     result.artifact = str(artifact)
     if plot is not None:
-        from vision.evaluation.plots import per_class_chart
-
         per_class_chart(result, plot)
     if json_output:
         print_json(result.to_dict())
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{artifact.name}: {result.images} images, {result.instances} boxes "
                         f"({result.backend}, {result.device}, {result.seconds:.1f} s)")
     for column in ("class", "instances", "mAP50-95", "mAP50"):
@@ -124,9 +125,6 @@ def bench_command(
     imgsz: Imgsz = 640,
     json_output: JsonFlag = False,
 ) -> None:
-    from vision.backends import load_runner
-    from vision.evaluation.bench import benchmark
-
     runner = load_runner(artifact, backend, threads)
     with runner:
         result = benchmark(runner, batch=batch, warmup=warmup, iterations=iterations, imgsz=imgsz, threads=threads)
@@ -157,9 +155,6 @@ def predict_command(
     imgsz: Imgsz = 640,
     json_output: JsonFlag = False,
 ) -> None:
-    from vision.backends import load_runner
-    from vision.evaluation.predict import class_names_from_onnx, predict
-
     class_names = _read_names(names) if names is not None else class_names_from_onnx(artifact)
     runner = load_runner(artifact, backend, threads)
     with runner:
@@ -178,8 +173,6 @@ def predict_command(
 
 
 def _read_names(path: Path) -> list[str]:
-    from quant_common.errors import QuantError
-
     try:
         return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as exc:
@@ -194,7 +187,7 @@ def compare_command(
     annotations: Annotated[Path, typer.Option("--annotations", help="COCO-format instances json")],
     out: Annotated[Path, typer.Option(help="Output directory (models, compare.json, report.md/html)")] = Path(
         "out/compare"),
-    calibrators: Annotated[str, typer.Option(help="Comma-separated calibrators")] = "minmax,entropy2,percentile",
+    calibrators: Annotated[str, typer.Option(help="Comma-separated calibrators")] = ",".join(DEFAULT_CALIBRATORS),
     percentile: Annotated[float, typer.Option(help="Percentile for the percentile calibrator")] = 99.99,
     max_calib_images: Annotated[int, typer.Option(help="Seeded subset of calibration images")] = 64,
     max_images: Annotated[int | None, typer.Option(help="Evaluate only the first N images (by id)")] = None,
@@ -205,8 +198,6 @@ def compare_command(
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset")] = 0,
     json_output: JsonFlag = False,
 ) -> None:
-    from vision.pipeline.compare import CompareOptions, compare
-
     opts = CompareOptions(calibrators=[c.strip() for c in calibrators.split(",") if c.strip()],
                           percentile=percentile, max_calib_images=max_calib_images, max_images=max_images,
                           accuracy_budget=accuracy_budget, bench_iterations=bench_iterations, threads=threads,
@@ -217,9 +208,6 @@ def compare_command(
         print_json({"table": result.table(), "mixed": result.mixed, "artifacts": result.artifacts,
                     "images": result.images, "timings": result.timings})
         return
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{model.name}: {result.images} images ({result.device})")
     rows = result.table()
     for column in rows[0]:

@@ -6,8 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from quant_common.cli import handle_errors, print_json
+from vision.calibration.calibrators import CALIBRATOR_NAMES
+from vision.config import load_config
+from vision.pipeline.build import build
 
 EXAMPLES = """
 Quantize a YOLOv8 ONNX export to INT8 (TensorRT calibration cache, Q/DQ ONNX for TensorRT and ONNX Runtime,
@@ -40,7 +45,7 @@ def build_command(
     max_calib_images: Annotated[int | None, typer.Option(help="Seeded random subset of this many images")] = None,
     batch: Annotated[int | None, typer.Option(help="Calibration batch (default: the model's, or 8 if dynamic)")] = None,
     imgsz: Annotated[str | None, typer.Option(help="Input size for dynamic H/W: 640 or H,W")] = None,
-    calibrator: Annotated[str | None, typer.Option(help="minmax | entropy2 | percentile | mse")] = None,
+    calibrator: Annotated[str | None, typer.Option(help=" | ".join(CALIBRATOR_NAMES))] = None,
     percentile: Annotated[float | None, typer.Option(help="Percentile for --calibrator percentile")] = None,
     histogram: Annotated[str | None, typer.Option(
         help="fine (independent of order and batch) | trt (TensorRT's growing histogram)")] = None,
@@ -69,9 +74,6 @@ def build_command(
     config: Annotated[str | None, typer.Option(help="Preset name or YAML file (default: yolov8)")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object")] = False,
 ) -> None:
-    from vision.config import load_config
-    from vision.pipeline.build import build
-
     overrides: dict[str, Any] = {
         "model": model, "calib_data": calib_data, "max_calib_images": max_calib_images, "batch": batch,
         "imgsz": imgsz, "calibrator": calibrator, "percentile": percentile, "histogram": histogram,
@@ -94,9 +96,6 @@ def build_command(
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     table = Table(title=f"vision-quant build → {summary['out']}", show_header=True)
     table.add_column("artifact")

@@ -161,6 +161,16 @@ class CalibrationSet:
             batches = track(batches, self.description, total=total)
         yield from batches
 
+    def first_images(self, count: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches holding the first ``count`` readable images (unreadable files skipped, as in calibration)."""
+        left = count
+        for batch in self.iter_batches(progress=False):
+            take = {k: v[:left] for k, v in batch.items()}
+            left -= len(next(iter(take.values())))
+            yield take
+            if left <= 0:
+                return
+
     def _batches(self, paths: list[Path]) -> Iterator[dict[str, np.ndarray]]:
         pending: list[np.ndarray] = []
         seen = 0

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from quant_common.atomic import staged_file
-
-if TYPE_CHECKING:
-    from vision.evaluation.evaluate import EvalResult
+from vision.evaluation.evaluate import EvalResult
 
 
 def per_class_chart(result: EvalResult, path: str | os.PathLike[str]) -> Path:

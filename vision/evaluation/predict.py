@@ -9,12 +9,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import onnx
 from PIL import Image, ImageDraw
 
 from quant_common.atomic import atomic_write_bytes, ensure_output_dir
 from quant_common.errors import QuantError
 from vision.backends.base import Runner
+from vision.data.images import load_image
 from vision.evaluation.evaluate import predict_images
 from vision.evaluation.yolo import Detections
 
@@ -23,8 +24,6 @@ def class_names_from_onnx(path: str | os.PathLike[str]) -> list[str] | None:
     """Class names an Ultralytics export stores in its metadata (``names``: ``{0: 'person', ...}``), if any."""
     if Path(path).suffix.lower() != ".onnx":
         return None
-    import onnx
-
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - names are a nicety; the runner reports unreadable models itself
@@ -84,8 +83,6 @@ def predict(runner: Runner, images: list[Path], save_dir: str | os.PathLike[str]
              "score": round(float(s), 4), "box_xyxy": [round(float(v), 2) for v in b]}
             for b, s, c in zip(detections.boxes, detections.scores, detections.classes, strict=True)]}
         if out is not None:
-            from vision.data.images import load_image
-
             drawn = draw_detections(Image.fromarray(load_image(path)), detections, names)
             buffer = io.BytesIO()
             drawn.save(buffer, format="JPEG", quality=92)
@@ -94,9 +91,3 @@ def predict(runner: Runner, images: list[Path], save_dir: str | os.PathLike[str]
             record["saved"] = str(target)
         records.append(record)
     return records
-
-
-def boxes_array(records: list[dict[str, Any]]) -> np.ndarray:
-    """All predicted boxes of ``predict``'s records as one ``[K, 4]`` array (handy in tests and notebooks)."""
-    rows = [d["box_xyxy"] for r in records for d in r["detections"]]
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)

@@ -16,14 +16,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from quant_common.atomic import atomic_write_bytes, atomic_write_text
+from vision.calibration.calibrators import CALIBRATOR_NAMES
 from vision.calibration.stats import TensorStats
+from vision.evaluation.results import CompareResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from vision.pipeline.compare import CompareResult
+# Threshold colours, given to calibrators in the table's order (a new calibrator takes the next one).
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
-_COLOURS = {"minmax": "#1f77b4", "entropy2": "#d62728", "percentile": "#2ca02c", "mse": "#9467bd"}
+
+def _colour(method: str) -> str:
+    if method not in CALIBRATOR_NAMES:
+        return "k"
+    return _PALETTE[CALIBRATOR_NAMES.index(method) % len(_PALETTE)]
 
 
 def _png(fig: Figure) -> bytes:
@@ -52,7 +59,7 @@ def histogram_figure(histograms: Mapping[str, TensorStats], amax: Mapping[str, M
         ax.set_yscale("log")
         for method, values in amax.items():
             if name in values:
-                ax.axvline(values[name], color=_COLOURS.get(method, "k"), linestyle="--", linewidth=1.2,
+                ax.axvline(values[name], color=_colour(method), linestyle="--", linewidth=1.2,
                            label=f"{method} {values[name]:.3g}")
         ax.set_title(name if len(name) < 48 else "…" + name[-47:], fontsize=8)
         ax.set_xlabel("|x|", fontsize=8)

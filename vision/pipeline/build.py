@@ -6,19 +6,19 @@ succeeded, so a failure leaves ``--out`` as it was (an ``--out`` created by this
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant_common.atomic import atomic_write_json, ensure_output_dir, publish
-from quant_common.errors import QuantError, is_importable
+from quant_common.atomic import atomic_write_json, publish_files, staging_area
+from quant_common.errors import QuantError
 from quant_common.manifest import Timings, package_versions, utc_now
-from vision.config import BUNDLED_MODEL, DEFAULT_TRT_VERSION, VisionConfig
-from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
+from vision.artifacts.cache import sidecar_path
 from vision.artifacts.trtexec import trtexec_commands
+from vision.backends.select import select_backend
+from vision.config import BUNDLED_MODEL, VisionConfig
+from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
+from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
 
 PACKAGES = ("tensorrt-quantization", "numpy", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "tensorrt")
 
@@ -29,38 +29,25 @@ class BuildResult:
     artifacts: dict[str, Path]
     precision: str
     backend: str
-    calibrator: str | None = None
-    calibrator_options: dict[str, Any] = field(default_factory=dict)
-    cache_reused: bool = False
-    images: int = 0
-    skipped_images: dict[str, str] = field(default_factory=dict)
-    agreement: dict[str, Any] | None = None
-    qdq: dict[str, Any] = field(default_factory=dict)
+    int8: Int8Facts | None = None  # None unless --precision int8
     engine: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    float_layers: list[str] = field(default_factory=list)
-    mixed_precision: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """The ``--json`` object."""
+        int8 = self.int8
+        mixed = int8.mixed_precision if int8 is not None else None
         return {"out": str(self.out_dir), "artifacts": {k: str(v) for k, v in self.artifacts.items()},
-                "precision": self.precision, "backend": self.backend, "calibrator": self.calibrator,
-                "calibrator_options": self.calibrator_options, "cache_reused": self.cache_reused,
-                "images": self.images, "skipped_images": len(self.skipped_images), "agreement": self.agreement,
-                "qdq": self.qdq, "engine": self.engine, "timings": self.timings,
-                "float_layers": len(self.float_layers),
-                "mixed_precision": {k: v for k, v in self.mixed_precision.items()
-                                    if k not in ("trials", "layer_errors")} if self.mixed_precision else None}
-
-
-def resolve_backend(name: str) -> str:
-    if name == "auto":
-        return "tensorrt" if is_importable("tensorrt") else "onnxruntime"
-    if name == "tensorrt" and not is_importable("tensorrt"):
-        from vision.backends.trt import import_tensorrt
-
-        import_tensorrt()  # raises the one-line MissingDependencyError
-    return name
+                "precision": self.precision, "backend": self.backend,
+                "calibrator": int8.calibrator if int8 else None,
+                "calibrator_options": int8.calibrator_options if int8 else {},
+                "cache_reused": int8.cache_reused if int8 else False, "images": int8.images if int8 else 0,
+                "skipped_images": len(int8.skipped_images) if int8 else 0,
+                "agreement": int8.agreement if int8 else None, "qdq": int8.qdq if int8 else {},
+                "engine": self.engine, "timings": self.timings,
+                "float_layers": len(int8.float_layers) if int8 else 0,
+                "mixed_precision": {k: v for k, v in mixed.items() if k not in ("trials", "layer_errors")}
+                if mixed else None}
 
 
 def resolve_model(cfg: VisionConfig) -> Path:
@@ -70,21 +57,6 @@ def resolve_model(cfg: VisionConfig) -> Path:
         return BUNDLED_MODEL
     raise QuantError(f"no model given and the bundled detector {BUNDLED_MODEL.name} is not installed",
                      "pass MODEL.onnx (e.g. an Ultralytics YOLOv8 export)")
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Any:
-    """A private directory inside ``out``; removed afterwards, and ``out`` too if this run created it empty."""
-    created = not out.exists()
-    ensure_output_dir(out)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only succeeds while empty, i.e. when the build failed
 
 
 def check_budget_options(cfg: VisionConfig) -> None:
@@ -103,35 +75,23 @@ def check_budget_options(cfg: VisionConfig) -> None:
         raise QuantError(f"annotation file not found: {cfg.annotations}", "pass a COCO-format instances json")
 
 
-def _header_version(cfg: VisionConfig, backend: str) -> str:
-    """The cache header must name the TensorRT that reads it, or TensorRT ignores the cache silently (#1378)."""
-    if backend != "tensorrt":
-        return cfg.trt_version or DEFAULT_TRT_VERSION
-    from vision.backends.trt import import_tensorrt
-
-    installed = ".".join(import_tensorrt().__version__.split(".")[:3])
-    if cfg.trt_version is not None and cfg.trt_version != installed:
-        raise QuantError(f"--trt-version {cfg.trt_version} differs from the installed TensorRT {installed}",
-                         "drop --trt-version when building engines, or use --backend onnxruntime")
-    return installed
-
-
 def build(cfg: VisionConfig) -> BuildResult:
     """Run the whole pipeline for ``cfg``; raise ``QuantError`` for anything the user can fix."""
     timings = Timings()
     check_budget_options(cfg)
-    backend = resolve_backend(cfg.backend)
+    backend = select_backend(cfg.backend)
     model_path = resolve_model(cfg)
     with timings.measure("load_model"):
-        info, _ = load_model(model_path)
+        info, model = load_model(model_path)
     original_sha256 = info.sha256
     out = cfg.out
-    with _staging(out) as staging:
+    with staging_area(out) as staging_dir:
+        staging = staging_dir.root
         if cfg.simplify:
             with timings.measure("simplify"):
                 simplify(info.path, staging / "model.simplified.onnx")
-                info, _ = load_model(staging / "model.simplified.onnx")
-        result = BuildResult(out_dir=out, artifacts={}, precision=cfg.precision, backend=backend)
+                info, model = load_model(staging / "model.simplified.onnx")
+        result = BuildResult(out_dir=out, artifacts={}, precision=cfg.precision, backend=backend.name)
         manifest: dict[str, Any] = {"created": utc_now(), "model": {"path": str(model_path), "sha256": original_sha256,
                                                                     "input": info.input_name,
                                                                     "input_shape": list(info.input_shape),
@@ -141,44 +101,29 @@ def build(cfg: VisionConfig) -> BuildResult:
         staged: dict[str, Path] = {}
         hw = resolve_input_hw(info, cfg.imgsz)
         batch = resolve_batch(info, cfg.batch)
-        int8 = None
+        int8: Int8Outputs | None = None
         if cfg.precision == "int8":
-            from vision.pipeline.stages import quantize_int8
-
-            int8 = quantize_int8(cfg, info, hw, batch, staging, timings, _header_version(cfg, backend))
+            int8 = quantize_int8(cfg, info, model, hw, batch, staging, timings,
+                                 backend.cache_header_version(cfg.trt_version))
             staged.update(int8.staged)
             manifest.update(int8.manifest)
-            result.calibrator = cfg.calibrator
-            result.calibrator_options = manifest["calibrator"]["options"]
-            result.cache_reused, result.images, result.skipped_images = int8.cache_reused, int8.images, int8.skipped
-            result.agreement, result.qdq = int8.agreement, int8.qdq
-            result.float_layers, result.mixed_precision = int8.float_layers, int8.mixed_precision
-        if backend == "tensorrt":
-            from vision.pipeline.stages import build_trt_engine
-
+            result.int8 = int8.facts
+        if backend.makes_engine:
             with timings.measure("engine"):
-                result.engine = build_trt_engine(cfg, info, hw, staging, int8)
-            staged[f"engine_{cfg.precision}"] = Path(result.engine["engine"])
-            staged["timing_cache"] = staging / "model.timing.cache"
-            manifest["engine"] = result.engine
+                engine = engine_stage(cfg, backend, info, model, hw, staging, int8)
+            if engine is not None:
+                result.engine = engine.facts
+                staged.update(engine.staged)
+                manifest["engine"] = engine.facts
         manifest["trtexec"] = trtexec_commands(info, hw, cfg.max_batch, "calibration.cache" if "cache" in staged
                                                else None, "model.int8.onnx" if "qdq_trt" in staged else None)
         manifest["packages"] = package_versions(PACKAGES)
         manifest["timings"] = dict(timings)
         atomic_write_json(staging / "build.json", manifest)
-        staged["build_json"] = staging / "build.json"
-        result.artifacts = _publish(staged, out, cfg)
+        staged["build_json"] = staging / "build.json"  # published last: its presence means the build is complete
+        # --calib-cache and --save-stats may point anywhere (another disk too); the rest goes to --out
+        result.artifacts = publish_files(staged, out, {"cache": cfg.cache_path,
+                                                       "cache_provenance": sidecar_path(cfg.cache_path),
+                                                       "stats": cfg.save_stats})
         result.timings = dict(timings)
     return result
-
-
-def _publish(staged: dict[str, Path], out: Path, cfg: VisionConfig) -> dict[str, Path]:
-    """Move finished artifacts from staging into place, each by an atomic rename (build.json last)."""
-    from vision.artifacts.cache import sidecar_path
-
-    special = {"cache": cfg.cache_path, "cache_provenance": sidecar_path(cfg.cache_path), "stats": cfg.save_stats}
-    final: dict[str, Path] = {}
-    for key in sorted(staged, key=lambda k: k == "build_json"):
-        src = staged[key]
-        final[key] = publish(src, special.get(key) or out / src.name)  # --save-stats may be on another disk
-    return final

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from quant_common.errors import QuantError
+from tests.vision.conftest import modelopt_function
 from vision.artifacts.cache import (
     CacheProvenance,
     CalibrationCache,
@@ -25,8 +26,6 @@ from vision.artifacts.cache import (
     trt_version_code,
     write_cache,
 )
-
-from tests.vision.conftest import modelopt_function
 
 # Lines of a real TensorRT 8.6 cache of a YOLOv8 export (ultralytics/ultralytics#14121).
 REAL_CACHE = b"TRT-8601-EntropyCalibration2\nimages: 3b66eddc\n168: 3dc6cf6e\n169: 3c010a14\n"

@@ -10,17 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant_common.errors import QuantError
+from vision.artifacts.qdq_ort import fold_constant_nodes, ort_quantized_tensors, write_ort_qdq
+from vision.artifacts.qdq_trt import write_trt_qdq
+from vision.artifacts.qdq_verify import QdqSummary, activation_q_scales, check_scales
 from vision.backends.onnxrt import create_session
-from vision.artifacts.qdq_ort import (
-    QdqSummary,
-    _check_scales,
-    activation_q_scales,
-    fold_constant_nodes,
-    ort_quantized_tensors,
-    post_processing_nodes,
-    write_ort_qdq,
-    write_trt_qdq,
-)
+from vision.graph import post_processing_nodes
 
 
 def tiny_conv_model(path, seed=0):
@@ -122,4 +116,4 @@ def test_scale_check_refuses_a_foreign_scale(tiny):
     write_ort_qdq(path, scales, [feeds], out)
     wrong = dict(scales, images=scales["images"] * 2)
     with pytest.raises(QuantError, match="does not use the calibrated scale"):
-        _check_scales(onnx.load(str(out)), wrong, QdqSummary(out, "onnxruntime"), zero_point=128)
+        check_scales(onnx.load(str(out)), wrong, QdqSummary(out, "onnxruntime"), zero_point=128)

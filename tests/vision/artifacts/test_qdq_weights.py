@@ -10,9 +10,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quant_common.errors import QuantError
 from tests.vision.artifacts.test_qdq import absmax_scales, tiny_conv_model
-from vision.backends.onnxrt import create_session
-from vision.artifacts.qdq_ort import activation_q_scales, ort_quantized_tensors, write_ort_qdq
+from vision.artifacts.qdq_ort import ort_quantized_tensors, write_ort_qdq
+from vision.artifacts.qdq_verify import activation_q_scales
 from vision.artifacts.qdq_weights import cpu_has_vnni, store_weights_uint8
+from vision.backends.onnxrt import create_session
 from vision.evaluation.sensitivity import sqnr_db
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from quant_common.errors import MissingDependencyError, QuantError, is_importable
+from vision.artifacts.trtexec import trtexec_commands
+from vision.backends.select import resolve_backend
 from vision.backends.trt import CalibrationFeed, choose_int8_mode, version_tuple
 from vision.model import inspect_model
-from vision.pipeline.build import resolve_backend
-from vision.artifacts.trtexec import trtexec_commands
 
 HAS_TRT = is_importable("tensorrt")
 needs_trt = pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed here (it cannot be installed on this "

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from quant_common.errors import QuantError
+from tests.vision.conftest import modelopt_function
 from vision.calibration.calibrators import (
+    CALIBRATOR_NAMES,
     CALIBRATORS,
-    TRT_ALGORITHM,
+    COMPARED,
     compute_all,
     compute_amax,
     entropy2_amax,
@@ -26,8 +28,8 @@ from vision.calibration.calibrators import (
     percentile_amax,
 )
 from vision.calibration.stats import TensorStats
-
-from tests.vision.conftest import modelopt_function
+from vision.config import VisionConfig
+from vision.pipeline.compare import CompareOptions
 
 
 def _hist(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +205,14 @@ def test_mse_stays_within_range_and_beats_minmax_on_heavy_tails() -> None:
 
 
 def test_registry_and_errors() -> None:
-    assert set(CALIBRATORS) == set(TRT_ALGORITHM) == {"minmax", "entropy2", "percentile", "mse"}
-    assert TRT_ALGORITHM["minmax"] == "MinMaxCalibration" and TRT_ALGORITHM["entropy2"] == "EntropyCalibration2"
+    assert CALIBRATOR_NAMES == ("minmax", "entropy2", "percentile", "mse")
+    assert CALIBRATORS["minmax"].trt_algorithm == "MinMaxCalibration"
+    assert CALIBRATORS["entropy2"].trt_algorithm == "EntropyCalibration2"
+    # methods without a TensorRT calibrator are read back by Entropy2's (what trtexec --calib uses)
+    assert {spec.trt_algorithm for spec in CALIBRATORS.values()} == {"MinMaxCalibration", "EntropyCalibration2"}
+    assert COMPARED == ("minmax", "entropy2", "percentile")
+    assert CALIBRATORS["percentile"].options_from(SimpleNamespace(percentile=99.9)) == {"percentile": 99.9}
+    assert CALIBRATORS["entropy2"].options_from(SimpleNamespace(percentile=99.9)) == {}
     stats = {"a": _stats(np.linspace(-1, 2, 5_000)), "b": _stats(np.linspace(0, 4, 5_000))}
     result = compute_all(stats, "percentile", percentile=100.0)
     assert list(result) == ["a", "b"] and result["b"] == pytest.approx(4.0)
@@ -214,3 +222,13 @@ def test_registry_and_errors() -> None:
         compute_all(stats, "kl")
     with pytest.raises(QuantError, match="unknown option"):
         compute_amax(stats["a"], "entropy2", percentile=3)
+
+
+@pytest.mark.parametrize("name", CALIBRATOR_NAMES)
+def test_every_table_row_runs_with_the_options_build_and_compare_pass(name: str) -> None:
+    """A row's options must be fields of both configs, and its function must take them."""
+    spec = CALIBRATORS[name]
+    stats = {"t": _stats(np.random.default_rng(0).laplace(size=20_000))}
+    for source in (VisionConfig(), CompareOptions()):
+        amax = compute_all(stats, name, **spec.options_from(source))["t"]
+        assert 0 < amax <= stats["t"].absmax

@@ -11,18 +11,17 @@ import onnxruntime as ort
 import pytest
 
 from quant_common.errors import QuantError
+from tests.vision.conftest import TINY_INPUT, TINY_OUTPUT, image_batches
 from vision.calibration import histkernels
 from vision.calibration.calibrators import compute_all, entropy2_bin
 from vision.calibration.stats import (
     ActivationCollector,
     TensorStats,
     load_stats,
-    quantizable_tensors,
     rebin_fine,
     save_stats,
 )
-
-from tests.vision.conftest import TINY_INPUT, TINY_OUTPUT, image_batches
+from vision.graph import quantizable_tensors
 
 
 def _all_activations(model_path: Path, tensors: list[str], images: np.ndarray) -> dict[str, np.ndarray]:
@@ -172,7 +171,7 @@ def test_bad_input(tiny_detector: Path, tmp_path: Path) -> None:
         ActivationCollector(tiny_detector, histogram="coarse")  # type: ignore[arg-type]
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(tiny_detector.read_bytes()[:500])
-    with pytest.raises(QuantError, match="cannot read ONNX model"):
+    with pytest.raises(QuantError, match="not a readable ONNX model"):
         ActivationCollector(broken)
     collector = ActivationCollector(tiny_detector, [TINY_INPUT, "/model.3/Conv_output_0"])
     with pytest.raises(QuantError, match="no calibration batch"):

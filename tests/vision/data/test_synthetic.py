@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from quant_common.errors import QuantError
-from vision.data.synthetic import CLASSES, generate_calibration_images, generate_dataset, image_rng, render_scene
+from vision.data.synthetic import (
+    CLASSES,
+    generate_calibration_images,
+    generate_dataset,
+    image_rng,
+    render_scene,
+)
 
 
 def _tree(root: Path) -> dict[str, bytes]:

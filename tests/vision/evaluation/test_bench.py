@@ -8,7 +8,7 @@ import pytest
 
 from quant_common.errors import QuantError
 from tests.vision.eval_helpers import classifier_onnx
-from vision.backends import load_runner
+from vision.backends.select import load_runner
 from vision.evaluation.bench import benchmark
 
 

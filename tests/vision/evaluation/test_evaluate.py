@@ -19,9 +19,9 @@ from tests.vision.eval_helpers import (
     raw_output,
     to_network,
 )
-from vision.backends import load_runner
-from vision.evaluation.evaluate import class_to_category, coco_map, evaluate, load_annotations
+from vision.backends.select import load_runner
 from vision.data.synthetic import generate_dataset
+from vision.evaluation.evaluate import class_to_category, coco_map, evaluate, load_annotations
 
 ASSET = Path(__file__).resolve().parents[3] / "vision" / "assets" / "yolov8n_shapes.onnx"
 

@@ -13,13 +13,13 @@ import pytest
 from quant_common.errors import QuantError
 from quant_common.manifest import sha256_file
 from tests.vision.conftest import synthetic_images, tiny_detector_onnx
-from vision.backends.onnxrt import create_session
 from vision.artifacts.cache import read_cache
+from vision.backends.onnxrt import create_session
 from vision.calibration.calibrators import compute_all
+from vision.calibration.stats import ActivationCollector, load_stats
 from vision.config import BUNDLED_MODEL, load_config, preset_text
 from vision.data.images import CalibrationSet
 from vision.pipeline.build import build
-from vision.calibration.stats import ActivationCollector, load_stats
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -88,10 +88,10 @@ def test_both_int8_models_run_in_onnxruntime_and_agree(built):
     for name in ("model.int8.onnx", "model.int8.ort.onnx"):
         (out,) = create_session(cfg.out / name).run(None, feeds)
         assert out.shape == (2, 8, 256) and np.isfinite(out).all()
-    agreement = result.agreement
+    agreement = result.int8.agreement
     assert agreement["model"] == "model.int8.ort.onnx" and agreement["images"] >= 4
     assert agreement["cosine"] > 0.95, agreement
-    assert result.qdq["model.int8.ort.onnx"]["matched_scales"] == result.qdq["model.int8.ort.onnx"][
+    assert result.int8.qdq["model.int8.ort.onnx"]["matched_scales"] == result.int8.qdq["model.int8.ort.onnx"][
         "activation_tensors"] > 10
 
 
@@ -103,7 +103,7 @@ def test_same_inputs_reuse_the_cache_and_another_calibrator_is_refused(built, tm
     for suffix in ("", ".json"):
         shutil.copyfile(cfg.out / f"calibration.cache{suffix}", f"{elsewhere}{suffix}")
     again = build(cfg.model_copy(update={"save_stats": None, "calib_cache": elsewhere, "out": tmp_path / "o"}))
-    assert again.cache_reused and not first.cache_reused
+    assert again.int8.cache_reused and not first.int8.cache_reused
     assert again.artifacts["cache"] == elsewhere and not (tmp_path / "o" / "calibration.cache").exists()
     assert read_cache(elsewhere).scales == read_cache(cfg.out / "calibration.cache").scales
     before = {p.name: p.stat().st_mtime_ns for p in cfg.out.iterdir()}
@@ -132,7 +132,8 @@ def test_fp32_without_tensorrt_writes_only_the_manifest(workspace, tmp_path):
     _, model, _ = workspace
     result = build(load_config(model=model, precision="fp32", imgsz=64, out=tmp_path / "fp32",
                                backend="onnxruntime", simplify=True))
-    assert set(result.artifacts) == {"build_json"} and result.calibrator is None
+    assert set(result.artifacts) == {"build_json"} and result.int8 is None
+    assert result.summary()["calibrator"] is None
     manifest = json.loads(result.artifacts["build_json"].read_text())
     assert "--saveEngine=model.fp32.engine" in manifest["trtexec"]["fp32"]
     assert manifest["model"]["simplified"] and manifest["timings"]["simplify"] > 0
@@ -147,11 +148,11 @@ def test_trained_yolov8n_acceptance(tmp_path):
     images = generate_calibration_images(tmp_path / "calib", 16, seed=1)
     result = build(load_config(model=BUNDLED_MODEL, calib_data=images, out=tmp_path / "out", agreement_images=8))
     assert {"cache", "qdq_trt", "qdq_ort", "build_json"} <= set(result.artifacts)
-    agreement = result.agreement
+    agreement = result.int8.agreement
     assert agreement["cosine"] > 0.99, agreement
     assert agreement["detection_match"] is not None and agreement["detection_match"] > 0.9, agreement
-    assert result.qdq["model.int8.onnx"]["per_channel_weights"] >= 50
-    assert result.qdq["model.int8.onnx"]["onnxruntime_check"]["cosine"] > 0.99
+    assert result.int8.qdq["model.int8.onnx"]["per_channel_weights"] >= 50
+    assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["cosine"] > 0.99
 
 
 def test_input_size_and_batch_come_from_the_model_unless_dynamic(tmp_path):
@@ -184,7 +185,7 @@ def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
     import onnx
 
     from tests.vision.eval_helpers import labelled_set
-    from vision.evaluation.sensitivity import head_nodes
+    from vision.graph import head_nodes
 
     model = tiny_detector_onnx(tmp_path)
     synthetic_images(tmp_path / "calib", 4)
