@@ -47,6 +47,24 @@ def cpu_name() -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical cores)"
 
 
+# The instruction-set extensions INT8 and FP32 speed depend on (VNNI: exact, fast u8s8; AMX; AVX-512 BF16).
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_flags(wanted: tuple[str, ...] = SIMD_FLAGS) -> list[str]:
+    """Which of ``wanted`` this CPU has (from /proc/cpuinfo; empty where it cannot be read): print them with any
+    figure, the CPU differs from machine to machine."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    present = set(line.split(":", 1)[1].split())
+                    return [flag for flag in wanted if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def bench_input(runner: Runner, batch: int, imgsz: int, seed: int = 0) -> dict[str, np.ndarray]:
     """A random feed of ``batch`` images for the runner's single image input."""
     specs = runner.input_specs()
