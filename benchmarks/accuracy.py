@@ -1,7 +1,7 @@
 """FP32 vs INT8 under ONNX Runtime on the CPU: mAP table with the latency ratio beside it (run on demand).
 
 Defaults reproduce the bundled detector's numbers offline: the val split is regenerated from seed 0 and the
-calibration images from seed 1 (vision.synthetic), then `vision.compare.compare` builds every INT8 variant,
+calibration images from seed 1 (vision.data.synthetic), then `vision.pipeline.compare.compare` builds every INT8 variant,
 evaluates it and times it in the same run, so FP32 and INT8 latencies are measured side by side.
 
     .venv/bin/python benchmarks/accuracy.py                      # 200 val images, 64 calibration images
@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision.compare import CompareOptions, compare  # noqa: E402
 from vision.config import BUNDLED_MODEL  # noqa: E402
-from vision.synthetic import generate_calibration_images, generate_dataset  # noqa: E402
+from vision.data.synthetic import generate_calibration_images, generate_dataset  # noqa: E402
+from vision.evaluation.bench import cpu_flags  # noqa: E402
+from vision.pipeline.compare import CompareOptions, compare  # noqa: E402
 
 
 def main() -> int:
@@ -55,6 +56,7 @@ def main() -> int:
     fp32 = rows[0]
     print(f"\n{Path(args.model).name}: {result.images} val images, {result.calib_images} calibration images, "
           f"{result.device}, threads={args.threads or 'auto'}")
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}")
     print(f"{'variant':<18}{'mAP50-95':>10}{'mAP50':>9}{'Δ50-95':>9}{'p50 ms':>10}{'FP32/INT8':>11}{'FP32 kept':>11}")
     for row in rows:
         ratio = fp32["latency_ms"] / row["latency_ms"] if row["latency_ms"] else float("nan")

@@ -1,6 +1,6 @@
 """Calibration speed and stability, measured side by side in one run on this machine.
 
-1. Entropy2 search: ours (``vision.calibrators``) vs modelopt's ``_compute_amax_entropy`` on the *same* histograms
+1. Entropy2 search: ours (``vision.calibration.calibrators``) vs modelopt's ``_compute_amax_entropy`` on the *same* histograms
    (the model's real activation histograms); goal >= 100x faster. modelopt's pure-Python loop takes seconds per
    tensor, so it is timed on ``--modelopt-tensors`` tensors spread over the model and compared per tensor; every
    one of those must pick the same bin.
@@ -13,7 +13,9 @@
     .venv/bin/python benchmarks/calibration.py --model yolov8n.onnx [--calib-data DIR] [--images 16] [--out DIR]
 
 Without --calib-data, ``--images`` synthetic images (smooth backgrounds, noise, rectangles) are generated in a
-temporary directory. Without --model, /work/models/yolov8n_untrained_dynamic.onnx if present, else a tiny generated model.
+temporary directory. Without --model, the bundled detector (vision/assets/yolov8n_shapes.onnx: its batch is fixed at 1,
+so section 3 varies the order only), else the tests' tiny generated model with a dynamic batch.
+The CPU's model name and SIMD flags (/proc/cpuinfo) are printed with the table.
 Prints a table, writes ``calibration.json`` and ``calibration.png`` under --out.
 """
 
@@ -38,12 +40,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vision.backends.onnxrt import create_session  # noqa: E402
-from vision.calibrators import compute_all, entropy2_bin  # noqa: E402
-from vision.data import CalibrationSet  # noqa: E402
+from vision.calibration.calibrators import compute_all, entropy2_bin  # noqa: E402
+from vision.calibration.stats import ActivationCollector, TensorStats, save_stats  # noqa: E402
+from vision.config import BUNDLED_MODEL  # noqa: E402
+from vision.data.images import CalibrationSet  # noqa: E402
+from vision.evaluation.bench import cpu_flags, cpu_name  # noqa: E402
 from vision.model import load_model, resolve_input_hw  # noqa: E402
-from vision.stats import ActivationCollector, TensorStats, save_stats  # noqa: E402
-
-DEFAULT_MODEL = Path("/work/models/yolov8n_untrained_dynamic.onnx")  # dynamic batch: batch 4 vs 1 comparable
 
 
 def synthetic_images(directory: Path, count: int, size: int = 640, seed: int = 0) -> Path:
@@ -228,7 +230,9 @@ def print_report(report: dict[str, Any]) -> None:
     for row in report.get("int8_latency") or []:
         table.add_row(f"latency batch {row['batch']} (ORT)", f"INT8 {row['int8_ms']:.1f} ms",
                       f"FP32 {row['fp32_ms']:.1f} ms", f"{row['speedup']:.2f}x faster", ">= 2x")
-    Console(width=150).print(table)
+    console = Console(width=150)
+    console.print(table)
+    console.print(f"CPU: {report['cpu']}; flags: {' '.join(report['cpu_flags']) or 'unknown'}")
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -274,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="vq-calib-bench-") as tmp:
-        model = args.model or (DEFAULT_MODEL if DEFAULT_MODEL.is_file() else None)
+        model = args.model or (BUNDLED_MODEL if BUNDLED_MODEL.is_file() else None)
         if model is None:
             sys.path.insert(0, str(ROOT / "tests" / "vision"))
             from conftest import tiny_detector_onnx  # the tests' code-built YOLOv8-shaped model
@@ -291,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = sum(next(iter(b.values())).shape[0] for b in batches)
 
         collection, fine_stats = collection_rows(model, batches, args.threads, args.rounds)
-        report: dict[str, Any] = {"model": str(model), "images": images, "batch": batch, "collection": collection,
+        report: dict[str, Any] = {"model": str(model), "cpu": cpu_name(), "cpu_flags": cpu_flags(),
+                                  "images": images, "batch": batch, "collection": collection,
                                   "entropy2": entropy_rows(fine_stats, args.modelopt_tensors),
                                   "order": order_rows(model, batches, single, args.threads)}
         if not args.skip_int8:

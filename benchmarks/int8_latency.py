@@ -6,7 +6,7 @@ FP32 / INT8 (goal: INT8 >= 2x faster on the CI CPU, which has AVX512-VNNI).
 
     .venv/bin/python benchmarks/int8_latency.py MODEL.onnx --calib-data DIR [--imgsz 640] [--int8 model.int8.ort.onnx]
 
-Without --int8, the INT8 model is built first with `vision.pipeline.build` (ONNX Runtime backend). A model with a
+Without --int8, the INT8 model is built first with `vision.pipeline.build.build` (ONNX Runtime backend). A model with a
 fixed batch dimension is measured at that batch only (e.g. a default Ultralytics export: batch 1).
 """
 
@@ -28,8 +28,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from vision.backends.onnxrt import create_session  # noqa: E402
-from vision.data import CalibrationSet  # noqa: E402
+from vision.config import load_config  # noqa: E402
+from vision.data.images import CalibrationSet  # noqa: E402
+from vision.evaluation.bench import cpu_flags, cpu_name  # noqa: E402
 from vision.model import load_model, resolve_input_hw  # noqa: E402
+from vision.pipeline.build import build  # noqa: E402
 
 
 def _median_ms(sessions: Sequence[Any], feeds: dict[str, np.ndarray], warmup: int, repeats: int) -> list[float]:
@@ -47,9 +50,6 @@ def _median_ms(sessions: Sequence[Any], feeds: dict[str, np.ndarray], warmup: in
 
 
 def build_int8(model: Path, calib_dir: Path | None, work_dir: Path, imgsz: tuple[int, int] | None = None) -> Path:
-    from vision.config import load_config
-    from vision.pipeline import build
-
     cfg = load_config(model=model, calib_data=calib_dir, out=work_dir, backend="onnxruntime", imgsz=imgsz,
                       agreement_images=0, max_calib_images=32)
     return build(cfg).artifacts["qdq_ort"]
@@ -123,10 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     imgsz = (args.imgsz, args.imgsz) if args.imgsz else None
     rows = int8_latency_rows(args.model, args.calib_data, int8_model=args.int8, batches=args.batches, imgsz=imgsz,
                              warmup=args.warmup, repeats=args.repeats, threads=args.threads)
-    import os
-
-    title = f"{args.model.name}: ONNX Runtime CPU, {os.cpu_count()} cores, median of {args.repeats}"
+    title = f"{args.model.name}: ONNX Runtime CPU, {cpu_name()}, median of {args.repeats}"
     print_table(rows, title)
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}")
     if args.plot:
         plot(rows, args.plot, title)
         print(f"plot: {args.plot}")

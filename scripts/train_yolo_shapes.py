@@ -1,8 +1,9 @@
 """Dev-only recipe: train the YOLOv8n test detector on the synthetic shapes set and export it to ONNX.
 
 Ultralytics is AGPL-3.0, so it is a tool here, never a dependency of the package: run this script in a separate
-environment that has ultralytics (e.g. /work/tools/ultra-venv, or a GPU box with the wheels installed into a target
-dir on PYTHONPATH, FACTS §6). It writes into --out:
+environment that has ultralytics (its own virtual environment, or ultralytics installed with ``pip install --no-deps
+--target DIR`` and DIR on PYTHONPATH; set YOLO_OFFLINE=1 and YOLO_CONFIG_DIR, with any TTF font copied to
+``$YOLO_CONFIG_DIR/Ultralytics/Arial.ttf``, or Ultralytics tries to download one). It writes into --out:
 
     yolov8n_shapes.onnx   opset 17, images 1x3x640x640 -> output0 1x(4+8)x8400
     best.pt               the trained weights (for re-export)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision.synthetic import CLASSES, generate_dataset  # noqa: E402
+from vision.data.synthetic import CLASSES, generate_dataset  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -10,20 +10,23 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from quant_common.errors import QuantError
+from vision.backends.select import BackendName
+from vision.calibration.calibrators import CALIBRATOR_NAMES
 
-Calibrator = Literal["minmax", "entropy2", "percentile", "mse"]
+if TYPE_CHECKING:
+    Calibrator = str
+else:  # the calibrator table's names: pydantic checks the choice and lists the names when it is wrong
+    Calibrator = Literal[CALIBRATOR_NAMES]
 Precision = Literal["int8", "fp16", "fp32"]
-Backend = Literal["auto", "onnxruntime", "tensorrt"]
 Histogram = Literal["fine", "trt"]
 
 DEFAULT_PRESET = "yolov8"
-DEFAULT_TRT_VERSION = "10.13.0"  # cache header when no TensorRT is installed (the stubs' version)
 # The trained detector the YOLOv8 work ships inside the package (used when no model is given).
 BUNDLED_MODEL = Path(__file__).resolve().parent / "assets" / "yolov8n_shapes.onnx"
 
@@ -45,19 +48,20 @@ class VisionConfig(BaseModel):
     num_bins: int = Field(2048, ge=128)
 
     precision: Precision = "int8"
-    backend: Backend = "auto"
-    trt_version: str | None = None  # None: the installed TensorRT, else DEFAULT_TRT_VERSION
+    backend: BackendName = "auto"
+    trt_version: str | None = None  # None: the installed TensorRT, else vision.backends.select.DEFAULT_TRT_VERSION
     calib_cache: Path | None = None
     force: bool = False
     simplify: bool = False
     save_stats: Path | None = None
     agreement_images: int = Field(4, ge=0)
 
-    # Layers kept out of INT8. The detection head's all-anchor part (vision.sensitivity.head_nodes) collapses in
-    # INT8 on YOLO (FACTS §2); both Q/DQ models and TensorRT's implicit build keep it in float by default.
+    # Layers kept out of INT8. The detection head's all-anchor part (vision.graph.head_nodes) collapses in INT8 on
+    # YOLO (its Sigmoid/Concat; Ultralytics keeps the head Sigmoid in FP32); both Q/DQ models and TensorRT's
+    # implicit build keep it in float by default.
     keep_head_fp32: bool = True
     # ONNX Runtime layout weight storage: int8 (fast u8s8 kernels, exact only with VNNI), uint8 (zero point 128,
-    # exact on every x86 CPU), auto = by this CPU (vision.qdq_weights). Scales are the same either way.
+    # exact on every x86 CPU), auto = by this CPU (vision.artifacts.qdq_weights). Scales are the same either way.
     ort_weights: Literal["auto", "int8", "uint8"] = "auto"
     # Accuracy-budgeted mixed precision: keep the most damaging layers in float until FP32 mAP50-95 minus INT8
     # mAP50-95 (points) on `data`/`annotations` is within the budget.
@@ -91,13 +95,6 @@ class VisionConfig(BaseModel):
     @property
     def cache_path(self) -> Path:
         return self.calib_cache if self.calib_cache is not None else self.out / "calibration.cache"
-
-    def calibrator_options(self) -> dict[str, Any]:
-        """Options that change the calibrator's result (recorded in build.json and the cache provenance)."""
-        options: dict[str, Any] = {"histogram": self.histogram, "num_bins": self.num_bins}
-        if self.calibrator == "percentile":
-            options["percentile"] = self.percentile
-        return options
 
 
 def parse_imgsz(value: int | str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from quant_common.errors import QuantError
+from quant_common.errors import QuantError, require
 from quant_common.manifest import sha256_file
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
@@ -44,16 +44,25 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int | str, ...]:
     return tuple(dims)
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, onnx.ModelProto]:
-    """Read ``path`` and check it is a complete ONNX model with exactly one NCHW image input."""
+def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Parse an ONNX file (no checks beyond that); a missing or unreadable file is one line."""
     src = Path(path)
     if not src.is_file():
         raise QuantError(f"model file not found: {src}", "pass the path of an ONNX export (e.g. yolov8n.onnx)")
     try:
-        model = onnx.load(str(src))
+        return onnx.load(str(src))
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError/RuntimeError variants
         raise QuantError(f"{src} is not a readable ONNX model (corrupt or truncated file: {exc.__class__.__name__})",
                          "re-export the model or copy it again") from exc
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, onnx.ModelProto]:
+    """Read ``path`` and check it is a complete ONNX model with exactly one NCHW image input.
+
+    The one read of the model per build: stages below take the returned ``ModelProto`` (and never modify it).
+    """
+    src = Path(path)
+    model = read_onnx(src)
     if not model.graph.node or not model.graph.output:
         raise QuantError(f"{src} is not a complete ONNX model (no graph nodes or outputs; truncated file?)",
                          "re-export the model or copy it again")
@@ -116,8 +125,6 @@ def resolve_batch(info: ModelInfo, batch: int | None, default_dynamic: int = 8) 
 
 def simplify(model_path: Path, out_path: Path) -> Path:
     """Run onnxslim (constant folding, dead-node removal) and save to ``out_path``."""
-    from quant_common.errors import require
-
     onnxslim = require("onnxslim", purpose="--simplify", install="pip install onnxslim")
     try:
         slim = onnxslim.slim(str(model_path))

@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from vision.data import letterbox
+from vision.data.images import letterbox
 
 NET = 640
 

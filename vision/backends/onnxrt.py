@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from quant_common.errors import QuantError
 from vision.backends.base import Runner, TensorSpec
+from vision.graph import with_outputs
+from vision.model import read_onnx
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -49,20 +52,33 @@ def create_session(model: str | os.PathLike[str] | bytes, threads: int | None = 
 
 
 class OnnxrtRunner(Runner):
-    """Runs an ONNX file (FP32 or INT8 Q/DQ) with ONNX Runtime's CPU kernels."""
+    """Runs an ONNX model (FP32 or INT8 Q/DQ; a file or a loaded ``ModelProto``) with ONNX Runtime's CPU kernels.
+
+    ``extra_outputs``: intermediate tensors returned by ``infer`` next to the model's outputs (statistics, per-layer
+    SQNR); the session is built from ``vision.graph.with_outputs``, the model itself is left untouched.
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | os.PathLike[str], threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(self, model: str | os.PathLike[str] | onnx.ModelProto, threads: int | None = None,
+                 providers: Sequence[str] | None = None, extra_outputs: Sequence[str] = ()) -> None:
         super().__init__()
-        self.model_path = Path(model_path)
+        self.model = model if isinstance(model, onnx.ModelProto) else Path(model)
         self.threads = threads
         self.providers = providers
+        self.extra_outputs = tuple(extra_outputs)
         self.session: Any = None
 
     def activate_impl(self) -> None:
-        self.session = create_session(self.model_path, self.threads, self.providers)
+        source: Path | bytes
+        if self.extra_outputs:
+            proto = self.model if isinstance(self.model, onnx.ModelProto) else read_onnx(self.model)
+            source = with_outputs(proto, self.extra_outputs).SerializeToString()
+        elif isinstance(self.model, onnx.ModelProto):
+            source = self.model.SerializeToString()
+        else:
+            source = self.model
+        self.session = create_session(source, self.threads, self.providers)
 
     def deactivate_impl(self) -> None:
         self.session = None

@@ -3,8 +3,9 @@
 Written against the real TensorRT 8.6–10.x Python API and type-checked with mypy against tensorrt-stubs. The module
 imports without TensorRT; every entry point imports it lazily through ``require`` (one clear line when absent).
 
-Versions (FACTS §2): the implicit INT8 calibrators exist up to 10.x (deprecated since 10.1) and are gone in 11.0,
-where INT8 means a strongly typed network parsed from Q/DQ ONNX. 8.x networks need the EXPLICIT_BATCH flag.
+Versions: the implicit INT8 calibrators (``IInt8Calibrator`` family) exist up to 10.x (deprecated since 10.1) and
+are gone in 11.0, where INT8 means a strongly typed network parsed from Q/DQ ONNX. 8.x networks need the
+EXPLICIT_BATCH flag.
 Device buffers come from PyTorch's CUDA allocator (torch is already a dependency), so no extra CUDA binding is needed.
 """
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 TRT_INSTALL = "pip install 'tensorrt>=8.6,<11' (NVIDIA's index) on a machine with an NVIDIA GPU"
 Int8Mode = Literal["implicit", "explicit"]
-ALGORITHM_CLASSES = {"MinMaxCalibration": "minmax", "EntropyCalibration2": "entropy2"}
 
 
 def import_tensorrt(purpose: str = "--backend tensorrt") -> ModuleType:
@@ -109,6 +109,25 @@ class CalibrationFeed:
             atomic_write_bytes(self.cache_path, data)
 
 
+class _FeedCalibrator:
+    """The ``IInt8Calibrator`` methods, served by a ``CalibrationFeed``: one implementation that each TensorRT
+    calibrator class below mixes in front of its TensorRT base (as Polygraphy uses one class over any base)."""
+
+    feed: CalibrationFeed
+
+    def get_batch_size(self) -> int:
+        return self.feed.batch_size
+
+    def get_batch(self, names: list[str]) -> list[int]:
+        return self.feed.next_pointers(names)
+
+    def read_calibration_cache(self) -> Any:
+        return self.feed.read_cache()
+
+    def write_calibration_cache(self, cache: Any) -> None:
+        self.feed.write_cache(bytes(cache))
+
+
 def make_calibrator(feed: CalibrationFeed, algorithm: str) -> trt.IInt8Calibrator:
     """A TensorRT calibrator of the class matching ``algorithm`` (the cache header word), driven by ``feed``."""
     trt_mod = import_tensorrt("INT8 calibration with TensorRT")
@@ -117,44 +136,24 @@ def make_calibrator(feed: CalibrationFeed, algorithm: str) -> trt.IInt8Calibrato
                          "use the Q/DQ model (explicit INT8) or install tensorrt>=8.6,<11")
     import tensorrt as trt
 
-    class MinMaxCalibrator(trt.IInt8MinMaxCalibrator):
+    # pybind11 bases: their __init__ must be called explicitly.
+    class MinMaxCalibrator(_FeedCalibrator, trt.IInt8MinMaxCalibrator):
         def __init__(self) -> None:
             trt.IInt8MinMaxCalibrator.__init__(self)
+            self.feed = feed
 
-        def get_batch_size(self) -> int:
-            return feed.batch_size
-
-        def get_batch(self, names: list[str]) -> list[int]:
-            return feed.next_pointers(names)
-
-        def read_calibration_cache(self) -> Any:
-            return feed.read_cache()
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            feed.write_cache(bytes(cache))
-
-    class EntropyCalibrator2(trt.IInt8EntropyCalibrator2):
+    class EntropyCalibrator2(_FeedCalibrator, trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
+            self.feed = feed
 
-        def get_batch_size(self) -> int:
-            return feed.batch_size
-
-        def get_batch(self, names: list[str]) -> list[int]:
-            return feed.next_pointers(names)
-
-        def read_calibration_cache(self) -> Any:
-            return feed.read_cache()
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            feed.write_cache(bytes(cache))
-
-    if algorithm == "MinMaxCalibration":
-        return MinMaxCalibrator()
-    if algorithm == "EntropyCalibration2":
-        return EntropyCalibrator2()
-    raise QuantError(f"no TensorRT calibrator reads caches of algorithm '{algorithm}'",
-                     f"use one of {sorted(ALGORITHM_CLASSES)}")
+    # TensorRT's calibrator class for each cache header word it writes and reads
+    classes: dict[str, type[trt.IInt8Calibrator]] = {"MinMaxCalibration": MinMaxCalibrator,
+                                                     "EntropyCalibration2": EntropyCalibrator2}
+    if algorithm not in classes:
+        raise QuantError(f"no TensorRT calibrator reads caches of algorithm '{algorithm}'",
+                         f"use one of {sorted(classes)}")
+    return classes[algorithm]()
 
 
 # -- engine building -------------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""``model.int8.onnx``: the TensorRT layout of the Q/DQ model.
+
+modelopt.onnx places Q/DQ where TensorRT wants them and takes the activation scales from our calibration cache;
+weights get per-channel scales. TensorRT >= 10 (strongly typed) and ONNX Runtime both run it (ORT slower than FP32:
+72 ms against 50-56 ms on YOLOv8n 640; ``vision.artifacts.qdq_ort`` is the layout for ORT).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from quant_common.atomic import staged_file
+from quant_common.errors import QuantError, is_importable, require
+from vision.artifacts.qdq_verify import QdqSummary, check_scales, count_weight_granularity
+
+
+@contextlib.contextmanager
+def _trt_availability_as_importable() -> Iterator[None]:
+    """modelopt decides "TensorRT present" from a bare ``import tensorrt``, which the stub-only namespace package
+    of tensorrt-stubs satisfies; it then crashes on ``trt.Logger``. Tell it the truth for the duration of the call."""
+    from modelopt.onnx import trt_utils
+
+    previous = trt_utils.TRT_PYTHON_AVAILABLE
+    trt_utils.TRT_PYTHON_AVAILABLE = previous and is_importable("tensorrt")
+    try:
+        yield
+    finally:
+        trt_utils.TRT_PYTHON_AVAILABLE = previous
+
+
+def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float],
+                  sample_feeds: Sequence[Mapping[str, np.ndarray]], out_path: Path, *,
+                  nodes_to_exclude: Sequence[str] = ()) -> QdqSummary:
+    """``model.int8.onnx`` via modelopt.onnx with activation scales read from our TensorRT calibration cache.
+
+    ``nodes_to_exclude`` get no Q/DQ of their own (modelopt's ``nodes_to_exclude``, matched by exact name), so a
+    strongly typed TensorRT build runs them in float.
+
+    modelopt monkey-patches onnxruntime.quantization for the whole process (ort_patching.patch_ort_modules), after
+    which quantize_static misbehaves ("Quantization parameters are not specified for param images"). It therefore
+    runs in a child interpreter (subprocess, not multiprocessing: spawn would re-run the caller's main script);
+    the extra start-up costs about 2 s. It reads ``model_path`` itself, which is why this writer takes the file.
+    """
+    require("modelopt.onnx.quantization", purpose="the TensorRT-style Q/DQ model",
+            install="pip install nvidia-modelopt onnx-graphsurgeon")
+    summary = QdqSummary(path=out_path, layout="tensorrt")
+    with tempfile.TemporaryDirectory(prefix="vq-mtq-") as tmp:
+        # modelopt writes intermediate files beside its input: give it a private copy.
+        src, data, tmp_out = Path(tmp) / "model.onnx", Path(tmp) / "calib.npz", Path(tmp) / "model.int8.onnx"
+        shutil.copyfile(model_path, src)
+        np.savez(data, **{k: np.concatenate([f[k] for f in sample_feeds]) for k in sample_feeds[0]})
+        exclude_file = Path(tmp) / "exclude.json"
+        exclude_file.write_text(json.dumps(sorted(set(nodes_to_exclude))), encoding="utf-8")
+        problem = _run_modelopt_child(src, cache_path, data, tmp_out, exclude_file)
+        if problem:
+            raise QuantError(f"modelopt.onnx could not quantize {model_path.name}: {problem}",
+                             "check the model runs in ONNX Runtime; try --simplify")
+        if not tmp_out.is_file():
+            raise QuantError(f"modelopt.onnx wrote no quantized model for {model_path.name} (nothing to quantize?)",
+                             "check that the model has Conv/Gemm/MatMul layers")
+        quantized = onnx.load(str(tmp_out))
+        check_scales(quantized, scales, summary, zero_point=0)
+        count_weight_granularity(quantized, summary)
+        summary.excluded_nodes = sorted(set(nodes_to_exclude))
+        with staged_file(out_path) as staged:
+            shutil.copyfile(tmp_out, staged)
+    return summary
+
+
+def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path) -> str | None:
+    """Run :func:`modelopt_child_main` in a fresh interpreter; None on success, else the one-line problem."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    code = "import sys; from vision.artifacts.qdq_trt import modelopt_child_main; sys.exit(modelopt_child_main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(cache), str(data), str(out), str(exclude)],
+                          env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          check=False)
+    problem_file = out.with_suffix(".problem")
+    if problem_file.is_file():
+        return problem_file.read_text(encoding="utf-8").strip() or "unknown error"
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return f"child process exited with {proc.returncode}: {lines[-1] if lines else 'no message'}"
+    return None
+
+
+def modelopt_child_main(argv: Sequence[str]) -> int:
+    """Child-process body (see write_trt_qdq); writes the problem to ``<out>.problem`` on failure."""
+    src, cache, data, out, exclude = argv
+    excluded = json.loads(Path(exclude).read_text(encoding="utf-8"))
+    logging.disable(logging.WARNING)
+    import modelopt.onnx.quantization as mq
+
+    with np.load(data) as arrays:
+        feeds = {k: arrays[k] for k in arrays.files}
+    try:
+        with _trt_availability_as_importable():
+            mq.quantize(src, quantize_mode="int8", calibration_data=feeds, calibration_method="max",
+                        calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype="fp32",
+                        output_path=out, log_level="ERROR",
+                        # modelopt matches these as regular expressions: exact names only
+                        nodes_to_exclude=[re.escape(name) + "$" for name in excluded] or None)
+    except Exception as exc:  # noqa: BLE001 - modelopt raises assorted errors
+        Path(out).with_suffix(".problem").write_text(
+            str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__, encoding="utf-8")
+        return 1
+    return 0

@@ -1,0 +1,116 @@
+"""Backend choice, the one place that knows which runtimes exist.
+
+``load_runner`` picks the runtime for an artifact by its file suffix. ``select_backend`` picks what a build targets:
+the version its calibration cache header must name, and whether (and how) it builds an engine. The pipeline only
+calls these; it never asks which backend it has.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar, Literal, get_args
+
+from quant_common.errors import QuantError, is_importable
+from vision.backends.base import Runner
+from vision.backends.engine import EngineRequest, EngineResult, build_trt_engine
+from vision.backends.onnxrt import OnnxrtRunner
+from vision.backends.trt import TrtRunner, import_tensorrt
+
+BackendName = Literal["auto", "onnxruntime", "tensorrt"]
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+DEFAULT_TRT_VERSION = "10.13.0"  # cache header when no TensorRT is installed (the stubs' version)
+
+
+def load_runner(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> Runner:
+    """The runner for an artifact, chosen by its suffix: ``.onnx`` → ONNX Runtime, ``.engine/.plan`` → TensorRT.
+
+    Nothing is loaded until the runner is activated. TensorRT is imported only for engines, and its absence is one
+    clear line (``MissingDependencyError``), never a traceback.
+    """
+    artifact = Path(path)
+    if backend not in get_args(BackendName):
+        raise QuantError(f"unknown backend '{backend}'", "choose auto, onnxruntime or tensorrt")
+    if not artifact.is_file():
+        raise QuantError(f"model file not found: {artifact}", "check the path")
+    suffix = artifact.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        if backend == "tensorrt":
+            raise QuantError(f"--backend tensorrt runs serialized engines, not ONNX files ({artifact.name})",
+                             "build an engine first (vision-quant build --backend tensorrt) or use onnxruntime")
+        return OnnxrtRunner(artifact, threads=threads)
+    if suffix in ENGINE_SUFFIXES:
+        if backend == "onnxruntime":
+            raise QuantError(f"ONNX Runtime cannot run the TensorRT engine {artifact.name}",
+                             "pass the .onnx model instead, or --backend tensorrt")
+        import_tensorrt(f"running the TensorRT engine {artifact.name}")
+        return TrtRunner(artifact)
+    raise QuantError(f"cannot tell what kind of model {artifact.name} is (suffix '{artifact.suffix}')",
+                     "pass an .onnx model or a TensorRT .engine/.plan file")
+
+
+class BuildBackend(ABC):
+    """What a build targets: the TensorRT version its calibration cache names, and its engine step."""
+
+    name: ClassVar[str]
+    makes_engine: ClassVar[bool]
+
+    @abstractmethod
+    def cache_header_version(self, requested: str | None) -> str:
+        """The TensorRT version for the cache header (``requested``: ``--trt-version``, or None)."""
+
+    @abstractmethod
+    def build_engine(self, request: EngineRequest) -> EngineResult | None:
+        """The engine for ``request``, or None where this backend runs the ONNX models themselves."""
+
+
+class OnnxruntimeBuild(BuildBackend):
+    """ONNX Runtime runs the Q/DQ ONNX models as written: no engine. The cache is for TensorRT elsewhere."""
+
+    name = "onnxruntime"
+    makes_engine = False
+
+    def cache_header_version(self, requested: str | None) -> str:
+        return requested or DEFAULT_TRT_VERSION
+
+    def build_engine(self, request: EngineRequest) -> EngineResult | None:
+        return None
+
+
+class TensorrtBuild(BuildBackend):
+    """The installed TensorRT builds ``model.<precision>.engine``; the cache header must name that TensorRT."""
+
+    name = "tensorrt"
+    makes_engine = True
+
+    def cache_header_version(self, requested: str | None) -> str:
+        # The header must name the TensorRT that reads it, or TensorRT ignores the cache silently (#1378).
+        installed = ".".join(import_tensorrt().__version__.split(".")[:3])
+        if requested is not None and requested != installed:
+            raise QuantError(f"--trt-version {requested} differs from the installed TensorRT {installed}",
+                             "drop --trt-version when building engines, or use --backend onnxruntime")
+        return installed
+
+    def build_engine(self, request: EngineRequest) -> EngineResult | None:
+        return build_trt_engine(request)
+
+
+_BUILD_BACKENDS: dict[str, type[BuildBackend]] = {cls.name: cls for cls in (OnnxruntimeBuild, TensorrtBuild)}
+
+
+def resolve_backend(name: str) -> str:
+    """``auto`` → TensorRT where it is installed, else ONNX Runtime; ``tensorrt`` without it is one line."""
+    if name == "auto":
+        return "tensorrt" if is_importable("tensorrt") else "onnxruntime"
+    if name == "tensorrt" and not is_importable("tensorrt"):
+        import_tensorrt()  # raises the one-line MissingDependencyError
+    return name
+
+
+def select_backend(name: str) -> BuildBackend:
+    resolved = resolve_backend(name)
+    if resolved not in _BUILD_BACKENDS:
+        raise QuantError(f"unknown backend '{name}'", "choose auto, onnxruntime or tensorrt")
+    return _BUILD_BACKENDS[resolved]()

@@ -1,0 +1,1 @@
+"""Statistics and calibrators: activation histograms from the model, then pure ``histogram -> amax`` functions."""

@@ -1,0 +1,26 @@
+"""`vision-quant`: a thin typer layer over the vision library API.
+
+Each command lives in a module of its own (``build``, ``analysis``) that registers itself on the app; this file
+only assembles them.
+"""
+
+from __future__ import annotations
+
+from quant_common.cli import make_app
+from vision.cli import analysis, build
+
+app = make_app(
+    "vision-quant",
+    help=(
+        "INT8 post-training quantization of YOLOv8 ONNX models with TensorRT's calibration algorithms.\n\n"
+        "Examples:\n\n"
+        "  vision-quant build yolov8n.onnx --calib-data images/ --out build/\n\n"
+        "  vision-quant build yolov8n.onnx --calib-data images/ --calibrator entropy2 --json"
+    ),
+    summary="INT8 post-training quantization of YOLOv8 ONNX models.",
+    registrars=[build.register, analysis.register],
+)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,220 @@
+"""`vision-quant eval | bench | predict | compare`: thin typer layers over the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quant_common.cli import handle_errors, print_json
+from quant_common.errors import QuantError
+from quant_common.progress import track
+from vision.backends.select import load_runner
+from vision.evaluation.bench import benchmark
+from vision.evaluation.evaluate import evaluate
+from vision.evaluation.plots import per_class_chart
+from vision.evaluation.predict import class_names_from_onnx, predict
+from vision.pipeline.compare import DEFAULT_CALIBRATORS, CompareOptions, compare
+
+EVAL_HELP = """
+COCO mAP50-95 / mAP50 (pycocotools) of a FP32 ONNX, a Q/DQ ONNX or a TensorRT engine on a labelled image set.
+Model class i is the i-th category of the annotation file sorted by id, unless --class-map says otherwise.
+
+Examples:
+
+  vision-quant eval vision/assets/yolov8n_shapes.onnx --data shapes/images/val --annotations shapes/annotations/instances_val.json
+
+  vision-quant eval build/model.int8.ort.onnx --data val/ --annotations val.json --max-images 100 --json
+"""
+
+BENCH_HELP = """
+Latency (p50/p90/p99) and throughput of an ONNX model or TensorRT engine after a warm-up, on random input.
+
+Examples:
+
+  vision-quant bench vision/assets/yolov8n_shapes.onnx --threads 2
+
+  vision-quant bench build/model.int8.ort.onnx --batch 8 --iterations 20 --json
+"""
+
+PREDICT_HELP = """
+Detect objects and draw the boxes on the images.
+
+Examples:
+
+  vision-quant predict vision/assets/yolov8n_shapes.onnx img1.jpg img2.jpg --save out/pred
+"""
+
+Backend = Annotated[str, typer.Option(help="auto | onnxruntime | tensorrt (chosen from the file suffix by default)")]
+Threads = Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads (default: all cores)")]
+Imgsz = Annotated[int, typer.Option(help="Input size for models with dynamic height/width")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
+
+_VARIANTS = " | ".join(["FP32", *(f"INT8-{name}" for name in DEFAULT_CALIBRATORS), "INT8-mixed"])
+COMPARE_HELP = f"""
+One table {_VARIANTS} (mAP50-95, mAP50, Δ vs FP32, latency
+under ONNX Runtime), plus report.md and report.html with activation histograms and each calibrator's threshold,
+per-layer SQNR ranked, and mAP and latency bars. INT8-mixed keeps the layers adding the most quantization error
+in FP32, as few as --accuracy-budget (mAP50-95 points) allows.
+
+Examples:
+
+  vision-quant compare vision/assets/yolov8n_shapes.onnx --calib-data calib/ --data shapes/images/val --annotations shapes/annotations/instances_val.json --max-images 100 --out out/compare
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", help=EVAL_HELP)(eval_command)
+    app.command("bench", help=BENCH_HELP)(bench_command)
+    app.command("predict", help=PREDICT_HELP)(predict_command)
+    app.command("compare", help=COMPARE_HELP)(compare_command)
+
+
+def _progress() -> Any:
+    return lambda items, description, total: track(items, description, total)
+
+
+@handle_errors
+def eval_command(
+    artifact: Annotated[Path, typer.Argument(help="FP32 ONNX, Q/DQ ONNX or TensorRT .engine/.plan")],
+    data: Annotated[Path, typer.Option("--data", help="Directory the annotation file's image names are under")],
+    annotations: Annotated[Path, typer.Option("--annotations", help="COCO-format instances json")],
+    class_map: Annotated[Path | None, typer.Option(
+        help="JSON/YAML list or mapping: model class -> category id or name")] = None,
+    conf: Annotated[float, typer.Option(help="Confidence threshold (Ultralytics val: 0.001)")] = 0.001,
+    iou: Annotated[float, typer.Option(help="NMS IoU threshold (Ultralytics val: 0.7)")] = 0.7,
+    max_det: Annotated[int, typer.Option(help="Detections kept per image")] = 300,
+    max_images: Annotated[int | None, typer.Option(help="Evaluate only the first N images (by id)")] = None,
+    backend: Backend = "auto",
+    threads: Threads = None,
+    imgsz: Imgsz = 640,
+    plot: Annotated[Path | None, typer.Option(help="Write a per-class AP bar chart (PNG) here")] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    runner = load_runner(artifact, backend, threads)
+    with runner:
+        result = evaluate(runner, data, annotations, class_map=class_map, conf=conf, iou=iou, max_det=max_det,
+                          max_images=max_images, imgsz=imgsz, progress=None if json_output else _progress())
+    result.artifact = str(artifact)
+    if plot is not None:
+        per_class_chart(result, plot)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    table = Table(title=f"{artifact.name}: {result.images} images, {result.instances} boxes "
+                        f"({result.backend}, {result.device}, {result.seconds:.1f} s)")
+    for column in ("class", "instances", "mAP50-95", "mAP50"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in result.per_class:
+        table.add_row(row.name, str(row.instances), f"{row.map50_95:.4f}", f"{row.map50:.4f}")
+    table.add_row("[bold]all", str(result.instances), f"[bold]{result.map50_95:.4f}", f"[bold]{result.map50:.4f}")
+    Console().print(table)
+
+
+@handle_errors
+def bench_command(
+    artifact: Annotated[Path, typer.Argument(help="ONNX model or TensorRT .engine/.plan")],
+    batch: Annotated[int, typer.Option(help="Images per inference")] = 1,
+    warmup: Annotated[int, typer.Option(help="Untimed inferences first")] = 10,
+    iterations: Annotated[int, typer.Option(help="Timed inferences")] = 50,
+    threads: Threads = None,
+    backend: Backend = "auto",
+    imgsz: Imgsz = 640,
+    json_output: JsonFlag = False,
+) -> None:
+    runner = load_runner(artifact, backend, threads)
+    with runner:
+        result = benchmark(runner, batch=batch, warmup=warmup, iterations=iterations, imgsz=imgsz, threads=threads)
+    result.artifact = str(artifact)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    lat = result.latency_ms
+    typer.echo(f"{artifact.name}: {result.backend} on {result.device} ({result.cpu}), threads {result.threads}, "
+               f"input {result.input_shape}")
+    typer.echo(f"latency ms: p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  mean {lat['mean']:.2f}"
+               f"  ({result.iterations} runs after {result.warmup} warm-up)")
+    typer.echo(f"throughput: {result.throughput_ips:.1f} images/s at batch {result.batch}")
+
+
+@handle_errors
+def predict_command(
+    artifact: Annotated[Path, typer.Argument(help="ONNX model or TensorRT .engine/.plan")],
+    images: Annotated[list[Path], typer.Argument(help="Image files")],
+    save: Annotated[Path | None, typer.Option("--save", help="Directory for the images with boxes drawn")] = None,
+    conf: Annotated[float, typer.Option(help="Confidence threshold")] = 0.25,
+    iou: Annotated[float, typer.Option(help="NMS IoU threshold")] = 0.7,
+    max_det: Annotated[int, typer.Option(help="Detections kept per image")] = 300,
+    names: Annotated[Path | None, typer.Option(
+        help="Class names, one per line (default: the ONNX file's Ultralytics metadata)")] = None,
+    backend: Backend = "auto",
+    threads: Threads = None,
+    imgsz: Imgsz = 640,
+    json_output: JsonFlag = False,
+) -> None:
+    class_names = _read_names(names) if names is not None else class_names_from_onnx(artifact)
+    runner = load_runner(artifact, backend, threads)
+    with runner:
+        records = predict(runner, images, save, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
+                          names=class_names)
+    if json_output:
+        print_json({"artifact": str(artifact), "images": records})
+        return
+    for record in records:
+        counts: dict[str, int] = {}
+        for det in record["detections"]:
+            label = det["name"] or str(det["class"])
+            counts[label] = counts.get(label, 0) + 1
+        summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items())) or "nothing"
+        typer.echo(f"{record['image']}: {summary}" + (f" -> {record['saved']}" if "saved" in record else ""))
+
+
+def _read_names(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise QuantError(f"cannot read class names {path}: {exc.strerror or exc}", "pass a text file") from exc
+
+
+@handle_errors
+def compare_command(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX model")],
+    calib_data: Annotated[Path, typer.Option("--calib-data", help="Calibration images (directory or list file)")],
+    data: Annotated[Path, typer.Option("--data", help="Directory the annotation file's image names are under")],
+    annotations: Annotated[Path, typer.Option("--annotations", help="COCO-format instances json")],
+    out: Annotated[Path, typer.Option(help="Output directory (models, compare.json, report.md/html)")] = Path(
+        "out/compare"),
+    calibrators: Annotated[str, typer.Option(help="Comma-separated calibrators")] = ",".join(DEFAULT_CALIBRATORS),
+    percentile: Annotated[float, typer.Option(help="Percentile for the percentile calibrator")] = 99.99,
+    max_calib_images: Annotated[int, typer.Option(help="Seeded subset of calibration images")] = 64,
+    max_images: Annotated[int | None, typer.Option(help="Evaluate only the first N images (by id)")] = None,
+    accuracy_budget: Annotated[float, typer.Option(help="mAP50-95 points INT8-mixed may lose against FP32")] = 0.5,
+    bench_iterations: Annotated[int, typer.Option(help="Timed inferences per variant")] = 10,
+    class_map: Annotated[Path | None, typer.Option(help="Model class -> category map (see eval)")] = None,
+    threads: Threads = None,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration subset")] = 0,
+    json_output: JsonFlag = False,
+) -> None:
+    opts = CompareOptions(calibrators=[c.strip() for c in calibrators.split(",") if c.strip()],
+                          percentile=percentile, max_calib_images=max_calib_images, max_images=max_images,
+                          accuracy_budget=accuracy_budget, bench_iterations=bench_iterations, threads=threads,
+                          class_map=class_map, seed=seed)
+    result = compare(model, calib_data, data, annotations, out, opts,
+                     progress=None if json_output else _progress())
+    if json_output:
+        print_json({"table": result.table(), "mixed": result.mixed, "artifacts": result.artifacts,
+                    "images": result.images, "timings": result.timings})
+        return
+    table = Table(title=f"{model.name}: {result.images} images ({result.device})")
+    rows = result.table()
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for row in rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) and k.startswith("map") else str(v)
+                        for k, v in row.items()))
+    console = Console()
+    console.print(table)
+    console.print(f"reports: {result.artifacts.get('report.html')}  {result.artifacts.get('report.md')}")

@@ -1,0 +1,1 @@
+"""Input data: images and letterboxed calibration batches, and the generated (synthetic) labelled scenes."""

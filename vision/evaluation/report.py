@@ -1,0 +1,173 @@
+"""Render a ``CompareResult``: pictures (matplotlib, no pyplot), ``report.md`` and a self-contained ``report.html``.
+
+Pictures: per-tensor |x| histograms with each calibrator's threshold, per-layer SQNR ranked, mAP bars and
+latency bars. The html embeds the pictures (base64) so it opens anywhere; the markdown links the PNG files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from quant_common.atomic import atomic_write_bytes, atomic_write_text
+from vision.calibration.calibrators import CALIBRATOR_NAMES
+from vision.calibration.stats import TensorStats
+from vision.evaluation.results import CompareResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Threshold colours, given to calibrators in the table's order (a new calibrator takes the next one).
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def _colour(method: str) -> str:
+    if method not in CALIBRATOR_NAMES:
+        return "k"
+    return _PALETTE[CALIBRATOR_NAMES.index(method) % len(_PALETTE)]
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def histogram_figure(histograms: Mapping[str, TensorStats], amax: Mapping[str, Mapping[str, float]]) -> Figure:
+    from matplotlib.figure import Figure
+
+    names = list(histograms)
+    cols = 2
+    rows = max(1, -(-len(names) // cols))
+    fig = Figure(figsize=(11, 2.8 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        stats = histograms[name]
+        hist, edges = stats.hist, stats.edges
+        # coarsen to ~256 steps for readability (one artist: 256 bar patches per panel took seconds to lay out);
+        # thresholds are drawn exactly
+        factor = max(1, len(hist) // 256)
+        usable = len(hist) // factor * factor
+        counts = hist[:usable].reshape(-1, factor).sum(axis=1)
+        ax.stairs(np.maximum(counts, 0.5), edges[:usable + 1:factor], fill=True, color="#999999")
+        ax.set_yscale("log")
+        for method, values in amax.items():
+            if name in values:
+                ax.axvline(values[name], color=_colour(method), linestyle="--", linewidth=1.2,
+                           label=f"{method} {values[name]:.3g}")
+        ax.set_title(name if len(name) < 48 else "…" + name[-47:], fontsize=8)
+        ax.set_xlabel("|x|", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def sqnr_figure(layer_errors: Sequence[Mapping[str, Any]], limit: int = 30) -> Figure:
+    from matplotlib.figure import Figure
+
+    top = list(layer_errors[:limit])
+    fig = Figure(figsize=(9, 0.28 * len(top) + 1.2))
+    ax = fig.subplots()
+    labels = [e["node"] if len(e["node"]) < 40 else "…" + e["node"][-39:] for e in top]
+    ax.barh(range(len(top)), [e["added_db"] for e in top], color="#d62728", label="SQNR lost in the layer (dB)")
+    ax.barh(range(len(top)), [min(e["sqnr_db"], 60.0) for e in top], color="#1f77b4", alpha=0.3,
+            label="output SQNR (dB, accumulated)")
+    ax.set_yticks(range(len(top)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("dB")
+    ax.set_title("Per-layer quantization error, most damaging first")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def bars_figure(result: CompareResult) -> tuple[Figure, Figure]:
+    from matplotlib.figure import Figure
+
+    names = [v.name for v in result.variants]
+    x = np.arange(len(names))
+    fig_map = Figure(figsize=(8, 3.5))
+    ax = fig_map.subplots()
+    ax.bar(x - 0.2, [v.map50_95 for v in result.variants], width=0.4, label="mAP50-95")
+    ax.bar(x + 0.2, [v.map50 for v in result.variants], width=0.4, label="mAP50")
+    low = min(v.map50_95 for v in result.variants)
+    ax.set_ylim(max(0.0, low - 0.1), 1.0)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_title(f"Accuracy on {result.images} images")
+    ax.legend(fontsize=8)
+    fig_map.tight_layout()
+    fig_lat = Figure(figsize=(8, 3.2))
+    ax = fig_lat.subplots()
+    ax.bar(x, [v.latency_ms for v in result.variants], color="#ff7f0e")
+    for xi, v in zip(x, result.variants, strict=True):
+        ax.text(xi, v.latency_ms, f"{v.latency_ms:.1f} ms\n×{v.speedup:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("p50 latency, batch 1 (ms)")
+    ax.set_title(result.device, fontsize=8)
+    fig_lat.tight_layout()
+    return fig_map, fig_lat
+
+
+def _table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "mAP50-95", "mAP50", "Δ mAP50-95 (pts)", "Δ mAP50 (pts)", "latency p50 (ms)", "speed-up",
+              "layers kept FP32"]
+    rows = [[r["variant"], f"{r['map50_95']:.4f}", f"{r['map50']:.4f}", f"{r['delta_map50_95']:+.2f}",
+             f"{r['delta_map50']:+.2f}", f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}×", str(r["excluded_layers"])]
+            for r in result.table()]
+    return header, rows
+
+
+def _summary_lines(result: CompareResult) -> list[str]:
+    mixed = result.mixed
+    lines = [f"Model `{Path(result.model).name}`, {result.images} evaluation images, {result.calib_images} "
+             f"calibration images; {result.device}.",
+             f"Mixed precision: base calibrator **{mixed.get('base_calibrator')}**, budget {mixed.get('budget')} "
+             f"mAP50-95 points, {len(mixed.get('excluded', []))} layer(s) kept in FP32, measured drop "
+             f"{mixed.get('delta', 0.0):.2f} points ({'met' if mixed.get('met') else 'NOT met'})."]
+    if mixed.get("excluded"):
+        lines.append("Layers kept in FP32: " + ", ".join(f"`{n}`" for n in mixed["excluded"]))
+    lines.append("The detection head's decode tail (box arithmetic, class Sigmoid, Concat) stays FP32 in every INT8 "
+                 "variant.")
+    return lines
+
+
+def write_reports(result: CompareResult, histograms: Mapping[str, TensorStats], out: Path) -> list[Path]:
+    """Write the pictures, report.md and report.html into ``out``; returns the paths written."""
+    fig_map, fig_lat = bars_figure(result)
+    pictures = {
+        "report_map.png": _png(fig_map),
+        "report_latency.png": _png(fig_lat),
+        "report_histograms.png": _png(histogram_figure(histograms, result.amax)),
+        "report_sqnr.png": _png(sqnr_figure(result.layer_errors)),
+    }
+    paths = [atomic_write_bytes(out / name, data) for name, data in pictures.items()]
+    header, rows = _table_rows(result)
+    captions = {"report_map.png": "mAP per variant", "report_latency.png": "Latency per variant",
+                "report_histograms.png": "Activation histograms with each calibrator's threshold",
+                "report_sqnr.png": "Per-layer quantization error (SQNR), ranked"}
+    md = ["# FP32 vs INT8 comparison", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += ["", *_summary_lines(result), ""]
+    md += [f"## {caption}\n\n![{caption}]({name})\n" for name, caption in captions.items()]
+    paths.append(atomic_write_text(out / "report.md", "\n".join(md)))
+    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+    summary = "".join(f"<p>{html.escape(line).replace('**', '')}</p>" for line in _summary_lines(result))
+    images = "".join(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' "
+                     f"src='data:image/png;base64,{base64.b64encode(pictures[name]).decode()}'>"
+                     for name, caption in captions.items())
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>FP32 vs INT8</title><style>"
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+            "img{max-width:100%}</style></head><body><h1>FP32 vs INT8 comparison</h1>"
+            f"{table}{summary}{images}</body></html>")
+    paths.append(atomic_write_text(out / "report.html", page))
+    return paths

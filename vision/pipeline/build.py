@@ -1,0 +1,129 @@
+"""`build(cfg) -> BuildResult`: model → calibration data → statistics → cache → Q/DQ models → engine → build.json.
+
+Every artifact is written into a staging directory inside ``--out`` and moved into place only when the whole build
+succeeded, so a failure leaves ``--out`` as it was (an ``--out`` created by this run is removed again).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quant_common.atomic import atomic_write_json, publish_files, staging_area
+from quant_common.errors import QuantError
+from quant_common.manifest import Timings, package_versions, utc_now
+from vision.artifacts.cache import sidecar_path
+from vision.artifacts.trtexec import trtexec_commands
+from vision.backends.select import select_backend
+from vision.config import BUNDLED_MODEL, VisionConfig
+from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
+from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
+
+PACKAGES = ("tensorrt-quantization", "numpy", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "tensorrt")
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    artifacts: dict[str, Path]
+    precision: str
+    backend: str
+    int8: Int8Facts | None = None  # None unless --precision int8
+    engine: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` object."""
+        int8 = self.int8
+        mixed = int8.mixed_precision if int8 is not None else None
+        return {"out": str(self.out_dir), "artifacts": {k: str(v) for k, v in self.artifacts.items()},
+                "precision": self.precision, "backend": self.backend,
+                "calibrator": int8.calibrator if int8 else None,
+                "calibrator_options": int8.calibrator_options if int8 else {},
+                "cache_reused": int8.cache_reused if int8 else False, "images": int8.images if int8 else 0,
+                "skipped_images": len(int8.skipped_images) if int8 else 0,
+                "agreement": int8.agreement if int8 else None, "qdq": int8.qdq if int8 else {},
+                "engine": self.engine, "timings": self.timings,
+                "float_layers": len(int8.float_layers) if int8 else 0,
+                "mixed_precision": {k: v for k, v in mixed.items() if k not in ("trials", "layer_errors")}
+                if mixed else None}
+
+
+def resolve_model(cfg: VisionConfig) -> Path:
+    if cfg.model is not None:
+        return cfg.model
+    if BUNDLED_MODEL.is_file():
+        return BUNDLED_MODEL
+    raise QuantError(f"no model given and the bundled detector {BUNDLED_MODEL.name} is not installed",
+                     "pass MODEL.onnx (e.g. an Ultralytics YOLOv8 export)")
+
+
+def check_budget_options(cfg: VisionConfig) -> None:
+    """--accuracy-budget needs a labelled set and INT8; say so before any long work."""
+    if cfg.accuracy_budget is None:
+        return
+    if cfg.data is None or cfg.annotations is None:
+        raise QuantError("--accuracy-budget needs a labelled set to measure mAP on (--data DIR and --annotations FILE)",
+                         "pass --data IMAGES_DIR --annotations coco.json, or drop --accuracy-budget")
+    if cfg.precision != "int8":
+        raise QuantError(f"--accuracy-budget applies to INT8 builds, not --precision {cfg.precision}",
+                         "use --precision int8 or drop --accuracy-budget")
+    if not cfg.data.is_dir():
+        raise QuantError(f"--data directory not found: {cfg.data}", "pass the directory holding the labelled images")
+    if not cfg.annotations.is_file():
+        raise QuantError(f"annotation file not found: {cfg.annotations}", "pass a COCO-format instances json")
+
+
+def build(cfg: VisionConfig) -> BuildResult:
+    """Run the whole pipeline for ``cfg``; raise ``QuantError`` for anything the user can fix."""
+    timings = Timings()
+    check_budget_options(cfg)
+    backend = select_backend(cfg.backend)
+    model_path = resolve_model(cfg)
+    with timings.measure("load_model"):
+        info, model = load_model(model_path)
+    original_sha256 = info.sha256
+    out = cfg.out
+    with staging_area(out) as staging_dir:
+        staging = staging_dir.root
+        if cfg.simplify:
+            with timings.measure("simplify"):
+                simplify(info.path, staging / "model.simplified.onnx")
+                info, model = load_model(staging / "model.simplified.onnx")
+        result = BuildResult(out_dir=out, artifacts={}, precision=cfg.precision, backend=backend.name)
+        manifest: dict[str, Any] = {"created": utc_now(), "model": {"path": str(model_path), "sha256": original_sha256,
+                                                                    "input": info.input_name,
+                                                                    "input_shape": list(info.input_shape),
+                                                                    "opset": info.opset, "simplified": cfg.simplify,
+                                                                    "quantized_sha256": info.sha256},
+                                    "config": cfg.model_dump(mode="json")}
+        staged: dict[str, Path] = {}
+        hw = resolve_input_hw(info, cfg.imgsz)
+        batch = resolve_batch(info, cfg.batch)
+        int8: Int8Outputs | None = None
+        if cfg.precision == "int8":
+            int8 = quantize_int8(cfg, info, model, hw, batch, staging, timings,
+                                 backend.cache_header_version(cfg.trt_version))
+            staged.update(int8.staged)
+            manifest.update(int8.manifest)
+            result.int8 = int8.facts
+        if backend.makes_engine:
+            with timings.measure("engine"):
+                engine = engine_stage(cfg, backend, info, model, hw, staging, int8)
+            if engine is not None:
+                result.engine = engine.facts
+                staged.update(engine.staged)
+                manifest["engine"] = engine.facts
+        manifest["trtexec"] = trtexec_commands(info, hw, cfg.max_batch, "calibration.cache" if "cache" in staged
+                                               else None, "model.int8.onnx" if "qdq_trt" in staged else None)
+        manifest["packages"] = package_versions(PACKAGES)
+        manifest["timings"] = dict(timings)
+        atomic_write_json(staging / "build.json", manifest)
+        staged["build_json"] = staging / "build.json"  # published last: its presence means the build is complete
+        # --calib-cache and --save-stats may point anywhere (another disk too); the rest goes to --out
+        result.artifacts = publish_files(staged, out, {"cache": cfg.cache_path,
+                                                       "cache_provenance": sidecar_path(cfg.cache_path),
+                                                       "stats": cfg.save_stats})
+        result.timings = dict(timings)
+    return result

@@ -1,0 +1,207 @@
+"""The INT8 stages of `build`: calibration data → statistics → calibration cache → two Q/DQ models → agreement,
+and the engine step and its agreement where the backend builds one. Artifacts go to a staging directory;
+``vision.pipeline.build`` publishes them. The model arrives loaded and is passed down, never read again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from quant_common.errors import QuantError
+from quant_common.manifest import Timings
+from vision.artifacts.cache import (
+    CacheProvenance,
+    CalibrationCache,
+    amax_to_scale,
+    check_reusable,
+    data_fingerprint,
+    make_header,
+    sidecar_path,
+    write_cache,
+)
+from vision.artifacts.qdq_ort import write_ort_qdq
+from vision.artifacts.qdq_trt import write_trt_qdq
+from vision.artifacts.qdq_verify import QdqSummary
+from vision.backends.engine import EngineRequest, EngineResult
+from vision.backends.onnxrt import OnnxrtRunner
+from vision.backends.select import BuildBackend, load_runner
+from vision.calibration.calibrators import calibrator_spec, compute_all
+from vision.calibration.stats import ActivationCollector, save_stats
+from vision.config import VisionConfig
+from vision.data.images import CalibrationSet
+from vision.data.synthetic import generate_calibration_images
+from vision.evaluation.agreement import compare as compare_outputs
+from vision.graph import head_nodes, quantizable_tensors
+from vision.model import ModelInfo
+from vision.pipeline.mixed_precision import build_budget_search, map50_95
+
+
+@dataclass
+class Int8Facts:
+    """What the INT8 stages report: ``BuildResult.int8`` and the matching keys of the ``--json`` summary."""
+
+    calibrator: str
+    calibrator_options: dict[str, Any]
+    cache_reused: bool = False
+    images: int = 0
+    skipped_images: dict[str, str] = field(default_factory=dict)
+    agreement: dict[str, Any] | None = None
+    qdq: dict[str, Any] = field(default_factory=dict)
+    float_layers: list[str] = field(default_factory=list)  # ONNX nodes kept out of INT8 (head, budget)
+    mixed_precision: dict[str, Any] | None = None  # the --accuracy-budget search, when asked for
+
+
+@dataclass
+class Int8Outputs:
+    """The INT8 stages' facts, staged files and build.json sections, and what the engine step needs."""
+
+    facts: Int8Facts
+    calib: CalibrationSet  # fed to TensorRT's calibrator should it calibrate itself
+    header: str
+    scales: dict[str, float]
+    staged: dict[str, Path] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def calibration_source(cfg: VisionConfig, staging: Path) -> tuple[Path, str]:
+    """The image source and how it was obtained (given by the user, or generated offline)."""
+    if cfg.calib_data is not None:
+        if not cfg.calib_data.exists():
+            raise QuantError(f"calibration data not found: {cfg.calib_data}",
+                             "pass a directory of images or a text file listing them")
+        return cfg.calib_data, "given"
+    target = staging / "synthetic-calibration"
+    generate_calibration_images(target, cfg.synthetic_calib_images, cfg.seed)
+    return target, f"synthetic(n={cfg.synthetic_calib_images}, seed={cfg.seed})"
+
+
+def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw: tuple[int, int], batch: int,
+                  staging: Path, timings: Timings, trt_version: str) -> Int8Outputs:
+    spec = calibrator_spec(cfg.calibrator)
+    source, origin = calibration_source(cfg, staging)
+    calib = CalibrationSet.from_source(source, info.input_name, hw, batch, max_images=cfg.max_calib_images,
+                                       seed=cfg.seed, fixed_batch=info.fixed_batch is not None,
+                                       dtype=info.input_dtype)
+    # Every tensor a TensorRT cache lists. The ORT layout's activations are among them (a tensor outside this set
+    # is not computed from the image, and write_ort_qdq leaves its nodes in float), so one set of scales serves all.
+    tensors = quantizable_tensors(model)
+    # What changes the statistics. The image subset (max_calib_images, seed) is in the data fingerprint already;
+    # the batch matters only for TensorRT's growing histogram (ours is independent of batch and order).
+    options: dict[str, Any] = {**spec.options_from(cfg), "histogram": cfg.histogram, "num_bins": cfg.num_bins,
+                               "imgsz": list(hw)}
+    if cfg.histogram == "trt":
+        options["batch"] = batch
+    expected = CacheProvenance(model_sha256=info.sha256, data_fingerprint=data_fingerprint(calib.paths, options),
+                               calibrator=cfg.calibrator, options=options, trt_version=trt_version)
+    header = make_header(trt_version, spec.trt_algorithm)
+    cache = check_reusable(cfg.cache_path, expected, tensors, force=cfg.force)
+    facts = Int8Facts(calibrator=cfg.calibrator, calibrator_options=options)
+    stats = None
+    if cache is None:
+        with timings.measure("statistics"), ActivationCollector(model, tensors, histogram=cfg.histogram,
+                                                                 num_bins=cfg.num_bins) as collector:
+            for feeds in calib:
+                collector.collect(feeds)
+            stats = collector.result()
+        with timings.measure("calibrate"):
+            amax = compute_all(stats, cfg.calibrator, **spec.options_from(cfg))
+        cache = CalibrationCache(header, {name: amax_to_scale(value) for name, value in amax.items()})
+        facts.images, facts.skipped_images = calib.images_seen, dict(calib.skipped)
+    else:
+        facts.cache_reused = True
+        facts.images = len(calib.paths)
+    outputs = Int8Outputs(facts, calib, cache.header, {name: float(scale) for name, scale in cache.scales.items()})
+    cache_file = staging / "calibration.cache"
+    write_cache(cache_file, cache, provenance=expected)
+    outputs.staged["cache"] = cache_file
+    outputs.staged["cache_provenance"] = sidecar_path(cache_file)
+    if stats is not None and cfg.save_stats is not None:
+        save_stats(staging / "stats.npz", stats)
+        outputs.staged["stats"] = staging / "stats.npz"
+
+    _write_qdq(cfg, info, model, cache_file, outputs, staging, timings)
+    outputs.manifest = {
+        "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
+                        "images_used": facts.images, "skipped": facts.skipped_images,
+                        "fingerprint": expected.data_fingerprint, "batch": batch, "imgsz": list(hw)},
+        "calibrator": {"method": cfg.calibrator, "options": options, "cache_header": cache.header,
+                       "cache_reused": facts.cache_reused},
+        "amax": cache.amax(),
+        "qdq": facts.qdq, "agreement": facts.agreement,
+        "float_layers": facts.float_layers,
+    }
+    if facts.mixed_precision is not None:
+        outputs.manifest["mixed_precision"] = facts.mixed_precision
+    return outputs
+
+
+def _qdq_facts(summary: QdqSummary) -> dict[str, Any]:
+    return {"layout": summary.layout, "activation_tensors": summary.activation_tensors,
+            "matched_scales": summary.matched_scales, "per_channel_weights": summary.per_channel_weights,
+            "per_tensor_weights": summary.per_tensor_weights, "float_layers": len(summary.excluded_nodes)}
+
+
+def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache_file: Path, outputs: Int8Outputs,
+               staging: Path, timings: Timings) -> None:
+    facts, calib, scales = outputs.facts, outputs.calib, outputs.scales
+    # One image (one batch for a fixed batch size) is enough: both writers' own calibration is overridden.
+    smallest = calib.batch if calib.fixed_batch else 1
+    sample = list(calib.first_images(smallest))
+    head = head_nodes(model) if cfg.keep_head_fp32 else []
+    ort_path = staging / "model.int8.ort.onnx"
+    with timings.measure("qdq_onnxruntime"):
+        ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=head,
+                                    weight_storage=cfg.ort_weights, label=info.path.name)
+    facts.float_layers = list(head)
+    if cfg.accuracy_budget is not None:
+        with timings.measure("accuracy_budget"):
+            facts.mixed_precision = build_budget_search(cfg, info, model, calib, scales, ort_path, smallest)
+        facts.float_layers = list(facts.mixed_precision["excluded_nodes"])
+        with timings.measure("qdq_onnxruntime"):
+            ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=facts.float_layers,
+                                        weight_storage=cfg.ort_weights, label=info.path.name)
+    with timings.measure("qdq_tensorrt"):
+        trt_summary = write_trt_qdq(info.path, cache_file, scales, sample, staging / "model.int8.onnx",
+                                    nodes_to_exclude=facts.float_layers)
+    if facts.mixed_precision is not None:
+        with timings.measure("accuracy_budget"):
+            # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
+            trt_map = map50_95(cfg, info, trt_summary.path)
+        facts.mixed_precision["map_tensorrt_layout"] = trt_map
+        facts.mixed_precision["delta_tensorrt_layout"] = 100.0 * (facts.mixed_precision["map_fp32"] - trt_map)
+    outputs.staged["qdq_trt"] = trt_summary.path
+    outputs.staged["qdq_ort"] = ort_summary.path
+    for summary in (trt_summary, ort_summary):
+        facts.qdq[summary.path.name] = _qdq_facts(summary)
+    facts.qdq[ort_summary.path.name]["weight_storage"] = ort_summary.weight_storage
+    if cfg.agreement_images == 0:
+        return
+    with timings.measure("agreement"):
+        limit = -(-cfg.agreement_images // smallest) * smallest  # whole batches for a fixed batch size
+        agreement = compare_outputs(OnnxrtRunner(model), OnnxrtRunner(ort_summary.path), calib.first_images(limit))
+        # The TensorRT-layout model must run in ONNX Runtime too; one batch shows it does and how close it is.
+        trt_check = compare_outputs(OnnxrtRunner(model), OnnxrtRunner(trt_summary.path), sample)
+    facts.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
+    facts.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()
+
+
+def engine_stage(cfg: VisionConfig, backend: BuildBackend, info: ModelInfo, model: onnx.ModelProto,
+                 hw: tuple[int, int], staging: Path, int8: Int8Outputs | None) -> EngineResult | None:
+    """The backend's engine (None where it runs the ONNX models themselves), checked against FP32 on the
+    calibration images when they are at hand."""
+    request = EngineRequest(model=info, input_hw=hw, precision=cfg.precision, out_dir=staging,
+                            int8_mode=cfg.trt_int8, workspace_gb=cfg.workspace_gb, max_batch=cfg.max_batch,
+                            qdq_model=int8.staged["qdq_trt"] if int8 is not None else None,
+                            cache=int8.staged["cache"] if int8 is not None else None,
+                            cache_header=int8.header if int8 is not None else "",
+                            calibration=int8.calib if int8 is not None else None,
+                            float_layers=tuple(int8.facts.float_layers) if int8 is not None else ())
+    engine = backend.build_engine(request)
+    if engine is not None and int8 is not None and cfg.agreement_images:
+        batches = int8.calib.iter_batches(limit_images=max(cfg.agreement_images, int8.calib.batch), progress=False)
+        engine.facts["agreement"] = compare_outputs(OnnxrtRunner(model), load_runner(engine.path), batches).to_dict()
+    return engine
