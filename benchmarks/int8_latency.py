@@ -1,13 +1,16 @@
-"""FP32 vs INT8 (``model.int8.ort.onnx``) latency under ONNX Runtime on this CPU, batch 1 and 8.
+"""Every runtime x precision on one CPU, side by side: ONNX Runtime and OpenVINO, FP32 and the three INT8 layouts.
 
-Both models run side by side in the same process on the same letterboxed calibration images: warm-up, then the
-median over repetitions that alternate between the two models (so a busy machine slows both alike); the ratio is
-FP32 / INT8 (goal: INT8 >= 2x faster on the CI CPU, which has AVX512-VNNI).
+All rows run in one process on the same letterboxed image, batch 1: warm-up, then the median over repetitions that
+alternate between the rows (so a busy machine slows all alike); ratios are against ONNX Runtime FP32 and OpenVINO
+FP32 with the f32 hint. With ``--data/--annotations`` each row's mAP50-95 comes too (Δ against ONNX Runtime FP32).
+The CPU's model name and SIMD flags (from /proc/cpuinfo) are printed with the table.
 
-    .venv/bin/python benchmarks/int8_latency.py MODEL.onnx --calib-data DIR [--imgsz 640] [--int8 model.int8.ort.onnx]
+    .venv/bin/python benchmarks/int8_latency.py MODEL.onnx --calib-data DIR [--build OUT] [--threads 2]
+        [--data shapes/images/val --annotations shapes/annotations/instances_val.json --max-images 150] [--plot x.png]
 
-Without --int8, the INT8 model is built first with `vision.pipeline.build.build` (ONNX Runtime backend). A model with a
-fixed batch dimension is measured at that batch only (e.g. a default Ultralytics export: batch 1).
+Without --build, the INT8 models are built first with `vision.pipeline.build.build` (ONNX Runtime backend). Rows whose
+runtime is not installed are left out. ``int8_latency_rows`` (FP32 vs the ORT layout at batch 1 and 8) serves
+benchmarks/calibration.py.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from quant_common.errors import is_importable  # noqa: E402
 from vision.backends.onnxrt import create_session  # noqa: E402
+from vision.backends.select import load_runner  # noqa: E402
 from vision.config import load_config  # noqa: E402
 from vision.data.images import CalibrationSet  # noqa: E402
 from vision.evaluation.bench import cpu_flags, cpu_name  # noqa: E402
+from vision.evaluation.evaluate import evaluate  # noqa: E402
 from vision.model import load_model, resolve_input_hw  # noqa: E402
 from vision.pipeline.build import build  # noqa: E402
 
@@ -108,26 +114,129 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+# -- all runtimes x precisions ---------------------------------------------------------------------------------
+# (row label, artifact key, backend, OpenVINO precision hint)
+MATRIX = (
+    ("ORT FP32", "fp32", "onnxruntime", "f32"),
+    ("ORT INT8 ort layout", "model.int8.ort.onnx", "onnxruntime", "f32"),
+    ("ORT INT8 TensorRT layout", "model.int8.onnx", "onnxruntime", "f32"),
+    ("OV FP32 (f32 hint)", "fp32", "openvino", "f32"),
+    ("OV FP32 (bf16 hint)", "fp32", "openvino", "bf16"),
+    ("OV INT8 TensorRT layout", "model.int8.onnx", "openvino", "f32"),
+    ("OV INT8 ort layout", "model.int8.ort.onnx", "openvino", "f32"),
+    ("OV INT8 ov layout", "model.int8.ov.onnx", "openvino", "f32"),
+)
+
+
+def runtime_matrix(model: Path, artifacts: dict[str, Path], feeds: dict[str, np.ndarray], *, threads: int | None,
+                   warmup: int, repeats: int, data: Path | None = None, annotations: Path | None = None,
+                   max_images: int | None = None) -> list[dict[str, Any]]:
+    rows, runners = [], []
+    for label, key, backend, precision in MATRIX:
+        path = model if key == "fp32" else artifacts.get(key)
+        if path is None or not path.is_file() or not is_importable(backend):
+            continue
+        runner = load_runner(path, backend, threads, precision=precision)
+        runner.activate()
+        runners.append(runner)
+        rows.append({"row": label, "artifact": path.name, "backend": runner.backend})
+    times: list[list[float]] = [[] for _ in runners]
+    for runner in runners:
+        for _ in range(warmup):
+            runner.infer(feeds)
+    for _ in range(repeats):
+        for index, runner in enumerate(runners):
+            start = time.perf_counter()
+            runner.infer(feeds)
+            times[index].append(time.perf_counter() - start)
+    for row, t in zip(rows, times, strict=True):
+        row["ms"] = round(statistics.median(t) * 1e3, 2)
+    base = {r["row"]: r["ms"] for r in rows}
+    for row in rows:
+        row["vs_ort_fp32"] = round(base["ORT FP32"] / row["ms"], 2)
+        row["vs_ov_f32"] = round(base["OV FP32 (f32 hint)"] / row["ms"], 2) if "OV FP32 (f32 hint)" in base else None
+    if data is not None and annotations is not None:
+        for row, runner in zip(rows, runners, strict=True):
+            row["map50_95"] = round(evaluate(runner, data, annotations, max_images=max_images).map50_95, 4)
+        for row in rows:
+            row["delta_pts"] = round(100 * (row["map50_95"] - rows[0]["map50_95"]), 2)
+    for runner in runners:
+        runner.deactivate()
+    return rows
+
+
+def print_matrix(rows: list[dict[str, Any]], title: str) -> None:
+    print(title)
+    has_map = "map50_95" in rows[0]
+    header = f"{'runtime / artifact':<26} | {'ms':>8} | {'ORT FP32/x':>10} | {'OV f32/x':>8}"
+    print(header + (f" | {'mAP50-95':>8} | {'Δ pts':>6}" if has_map else ""))
+    print("-" * (len(header) + (21 if has_map else 0)))
+    for r in rows:
+        line = (f"{r['row']:<26} | {r['ms']:>8.2f} | {r['vs_ort_fp32']:>9.2f}x | "
+                + (f"{r['vs_ov_f32']:>7.2f}x" if r["vs_ov_f32"] is not None else f"{'-':>8}"))
+        print(line + (f" | {r['map50_95']:>8.4f} | {r['delta_pts']:>+6.2f}" if has_map else ""))
+
+
+def plot_matrix(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    colors = ["#1f77b4" if r["backend"] == "onnxruntime" else "#ff7f0e" for r in rows]
+    ax.barh([r["row"] for r in rows][::-1], [r["ms"] for r in rows][::-1], color=colors[::-1])
+    for i, r in enumerate(rows[::-1]):
+        note = f" {r['ms']:.1f} ms ×{r['vs_ort_fp32']:.2f}" + (f", mAP {r['map50_95']:.3f}" if "map50_95" in r else "")
+        ax.text(r["ms"], i, note, va="center", fontsize=7)
+    ax.set_xlabel("median latency, batch 1 (ms)")
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import json
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--calib-data", type=Path, default=None)
-    parser.add_argument("--int8", type=Path, default=None, help="an existing model.int8.ort.onnx")
+    parser.add_argument("--build", type=Path, default=None, help="an existing `vision-quant build` output directory")
     parser.add_argument("--imgsz", type=int, default=None)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", type=Path, default=None, help="labelled images for mAP (with --annotations)")
+    parser.add_argument("--annotations", type=Path, default=None)
+    parser.add_argument("--max-images", type=int, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="save a bar chart (PNG)")
+    parser.add_argument("--json", type=Path, default=None, help="save the rows as JSON")
     args = parser.parse_args(argv)
     imgsz = (args.imgsz, args.imgsz) if args.imgsz else None
-    rows = int8_latency_rows(args.model, args.calib_data, int8_model=args.int8, batches=args.batches, imgsz=imgsz,
-                             warmup=args.warmup, repeats=args.repeats, threads=args.threads)
-    title = f"{args.model.name}: ONNX Runtime CPU, {cpu_name()}, median of {args.repeats}"
-    print_table(rows, title)
-    print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}")
+    info, _ = load_model(args.model)
+    hw = resolve_input_hw(info, imgsz)
+    with tempfile.TemporaryDirectory(prefix="vq-bench-") as tmp:
+        build_dir = args.build
+        if build_dir is None:
+            build_dir = build_int8(args.model, args.calib_data, Path(tmp) / "out", imgsz).parent
+        artifacts = {p.name: p for p in build_dir.glob("model.int8*.onnx")}
+        if args.calib_data:
+            calib = CalibrationSet.from_source(args.calib_data, info.input_name, hw, info.fixed_batch or 1)
+            images = next(calib.iter_batches(limit_images=1, progress=False))[info.input_name]
+        else:
+            images = np.random.default_rng(0).random((1, 3, *hw), dtype=np.float32)
+        feeds = {info.input_name: images.astype(info.input_dtype)}
+        rows = runtime_matrix(args.model, artifacts, feeds, threads=args.threads, warmup=args.warmup,
+                              repeats=args.repeats, data=args.data, annotations=args.annotations,
+                              max_images=args.max_images)
+    name, flags = cpu_name(), cpu_flags()
+    title = (f"{args.model.name}, batch 1, threads {args.threads or 'all'}, median of {args.repeats} interleaved; "
+             f"{name}, flags: {' '.join(flags) or 'unknown'}")
+    print_matrix(rows, title)
+    if args.json:
+        args.json.write_text(json.dumps({"title": title, "cpu": name, "flags": flags, "rows": rows}, indent=1))
     if args.plot:
-        plot(rows, args.plot, title)
+        plot_matrix(rows, args.plot, title.replace("; ", "\n", 1))
         print(f"plot: {args.plot}")
     return 0
 

@@ -63,6 +63,9 @@ class VisionConfig(BaseModel):
     # ONNX Runtime layout weight storage: int8 (fast u8s8 kernels, exact only with VNNI), uint8 (zero point 128,
     # exact on every x86 CPU), auto = by this CPU (vision.artifacts.qdq_weights). Scales are the same either way.
     ort_weights: Literal["auto", "int8", "uint8"] = "auto"
+    # OpenVINO layout weight bits: 8 (exact with VNNI), 7 (u8 x s8 pairs stay below int16 on CPUs without VNNI,
+    # where 8-bit weights saturate), auto = by this CPU (vision.artifacts.qdq_ov).
+    ov_weight_bits: Literal["auto", "8", "7"] = "auto"
     # Accuracy-budgeted mixed precision: keep the most damaging layers in float until FP32 mAP50-95 minus INT8
     # mAP50-95 (points) on `data`/`annotations` is within the budget.
     accuracy_budget: float | None = Field(None, ge=0)

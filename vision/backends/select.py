@@ -16,23 +16,38 @@ from quant_common.errors import QuantError, is_importable
 from vision.backends.base import Runner
 from vision.backends.engine import EngineRequest, EngineResult, build_trt_engine
 from vision.backends.onnxrt import OnnxrtRunner
+from vision.backends.openvino import OpenvinoRunner, import_openvino, signed_activation_qdq
 from vision.backends.trt import TrtRunner, import_tensorrt
 
-BackendName = Literal["auto", "onnxruntime", "tensorrt"]
+BackendName = Literal["auto", "onnxruntime", "openvino", "tensorrt"]
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 DEFAULT_TRT_VERSION = "10.13.0"  # cache header when no TensorRT is installed (the stubs' version)
 
 
-def load_runner(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> Runner:
-    """The runner for an artifact, chosen by its suffix: ``.onnx`` → ONNX Runtime, ``.engine/.plan`` → TensorRT.
+def onnx_backend(backend: str = "auto", artifact: Path | None = None) -> str:
+    """The runtime for an ONNX file: ``auto`` is OpenVINO where installed (the fast CPU runtime), else ONNX Runtime,
+    and ONNX Runtime for Q/DQ models with int8 activations, which OpenVINO misreads (``model.int8.onnx``; run
+    ``model.int8.ov.onnx`` with OpenVINO instead). TensorRT runs engines, not ONNX files."""
+    if backend == "auto":
+        if not is_importable("openvino"):
+            return "onnxruntime"
+        return "onnxruntime" if artifact is not None and signed_activation_qdq(artifact) else "openvino"
+    return backend
 
-    Nothing is loaded until the runner is activated. TensorRT is imported only for engines, and its absence is one
-    clear line (``MissingDependencyError``), never a traceback.
+
+def load_runner(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None,
+                precision: str = "f32") -> Runner:
+    """The runner for an artifact, chosen by its suffix: ``.onnx`` → OpenVINO or ONNX Runtime (``auto``: OpenVINO
+    where installed, see ``onnx_backend``), ``.engine/.plan`` → TensorRT. ``precision`` is OpenVINO's float hint
+    (f32 unless asked).
+
+    Nothing is loaded until the runner is activated. TensorRT and OpenVINO are imported only when chosen, and their
+    absence is one clear line (``MissingDependencyError``), never a traceback.
     """
     artifact = Path(path)
     if backend not in get_args(BackendName):
-        raise QuantError(f"unknown backend '{backend}'", "choose auto, onnxruntime or tensorrt")
+        raise QuantError(f"unknown backend '{backend}'", "choose auto, onnxruntime, openvino or tensorrt")
     if not artifact.is_file():
         raise QuantError(f"model file not found: {artifact}", "check the path")
     suffix = artifact.suffix.lower()
@@ -40,10 +55,14 @@ def load_runner(path: str | os.PathLike[str], backend: str = "auto", threads: in
         if backend == "tensorrt":
             raise QuantError(f"--backend tensorrt runs serialized engines, not ONNX files ({artifact.name})",
                              "build an engine first (vision-quant build --backend tensorrt) or use onnxruntime")
+        if onnx_backend(backend, artifact) == "openvino":
+            import_openvino(f"running {artifact.name} with --backend openvino")
+            return OpenvinoRunner(artifact, threads=threads, precision=precision)  # type: ignore[arg-type]
         return OnnxrtRunner(artifact, threads=threads)
     if suffix in ENGINE_SUFFIXES:
-        if backend == "onnxruntime":
-            raise QuantError(f"ONNX Runtime cannot run the TensorRT engine {artifact.name}",
+        if backend in ("onnxruntime", "openvino"):
+            name = "ONNX Runtime" if backend == "onnxruntime" else "OpenVINO"
+            raise QuantError(f"{name} cannot run the TensorRT engine {artifact.name}",
                              "pass the .onnx model instead, or --backend tensorrt")
         import_tensorrt(f"running the TensorRT engine {artifact.name}")
         return TrtRunner(artifact)
@@ -97,7 +116,19 @@ class TensorrtBuild(BuildBackend):
         return build_trt_engine(request)
 
 
-_BUILD_BACKENDS: dict[str, type[BuildBackend]] = {cls.name: cls for cls in (OnnxruntimeBuild, TensorrtBuild)}
+class OpenvinoBuild(OnnxruntimeBuild):
+    """OpenVINO runs the Q/DQ ONNX models (``model.int8.ov.onnx`` is written by every build): no engine; choosing it
+    checks that OpenVINO is installed."""
+
+    name = "openvino"
+
+    def cache_header_version(self, requested: str | None) -> str:
+        import_openvino("vision-quant build --backend openvino")
+        return super().cache_header_version(requested)
+
+
+_BUILD_BACKENDS: dict[str, type[BuildBackend]] = {cls.name: cls for cls in (OnnxruntimeBuild, OpenvinoBuild,
+                                                                            TensorrtBuild)}
 
 
 def resolve_backend(name: str) -> str:
@@ -112,5 +143,5 @@ def resolve_backend(name: str) -> str:
 def select_backend(name: str) -> BuildBackend:
     resolved = resolve_backend(name)
     if resolved not in _BUILD_BACKENDS:
-        raise QuantError(f"unknown backend '{name}'", "choose auto, onnxruntime or tensorrt")
+        raise QuantError(f"unknown backend '{name}'", "choose auto, onnxruntime, openvino or tensorrt")
     return _BUILD_BACKENDS[resolved]()

@@ -48,8 +48,12 @@ Examples:
   vision-quant predict vision/assets/yolov8n_shapes.onnx img1.jpg img2.jpg --save out/pred
 """
 
-Backend = Annotated[str, typer.Option(help="auto | onnxruntime | tensorrt (chosen from the file suffix by default)")]
-Threads = Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads (default: all cores)")]
+Backend = Annotated[str, typer.Option(help="auto | onnxruntime | openvino | tensorrt (auto: TensorRT for engines; "
+                                           "for ONNX, OpenVINO where installed, else ONNX Runtime)")]
+Threads = Annotated[int | None, typer.Option(help="Inference threads (ONNX Runtime intra-op / OpenVINO; default: all "
+                                                  "cores)")]
+OvPrecision = Annotated[str, typer.Option(help="OpenVINO float precision hint: f32 | bf16 | f16 (INT8 layers run in "
+                                               "INT8 either way)")]
 Imgsz = Annotated[int, typer.Option(help="Input size for models with dynamic height/width")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
 
@@ -58,7 +62,8 @@ COMPARE_HELP = f"""
 One table {_VARIANTS} (mAP50-95, mAP50, Δ vs FP32, latency
 under ONNX Runtime), plus report.md and report.html with activation histograms and each calibrator's threshold,
 per-layer SQNR ranked, and mAP and latency bars. INT8-mixed keeps the layers adding the most quantization error
-in FP32, as few as --accuracy-budget (mAP50-95 points) allows.
+in FP32, as few as --accuracy-budget (mAP50-95 points) allows. Where OpenVINO is installed, two more rows:
+FP32 and the best calibrator's INT8 (its own layout, model.int8.<calibrator>.ov.onnx) run by OpenVINO (f32 hint).
 
 Examples:
 
@@ -90,11 +95,12 @@ def eval_command(
     max_images: Annotated[int | None, typer.Option(help="Evaluate only the first N images (by id)")] = None,
     backend: Backend = "auto",
     threads: Threads = None,
+    ov_precision: OvPrecision = "f32",
     imgsz: Imgsz = 640,
     plot: Annotated[Path | None, typer.Option(help="Write a per-class AP bar chart (PNG) here")] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    runner = load_runner(artifact, backend, threads)
+    runner = load_runner(artifact, backend, threads, precision=ov_precision)
     with runner:
         result = evaluate(runner, data, annotations, class_map=class_map, conf=conf, iou=iou, max_det=max_det,
                           max_images=max_images, imgsz=imgsz, progress=None if json_output else _progress())
@@ -121,11 +127,12 @@ def bench_command(
     warmup: Annotated[int, typer.Option(help="Untimed inferences first")] = 10,
     iterations: Annotated[int, typer.Option(help="Timed inferences")] = 50,
     threads: Threads = None,
+    ov_precision: OvPrecision = "f32",
     backend: Backend = "auto",
     imgsz: Imgsz = 640,
     json_output: JsonFlag = False,
 ) -> None:
-    runner = load_runner(artifact, backend, threads)
+    runner = load_runner(artifact, backend, threads, precision=ov_precision)
     with runner:
         result = benchmark(runner, batch=batch, warmup=warmup, iterations=iterations, imgsz=imgsz, threads=threads)
     result.artifact = str(artifact)
@@ -152,11 +159,12 @@ def predict_command(
         help="Class names, one per line (default: the ONNX file's Ultralytics metadata)")] = None,
     backend: Backend = "auto",
     threads: Threads = None,
+    ov_precision: OvPrecision = "f32",
     imgsz: Imgsz = 640,
     json_output: JsonFlag = False,
 ) -> None:
     class_names = _read_names(names) if names is not None else class_names_from_onnx(artifact)
-    runner = load_runner(artifact, backend, threads)
+    runner = load_runner(artifact, backend, threads, precision=ov_precision)
     with runner:
         records = predict(runner, images, save, conf=conf, iou=iou, max_det=max_det, imgsz=imgsz,
                           names=class_names)

@@ -50,7 +50,7 @@ def build_command(
     histogram: Annotated[str | None, typer.Option(
         help="fine (independent of order and batch) | trt (TensorRT's growing histogram)")] = None,
     precision: Annotated[str | None, typer.Option(help="int8 | fp16 | fp32")] = None,
-    backend: Annotated[str | None, typer.Option(help="auto | onnxruntime | tensorrt")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto | onnxruntime | openvino | tensorrt")] = None,
     trt_version: Annotated[str | None, typer.Option(help="TensorRT version for the cache header, e.g. 8.6.1")] = None,
     trt_int8: Annotated[str | None, typer.Option(
         help="TensorRT INT8: auto | implicit (calibrators, 8.6-10.x) | explicit (Q/DQ, 10.x+)")] = None,
@@ -69,6 +69,8 @@ def build_command(
         "--keep-head-fp32/--quantize-head", help="Keep the detection head's all-anchor part in float")] = None,
     ort_weights: Annotated[str | None, typer.Option(
         help="model.int8.ort.onnx weights: auto | int8 (exact only with VNNI) | uint8 (zero point 128)")] = None,
+    ov_weight_bits: Annotated[str | None, typer.Option(
+        help="model.int8.ov.onnx weight bits: auto | 8 (exact only with VNNI) | 7 (for CPUs without VNNI)")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the image subset and generated images")] = None,
     config: Annotated[str | None, typer.Option(help="Preset name or YAML file (default: yolov8)")] = None,
@@ -81,6 +83,7 @@ def build_command(
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
         "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations, "class_map": class_map,
         "budget_max_images": budget_max_images, "keep_head_fp32": keep_head_fp32, "ort_weights": ort_weights,
+        "ov_weight_bits": ov_weight_bits,
     }
     cfg = load_config(config, **overrides)
     result = build(cfg)
@@ -113,6 +116,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
         console.print(f"FP32 vs INT8 ({agreement['model']}, {agreement['images']} images): cosine "
                       f"{agreement['cosine']:.4f}, max |diff| {agreement['max_abs_diff']:.4g}"
                       + (f", detections matched {det:.1%}" if det is not None else ""))
+    ov_check = (summary.get("qdq") or {}).get("model.int8.ov.onnx", {}).get("openvino_check") or {}
+    if "cosine" in ov_check:
+        det = ov_check.get("detection_match")
+        console.print(f"FP32 vs INT8 (model.int8.ov.onnx in OpenVINO, {ov_check['images']} images): cosine "
+                      f"{ov_check['cosine']:.4f}" + (f", detections matched {det:.1%}" if det is not None else ""))
     mixed = summary.get("mixed_precision")
     if mixed:
         console.print(f"accuracy budget {mixed['budget']} mAP50-95 points: {'met' if mixed['met'] else 'NOT met'} "

@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 
 from quant_common.atomic import atomic_write_json, publish_files, staging_area
-from quant_common.errors import QuantError
+from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings, utc_now
 from vision.artifacts.cache import amax_to_scale
 from vision.artifacts.qdq_ort import write_ort_qdq
+from vision.artifacts.qdq_ov import write_openvino_qdq
 from vision.artifacts.qdq_weights import WeightStorage
 from vision.backends.select import load_runner
 from vision.calibration.calibrators import CALIBRATORS, COMPARED, calibrator_spec, compute_all
@@ -62,14 +63,14 @@ Progress = Callable[[Any, str, int], Any]
 
 
 def _evaluate(model: Path, data: Path, annotations: Path, opts: CompareOptions,
-              progress: Progress | None) -> EvalResult:
-    with load_runner(model, threads=opts.threads) as runner:
+              progress: Progress | None, backend: str = "onnxruntime") -> EvalResult:
+    with load_runner(model, backend, threads=opts.threads) as runner:
         return evaluate(runner, data, annotations, class_map=opts.class_map, max_images=opts.max_images,
                         imgsz=opts.imgsz, progress=progress)
 
 
-def _latency(model: Path, opts: CompareOptions) -> float:
-    with load_runner(model, threads=opts.threads) as runner:
+def _latency(model: Path, opts: CompareOptions, backend: str = "onnxruntime") -> float:
+    with load_runner(model, backend, threads=opts.threads) as runner:
         result = benchmark(runner, warmup=opts.bench_warmup, iterations=opts.bench_iterations, imgsz=opts.imgsz,
                            threads=opts.threads)
     return float(result.latency_ms["p50"])
@@ -146,6 +147,9 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
             mixed_eval = _evaluate(mixed.model, data_dir, ann_path, opts, progress)
             variants.append(_variant("INT8-mixed", best.calibrator, mixed.model, mixed_eval,
                                      _latency(mixed.model, opts), mixed.search.excluded))
+        with timings.measure("openvino"):
+            variants += _openvino_variants(proto, model_path, staging, scales_all[best.calibrator or ""],
+                                           best.calibrator, head, data_dir, ann_path, opts, progress)
         ranked, search = mixed.layer_errors, mixed.search
         for v in variants:
             v.delta_map50_95 = 100.0 * (v.map50_95 - fp32.map50_95)
@@ -155,15 +159,34 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
             model=str(model_path), variants=variants, images=fp32_eval.images, calib_images=calib_images,
             amax=amax_all, layer_errors=[e.to_dict() for e in ranked],
             mixed={"base_calibrator": best.calibrator, **search.to_dict()}, timings=dict(timings),
-            device=f"onnxruntime cpu, {cpu_name()}", created=utc_now())
+            device=f"{'onnxruntime + openvino' if any(v.name.endswith('-openvino') for v in variants) else 'onnxruntime'}"
+                   f" cpu, {cpu_name()}", created=utc_now())
         with timings.measure("report"):
             reports = write_reports(result_obj, _histograms(stats, amax_all), staging)
         result_obj.timings = dict(timings)
         atomic_write_json(staging / "compare.json", result_obj.to_dict())
-        files = [*(staging / v.model for v in variants[1:]), *reports, staging / "compare.json"]  # compare.json last
+        models = dict.fromkeys(staging / v.model for v in variants[1:] if v.model != model_path.name)
+        files = [*models, *reports, staging / "compare.json"]  # compare.json last
         published = publish_files({f.name: f for f in files}, out_dir)
         result_obj.artifacts = {name: str(path) for name, path in published.items()}
     return result_obj
+
+
+def _openvino_variants(proto: onnx.ModelProto, model_path: Path, staging: Path, scales: Mapping[str, float],
+                       calibrator: str | None, head: Sequence[str], data: Path, annotations: Path,
+                       opts: CompareOptions, progress: Progress | None) -> list[Variant]:
+    """FP32 (f32 hint) and the OpenVINO INT8 layout from the best calibrator's scales, run by OpenVINO; none where
+    OpenVINO is not installed (ONNX Runtime stays the reference for every row)."""
+    if not is_importable("openvino"):
+        return []
+    fp32 = _evaluate(model_path, data, annotations, opts, progress, "openvino")
+    rows = [_variant("FP32-openvino", None, model_path, fp32, _latency(model_path, opts, "openvino"))]
+    path = staging / f"model.int8.{calibrator}.ov.onnx"
+    write_openvino_qdq(proto, scales, path, nodes_to_exclude=head, label=model_path.name)
+    result = _evaluate(path, data, annotations, opts, progress, "openvino")
+    rows.append(_variant(f"INT8-{calibrator}-openvino", calibrator, path, result, _latency(path, opts, "openvino"),
+                         head))
+    return rows
 
 
 def _histograms(stats: Mapping[str, TensorStats], amax: Mapping[str, Mapping[str, float]],

@@ -116,7 +116,7 @@ def map50_95(cfg: VisionConfig, info: ModelInfo, model_file: Path) -> float:
     """mAP50-95 of ``model_file`` on the first ``cfg.budget_max_images`` images of ``cfg.data``."""
     assert cfg.data is not None and cfg.annotations is not None
     hw = resolve_input_hw(info, cfg.imgsz)
-    with load_runner(model_file) as runner:
+    with load_runner(model_file, "onnxruntime") as runner:  # the budget is measured in the reference runtime
         return float(evaluate(runner, cfg.data, cfg.annotations, max_images=cfg.budget_max_images,
                               imgsz=hw[0], class_map=cfg.class_map).map50_95)
 

@@ -1,17 +1,19 @@
-"""The INT8 stages of `build`: calibration data → statistics → calibration cache → two Q/DQ models → agreement,
+"""The INT8 stages of `build`: calibration data → statistics → calibration cache → three Q/DQ models → agreement,
 and the engine step and its agreement where the backend builds one. Artifacts go to a staging directory;
 ``vision.pipeline.build`` publishes them. The model arrives loaded and is passed down, never read again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
-from quant_common.errors import QuantError
+from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings
 from vision.artifacts.cache import (
     CacheProvenance,
@@ -24,10 +26,12 @@ from vision.artifacts.cache import (
     write_cache,
 )
 from vision.artifacts.qdq_ort import write_ort_qdq
+from vision.artifacts.qdq_ov import write_openvino_qdq
 from vision.artifacts.qdq_trt import write_trt_qdq
 from vision.artifacts.qdq_verify import QdqSummary
 from vision.backends.engine import EngineRequest, EngineResult
 from vision.backends.onnxrt import OnnxrtRunner
+from vision.backends.openvino import OpenvinoRunner
 from vision.backends.select import BuildBackend, load_runner
 from vision.calibration.calibrators import calibrator_spec, compute_all
 from vision.calibration.stats import ActivationCollector, save_stats
@@ -173,11 +177,18 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
             trt_map = map50_95(cfg, info, trt_summary.path)
         facts.mixed_precision["map_tensorrt_layout"] = trt_map
         facts.mixed_precision["delta_tensorrt_layout"] = 100.0 * (facts.mixed_precision["map_fp32"] - trt_map)
+    # OpenVINO layout (vision.artifacts.qdq_ov): same scales, Q/DQ on Conv inputs/weights only, uint8 activations
+    with timings.measure("qdq_openvino"):
+        ov_summary = write_openvino_qdq(model, scales, staging / "model.int8.ov.onnx",
+                                        nodes_to_exclude=facts.float_layers, weight_bits=cfg.ov_weight_bits,
+                                        label=info.path.name)
+    outputs.staged["qdq_ov"] = ov_summary.path
     outputs.staged["qdq_trt"] = trt_summary.path
     outputs.staged["qdq_ort"] = ort_summary.path
-    for summary in (trt_summary, ort_summary):
+    for summary in (trt_summary, ort_summary, ov_summary):
         facts.qdq[summary.path.name] = _qdq_facts(summary)
     facts.qdq[ort_summary.path.name]["weight_storage"] = ort_summary.weight_storage
+    facts.qdq[ov_summary.path.name]["weight_storage"] = ov_summary.weight_storage
     if cfg.agreement_images == 0:
         return
     with timings.measure("agreement"):
@@ -187,6 +198,18 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
         trt_check = compare_outputs(OnnxrtRunner(model), OnnxrtRunner(trt_summary.path), sample)
     facts.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
     facts.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()
+    facts.qdq[ov_summary.path.name]["openvino_check"] = _openvino_agreement(
+        model, ov_summary.path, calib.first_images(limit), timings)
+
+
+def _openvino_agreement(model: onnx.ModelProto, ov_model: Path, batches: Iterable[Mapping[str, np.ndarray]],
+                        timings: Timings) -> dict[str, Any]:
+    """FP32 under ONNX Runtime (the reference) vs the OpenVINO layout under OpenVINO; a note where it is missing."""
+    if not is_importable("openvino"):
+        return {"skipped": "openvino is not installed (pip install openvino)"}
+    with timings.measure("agreement_openvino"):
+        check = compare_outputs(OnnxrtRunner(model), OpenvinoRunner(ov_model), batches)
+    return {"runtime": "openvino", "precision_hint": "f32", **check.to_dict()}
 
 
 def engine_stage(cfg: VisionConfig, backend: BuildBackend, info: ModelInfo, model: onnx.ModelProto,

@@ -61,11 +61,21 @@ def test_eval_json_and_table_and_plot(app: typer.Typer, labelled: tuple[Path, Pa
 
 
 def test_bench_json(app: typer.Typer, labelled: tuple[Path, Path, Path]) -> None:
-    code, out, _ = _invoke(app, "bench", labelled[0], "--warmup", 1, "--iterations", 3, "--threads", 1, "--json")
+    code, out, _ = _invoke(app, "bench", labelled[0], "--warmup", 1, "--iterations", 3, "--threads", 1, "--json",
+                           "--backend", "onnxruntime")
     assert code == 0
     result = json.loads(out)
     assert {"p50", "p90", "p99"} <= set(result["latency_ms"]) and result["throughput_ips"] > 0
     assert result["backend"] == "onnxruntime" and result["threads"] == 1
+
+
+def test_bench_openvino_records_its_precision_hint(app: typer.Typer, labelled: tuple[Path, Path, Path]) -> None:
+    pytest.importorskip("openvino")
+    code, out, _ = _invoke(app, "bench", labelled[0], "--warmup", 0, "--iterations", 2, "--json",
+                           "--backend", "openvino", "--ov-precision", "bf16")
+    assert code == 0 and json.loads(out)["backend"] == "openvino[bf16]"
+    code, _, err = _invoke(app, "bench", labelled[0], "--backend", "openvino", "--ov-precision", "int4")
+    assert code != 0 and "unknown OpenVINO precision 'int4'" in err and "Traceback" not in err
 
 
 def test_predict_draws_boxes(app: typer.Typer, labelled: tuple[Path, Path, Path], tmp_path: Path) -> None:

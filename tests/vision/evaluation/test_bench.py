@@ -12,14 +12,16 @@ from vision.backends.select import load_runner
 from vision.evaluation.bench import benchmark
 
 
-def test_benchmark_reports_ordered_percentiles(tiny_detector: Path) -> None:
-    with load_runner(tiny_detector, threads=1) as runner:
+@pytest.mark.parametrize(("backend", "reported"), [("onnxruntime", "onnxruntime"), ("openvino", "openvino[f32]")])
+def test_benchmark_reports_ordered_percentiles(tiny_detector: Path, backend: str, reported: str) -> None:
+    pytest.importorskip(backend)
+    with load_runner(tiny_detector, backend, threads=1) as runner:
         result = benchmark(runner, batch=1, warmup=2, iterations=7, threads=1)
     lat = result.latency_ms
     assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] and lat["min"] > 0
     assert result.throughput_ips == pytest.approx(1000 / lat["mean"], rel=1e-2)
     assert result.input_shape == [1, 3, 64, 64] and result.threads == 1
-    assert result.backend == "onnxruntime" and result.device == "cpu" and result.cpu
+    assert result.backend == reported and result.device == "cpu" and result.cpu
     assert result.iterations == 7 and result.warmup == 2
 
 

@@ -55,7 +55,7 @@ def test_build_writes_every_artifact_atomically(built, workspace):
     out = cfg.out
     names = {p.name for p in out.iterdir()}
     assert names == {"calibration.cache", "calibration.cache.json", "model.int8.onnx", "model.int8.ort.onnx",
-                     "build.json"}  # no staging leftovers
+                     "model.int8.ov.onnx", "build.json"}  # no staging leftovers
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["model"]["sha256"] == sha256_file(model)
     assert manifest["calibrator"]["method"] == "entropy2" and manifest["calibration"]["images_used"] == 12
@@ -85,7 +85,7 @@ def test_cache_round_trips_through_modelopt_bit_exactly(built):
 def test_both_int8_models_run_in_onnxruntime_and_agree(built):
     cfg, result = built
     feeds = {"images": np.random.default_rng(3).random((2, 3, 64, 64), dtype=np.float32)}
-    for name in ("model.int8.onnx", "model.int8.ort.onnx"):
+    for name in ("model.int8.onnx", "model.int8.ort.onnx", "model.int8.ov.onnx"):
         (out,) = create_session(cfg.out / name).run(None, feeds)
         assert out.shape == (2, 8, 256) and np.isfinite(out).all()
     agreement = result.int8.agreement
@@ -147,12 +147,17 @@ def test_trained_yolov8n_acceptance(tmp_path):
 
     images = generate_calibration_images(tmp_path / "calib", 16, seed=1)
     result = build(load_config(model=BUNDLED_MODEL, calib_data=images, out=tmp_path / "out", agreement_images=8))
-    assert {"cache", "qdq_trt", "qdq_ort", "build_json"} <= set(result.artifacts)
+    assert {"cache", "qdq_trt", "qdq_ort", "qdq_ov", "build_json"} <= set(result.artifacts)
     agreement = result.int8.agreement
     assert agreement["cosine"] > 0.99, agreement
     assert agreement["detection_match"] is not None and agreement["detection_match"] > 0.9, agreement
     assert result.int8.qdq["model.int8.onnx"]["per_channel_weights"] >= 50
     assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["cosine"] > 0.99
+    ov = result.int8.qdq["model.int8.ov.onnx"]
+    assert ov["layout"] == "openvino" and ov["per_channel_weights"] >= 50 and ov["matched_scales"] > 50
+    if "skipped" not in ov["openvino_check"]:  # OpenVINO installed: the layout it runs agrees with FP32
+        assert ov["openvino_check"]["runtime"] == "openvino" and ov["openvino_check"]["precision_hint"] == "f32"
+        assert ov["openvino_check"]["detection_match"] > 0.9, ov["openvino_check"]
 
 
 def test_input_size_and_batch_come_from_the_model_unless_dynamic(tmp_path):
@@ -202,6 +207,6 @@ def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
     head = head_nodes(onnx.load(str(model)))
     assert head and mixed["excluded_nodes"] == head == manifest["float_layers"]
     assert result.summary()["mixed_precision"]["met"] is True
-    for name in ("model.int8.onnx", "model.int8.ort.onnx"):
+    for name in ("model.int8.onnx", "model.int8.ort.onnx", "model.int8.ov.onnx"):
         assert manifest["qdq"][name]["float_layers"] == len(head)
     assert not (tmp_path / "out" / "model.int8.mixed.ort.onnx").exists()

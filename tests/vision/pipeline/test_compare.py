@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from quant_common.errors import QuantError
+from quant_common.errors import QuantError, is_importable
 from tests.vision.conftest import image_batches, synthetic_images, tiny_detector_onnx
 from tests.vision.eval_helpers import labelled_set
 from vision.evaluation.sensitivity import layer_errors
@@ -34,8 +34,14 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 def test_compare_writes_the_table_models_and_reports(compared: tuple[Path, object]) -> None:
     root, result = compared
     out = root / "out"
+    openvino = ["FP32-openvino", f"INT8-{result.mixed['base_calibrator']}-openvino"] if is_importable(
+        "openvino") else []
     assert [row["variant"] for row in result.table()] == ["FP32", "INT8-minmax", "INT8-entropy2",
-                                                          "INT8-percentile", "INT8-mixed"]
+                                                          "INT8-percentile", "INT8-mixed", *openvino]
+    if openvino:  # its own layout, published beside the ORT ones; FP32 is the same model in both runtimes
+        assert (out / f"model.int8.{result.mixed['base_calibrator']}.ov.onnx").is_file()
+        fp32, fp32_ov = result.variants[0], result.variants[5]
+        assert abs(fp32.map50_95 - fp32_ov.map50_95) < 0.01 and "openvino" in (out / "report.md").read_text()
     for name in ("model.int8.minmax.ort.onnx", "model.int8.entropy2.ort.onnx", "model.int8.percentile.ort.onnx",
                  "model.int8.mixed.ort.onnx", "report.md", "report.html", "compare.json", "report_sqnr.png",
                  "report_histograms.png", "report_map.png", "report_latency.png"):

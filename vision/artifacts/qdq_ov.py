@@ -1,0 +1,163 @@
+"""The OpenVINO Q/DQ layout (``model.int8.ov.onnx``), written from the same calibration scales as the other two.
+
+Why a layout of its own (measured with OpenVINO 2026.4.1 on AVX512-VNNI, the trained YOLOv8n, f32 hint):
+``model.int8.onnx`` (modelopt's TensorRT layout) loses the class scores in OpenVINO (output SQNR against FP32 7 dB,
+ONNX Runtime on the same file 20 dB). The placement is not the cause: a Conv-inputs-only layout with int8
+activations (zero point 0) loses exactly as much. The cause is the *signed* activation Q/DQ inside the network (the
+image input's alone is harmless): the same graph with the same scales stored as uint8 with zero point 128 (the
+ONNX Runtime layout's convention; dequantized values are bit-identical) runs at 20-21 dB in OpenVINO, as in ONNX
+Runtime, and at the same speed. Single Conv and Conv-SiLU-Conv models are exact either way, so it is a
+whole-network low-precision transformation (LPT) effect, not a kernel's saturation. Probing intermediate tensors
+(OpenVINO vs ONNX Runtime on the same signed model) places it at the first C2f block: every tensor up to its Concat
+agrees (>60 dB), the Conv reading that Concat (``/model.2/cv2``) drops to 5 dB. That Concat joins the two Split
+halves, each also read by another quantized Conv with its own scale, and the bottleneck's residual Add; OpenVINO's
+handling of a signed Q/DQ behind such a Concat is what goes wrong.
+
+OpenVINO's LPT runs a Conv in INT8 when its activation input comes through QuantizeLinear → DequantizeLinear and its
+weight through a per-output-channel DequantizeLinear. Everything else stays float: SiLU, Add, Concat, Split,
+MaxPool, Resize and the detection head run in OpenVINO's float kernels (it still fuses the next Conv's quantization
+into the previous Conv+SiLU). So this writer puts Q/DQ on exactly two places per Conv:
+
+- the activation input: uint8, zero point 128, scale = the cache's scale (amax/127): the symmetric ±127·scale
+  range of the TensorRT cache (one Q/DQ pair per tensor, shared by every Conv reading it);
+- the weight: stored INT8, symmetric per output channel, scale = max|w_c|/127 (as TensorRT/modelopt quantize), DQ
+  on axis 0.
+
+Convs in ``nodes_to_exclude`` (the head, an accuracy budget) and Convs whose input has no calibrated scale stay
+float.
+
+CPUs without VNNI: OpenVINO's u8 x s8 kernels then add pairs of products in int16 (``vpmaddubsw``), which saturates
+(255 * 127 * 2 > 32767). With oneDNN limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) the 8-bit layout's class-score
+SQNR fell from 21 dB to 4 dB; 7-bit weights (±63, scale max|w_c|/63: 255 * 63 * 2 < 32767) kept 22 dB there, at
+0.2 mAP50-95 points more loss on VNNI (-0.53 vs -0.32 on 150 val images). So ``weight_bits="auto"`` writes 8-bit
+weights where this CPU has VNNI and 7-bit ones elsewhere; build for the CPU you deploy on, or pass it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from quant_common.atomic import staged_file
+from quant_common.errors import QuantError
+from vision.artifacts.qdq_ort import fold_constant_nodes
+from vision.artifacts.qdq_verify import QdqSummary, check_scales, count_weight_granularity
+from vision.artifacts.qdq_weights import cpu_has_vnni
+from vision.model import read_onnx
+
+WeightBits = Literal["auto", "8", "7"]
+_MIN_SCALE = float(np.finfo(np.float32).tiny)
+ACTIVATION_ZERO_POINT = 128  # uint8 storage: OpenVINO misreads int8 activations (see above)
+_QUANTIZED_OPS = frozenset({"Conv"})  # OpenVINO's integer kernels: Conv (with per-channel weights)
+
+
+def weight_scales(weight: np.ndarray, qmax: int = 127) -> np.ndarray:
+    """Symmetric per-output-channel scales max|w_c|/qmax (an all-zero channel gets the smallest normal float)."""
+    amax = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1)
+    return np.maximum(amax / qmax, _MIN_SCALE).astype(np.float32)
+
+
+def quantize_weight(weight: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """``(int8 values, scales)``: round-to-nearest-even, clipped to ±(2^(bits-1) - 1) (TensorRT's symmetric range
+    for 8 bits; 7 bits keeps u8 x s8 pair sums below the int16 limit of CPUs without VNNI)."""
+    qmax = 2 ** (bits - 1) - 1
+    scales = weight_scales(weight, qmax)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    q = np.clip(np.rint(weight / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
+    return q, scales
+
+
+def resolve_weight_bits(weight_bits: WeightBits) -> int:
+    """``auto``: 8 where the CPU has VNNI (exact int32 accumulation), else 7 (see the module docstring)."""
+    if weight_bits == "auto":
+        return 8 if cpu_has_vnni() else 7
+    return int(weight_bits)
+
+
+def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: Mapping[str, float], out_path: Path,
+                       *, nodes_to_exclude: Sequence[str] = (), weight_bits: WeightBits = "auto",
+                       label: str | None = None) -> QdqSummary:
+    """Write ``out_path`` (atomically): the FP32 ``model`` (loaded, left unmodified, or a file; ``label`` names it in
+    messages) with INT8 Q/DQ on Conv inputs and weights only.
+
+    ``weight_bits`` 8 or 7 (values within ±63, for CPUs without VNNI); ``auto`` picks by this CPU."""
+    bits = resolve_weight_bits(weight_bits)
+    if isinstance(model, onnx.ModelProto):
+        original, name = model, label or "the model"
+    else:
+        original, name = read_onnx(model), label or Path(model).name
+    names = {n.name for n in original.graph.node}
+    unknown = sorted(set(nodes_to_exclude) - names)
+    if unknown:
+        raise QuantError(f"node(s) to keep in float not in {name}: {', '.join(unknown[:3])}",
+                         "pick node names from the model graph (e.g. from build.json's mixed_precision)")
+    model = fold_constant_nodes(original)
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+        raise QuantError(f"{name} uses ONNX opset < 13, which has no per-channel DequantizeLinear",
+                         "re-export the model with opset >= 13")
+    inits = {i.name: i for i in model.graph.initializer}
+    excluded = set(nodes_to_exclude)
+    summary = QdqSummary(path=out_path, layout="openvino", excluded_nodes=sorted(excluded),
+                         weight_storage=f"int{bits}")
+
+    dequantized: dict[str, str] = {}  # activation tensor -> its DQ output
+    new_nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.op_type in _QUANTIZED_OPS and node.name not in excluded and len(node.input) >= 2 \
+                and node.input[0] in scales and node.input[1] in inits and node.input[0] not in inits:
+            x, w = node.input[0], node.input[1]
+            if x not in dequantized:
+                dequantized[x] = _insert_activation_qdq(model, new_nodes, x, scales[x])
+            node.input[0] = dequantized[x]
+            node.input[1] = _insert_weight_dq(model, new_nodes, inits[w], node.name, bits)
+        new_nodes.append(node)
+    if not dequantized:
+        raise QuantError(f"no Conv of {name} could be quantized (no calibrated input scale)",
+                         "check that the calibration cache belongs to this model")
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    _drop_unused_initializers(model)  # the float weights now stored as INT8
+    check_scales(model, scales, summary, zero_point=ACTIVATION_ZERO_POINT)
+    count_weight_granularity(model, summary)
+    onnx.checker.check_model(model)
+    with staged_file(out_path) as staged:
+        onnx.save(model, str(staged))
+    return summary
+
+
+def _insert_activation_qdq(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, scale: float) -> str:
+    base = tensor.strip("/").replace("/", "_")
+    scale_name, zp_name = f"{base}_ovq_scale", f"{base}_ovq_zero_point"
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
+                                    numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, dtype=np.uint8), zp_name)])
+    quantized, dequantized = f"{base}_ovq", f"{base}_ovdq"
+    nodes.append(helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [quantized], name=f"{base}_OvQ"))
+    nodes.append(helper.make_node("DequantizeLinear", [quantized, scale_name, zp_name], [dequantized],
+                                  name=f"{base}_OvDQ"))
+    return dequantized
+
+
+def _insert_weight_dq(model: onnx.ModelProto, nodes: list[onnx.NodeProto], weight: onnx.TensorProto,
+                      user: str, bits: int) -> str:
+    values, scales = quantize_weight(numpy_helper.to_array(weight).astype(np.float32), bits)
+    base = f"{user.strip('/').replace('/', '_')}_w"
+    model.graph.initializer.extend([
+        numpy_helper.from_array(values, f"{base}_int8"),
+        numpy_helper.from_array(scales, f"{base}_scale"),
+        numpy_helper.from_array(np.zeros(scales.shape, dtype=np.int8), f"{base}_zero_point")])
+    nodes.append(helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zero_point"],
+                                  [f"{base}_dq"], name=f"{base}_DQ", axis=0))
+    return f"{base}_dq"
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
