@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_quant.formats import DEFAULT_QFORMAT, KV_NAMES, QFORMAT_NAMES
+from triton_backend.executor import engine_batching_problem
 from triton_backend.options import RuntimeChoice, TritonOptions
 
 if TYPE_CHECKING:
@@ -67,6 +68,15 @@ class Preset(_Strict):
     trtllm_build: TrtllmBuildOptions = Field(default_factory=TrtllmBuildOptions)
     # Typed, so a bad Triton option fails when the preset is loaded, not after calibration.
     triton: TritonOptions = Field(default_factory=TritonOptions)
+
+    @model_validator(mode="after")
+    def _engine_loads_with_its_batching(self) -> Preset:
+        # The executor refuses the pair only when Triton loads the engine: refuse it when the preset is read.
+        problem = engine_batching_problem(self.trtllm_build.kv_cache_type, self.trtllm_build.gpt_attention_plugin,
+                                          self.triton.batching_strategy)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class BuildConfig(_Strict):
