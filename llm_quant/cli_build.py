@@ -67,6 +67,8 @@ def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: st
         errors: list[Any] = getattr(exc, "errors", lambda: [])()
         where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "option"
         message = errors[0]["msg"] if errors else str(exc).splitlines()[0]
+        if errors and not where:  # a check across options (model_validator): its message says it all
+            raise QuantError(message.removeprefix("Value error, "), "see llm-quant build --help") from exc
         raise QuantError(f"invalid {where}: {message}", "see llm-quant build --help") from exc
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llm_quant.formats import DEFAULT_QFORMAT, KV_NAMES, QFORMAT_NAMES
+from llm_quant.formats import qformat as qformat_row
+from triton_backend.executor import engine_batching_problem
+from triton_backend.llmapi_support import runs_quant_algo, unsupported_message
 from triton_backend.options import RuntimeChoice, TritonOptions
 
 if TYPE_CHECKING:
@@ -68,6 +71,15 @@ class Preset(_Strict):
     # Typed, so a bad Triton option fails when the preset is loaded, not after calibration.
     triton: TritonOptions = Field(default_factory=TritonOptions)
 
+    @model_validator(mode="after")
+    def _engine_loads_with_its_batching(self) -> Preset:
+        # The executor refuses the pair only when Triton loads the engine: refuse it when the preset is read.
+        problem = engine_batching_problem(self.trtllm_build.kv_cache_type, self.trtllm_build.gpt_attention_plugin,
+                                          self.triton.batching_strategy)
+        if problem:
+            raise ValueError(problem)
+        return self
+
 
 class BuildConfig(_Strict):
     """Everything ``build`` needs; the CLI fills it from the preset and the flags."""
@@ -87,3 +99,11 @@ class BuildConfig(_Strict):
     build_engine: bool = True
     triton_runtime: RuntimeChoice = "auto"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _llmapi_runs_the_qformat(self) -> BuildConfig:
+        # TensorRT-LLM's PyTorch backend would only fail inside Triton, after calibration and export.
+        algo = qformat_row(self.qformat).quant_algo
+        if self.triton_runtime == "llmapi" and not runs_quant_algo(algo):
+            raise ValueError(unsupported_message(f"qformat {self.qformat}", str(algo)))
+        return self

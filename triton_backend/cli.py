@@ -15,7 +15,7 @@ from quant_common.errors import QuantError
 from triton_backend.client import LLMClient
 from triton_backend.options import TritonOptions
 from triton_backend.repository import package_for_build
-from triton_backend.server import TritonServer
+from triton_backend.server import TritonServer, check_repository, find_tritonserver
 
 
 def _load_options(path: Path | None, overrides: dict[str, Any]) -> TritonOptions:
@@ -96,6 +96,10 @@ def serve(
     log_file: Annotated[Path | None, typer.Option(help="Server log [default: REPO/../tritonserver.log].")] = None,
     tritonserver: Annotated[Path | None, typer.Option(help="tritonserver binary [default: PATH, else nvidia-pytriton].")] = None,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the models to load.")] = 600.0,
+    orchestrator: Annotated[bool, typer.Option("--orchestrator", help="Multi-GPU engine: one server whose "
+                                               "TensorRT-LLM backend spawns the ranks (instead of mpirun).")] = False,
+    print_command: Annotated[bool, typer.Option("--print-command", help="Print the exact command line and exit.")
+                             ] = False,
 ) -> None:
     """Start Triton Inference Server on a model repository; Ctrl-C stops it.
 
@@ -105,10 +109,20 @@ def serve(
 
       llm-quant serve out/llama/triton_repo --http-port 9000 --grpc-port 9001 --metrics-port 9002
 
+      llm-quant serve out/llama/triton_repo --print-command
+
+    An engine built for tp x pp > 1 GPUs (its config.json) is served as upstream's launch_triton_server.py does:
+    mpirun with one tritonserver per rank, or with --orchestrator one server that spawns them.
+
     Then: curl -X POST localhost:8000/v2/models/ensemble/generate -d '{"text_input": "Hi", "max_tokens": 16}'
     """
     server = TritonServer(repo, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, host=host,
-                          log_file=log_file, binary=tritonserver, ready_timeout_s=ready_timeout)
+                          log_file=log_file, binary=tritonserver, ready_timeout_s=ready_timeout,
+                          orchestrator=orchestrator)
+    if print_command:
+        check_repository(repo)
+        typer.echo(server.launch_plan(find_tritonserver(tritonserver)).shell())
+        return
 
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

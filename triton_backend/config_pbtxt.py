@@ -47,7 +47,7 @@ class ModelSpec:
     """What a config.pbtxt says, as data. ``backend`` or ``platform`` ("ensemble") names who runs it."""
 
     name: str
-    max_batch_size: int
+    max_batch_size: int | None  # None: left out (the llmapi model sets it from model.yaml, as upstream)
     inputs: Sequence[Tensor]
     outputs: Sequence[Tensor]
     backend: str | None = None
@@ -95,7 +95,8 @@ def render(spec: ModelSpec) -> str:
         out.append(f"platform: {_quote(spec.platform)}")
     if spec.backend:
         out.append(f"backend: {_quote(spec.backend)}")
-    out.append(f"max_batch_size: {spec.max_batch_size}")
+    if spec.max_batch_size is not None:
+        out.append(f"max_batch_size: {spec.max_batch_size}")
     if spec.decoupled is not None:
         out.append(f"model_transaction_policy {{\n  decoupled: {_parameter_value(spec.decoupled)}\n}}")
     if spec.dynamic_batching:

@@ -136,12 +136,14 @@ def bls(opts: TritonOptions) -> ModelSpec:
 
 def llmapi(opts: TritonOptions) -> ModelSpec:
     """TensorRT-LLM's PyTorch-backend model (LLM API); batching/decoupling come from its model.yaml."""
+    # Upstream: max_batch_size and decoupled are "specific in model.yaml. Please don't add it in config.pbtxt"
+    # (tensorrtllm_backend v0.19.0 all_models/llmapi/tensorrt_llm/config.pbtxt:31-37): model.py's
+    # auto_complete_config sets them from model.yaml's triton_config.
     return ModelSpec(
         name="tensorrt_llm",
         backend="python",
-        max_batch_size=0,
+        max_batch_size=None,
         inputs=LLMAPI_INPUTS,
         outputs=LLMAPI_OUTPUTS,
-        decoupled=opts.decoupled,
         instance_count=1,
     )

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from quant_common.atomic import Staging, atomic_write_json, atomic_write_text, staged_dir
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import package_versions, utc_now
-from triton_backend import config_pbtxt, interface, layout
+from triton_backend import config_pbtxt, executor, interface, layout, llmapi_support
 from triton_backend.options import RUNTIMES, Runtime, RuntimeChoice, TritonOptions
 
 MODELS_SOURCE = Path(__file__).resolve().parent / "models"
@@ -122,10 +122,14 @@ def _check_inputs(spec: RepositorySpec) -> list[str]:
         if not (spec.engine_dir / "config.json").is_file():
             warnings.append(f"engine directory {spec.engine_dir} has no config.json yet: run trtllm-build into it "
                             "before serving")
+        static = executor.batching_warning(spec.options.batching_strategy)
+        if static:
+            warnings.append(static)
     elif spec.runtime == "llmapi":
         if spec.hf_checkpoint_dir is None or not (spec.hf_checkpoint_dir / "config.json").is_file():
             raise QuantError("the llmapi runtime needs the Hugging Face (unified) checkpoint folder with config.json",
                              "pass --hf-checkpoint-dir (written by llm-quant build)")
+        llmapi_support.check_checkpoint(spec.hf_checkpoint_dir)
         if not is_importable("tensorrt_llm"):
             warnings.append("TensorRT-LLM is not installed here: this repository is served by its PyTorch backend "
                             "(the NGC tritonserver *-trtllm-python-py3 image)")

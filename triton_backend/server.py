@@ -29,6 +29,7 @@ from types import TracebackType
 from quant_common.atomic import staged_dir
 from quant_common.errors import QuantError
 from triton_backend import config_pbtxt
+from triton_backend import launch as launching
 
 LOOPBACK = "127.0.0.1"
 CACHE_ENV = "TQ_CACHE_DIR"
@@ -154,6 +155,9 @@ class TritonServer:
     binary: str | os.PathLike[str] | None = None
     ready_timeout_s: float = 300.0
     extra_args: list[str] = field(default_factory=list)
+    # A multi-GPU engine: one server whose TensorRT-LLM backend spawns the ranks, instead of mpirun with one
+    # tritonserver per rank (triton_backend.launch).
+    orchestrator: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -173,6 +177,14 @@ class TritonServer:
         if server.backend_dir is not None:
             argv.append(f"--backend-directory={server.backend_dir}")
         return argv + list(self.extra_args)
+
+    def launch_plan(self, server: Tritonserver) -> launching.Launch:
+        """The exact launch: plain ``tritonserver`` for a 1-GPU engine, else as upstream launches tp x pp ranks."""
+        engines = launching.repository_engines(self.repo)
+        return launching.plan(self.command(server), world_size=engines.world.world_size, models=engines.models,
+                              orchestrator=self.orchestrator,
+                              gpus=launching.gpu_count() if self.orchestrator else 0,
+                              triton_version=launching.triton_version())
 
     def environment(self, server: Tritonserver) -> dict[str, str]:
         env = dict(os.environ)
@@ -198,12 +210,14 @@ class TritonServer:
                 raise QuantError(f"{name} port {port} on {self.host} is already in use",
                                  f"stop the process using it or pass another --{name.lower()}-port")
         server = find_tritonserver(self.binary)
+        plan = self.launch_plan(server)
+        launching.check_runnable(plan)
         log = self.log_file or self.repo.resolve().parent / "tritonserver.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log_file = log
         with open(log, "wb") as sink:
-            self.process = subprocess.Popen(self.command(server), stdout=sink, stderr=subprocess.STDOUT,
-                                            env=self.environment(server), start_new_session=True)
+            self.process = subprocess.Popen(plan.argv, stdout=sink, stderr=subprocess.STDOUT,
+                                            env={**self.environment(server), **plan.env}, start_new_session=True)
         try:
             self._wait_ready()
         except BaseException:

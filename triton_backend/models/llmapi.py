@@ -1,11 +1,16 @@
 """Triton python-backend model ``tensorrt_llm`` for ``--runtime llmapi``: TensorRT-LLM's LLM API (PyTorch backend).
 
-Reads ``model.yaml`` beside this file (``LLM()`` keyword arguments plus a ``triton_config`` section) and serves
-the Hugging Face (unified, quantized) checkpoint it names. Inputs follow TensorRT-LLM's ``llmapi`` model:
-``text_input``, ``streaming``, ``sampling_param_*``; outputs ``text_output`` and ``finish_reason``.
-Needs ``tensorrt_llm`` (NVIDIA's tritonserver ``*-trtllm-python-py3`` image); written by ``llm-quant package``.
+Reads ``model.yaml`` beside this file (or ``$LLM_CONFIG_PATH``) as upstream's llmapi model does: its
+``triton_config`` section sets ``max_batch_size`` and ``decoupled`` (``auto_complete_config``); every other key is
+an ``LLM()`` argument, converted with ``update_llm_args_with_extra_dict`` where TensorRT-LLM has it (dict sections
+such as ``kv_cache_config`` become their config classes); ``backend: pytorch`` selects the PyTorch backend's
+``LLM`` (``tensorrt_llm._torch.llm`` on 0.19/0.20, where ``tensorrt_llm.LLM`` is the TensorRT-engine one).
+Inputs follow TensorRT-LLM's ``llmapi`` model: ``text_input``, ``streaming``, ``sampling_param_*``; outputs
+``text_output`` and ``finish_reason``. Needs ``tensorrt_llm`` (NVIDIA's tritonserver ``*-trtllm-python-py3``
+image); written by ``llm-quant package``. The names used here are rows of triton_backend/upstream/llmapi.yaml.
 """
 
+import importlib
 import json
 import os
 
@@ -16,6 +21,38 @@ import yaml
 SAMPLING = {"sampling_param_max_tokens": ("max_tokens", int), "sampling_param_temperature": ("temperature", float),
             "sampling_param_top_k": ("top_k", int), "sampling_param_top_p": ("top_p", float),
             "sampling_param_seed": ("seed", int)}
+CONFIG_ENV, CONFIG_FILE = "LLM_CONFIG_PATH", "model.yaml"
+EXTRA_DICT = ("tensorrt_llm.llmapi.llm_utils", "update_llm_args_with_extra_dict")
+PYTORCH_LLM = ("tensorrt_llm._torch.llm", "LLM", "pytorch")  # (module, class, the model.yaml backend choosing it)
+
+
+def _model_yaml():
+    path = os.environ.get(CONFIG_ENV) or os.path.join(os.path.dirname(os.path.abspath(__file__)), CONFIG_FILE)
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _attribute(module, name):
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _llm_args(config):
+    args = {key: value for key, value in config.items() if key != "triton_config"}
+    convert = _attribute(*EXTRA_DICT)
+    return convert({}, args) if convert is not None else args
+
+
+def _llm_class(args):
+    if args.get("backend") == PYTORCH_LLM[2]:
+        pytorch_llm = _attribute(PYTORCH_LLM[0], PYTORCH_LLM[1])
+        if pytorch_llm is not None:
+            return pytorch_llm
+    from tensorrt_llm import LLM  # later releases: one LLM class, the PyTorch backend by default
+
+    return LLM
 
 
 def _first(request, name, cast):
@@ -28,16 +65,23 @@ def _text(value):
 
 
 class TritonPythonModel:
+    @classmethod
+    def auto_complete_config(cls, auto_complete_model_config):
+        triton_config = _model_yaml().get("triton_config") or {}
+        if "decoupled" in triton_config:
+            auto_complete_model_config.set_model_transaction_policy(dict(decoupled=bool(triton_config["decoupled"])))
+        if "max_batch_size" in triton_config:
+            auto_complete_model_config.set_max_batch_size(int(triton_config["max_batch_size"]))
+        return auto_complete_model_config
+
     def initialize(self, args):
-        from tensorrt_llm import LLM, SamplingParams
+        from tensorrt_llm import SamplingParams
 
         self._sampling_params = SamplingParams
         config = json.loads(args["model_config"])
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
-        with open(os.path.join(os.path.dirname(__file__), "model.yaml"), encoding="utf-8") as handle:
-            llm_args = yaml.safe_load(handle) or {}
-        llm_args.pop("triton_config", None)
-        self.llm = LLM(**llm_args)
+        llm_args = _llm_args(_model_yaml())
+        self.llm = _llm_class(llm_args)(**llm_args)
 
     def execute(self, requests):
         responses = []
