@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from llm_quant.formats import QFORMAT_ROWS  # the qformat table alone: it imports nothing of triton_backend
 from quant_common.errors import QuantError
 from quant_common.facts import Fact, load_table
 
@@ -64,8 +65,6 @@ def runs_quant_algo(quant_algo: str | None) -> bool:
 
 
 def supported_qformats() -> list[str]:
-    from llm_quant.formats import QFORMAT_ROWS  # lazy: llm_quant imports triton_backend
-
     return [row.name for row in QFORMAT_ROWS if runs_quant_algo(row.quant_algo)]
 
 
