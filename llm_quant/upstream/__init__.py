@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from quant_common.errors import QuantError
 from quant_common.facts import Fact, load_table
-
-from pydantic import BaseModel, ConfigDict
 
 TABLE = "trtllm_build.yaml"
 
