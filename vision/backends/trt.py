@@ -336,7 +336,10 @@ class TrtRunner(Runner):
         keep: list[Any] = []
         for name in self._io_names(True):
             array = np.ascontiguousarray(feeds[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
-            context.set_input_shape(name, trt.Dims(list(array.shape)))
+            if not context.set_input_shape(name, trt.Dims(list(array.shape))):
+                # outside the engine's profile: TensorRT would report -1 output dims (a negative-size buffer)
+                raise QuantError(f"input '{name}' of shape {list(array.shape)} is outside {self.engine_path.name}'s "
+                                 "optimization profile", "rebuild the engine with a larger --max-batch")
             device = torch.from_numpy(array).cuda()
             keep.append(device)
             context.set_tensor_address(name, int(device.data_ptr()))

@@ -17,7 +17,7 @@ from vision.artifacts.cache import sidecar_path
 from vision.artifacts.trtexec import trtexec_commands
 from vision.backends.select import select_backend
 from vision.config import BUNDLED_MODEL, VisionConfig
-from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
+from vision.model import ModelInfo, load_model, resolve_batch, resolve_input_hw, simplify
 from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
 
 PACKAGES = ("tensorrt-quantization", "numpy", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "tensorrt")
@@ -75,6 +75,15 @@ def check_budget_options(cfg: VisionConfig) -> None:
         raise QuantError(f"annotation file not found: {cfg.annotations}", "pass a COCO-format instances json")
 
 
+def check_batch(info: ModelInfo, batch: int, max_batch: int) -> int:
+    """The calibration batch must fit the engine's profile (1..max_batch): TensorRT would otherwise calibrate and
+    run shapes outside it (an invalid input shape, then a negative-size output buffer)."""
+    if info.fixed_batch is None and batch > max_batch:
+        raise QuantError(f"--batch {batch} is larger than --max-batch {max_batch} (the engine's largest batch)",
+                         f"pass --max-batch {batch} or a --batch of at most {max_batch}")
+    return batch
+
+
 def build(cfg: VisionConfig) -> BuildResult:
     """Run the whole pipeline for ``cfg``; raise ``QuantError`` for anything the user can fix."""
     timings = Timings()
@@ -100,7 +109,8 @@ def build(cfg: VisionConfig) -> BuildResult:
                                     "config": cfg.model_dump(mode="json")}
         staged: dict[str, Path] = {}
         hw = resolve_input_hw(info, cfg.imgsz)
-        batch = resolve_batch(info, cfg.batch)
+        batch = check_batch(info, resolve_batch(info, cfg.batch if cfg.batch is not None else
+                                                 min(cfg.max_batch, 8)), cfg.max_batch)
         int8: Int8Outputs | None = None
         if cfg.precision == "int8":
             int8 = quantize_int8(cfg, info, model, hw, batch, staging, timings,
