@@ -17,11 +17,13 @@ from vision.backends.base import Runner
 from vision.backends.engine import EngineRequest, EngineResult, build_trt_engine
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.backends.trt import TrtRunner, import_tensorrt
+from vision.backends.upstream import DEFAULT_TRT_VERSION, tensorrt_facts
+
+__all__ = ["DEFAULT_TRT_VERSION"]
 
 BackendName = Literal["auto", "onnxruntime", "tensorrt"]
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-DEFAULT_TRT_VERSION = "10.13.0"  # cache header when no TensorRT is installed (the stubs' version)
 
 
 def load_runner(path: str | os.PathLike[str], backend: str = "auto", threads: int | None = None) -> Runner:
@@ -58,8 +60,14 @@ class BuildBackend(ABC):
     makes_engine: ClassVar[bool]
 
     @abstractmethod
+    def target_version(self, requested: str | None) -> str:
+        """The TensorRT the build targets: the installed one, else ``requested`` (``--trt-version``), else
+        ``DEFAULT_TRT_VERSION``."""
+
     def cache_header_version(self, requested: str | None) -> str:
-        """The TensorRT version for the cache header (``requested``: ``--trt-version``, or None)."""
+        """The TensorRT version the calibration cache header names: the target where it reads caches; on 11+
+        (no calibration caches) the newest one that does, the cache then only carrying scales to the Q/DQ model."""
+        return tensorrt_facts().cache_version(self.target_version(requested))
 
     @abstractmethod
     def build_engine(self, request: EngineRequest) -> EngineResult | None:
@@ -72,7 +80,7 @@ class OnnxruntimeBuild(BuildBackend):
     name = "onnxruntime"
     makes_engine = False
 
-    def cache_header_version(self, requested: str | None) -> str:
+    def target_version(self, requested: str | None) -> str:
         return requested or DEFAULT_TRT_VERSION
 
     def build_engine(self, request: EngineRequest) -> EngineResult | None:
@@ -85,7 +93,7 @@ class TensorrtBuild(BuildBackend):
     name = "tensorrt"
     makes_engine = True
 
-    def cache_header_version(self, requested: str | None) -> str:
+    def target_version(self, requested: str | None) -> str:
         # The header must name the TensorRT that reads it, or TensorRT ignores the cache silently (#1378).
         installed = ".".join(import_tensorrt().__version__.split(".")[:3])
         if requested is not None and requested != installed:

@@ -109,12 +109,15 @@ def build(cfg: VisionConfig) -> BuildResult:
                                     "config": cfg.model_dump(mode="json")}
         staged: dict[str, Path] = {}
         hw = resolve_input_hw(info, cfg.imgsz)
-        batch = check_batch(info, resolve_batch(info, cfg.batch if cfg.batch is not None else
-                                                 min(cfg.max_batch, 8)), cfg.max_batch)
+        batch = check_batch(info, resolve_batch(info, cfg.batch, default_dynamic=min(cfg.max_batch, 8)), cfg.max_batch)
         int8: Int8Outputs | None = None
+        target = backend.target_version(cfg.trt_version)
+        manifest["tensorrt_target"] = {"version": target, "cache_header_version": backend.cache_header_version(
+            cfg.trt_version), "from": "installed" if backend.makes_engine else
+            ("--trt-version" if cfg.trt_version else "default")}
         if cfg.precision == "int8":
             int8 = quantize_int8(cfg, info, model, hw, batch, staging, timings,
-                                 backend.cache_header_version(cfg.trt_version))
+                                 manifest["tensorrt_target"]["cache_header_version"])
             staged.update(int8.staged)
             manifest.update(int8.manifest)
             result.int8 = int8.facts
@@ -126,7 +129,9 @@ def build(cfg: VisionConfig) -> BuildResult:
                 staged.update(engine.staged)
                 manifest["engine"] = engine.facts
         manifest["trtexec"] = trtexec_commands(info, hw, cfg.max_batch, "calibration.cache" if "cache" in staged
-                                               else None, "model.int8.onnx" if "qdq_trt" in staged else None)
+                                               else None, "model.int8.onnx" if "qdq_trt" in staged else None,
+                                               trt_version=target,
+                                               fp16_name="model.fp16.onnx" if "fp16_onnx" in staged else None)
         manifest["packages"] = package_versions(PACKAGES)
         manifest["timings"] = dict(timings)
         atomic_write_json(staging / "build.json", manifest)
