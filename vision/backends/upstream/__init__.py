@@ -117,6 +117,14 @@ class TensorrtFacts(BaseModel):
         """FP16 by the builder flag (weakly typed); without it FP16 needs an FP16 ONNX in a strongly typed network."""
         return self.builder_flag(version, "FP16")
 
+    def qdq_high_precision(self, version: str) -> str:
+        """The dtype of the TensorRT-layout Q/DQ model's unquantized layers: FP16 where the target builds it as a
+        strongly typed network (which runs the ONNX's types as written), FP32 for older targets, which build it
+        weakly typed with their own FP16 flag."""
+        if version_tuple(version) < min(version_tuple(r.min) for r in self.versions):
+            return "fp32"
+        return "fp16" if self.strongly_typed(version) else "fp32"
+
     def cache_version(self, version: str) -> str:
         """The TensorRT version a calibration cache is written for: ``version`` where it reads caches, else the
         newest version read that does (TensorRT 11 has none; the cache then only carries scales to the Q/DQ writer).
