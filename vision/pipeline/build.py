@@ -108,6 +108,13 @@ def build(cfg: VisionConfig) -> BuildResult:
                                                                     "quantized_sha256": info.sha256},
                                     "config": cfg.model_dump(mode="json")}
         staged: dict[str, Path] = {}
+        if cfg.simplify:
+            # The cache's tensor names, the Q/DQ models and the trtexec lines all belong to the simplified graph:
+            # publish it beside them.
+            staged["simplified_model"] = info.path
+            manifest["model"]["quantized_model"] = info.path.name
+            manifest["model"]["note"] = (f"{info.path.name} (onnxslim) is the model the calibration cache, the Q/DQ "
+                                         "models and the trtexec lines belong to")
         hw = resolve_input_hw(info, cfg.imgsz)
         batch = check_batch(info, resolve_batch(info, cfg.batch, default_dynamic=min(cfg.max_batch, 8)), cfg.max_batch)
         int8: Int8Outputs | None = None
