@@ -19,6 +19,7 @@ from llm_quant.evaluate import EvalReport, compare, perplexity
 from llm_quant.models import resolve_model
 from llm_quant.presets import available_presets, is_preset, load_preset, preset_for_model_type
 from llm_quant.sensitivity import SearchResult, search_exclusions
+from llm_quant.upstream import refuse_unsupported
 from quant_common.atomic import Staging, atomic_write_json, ensure_output_dir, staged_dir
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings, package_versions, sha256_file, utc_now
@@ -65,6 +66,7 @@ def _model_type(path: Path) -> str:
 
 def _check_model_type(path: Path, preset: Preset) -> None:
     model_type = _model_type(path)
+    refuse_unsupported(model_type)
     if model_type not in preset.model_types:
         raise QuantError(f"model {path} is a {model_type!r} model; preset {preset.name!r} takes "
                          f"{', '.join(preset.model_types)}", "choose the matching preset or pass the folder as --model")

@@ -100,6 +100,26 @@ class TrtllmFacts(BaseModel):
         return [r for r in self.paged_context_fmha if release is None or r.release == release]
 
 
+class RefusedModelType(Fact):
+    model_type: str
+    reason: str
+    fix: str
+
+
+class ModeloptExportFacts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    refused_model_types: list[RefusedModelType]
+
+
+def refuse_unsupported(model_type: str) -> None:
+    """One line for an HF model type the TensorRT-LLM checkpoint export cannot take (``modelopt_export.yaml``)."""
+    table = load_table("llm_quant.upstream", "modelopt_export.yaml", ModeloptExportFacts)
+    for row in table.refused_model_types:
+        if row.model_type == model_type:
+            raise QuantError(f"model_type {model_type!r} is not supported: {' '.join(row.reason.split())}", row.fix)
+
+
 def trtllm_facts() -> TrtllmFacts:
     return load_table("llm_quant.upstream", TABLE, TrtllmFacts)
 

@@ -119,3 +119,37 @@ def test_int8_kv_cache_build_writes_trtllm_checkpoint(tiny_llama, tmp_path):
     assert "--use_paged_context_fmha disable" in result.engine_command
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["engine_target"]["release"] is None
+
+
+@pytest.mark.parametrize("via_preset", [False, True])
+def test_gemma2_is_refused_at_preset_resolution(tmp_path, via_preset):
+    """Regression (issue 8 item 3): gemma.yaml mapped gemma2 to decoder_type gemma, which modelopt 0.47 cannot
+    export (KeyError 'parallel_attn_mlp_res'); refused in one line before any calibration."""
+    transformers = pytest.importorskip("transformers")
+    from llm_quant.pipeline import make_config
+    from llm_quant.presets import load_preset
+
+    folder = tmp_path / "tiny-gemma2"
+    config = transformers.Gemma2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    transformers.Gemma2ForCausalLM(config).save_pretrained(folder)  # a tiny random Gemma2
+    (folder / "tokenizer.json").write_text("{}")  # the refusal comes from config.json, before the tokenizer loads
+    with pytest.raises(QuantError, match="model_type 'gemma2' is not supported") as info:
+        if via_preset:
+            make_config("gemma", model_path=str(folder), overrides={"out": tmp_path / "o", "device": "cpu"})
+        else:
+            make_config(str(folder), overrides={"out": tmp_path / "o", "device": "cpu"})
+    assert "\n" not in str(info.value)
+    assert "gemma2" not in load_preset("gemma").model_types
+
+
+def test_refused_model_types_cite_modelopt_and_have_no_preset():
+    from llm_quant.presets import available_presets, load_preset
+    from llm_quant.upstream import ModeloptExportFacts
+    from quant_common.facts import load_table
+
+    table = load_table("llm_quant.upstream", "modelopt_export.yaml", ModeloptExportFacts)
+    accepted = {t for name in available_presets() for t in load_preset(name).model_types}
+    for row in table.refused_model_types:
+        assert row.source.repo == "NVIDIA/Model-Optimizer" and row.source.path and row.source.tag
+        assert row.model_type not in accepted
