@@ -153,3 +153,19 @@ def test_refused_model_types_cite_modelopt_and_have_no_preset():
     for row in table.refused_model_types:
         assert row.source.repo == "NVIDIA/Model-Optimizer" and row.source.path and row.source.tag
         assert row.model_type not in accepted
+
+
+def test_qwen2_checkpoint_gets_qwen_type():
+    """modelopt 0.47 (no TensorRT-LLM installed) writes no qwen_type; TensorRT-LLM's QWenForCausalLM reads it."""
+    transformers = pytest.importorskip("transformers")
+    from llm_quant.export import correct_trtllm_config
+
+    hf = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1)
+    config: dict = {"architecture": "QWenForCausalLM", "quantization": {}}
+    changes = correct_trtllm_config(config, hf, [])
+    assert config["qwen_type"] == "qwen2" and "qwen_type -> qwen2" in changes
+    llama: dict = {"architecture": "LlamaForCausalLM", "quantization": {}}
+    correct_trtllm_config(llama, transformers.LlamaConfig(num_hidden_layers=1, hidden_size=32,
+                                                          intermediate_size=64, num_attention_heads=2), [])
+    assert "qwen_type" not in llama
