@@ -107,12 +107,16 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option(None, "--dtype", help="checkpoint dtype: float16, bfloat16 (preset default)"),
         out: Path = _OUT,
         engine: bool = typer.Option(True, "--engine/--no-engine", help="run trtllm-build where available"),
+        trtllm_version: str = typer.Option(None, "--trtllm-version",
+                                           help="TensorRT-LLM the trtllm-build command is written for when none is "
+                                                "installed (default: a command every release 0.16-1.2 accepts)"),
         triton_runtime: str = typer.Option("auto", "--triton-runtime",
                                            help="auto, tensorrtllm, pytorch or llmapi"),
         as_json: bool = _JSON,
     ) -> None:
         parallel = {k: v for k, v in {"tp_size": tp_size, "pp_size": pp_size}.items() if v is not None}
-        extra = {"out": out, "build_engine": engine, "triton_runtime": triton_runtime}
+        extra = {"out": out, "build_engine": engine, "triton_runtime": triton_runtime,
+                 "trtllm_version": trtllm_version}
         if dtype is not None:
             extra["dtype"] = dtype
         with contextlib.redirect_stdout(sys.stderr):
@@ -128,7 +132,7 @@ def register(app: typer.Typer) -> None:
             f"model            {result.model_source}",
             f"quant_algo       {result.quant_algo} (kv cache: {result.kv_cache_quant_algo})",
             f"checkpoint       {result.trtllm_checkpoint}",
-            f"hf checkpoint    {result.hf_checkpoint}",
+            f"hf checkpoint    {result.hf_checkpoint or result.hf_checkpoint_skipped}",
             f"embedded runtime {result.embedded}",
             f"triton repo      {result.triton_repo}",
             f"higher precision {result.layers_kept_high_precision} layers {result.exclude_layers or ''}",

@@ -97,6 +97,8 @@ class BuildConfig(_Strict):
     device: Device = "auto"
     out: Path = Path("out/llm")
     build_engine: bool = True
+    # TensorRT-LLM the trtllm-build argv is rendered for when none is installed (llm_quant.upstream.target_version)
+    trtllm_version: str | None = None
     triton_runtime: RuntimeChoice = "auto"
     seed: int = 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_quant.config import TrtllmBuildOptions
+from llm_quant.upstream import target_version, trtllm_facts
 from quant_common.atomic import Staging, staged_dir
 from quant_common.errors import QuantError
 
@@ -34,24 +35,48 @@ class EngineResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Target:
+    """What the argv is rendered for: the checkpoint's algorithms and the TensorRT-LLM release (None: any)."""
+
+    quant_algo: str | None = None
+    kv_cache_quant_algo: str | None = None
+    release: str | None = None  # a release name of llm_quant/upstream/trtllm_build.yaml
+
+
+def paged_context_fmha(target: Target) -> str:
+    """``enable`` unless the target release's builder rejects (0.16/0.17) or silently drops (0.18+) paged context
+    FMHA for this KV cache; with the release unknown, ``enable`` only where every release allows it."""
+    rules = trtllm_facts().paged_context_fmha_rules(target.release)
+    return "enable" if all(r.allows(target.quant_algo, target.kv_cache_quant_algo) for r in rules) else "disable"
+
+
 def trtllm_build_argv(checkpoint_dir: Path, engine_dir: Path, opts: TrtllmBuildOptions, *, workers: int = 1,
-                      has_kv_quant: bool = False) -> list[str]:
-    argv = [
-        "trtllm-build",
-        "--checkpoint_dir", str(checkpoint_dir),
-        "--output_dir", str(engine_dir),
-        "--max_batch_size", str(opts.max_batch_size),
-        "--max_input_len", str(opts.max_input_len),
-        "--max_seq_len", str(opts.max_seq_len),
-        "--max_num_tokens", str(opts.max_num_tokens),
-        "--max_beam_width", str(opts.max_beam_width),
-        "--gemm_plugin", opts.gemm_plugin,
-        "--gpt_attention_plugin", opts.gpt_attention_plugin,
-        "--kv_cache_type", opts.kv_cache_type,
-        "--workers", str(workers),
+                      target: Target | None = None) -> list[str]:
+    target = target or Target()
+    facts = trtllm_facts()
+    pairs: list[tuple[str, str]] = [
+        ("--checkpoint_dir", str(checkpoint_dir)),
+        ("--output_dir", str(engine_dir)),
+        ("--max_batch_size", str(opts.max_batch_size)),
+        ("--max_input_len", str(opts.max_input_len)),
+        ("--max_seq_len", str(opts.max_seq_len)),
+        ("--max_num_tokens", str(opts.max_num_tokens)),
+        ("--max_beam_width", str(opts.max_beam_width)),
+        ("--gemm_plugin", opts.gemm_plugin),
+        ("--gpt_attention_plugin", opts.gpt_attention_plugin),
+        ("--kv_cache_type", opts.kv_cache_type),
+        ("--workers", str(workers)),
     ]
     if opts.kv_cache_type == "paged":
-        argv += ["--use_paged_context_fmha", "enable"]
+        pairs.append(("--use_paged_context_fmha", paged_context_fmha(target)))
+    argv = ["trtllm-build"]
+    for name, value in pairs:
+        row = facts.flag(name, target.release)  # a flag missing from the table is a bug: KeyError, not a guess
+        if row.values is not None and value not in row.values:
+            raise QuantError(f"trtllm-build {name} {value} is not accepted by TensorRT-LLM {target.release or ''}"
+                             f" (accepts {', '.join(row.values)})", "change the preset's trtllm_build options")
+        argv += [name, value]
     return argv
 
 
@@ -81,21 +106,31 @@ def skip_reason() -> str | None:
     return None
 
 
+def resolve_target(quant: dict[str, Any], *, requested_version: str | None = None,
+                   engine_dir: Path | None = None) -> tuple[Target, dict[str, Any]]:
+    """The render target from the checkpoint's ``quantization`` and the TensorRT-LLM version (installed, else the
+    engine's config.json, else ``requested_version``); plus facts for build.json."""
+    version, how = target_version(installed_trtllm(), engine_dir, requested_version)
+    release = trtllm_facts().release_for(version).name if version is not None else None
+    target = Target(quant.get("quant_algo"), quant.get("kv_cache_quant_algo"), release)
+    return target, {"trtllm_version": version, "from": how, "release": release}
+
+
 def build_engine(checkpoint_dir: Path, engine_dir: Path, opts: TrtllmBuildOptions, *, workers: int = 1,
-                 log_path: Path | None = None, enabled: bool = True, staging: Staging | None = None
-                 ) -> EngineResult:
+                 log_path: Path | None = None, enabled: bool = True, staging: Staging | None = None,
+                 target: Target | None = None) -> EngineResult:
     """Build where possible. With ``staging``, reported paths are where they will be after the swap."""
 
     def shown(path: Path) -> Path:
         return staging.final_path(path) if staging is not None else path
 
-    argv = trtllm_build_argv(shown(checkpoint_dir), shown(engine_dir), opts, workers=workers)
+    argv = trtllm_build_argv(shown(checkpoint_dir), shown(engine_dir), opts, workers=workers, target=target)
     line = shlex.join(argv)
     reason = skip_reason() if enabled else "engine build disabled (--no-engine)"
     if reason is not None:
         return EngineResult("skipped", argv, line, None, reason)
     with staged_dir(engine_dir) as tmp:
-        staged_argv = trtllm_build_argv(checkpoint_dir, engine_dir, opts, workers=workers)
+        staged_argv = trtllm_build_argv(checkpoint_dir, engine_dir, opts, workers=workers, target=target)
         staged_argv[staged_argv.index("--output_dir") + 1] = str(tmp)
         proc = subprocess.run(staged_argv, capture_output=True, text=True, check=False)
         if log_path is not None:

@@ -31,6 +31,12 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_layers
     if scaling is not None and not config.get("rotary_scaling"):
         changes.append(f"rotary_scaling -> {scaling}")
         config["rotary_scaling"] = scaling
+    model_type = str(getattr(hf_config, "model_type", "") or "")
+    if model_type.startswith("qwen") and not config.get("qwen_type"):
+        # TensorRT-LLM's QWenForCausalLM reads config.qwen_type (models/qwen/model.py), which only its own
+        # from_hugging_face sets; modelopt's export without TensorRT-LLM installed leaves it out.
+        changes.append(f"qwen_type -> {model_type}")
+        config["qwen_type"] = model_type
     architectures = getattr(hf_config, "architectures", None) or []
     if not config.get("architecture") and architectures:
         changes.append(f"architecture -> {architectures[0]}")

@@ -57,6 +57,7 @@ class KVFormat(_Row):
     kv_cache_quant_algo: str = Field(description="TensorRT-LLM checkpoint quantization.kv_cache_quant_algo")
     modelopt_cfg: str | None = Field(default=None, description="modelopt attribute whose quant_cfg entries are appended")
     quant_cfg: tuple[dict[str, Any], ...] = Field(default=(), description="explicit quant_cfg entries to append")
+    hf_checkpoint: bool = Field(default=True, description="modelopt's export_hf_checkpoint can write this KV cache")
 
 
 _INT8_WEIGHTS = CheckpointTensors(weight_dtype="int8", scales=("weights_scaling_factor",))
@@ -85,7 +86,9 @@ QFORMAT_ROWS: tuple[QFormat, ...] = (
 KV_ROWS: tuple[KVFormat, ...] = (
     KVFormat(name="fp8", kv_cache_quant_algo="FP8", modelopt_cfg="FP8_KV_CFG"),
     # modelopt has no INT8 KV preset: 8-bit per-tensor K/V output quantizers (TensorRT-LLM's INT8 KV cache).
-    KVFormat(name="int8", kv_cache_quant_algo="INT8",
+    # The HF checkpoint cannot carry it: nvidia-modelopt 0.47 export_hf_checkpoint asserts "Invalid KV cache
+    # quantization format" (modelopt/torch/export/quant_utils.py:1119).
+    KVFormat(name="int8", kv_cache_quant_algo="INT8", hf_checkpoint=False,
              quant_cfg=({"quantizer_name": "*[kv]_bmm_quantizer", "cfg": {"num_bits": 8, "axis": None}},)),
 )
 

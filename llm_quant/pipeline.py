@@ -19,6 +19,7 @@ from llm_quant.evaluate import EvalReport, compare, perplexity
 from llm_quant.models import resolve_model
 from llm_quant.presets import available_presets, is_preset, load_preset, preset_for_model_type
 from llm_quant.sensitivity import SearchResult, search_exclusions
+from llm_quant.upstream import refuse_unsupported
 from quant_common.atomic import Staging, atomic_write_json, ensure_output_dir, staged_dir
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings, package_versions, sha256_file, utc_now
@@ -65,6 +66,7 @@ def _model_type(path: Path) -> str:
 
 def _check_model_type(path: Path, preset: Preset) -> None:
     model_type = _model_type(path)
+    refuse_unsupported(model_type)
     if model_type not in preset.model_types:
         raise QuantError(f"model {path} is a {model_type!r} model; preset {preset.name!r} takes "
                          f"{', '.join(preset.model_types)}", "choose the matching preset or pass the folder as --model")
@@ -134,6 +136,7 @@ class BuildResult:
     engine_command: str
     engine_skip_reason: str | None
     triton_repo: str | None
+    hf_checkpoint_skipped: str | None = None
     exclude_layers: list[str] = field(default_factory=list)
     layers_kept_high_precision: int = 0
     corrections: list[str] = field(default_factory=list)
@@ -171,22 +174,28 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
                                        tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
                                        exclude_layers=exclude)
             _check_algorithms(trt["config"], cfg)
-        with timings.measure("export_hf"):
-            hf_export = export.export_hf(model, prep.tokenizer, tmp / "hf_checkpoint", dtype=cfg.dtype,
-                                  exclude_layers=exclude)
+        hf_skip = hf_skip_reason(cfg)
+        hf_export: dict[str, Any] = {"path": None, "ignore": [], "skipped": hf_skip}
+        if hf_skip is None:
+            with timings.measure("export_hf"):
+                hf_export = export.export_hf(model, prep.tokenizer, tmp / "hf_checkpoint", dtype=cfg.dtype,
+                                             exclude_layers=exclude)
+        target, target_facts = engine.resolve_target(trt["config"].get("quantization", {}),
+                                                     requested_version=cfg.trtllm_version)
         with timings.measure("engine"):
             eng = engine.build_engine(tmp / "trtllm_checkpoint", tmp / "engine", cfg.preset.trtllm_build,
                                       workers=cfg.parallel.tp_size * cfg.parallel.pp_size,
                                       log_path=tmp / "trtllm-build.log", enabled=cfg.build_engine,
-                                      staging=staging)
+                                      staging=staging, target=target)
         with timings.measure("triton"):
-            triton_repo = package_triton(staging, cfg, eng)
+            triton_repo = package_triton(staging, cfg, eng, hf=hf_skip is None)
         quant = trt["config"].get("quantization", {})
         expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype)
         result = BuildResult(
             out=str(out), model_source=model_source or str(cfg.model_path), qformat=cfg.qformat,
             quant_algo=quant.get("quant_algo"), kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
-            trtllm_checkpoint=str(out / "trtllm_checkpoint"), hf_checkpoint=str(out / "hf_checkpoint"),
+            trtllm_checkpoint=str(out / "trtllm_checkpoint"),
+            hf_checkpoint=str(out / "hf_checkpoint") if hf_skip is None else None, hf_checkpoint_skipped=hf_skip,
             embedded=str(out / "embedded"), engine=eng.path, engine_status=eng.status,
             engine_command=eng.command_line, engine_skip_reason=eng.reason,
             triton_repo=str(staging.final_path(triton_repo.path)), exclude_layers=exclude,
@@ -194,7 +203,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             manifest=str(out / MANIFEST))
         manifest = {
             "created": utc_now(), "tool": "llm-quant build", "config": cfg.model_dump(mode="json"),
-            "result": result.to_dict(), "engine": eng.to_dict(), "search": search.to_dict() if search else None,
+            "result": result.to_dict(), "engine": eng.to_dict(), "engine_target": target_facts, "search": search.to_dict() if search else None,
             "hf_quantization_ignore": hf_export["ignore"],
             "expected_quant_algo": expected[0],
             "expected_kv_cache_quant_algo": expected[1],
@@ -216,13 +225,22 @@ def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
                          "this modelopt version maps formats differently; report it with build.json")
 
 
-def package_triton(staging: Staging, cfg: BuildConfig, eng: engine.EngineResult) -> RepositoryResult:
+def hf_skip_reason(cfg: BuildConfig) -> str | None:
+    """Why the HF checkpoint is not written (None: it is): what modelopt cannot express is skipped, in one line."""
+    if cfg.kv_cache_dtype is not None and not formats.kv_format(cfg.kv_cache_dtype).hf_checkpoint:
+        return (f"HF checkpoint skipped: modelopt cannot export a {cfg.kv_cache_dtype.upper()} KV cache to it "
+                "(the TensorRT-LLM checkpoint carries it)")
+    return None
+
+
+def package_triton(staging: Staging, cfg: BuildConfig, eng: engine.EngineResult, *, hf: bool = True
+                   ) -> RepositoryResult:
     """The single call site into the Triton helper's packaging (triton_backend.repository)."""
     build_dir = staging.root
     return package_for_build(build_dir, options=cfg.preset.triton, runtime=cfg.triton_runtime,
                              engine_dir=build_dir / "engine" if eng.status == "built" else None,
                              trtllm_checkpoint_dir=build_dir / "trtllm_checkpoint",
-                             hf_checkpoint_dir=build_dir / "hf_checkpoint", final_build_dir=staging.final)
+                             hf_checkpoint_dir=build_dir / "hf_checkpoint" if hf else None, final_build_dir=staging.final)
 
 
 def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from llm_quant.config import Preset
+from llm_quant.upstream import refuse_unsupported
 from quant_common.errors import QuantError
 
 # configs/llm is the one source of truth; llm_quant/presets_yaml links to it so an installed wheel carries it too.
@@ -44,6 +45,7 @@ def is_preset(name: str) -> bool:
 
 def preset_for_model_type(model_type: str) -> Preset:
     """The preset whose ``model_types`` lists this HF ``model_type`` (for --model given as a folder or hub id)."""
+    refuse_unsupported(model_type)
     for name in available_presets():
         preset = load_preset(name)
         if model_type in preset.model_types:

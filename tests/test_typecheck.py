@@ -28,14 +28,21 @@ def flags(config: trt.IBuilderConfig) -> None:
 '''
 
 
+# Checked whether or not they import tensorrt: every backend (their contracts meet TensorRT's) and the modules
+# rendering TensorRT facts from the fact tables.
+ALWAYS = ("vision/backends", "vision/artifacts/trtexec.py", "vision/artifacts/cache.py", "llm_quant/engine.py",
+          "llm_quant/upstream")
+
+
 def tensorrt_modules() -> list[str]:
-    found = []
+    found = [str(p.relative_to(ROOT)) for entry in ALWAYS
+             for p in ([ROOT / entry] if entry.endswith(".py") else sorted((ROOT / entry).rglob("*.py")))]
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             text = path.read_text(encoding="utf-8")
             if re.search(r"^\s*(import tensorrt\b|from tensorrt\b)", text, re.MULTILINE):
                 found.append(str(path.relative_to(ROOT)))
-    return found
+    return sorted(set(found))
 
 
 def _installed_stub_root() -> pathlib.Path:

@@ -23,6 +23,7 @@ import numpy as np
 from quant_common.atomic import atomic_write_bytes, atomic_write_json
 from quant_common.errors import QuantError
 from quant_common.manifest import sha256_file
+from vision.backends.upstream import tensorrt_facts
 from vision.calibration.calibrators import CALIBRATORS
 
 ALGORITHMS = ("EntropyCalibration2", "MinMaxCalibration", "EntropyCalibration", "LegacyCalibration")
@@ -35,8 +36,9 @@ _MIN_SCALE = float(np.finfo(np.float32).tiny)
 def trt_version_code(version: str) -> int:
     """TensorRT's version number in cache headers: ``"8.6.1"`` → 8601, ``"10.13.0"`` → 101300.
 
-    8.x and older: major*1000 + minor*100 + patch; 10.x: major*10000 + minor*100 + patch. A fourth (build)
-    part is ignored. TensorRT 11 removed implicit calibration, so it has no calibration cache.
+    8.x and older: major*1000 + minor*100 + patch; 10.x: major*10000 + minor*100 + patch (NV_TENSORRT_VERSION,
+    rows of ``vision/backends/upstream/tensorrt.yaml``). A fourth (build) part is ignored. TensorRT 11 removed
+    implicit calibration, so it has no calibration cache.
     """
     parts = str(version).strip().split(".")
     if not 1 <= len(parts) <= 4 or not all(part.isdigit() for part in parts):
@@ -45,15 +47,16 @@ def trt_version_code(version: str) -> int:
     if major >= 11:
         raise QuantError(f"TensorRT {version} has no calibration caches (implicit INT8 calibration was removed in 11.0)",
                          "use the Q/DQ model (model.int8.onnx), or pass --trt-version 10.x or 8.x for a cache")
-    if major < 5:
+    multiplier = tensorrt_facts().cache_multiplier(major)
+    if multiplier is None:
         raise QuantError(f"TensorRT {version} is too old for this cache format", "pass --trt-version 8.6 or 10.x")
-    if major >= 10:
+    if multiplier == 10000:
         if minor > 99 or patch > 99:
             raise QuantError(f"TensorRT version '{version}' has a part above 99", "pass e.g. --trt-version 10.13.0")
-        return major * 10000 + minor * 100 + patch
+        return major * multiplier + minor * 100 + patch
     if minor > 9 or patch > 99:
         raise QuantError(f"TensorRT version '{version}' does not fit the {major}.x code", "pass e.g. 8.6.1")
-    return major * 1000 + minor * 100 + patch
+    return major * multiplier + minor * 100 + patch
 
 
 def version_from_code(code: int) -> str:

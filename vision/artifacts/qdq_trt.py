@@ -1,7 +1,9 @@
 """``model.int8.onnx``: the TensorRT layout of the Q/DQ model.
 
 modelopt.onnx places Q/DQ where TensorRT wants them and takes the activation scales from our calibration cache;
-weights get per-channel scales. TensorRT >= 10 (strongly typed) and ONNX Runtime both run it (ORT slower than FP32:
+weights get per-channel scales. Layers left unquantized run in ``high_precision_dtype``: a strongly typed TensorRT
+network runs exactly the ONNX's types, so FP32 there would make the INT8 engine slower than the FP16 one
+(NVIDIA/TensorRT#993); FP16 is the default for a target with strongly typed networks (graph I/O stays FP32). TensorRT >= 10 (strongly typed) and ONNX Runtime both run it (ORT slower than FP32:
 72 ms against 50-56 ms on YOLOv8n 640; ``vision.artifacts.qdq_ort`` is the layout for ORT).
 """
 
@@ -43,7 +45,7 @@ def _trt_availability_as_importable() -> Iterator[None]:
 
 def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float],
                   sample_feeds: Sequence[Mapping[str, np.ndarray]], out_path: Path, *,
-                  nodes_to_exclude: Sequence[str] = ()) -> QdqSummary:
+                  nodes_to_exclude: Sequence[str] = (), high_precision_dtype: str = "fp16") -> QdqSummary:
     """``model.int8.onnx`` via modelopt.onnx with activation scales read from our TensorRT calibration cache.
 
     ``nodes_to_exclude`` get no Q/DQ of their own (modelopt's ``nodes_to_exclude``, matched by exact name), so a
@@ -64,7 +66,7 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         np.savez(data, **{k: np.concatenate([f[k] for f in sample_feeds]) for k in sample_feeds[0]})
         exclude_file = Path(tmp) / "exclude.json"
         exclude_file.write_text(json.dumps(sorted(set(nodes_to_exclude))), encoding="utf-8")
-        problem = _run_modelopt_child(src, cache_path, data, tmp_out, exclude_file)
+        problem = _run_modelopt_child(src, cache_path, data, tmp_out, exclude_file, high_precision_dtype)
         if problem:
             raise QuantError(f"modelopt.onnx could not quantize {model_path.name}: {problem}",
                              "check the model runs in ONNX Runtime; try --simplify")
@@ -80,12 +82,14 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
     return summary
 
 
-def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path) -> str | None:
+def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path, high_precision: str
+                        ) -> str | None:
     """Run :func:`modelopt_child_main` in a fresh interpreter; None on success, else the one-line problem."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     code = "import sys; from vision.artifacts.qdq_trt import modelopt_child_main; sys.exit(modelopt_child_main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, str(src), str(cache), str(data), str(out), str(exclude)],
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(cache), str(data), str(out), str(exclude),
+                           high_precision],
                           env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           check=False)
@@ -100,7 +104,7 @@ def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: 
 
 def modelopt_child_main(argv: Sequence[str]) -> int:
     """Child-process body (see write_trt_qdq); writes the problem to ``<out>.problem`` on failure."""
-    src, cache, data, out, exclude = argv
+    src, cache, data, out, exclude, high_precision = argv
     excluded = json.loads(Path(exclude).read_text(encoding="utf-8"))
     logging.disable(logging.WARNING)
     import modelopt.onnx.quantization as mq
@@ -110,7 +114,7 @@ def modelopt_child_main(argv: Sequence[str]) -> int:
     try:
         with _trt_availability_as_importable():
             mq.quantize(src, quantize_mode="int8", calibration_data=feeds, calibration_method="max",
-                        calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype="fp32",
+                        calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype=high_precision,
                         output_path=out, log_level="ERROR",
                         # modelopt matches these as regular expressions: exact names only
                         nodes_to_exclude=[re.escape(name) + "$" for name in excluded] or None)

@@ -59,7 +59,7 @@ def activation_q_scales(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, n
 # ORT gives the outputs of these ops their input's scale (their kernels cannot rescale), as TensorRT does.
 _SCALE_PRESERVING = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Slice",
                                "MaxPool", "Resize", "Pad", "Gather", "GatherElements", "TopK", "AveragePool",
-                               "Identity"})
+                               "Identity", "Cast"})  # Cast: the FP16 high-precision model casts before its Q
 
 
 def check_scales(model: onnx.ModelProto, scales: Mapping[str, float], summary: QdqSummary,
@@ -83,7 +83,10 @@ def check_scales(model: onnx.ModelProto, scales: Mapping[str, float], summary: Q
 
     for tensor, (scale, zp) in activation_q_scales(model).items():
         summary.activation_tensors += 1
-        ok = scale.size == 1 and np.float32(scale.reshape(-1)[0]) in allowed(tensor)
+        wanted = allowed(tensor)
+        if scale.dtype == np.float16:  # an FP16 model's Q/DQ scales are our scales rounded to FP16
+            wanted = {np.float32(np.float16(s)) for s in wanted}
+        ok = scale.size == 1 and np.float32(scale.reshape(-1)[0]) in wanted
         if ok and zero_point is not None:
             ok = zp is not None and int(zp.reshape(-1)[0]) == zero_point
         if ok:

@@ -2,7 +2,8 @@
 
 Implicit INT8 (TensorRT 8.6-10.x) builds from the FP32 ONNX with a calibrator that reads our calibration cache
 (header checked) and so skips TensorRT's own calibration; explicit INT8 (10.x+, the only kind on 11) builds a
-strongly typed network from the TensorRT-layout Q/DQ ONNX. The request is plain data, so any pipeline can ask.
+strongly typed network from the TensorRT-layout Q/DQ ONNX. FP16 on 11.x (no FP16 builder flag) builds a strongly
+typed network from ``model.fp16.onnx``, written here. The request is plain data, so any pipeline can ask.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from quant_common.errors import QuantError
+from vision.artifacts.fp16_onnx import write_fp16_onnx
 from vision.backends.trt import (
     CalibrationFeed,
     EngineSpec,
@@ -19,6 +21,7 @@ from vision.backends.trt import (
     choose_int8_mode,
     import_tensorrt,
     make_calibrator,
+    needs_fp16_onnx,
 )
 from vision.data.images import CalibrationSet
 from vision.model import ModelInfo
@@ -58,13 +61,18 @@ def build_trt_engine(request: EngineRequest) -> EngineResult:
         raise QuantError("explicit INT8 needs the Q/DQ model", "run the INT8 stages first")
     info = request.model
     onnx_path = request.qdq_model if int8 and mode == "explicit" and request.qdq_model else info.path
+    staged: dict[str, Path] = {}
+    fp16_onnx = request.precision == "fp16" and needs_fp16_onnx(trt.__version__)
+    if fp16_onnx:
+        onnx_path = write_fp16_onnx(info.path, request.out_dir / "model.fp16.onnx")
+        staged["fp16_onnx"] = onnx_path
     spec = EngineSpec(onnx_path=onnx_path, engine_path=request.out_dir / f"model.{request.precision}.engine",
                       precision=request.precision, input_name=info.input_name, input_hw=request.input_hw,
                       dynamic_batch=info.fixed_batch is None, opt_batch=min(request.max_batch, 8),
                       max_batch=request.max_batch, fixed_batch=info.fixed_batch or 1,
                       dynamic_hw=info.fixed_hw is None, workspace_gb=request.workspace_gb,
                       timing_cache_path=request.out_dir / "model.timing.cache", int8_mode=mode,
-                      float_layers=request.float_layers)
+                      strongly_typed=fp16_onnx or (int8 and mode == "explicit"), float_layers=request.float_layers)
     calibrator = None
     if int8 and mode == "implicit":
         if request.cache is None:
@@ -76,5 +84,5 @@ def build_trt_engine(request: EngineRequest) -> EngineResult:
         calibrator = make_calibrator(feed, request.cache_header.rsplit("-", 1)[-1])
     facts = build_engine(spec, calibrator)
     assert spec.timing_cache_path is not None
-    return EngineResult(spec.engine_path, {f"engine_{request.precision}": spec.engine_path,
-                                           "timing_cache": spec.timing_cache_path}, facts)
+    staged.update({f"engine_{request.precision}": spec.engine_path, "timing_cache": spec.timing_cache_path})
+    return EngineResult(spec.engine_path, staged, facts)

@@ -18,11 +18,13 @@ from vision.backends.engine import EngineRequest, EngineResult, build_trt_engine
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.backends.openvino import OpenvinoRunner, import_openvino, signed_activation_qdq
 from vision.backends.trt import TrtRunner, import_tensorrt
+from vision.backends.upstream import DEFAULT_TRT_VERSION, tensorrt_facts
+
+__all__ = ["DEFAULT_TRT_VERSION"]
 
 BackendName = Literal["auto", "onnxruntime", "openvino", "tensorrt"]
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-DEFAULT_TRT_VERSION = "10.13.0"  # cache header when no TensorRT is installed (the stubs' version)
 
 
 def onnx_backend(backend: str = "auto", artifact: Path | None = None) -> str:
@@ -77,8 +79,14 @@ class BuildBackend(ABC):
     makes_engine: ClassVar[bool]
 
     @abstractmethod
+    def target_version(self, requested: str | None) -> str:
+        """The TensorRT the build targets: the installed one, else ``requested`` (``--trt-version``), else
+        ``DEFAULT_TRT_VERSION``."""
+
     def cache_header_version(self, requested: str | None) -> str:
-        """The TensorRT version for the cache header (``requested``: ``--trt-version``, or None)."""
+        """The TensorRT version the calibration cache header names: the target where it reads caches; on 11+
+        (no calibration caches) the newest one that does, the cache then only carrying scales to the Q/DQ model."""
+        return tensorrt_facts().cache_version(self.target_version(requested))
 
     @abstractmethod
     def build_engine(self, request: EngineRequest) -> EngineResult | None:
@@ -91,7 +99,7 @@ class OnnxruntimeBuild(BuildBackend):
     name = "onnxruntime"
     makes_engine = False
 
-    def cache_header_version(self, requested: str | None) -> str:
+    def target_version(self, requested: str | None) -> str:
         return requested or DEFAULT_TRT_VERSION
 
     def build_engine(self, request: EngineRequest) -> EngineResult | None:
@@ -104,7 +112,7 @@ class TensorrtBuild(BuildBackend):
     name = "tensorrt"
     makes_engine = True
 
-    def cache_header_version(self, requested: str | None) -> str:
+    def target_version(self, requested: str | None) -> str:
         # The header must name the TensorRT that reads it, or TensorRT ignores the cache silently (#1378).
         installed = ".".join(import_tensorrt().__version__.split(".")[:3])
         if requested is not None and requested != installed:

@@ -1,11 +1,12 @@
 """TensorRT: engine building (FP32/FP16/INT8 implicit or explicit Q/DQ), a cache-fed calibrator and a runner.
 
-Written against the real TensorRT 8.6–10.x Python API and type-checked with mypy against tensorrt-stubs. The module
+Written against the real TensorRT 8.6–11.x Python API and type-checked with mypy against tensorrt-stubs. The module
 imports without TensorRT; every entry point imports it lazily through ``require`` (one clear line when absent).
 
-Versions: the implicit INT8 calibrators (``IInt8Calibrator`` family) exist up to 10.x (deprecated since 10.1) and
-are gone in 11.0, where INT8 means a strongly typed network parsed from Q/DQ ONNX. 8.x networks need the
-EXPLICIT_BATCH flag.
+Versions: which builder flags, network flags and calibrator classes a TensorRT has comes from the fact table
+(``vision.backends.upstream``): the implicit INT8 calibrators exist up to 10.x (deprecated since 10.1); 11.x has
+no FP16/INT8/OBEY_PRECISION_CONSTRAINTS builder flags and no calibrators, so every precision there is a strongly
+typed network (FP16 from an FP16 ONNX, INT8 from the Q/DQ ONNX). 8.x networks need the EXPLICIT_BATCH flag.
 Device buffers come from PyTorch's CUDA allocator (torch is already a dependency), so no extra CUDA binding is needed.
 """
 
@@ -23,11 +24,14 @@ import numpy as np
 from quant_common.atomic import atomic_write_bytes
 from quant_common.errors import QuantError, require
 from vision.backends.base import Runner, TensorSpec
+from vision.backends.upstream import tensorrt_facts, version_tuple
+
+__all__ = ["version_tuple"]  # re-exported: callers parse TensorRT versions from here
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-TRT_INSTALL = "pip install 'tensorrt>=8.6,<11' (NVIDIA's index) on a machine with an NVIDIA GPU"
+TRT_INSTALL = "pip install 'tensorrt>=8.6,<12' (NVIDIA's index) on a machine with an NVIDIA GPU"
 Int8Mode = Literal["implicit", "explicit"]
 
 
@@ -35,21 +39,38 @@ def import_tensorrt(purpose: str = "--backend tensorrt") -> ModuleType:
     return require("tensorrt", purpose=purpose, install=TRT_INSTALL)
 
 
-def version_tuple(version: str) -> tuple[int, int, int]:
-    parts = [int(p) for p in version.split(".")[:3] if p.isdigit()]
-    return (parts + [0, 0, 0])[0], (parts + [0, 0, 0])[1], (parts + [0, 0, 0])[2]
-
-
 def choose_int8_mode(version: str, requested: Int8Mode | None = None) -> Int8Mode:
-    """Implicit calibration on 8.6–10.x (the TensorRT calibrators), explicit Q/DQ on 11+ (the only way there)."""
-    major = version_tuple(version)[0]
-    if requested == "implicit" and major >= 11:
+    """Implicit calibration where TensorRT has calibrators (8.6–10.x), explicit Q/DQ where it has only strongly
+    typed networks (11+)."""
+    facts = tensorrt_facts()
+    implicit, explicit = facts.implicit_int8(version), facts.strongly_typed(version)
+    if requested == "implicit" and not implicit:
         raise QuantError(f"TensorRT {version} removed implicit INT8 calibration (IInt8Calibrator)",
                          "build from the Q/DQ model (explicit INT8) or install tensorrt>=8.6,<11")
-    if requested == "explicit" and major < 10:
+    if requested == "explicit" and not explicit:
         raise QuantError(f"TensorRT {version} cannot build strongly typed networks from Q/DQ ONNX",
                          "use implicit INT8 calibration or upgrade to TensorRT 10")
-    return requested or ("explicit" if major >= 11 else "implicit")
+    return requested or ("implicit" if implicit else "explicit")
+
+
+def builder_flags(version: str, precision: str, int8_mode: Int8Mode, float_layers: bool) -> tuple[str, ...]:
+    """The ``BuilderFlag`` names to set. A strongly typed network (explicit INT8; everything on 11+) takes its
+    precisions from the ONNX and accepts no precision flags."""
+    facts = tensorrt_facts()
+    if precision == "fp16":
+        if not facts.weak_fp16(version):
+            return ()  # FP16 comes from the FP16 ONNX (see needs_fp16_onnx)
+        return ("FP16",)
+    if precision == "int8" and int8_mode == "implicit":
+        # INT8 alone is no faster than FP16: layers TensorRT keeps in float would fall back to FP32 (TRT#993).
+        # OBEY: the build fails rather than silently running an excluded layer in INT8.
+        return ("INT8", "FP16", *(("OBEY_PRECISION_CONSTRAINTS",) if float_layers else ()))
+    return ()
+
+
+def needs_fp16_onnx(version: str) -> bool:
+    """FP16 on this TensorRT is a strongly typed network parsed from an FP16 ONNX (no FP16 builder flag)."""
+    return not tensorrt_facts().weak_fp16(version)
 
 
 # -- device memory ---------------------------------------------------------------------------------------------
@@ -131,7 +152,8 @@ class _FeedCalibrator:
 def make_calibrator(feed: CalibrationFeed, algorithm: str) -> trt.IInt8Calibrator:
     """A TensorRT calibrator of the class matching ``algorithm`` (the cache header word), driven by ``feed``."""
     trt_mod = import_tensorrt("INT8 calibration with TensorRT")
-    if not hasattr(trt_mod, "IInt8MinMaxCalibrator"):
+    table = tensorrt_facts().calibrator_classes(trt_mod.__version__)
+    if not table:
         raise QuantError(f"TensorRT {trt_mod.__version__} has no INT8 calibrators (removed in 11.0)",
                          "use the Q/DQ model (explicit INT8) or install tensorrt>=8.6,<11")
     import tensorrt as trt
@@ -147,13 +169,13 @@ def make_calibrator(feed: CalibrationFeed, algorithm: str) -> trt.IInt8Calibrato
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.feed = feed
 
-    # TensorRT's calibrator class for each cache header word it writes and reads
-    classes: dict[str, type[trt.IInt8Calibrator]] = {"MinMaxCalibration": MinMaxCalibrator,
-                                                     "EntropyCalibration2": EntropyCalibrator2}
-    if algorithm not in classes:
+    # the fact table names TensorRT's class for each cache header word; ours are keyed by the base they extend
+    ours: dict[str, type[trt.IInt8Calibrator]] = {cls.__bases__[1].__name__: cls
+                                                  for cls in (MinMaxCalibrator, EntropyCalibrator2)}
+    if algorithm not in table or table[algorithm] not in ours:
         raise QuantError(f"no TensorRT calibrator reads caches of algorithm '{algorithm}'",
-                         f"use one of {sorted(classes)}")
-    return classes[algorithm]()
+                         f"use one of {sorted(a for a in table if table[a] in ours)}")
+    return ours[table[algorithm]]()
 
 
 # -- engine building -------------------------------------------------------------------------------------------
@@ -174,6 +196,7 @@ class EngineSpec:
     workspace_gb: float = 4.0
     timing_cache_path: Path | None = None
     int8_mode: Int8Mode = "implicit"
+    strongly_typed: bool = False  # precisions come from the ONNX (Q/DQ, or an FP16 ONNX); always so on 11+
     # ONNX node names kept out of INT8 (head, accuracy budget). Implicit INT8: constrained to FP32 here. Explicit:
     # the Q/DQ ONNX has no Q/DQ around them already, so strong typing runs them in float.
     float_layers: tuple[str, ...] = ()
@@ -182,11 +205,15 @@ class EngineSpec:
 def _parse_onnx(trt_mod: Any, builder: trt.Builder, spec: EngineSpec, logger: trt.ILogger) -> trt.INetworkDefinition:
     import tensorrt as trt
 
-    major = version_tuple(trt_mod.__version__)[0]
+    facts = tensorrt_facts()
+    version = trt_mod.__version__
     flags = 0
-    if major < 10:
+    explicit_batch = facts.network_flag(version, "EXPLICIT_BATCH")
+    if explicit_batch is not None and not explicit_batch.deprecated:  # 8.x; the default from 10.0, gone in 11
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if spec.precision == "int8" and spec.int8_mode == "explicit":
+    if spec.strongly_typed:
+        if not facts.strongly_typed(version):
+            raise QuantError(f"TensorRT {version} has no strongly typed networks", "install tensorrt>=10")
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -227,20 +254,18 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_gb * (1 << 30)))
     constrained = 0
-
-    if spec.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif spec.precision == "int8" and spec.int8_mode == "implicit":
-        # INT8 alone is no faster than FP16: layers TensorRT keeps in float would fall back to FP32 (TRT#993).
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)
+    flag_names = () if spec.strongly_typed else builder_flags(trt_mod.__version__, spec.precision, spec.int8_mode,
+                                                                 bool(spec.float_layers))
+    if spec.precision == "fp16" and not flag_names and not spec.strongly_typed:
+        raise QuantError(f"TensorRT {trt_mod.__version__} has no FP16 builder flag", "build from an FP16 ONNX")
+    for name in flag_names:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    if spec.precision == "int8" and spec.int8_mode == "implicit":
         if calibrator is None:
             raise QuantError("implicit INT8 needs a calibrator", "pass the calibration cache")
         config.int8_calibrator = calibrator
         if spec.float_layers:
             constrained = constrain_float_layers(network, spec.float_layers)
-            # OBEY: the build fails rather than silently running an excluded layer in INT8
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
 
     h, w = spec.input_hw
     if spec.dynamic_batch or spec.dynamic_hw:
@@ -265,6 +290,7 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
         atomic_write_bytes(spec.timing_cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return {"engine": str(spec.engine_path), "tensorrt": trt_mod.__version__, "precision": spec.precision,
             "int8_mode": spec.int8_mode if spec.precision == "int8" else None,
+            "strongly_typed": spec.strongly_typed, "builder_flags": list(flag_names),
             "float_layers": constrained,
             "timing_cache": str(spec.timing_cache_path) if spec.timing_cache_path else None}
 
@@ -336,7 +362,10 @@ class TrtRunner(Runner):
         keep: list[Any] = []
         for name in self._io_names(True):
             array = np.ascontiguousarray(feeds[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
-            context.set_input_shape(name, trt.Dims(list(array.shape)))
+            if not context.set_input_shape(name, trt.Dims(list(array.shape))):
+                # outside the engine's profile: TensorRT would report -1 output dims (a negative-size buffer)
+                raise QuantError(f"input '{name}' of shape {list(array.shape)} is outside {self.engine_path.name}'s "
+                                 "optimization profile", "rebuild the engine with a larger --max-batch")
             device = torch.from_numpy(array).cuda()
             keep.append(device)
             context.set_tensor_address(name, int(device.data_ptr()))

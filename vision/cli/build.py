@@ -44,6 +44,8 @@ def build_command(
         "--calib-data", help="Directory (recursive) or text file listing calibration images")] = None,
     max_calib_images: Annotated[int | None, typer.Option(help="Seeded random subset of this many images")] = None,
     batch: Annotated[int | None, typer.Option(help="Calibration batch (default: the model's, or 8 if dynamic)")] = None,
+    max_batch: Annotated[int | None, typer.Option(
+        help="Largest batch of the TensorRT engine (dynamic-batch models; default 8)")] = None,
     imgsz: Annotated[str | None, typer.Option(help="Input size for dynamic H/W: 640 or H,W")] = None,
     calibrator: Annotated[str | None, typer.Option(help=" | ".join(CALIBRATOR_NAMES))] = None,
     percentile: Annotated[float | None, typer.Option(help="Percentile for --calibrator percentile")] = None,
@@ -78,7 +80,7 @@ def build_command(
 ) -> None:
     overrides: dict[str, Any] = {
         "model": model, "calib_data": calib_data, "max_calib_images": max_calib_images, "batch": batch,
-        "imgsz": imgsz, "calibrator": calibrator, "percentile": percentile, "histogram": histogram,
+        "max_batch": max_batch, "imgsz": imgsz, "calibrator": calibrator, "percentile": percentile, "histogram": histogram,
         "precision": precision, "backend": backend, "trt_version": trt_version, "trt_int8": trt_int8, "calib_cache": calib_cache,
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
         "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations, "class_map": class_map,

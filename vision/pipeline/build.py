@@ -17,7 +17,7 @@ from vision.artifacts.cache import sidecar_path
 from vision.artifacts.trtexec import trtexec_commands
 from vision.backends.select import select_backend
 from vision.config import BUNDLED_MODEL, VisionConfig
-from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
+from vision.model import ModelInfo, load_model, resolve_batch, resolve_input_hw, simplify
 from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
 
 PACKAGES = ("tensorrt-quantization", "numpy", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "tensorrt")
@@ -75,6 +75,15 @@ def check_budget_options(cfg: VisionConfig) -> None:
         raise QuantError(f"annotation file not found: {cfg.annotations}", "pass a COCO-format instances json")
 
 
+def check_batch(info: ModelInfo, batch: int, max_batch: int) -> int:
+    """The calibration batch must fit the engine's profile (1..max_batch): TensorRT would otherwise calibrate and
+    run shapes outside it (an invalid input shape, then a negative-size output buffer)."""
+    if info.fixed_batch is None and batch > max_batch:
+        raise QuantError(f"--batch {batch} is larger than --max-batch {max_batch} (the engine's largest batch)",
+                         f"pass --max-batch {batch} or a --batch of at most {max_batch}")
+    return batch
+
+
 def build(cfg: VisionConfig) -> BuildResult:
     """Run the whole pipeline for ``cfg``; raise ``QuantError`` for anything the user can fix."""
     timings = Timings()
@@ -99,12 +108,23 @@ def build(cfg: VisionConfig) -> BuildResult:
                                                                     "quantized_sha256": info.sha256},
                                     "config": cfg.model_dump(mode="json")}
         staged: dict[str, Path] = {}
+        if cfg.simplify:
+            # The cache's tensor names, the Q/DQ models and the trtexec lines all belong to the simplified graph:
+            # publish it beside them.
+            staged["simplified_model"] = info.path
+            manifest["model"]["quantized_model"] = info.path.name
+            manifest["model"]["note"] = (f"{info.path.name} (onnxslim) is the model the calibration cache, the Q/DQ "
+                                         "models and the trtexec lines belong to")
         hw = resolve_input_hw(info, cfg.imgsz)
-        batch = resolve_batch(info, cfg.batch)
+        batch = check_batch(info, resolve_batch(info, cfg.batch, default_dynamic=min(cfg.max_batch, 8)), cfg.max_batch)
         int8: Int8Outputs | None = None
+        target = backend.target_version(cfg.trt_version)
+        manifest["tensorrt_target"] = {"version": target, "cache_header_version": backend.cache_header_version(
+            cfg.trt_version), "from": "installed" if backend.makes_engine else
+            ("--trt-version" if cfg.trt_version else "default")}
         if cfg.precision == "int8":
             int8 = quantize_int8(cfg, info, model, hw, batch, staging, timings,
-                                 backend.cache_header_version(cfg.trt_version))
+                                 manifest["tensorrt_target"]["cache_header_version"])
             staged.update(int8.staged)
             manifest.update(int8.manifest)
             result.int8 = int8.facts
@@ -116,7 +136,9 @@ def build(cfg: VisionConfig) -> BuildResult:
                 staged.update(engine.staged)
                 manifest["engine"] = engine.facts
         manifest["trtexec"] = trtexec_commands(info, hw, cfg.max_batch, "calibration.cache" if "cache" in staged
-                                               else None, "model.int8.onnx" if "qdq_trt" in staged else None)
+                                               else None, "model.int8.onnx" if "qdq_trt" in staged else None,
+                                               trt_version=target,
+                                               fp16_name="model.fp16.onnx" if "fp16_onnx" in staged else None)
         manifest["packages"] = package_versions(PACKAGES)
         manifest["timings"] = dict(timings)
         atomic_write_json(staging / "build.json", manifest)

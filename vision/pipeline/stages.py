@@ -33,6 +33,7 @@ from vision.backends.engine import EngineRequest, EngineResult
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.backends.openvino import OpenvinoRunner
 from vision.backends.select import BuildBackend, load_runner
+from vision.backends.upstream import tensorrt_facts
 from vision.calibration.calibrators import calibrator_spec, compute_all
 from vision.calibration.stats import ActivationCollector, save_stats
 from vision.config import VisionConfig
@@ -127,7 +128,8 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
         save_stats(staging / "stats.npz", stats)
         outputs.staged["stats"] = staging / "stats.npz"
 
-    _write_qdq(cfg, info, model, cache_file, outputs, staging, timings)
+    _write_qdq(cfg, info, model, cache_file, outputs, staging, timings,
+               high_precision=tensorrt_facts().qdq_high_precision(trt_version))
     outputs.manifest = {
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
                         "images_used": facts.images, "skipped": facts.skipped_images,
@@ -150,7 +152,7 @@ def _qdq_facts(summary: QdqSummary) -> dict[str, Any]:
 
 
 def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache_file: Path, outputs: Int8Outputs,
-               staging: Path, timings: Timings) -> None:
+               staging: Path, timings: Timings, *, high_precision: str) -> None:
     facts, calib, scales = outputs.facts, outputs.calib, outputs.scales
     # One image (one batch for a fixed batch size) is enough: both writers' own calibration is overridden.
     smallest = calib.batch if calib.fixed_batch else 1
@@ -170,7 +172,7 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
                                         weight_storage=cfg.ort_weights, label=info.path.name)
     with timings.measure("qdq_tensorrt"):
         trt_summary = write_trt_qdq(info.path, cache_file, scales, sample, staging / "model.int8.onnx",
-                                    nodes_to_exclude=facts.float_layers)
+                                    nodes_to_exclude=facts.float_layers, high_precision_dtype=high_precision)
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
@@ -189,6 +191,8 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
         facts.qdq[summary.path.name] = _qdq_facts(summary)
     facts.qdq[ort_summary.path.name]["weight_storage"] = ort_summary.weight_storage
     facts.qdq[ov_summary.path.name]["weight_storage"] = ov_summary.weight_storage
+    # unquantized layers: FP16 where the target TensorRT builds the model strongly typed (TensorRT#993)
+    facts.qdq[trt_summary.path.name]["high_precision_dtype"] = high_precision
     if cfg.agreement_images == 0:
         return
     with timings.measure("agreement"):

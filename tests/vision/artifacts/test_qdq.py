@@ -102,7 +102,7 @@ def test_trt_layout_reads_our_cache_exactly_with_per_channel_weights(tiny):
     cache.write_text("TRT-101300-MinMaxCalibration\n" + "".join(
         f"{name}: {struct.pack('!f', value).hex()}\n" for name, value in scales.items()))
     out = root / "model.int8.onnx"
-    summary = write_trt_qdq(path, cache, scales, [feeds], out)
+    summary = write_trt_qdq(path, cache, scales, [feeds], out, high_precision_dtype="fp32")
     assert summary.matched_scales == summary.activation_tensors >= 2
     assert summary.per_channel_weights >= 2
     found = activation_q_scales(onnx.load(str(out)))
@@ -117,3 +117,26 @@ def test_scale_check_refuses_a_foreign_scale(tiny):
     wrong = dict(scales, images=scales["images"] * 2)
     with pytest.raises(QuantError, match="does not use the calibrated scale"):
         check_scales(onnx.load(str(out)), wrong, QdqSummary(out, "onnxruntime"), zero_point=128)
+
+
+def test_trt_layout_fp16_high_precision_runs_in_onnxruntime(tiny):
+    """Regression (issue 8 item 9): unquantized layers of the TensorRT layout were FP32, which a strongly typed
+    TensorRT network runs in FP32 (INT8 slower than FP16, NVIDIA/TensorRT#993); now FP16, I/O still FP32."""
+    root, path, feeds, scales = tiny
+    cache = root / "calibration16.cache"
+    cache.write_text("TRT-101300-MinMaxCalibration\n" + "".join(
+        f"{name}: {struct.pack('!f', value).hex()}\n" for name, value in scales.items()))
+    out = root / "model16.int8.onnx"
+    summary = write_trt_qdq(path, cache, scales, [feeds], out)  # default: fp16
+    model = onnx.load(str(out))
+    assert summary.matched_scales == summary.activation_tensors >= 2
+    float_inits = [i.data_type for i in model.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT,
+                                                                                   onnx.TensorProto.FLOAT16)]
+    assert onnx.TensorProto.FLOAT16 in float_inits
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in [*model.graph.input, *model.graph.output])
+    for tensor, (scale, _) in activation_q_scales(model).items():
+        assert scale.dtype == np.float16, tensor
+    ref = create_session(path).run(None, feeds)[0]
+    got = create_session(out).run(None, feeds)[0]
+    cosine = float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert got.dtype == np.float32 and cosine > 0.99

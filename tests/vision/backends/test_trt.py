@@ -47,7 +47,7 @@ def test_trtexec_lines_cover_every_precision(tmp_path):
 
     path = tiny_conv_model(tmp_path / "tiny.onnx")
     info = inspect_model(onnx.load(str(path)), path)
-    lines = trtexec_commands(info, (32, 32), 8, "calibration.cache", "model.int8.onnx")
+    lines = trtexec_commands(info, (32, 32), 8, "calibration.cache", "model.int8.onnx", trt_version="10.13.0")
     assert set(lines) == {"fp32", "fp16", "int8_cache", "int8_qdq"}
     assert "--int8 --fp16 --calib=calibration.cache" in lines["int8_cache"]
     assert "--onnx=model.int8.onnx --stronglyTyped" in lines["int8_qdq"]

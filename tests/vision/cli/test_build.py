@@ -82,12 +82,15 @@ def bad_cases(root: Path, model: Path, images: Path):
         "image-less calibration dir": ([model, "--calib-data", imageless, "--imgsz", 64], "no images found"),
         "unknown calibrator": ([model, "--calib-data", images, "--calibrator", "kl"], "calibrator"),
         "unwritable out": ([model, "--calib-data", images, "--imgsz", 64, "--out-parent-is-file"], "directory"),
+        # regression (issue 8 item 10b): was a negative-size tensor from the engine run
+        "batch above max batch": ([model, "--calib-data", images, "--imgsz", 64, "--batch", 16, "--max-batch", 4],
+                                  "--batch 16 is larger than --max-batch 4"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing model", "corrupt model", "truncated model", "several inputs",
                                   "no image input", "empty calibration dir", "image-less calibration dir",
-                                  "unknown calibrator", "unwritable out"])
+                                  "unknown calibrator", "unwritable out", "batch above max batch"])
 def test_bad_input_is_one_line_and_leaves_nothing(app, assets, tmp_path, case):
     root, model, images = assets
     args, expected = bad_cases(root, model, images)[case]

@@ -132,11 +132,30 @@ def test_fp32_without_tensorrt_writes_only_the_manifest(workspace, tmp_path):
     _, model, _ = workspace
     result = build(load_config(model=model, precision="fp32", imgsz=64, out=tmp_path / "fp32",
                                backend="onnxruntime", simplify=True))
-    assert set(result.artifacts) == {"build_json"} and result.int8 is None
+    assert set(result.artifacts) == {"simplified_model", "build_json"} and result.int8 is None
     assert result.summary()["calibrator"] is None
     manifest = json.loads(result.artifacts["build_json"].read_text())
     assert "--saveEngine=model.fp32.engine" in manifest["trtexec"]["fp32"]
     assert manifest["model"]["simplified"] and manifest["timings"]["simplify"] > 0
+
+
+def test_simplify_publishes_the_model_the_artifacts_belong_to(workspace, tmp_path):
+    """Regression (issue 8 item 6): build.json's trtexec lines named model.simplified.onnx, never published, and
+    the cache's tensor names came from that unpublished graph."""
+    import onnx
+
+    _, model, images = workspace
+    result = build(load_config(model=model, calib_data=images, imgsz=64, batch=4, out=tmp_path / "simp",
+                               backend="onnxruntime", simplify=True, agreement_images=0))
+    out = tmp_path / "simp"
+    manifest = json.loads((out / "build.json").read_text())
+    for line in manifest["trtexec"].values():
+        onnx_name = next(p.split("=", 1)[1] for p in line.split() if p.startswith("--onnx="))
+        assert (out / onnx_name).is_file(), line
+    assert manifest["model"]["quantized_model"] == "model.simplified.onnx" == result.artifacts["simplified_model"].name
+    simplified = onnx.load(str(out / "model.simplified.onnx"))
+    names = {i.name for i in simplified.graph.input} | {o for n in simplified.graph.node for o in n.output}
+    assert set(read_cache(out / "calibration.cache").scales) <= names
 
 
 def test_trained_yolov8n_acceptance(tmp_path):
@@ -153,6 +172,9 @@ def test_trained_yolov8n_acceptance(tmp_path):
     assert agreement["detection_match"] is not None and agreement["detection_match"] > 0.9, agreement
     assert result.int8.qdq["model.int8.onnx"]["per_channel_weights"] >= 50
     assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["cosine"] > 0.99
+    # the default target (TensorRT 10.13) builds it strongly typed: unquantized layers in FP16 (TensorRT#993)
+    assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "fp16"
+    assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["detection_match"] > 0.9
     ov = result.int8.qdq["model.int8.ov.onnx"]
     assert ov["layout"] == "openvino" and ov["per_channel_weights"] >= 50 and ov["matched_scales"] > 50
     if "skipped" not in ov["openvino_check"]:  # OpenVINO installed: the layout it runs agrees with FP32
