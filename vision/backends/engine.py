@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from quant_common.errors import QuantError
-from vision.artifacts.fp16_onnx import write_fp16_onnx
+from vision.backends.fp16_onnx import write_fp16_onnx
 from vision.backends.trt import (
     CalibrationFeed,
     EngineSpec,

@@ -16,7 +16,7 @@ import pytest
 from quant_common.errors import QuantError
 from tests.vision.conftest import synthetic_images, tiny_detector_onnx
 from vision.artifacts.cache import ALGORITHMS, make_header, trt_version_code
-from vision.artifacts.fp16_onnx import write_fp16_onnx
+from vision.backends.fp16_onnx import write_fp16_onnx
 from vision.artifacts.trtexec import options_used, trtexec_commands
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.backends.select import DEFAULT_TRT_VERSION, OnnxruntimeBuild
