@@ -1,0 +1,1 @@
+"""Facts read from upstream sources, as data (see quant_common.facts)."""
