@@ -48,7 +48,7 @@ class TritonPythonModel:
             try:
                 texts = self._run(request, sender)
                 response = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("text_output", np.array([["".join(texts).encode("utf-8")]], dtype=object))
+                    pb_utils.Tensor("text_output", np.array(["".join(texts).encode("utf-8")], dtype=object))
                 ]) if texts is not None else None
             except Exception as exc:  # noqa: BLE001 - report to the client, keep serving
                 response = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
@@ -74,7 +74,8 @@ class TritonPythonModel:
             if value is None and name == "max_tokens":
                 value = np.full((batch, 1), self.default_max_tokens, dtype=np.int32)
             if value is not None:
-                step_inputs[model].append(pb_utils.Tensor(target, value))
+                # Inputs upstream declares with reshape: [] arrive as [batch]; the step models take [batch, 1].
+                step_inputs[model].append(pb_utils.Tensor(target, value.reshape(-1, 1) if value.ndim == 1 else value))
         pre = pb_utils.InferenceRequest(model_name="preprocessing", inputs=step_inputs["preprocessing"],
                                         requested_output_names=list(self.pre_to_core)).exec()
         if pre.has_error():
@@ -99,7 +100,7 @@ class TritonPythonModel:
             text = self._detokenize(ids.as_numpy(), lengths)
             if streaming:
                 sender.send(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object))]))
+                    pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=object))]))
             else:
                 texts.append(text)
         return None if streaming else texts
@@ -111,5 +112,5 @@ class TritonPythonModel:
             inputs=[pb_utils.Tensor("TOKENS_BATCH", ids), pb_utils.Tensor("SEQUENCE_LENGTH", lengths)]).exec()
         if post.has_error():
             raise ValueError(post.error().message())
-        out = pb_utils.get_output_tensor_by_name(post, "OUTPUT").as_numpy().reshape(-1)
+        out = pb_utils.get_output_tensor_by_name(post, "OUTPUT").as_numpy().reshape(-1)  # flat, as upstream
         return out[0].decode("utf-8") if isinstance(out[0], bytes) else str(out[0])
