@@ -12,6 +12,7 @@ import yaml
 
 from quant_common.cli import handle_errors, print_json
 from quant_common.errors import QuantError
+from triton_backend import conformance
 from triton_backend.client import LLMClient
 from triton_backend.options import TritonOptions
 from triton_backend.repository import package_for_build
@@ -50,9 +51,15 @@ def package(
     decoupled: Annotated[bool | None, typer.Option("--decoupled/--no-decoupled", help="Streaming needs decoupled.")] = None,
     kv_cache_free_gpu_mem_fraction: Annotated[float | None, typer.Option(help="TensorRT-LLM KV-cache fraction.")] = None,
     max_input_len: Annotated[int | None, typer.Option(help="Longest prompt in tokens [default: model limit].")] = None,
+    trtllm_version: Annotated[str | None, typer.Option(
+        help="TensorRT-LLM version the repository is for, when none is installed here or recorded in the engine "
+             "[default: the newest backend family known, TensorRT-LLM's in-tree backend (0.20+)].")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Check BUILD_DIR as an existing repository against "
+                                                        "--trtllm-version (default: the version it was written "
+                                                        "for) and exit: one line per problem.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
 ) -> None:
-    """Write a Triton model repository for a build.
+    """Write a Triton model repository for a build (or, with --check, check one).
 
     Examples:
 
@@ -62,8 +69,13 @@ def package(
 
       llm-quant package out/llama --runtime llmapi --hf-checkpoint-dir out/llama/hf_checkpoint
 
+      llm-quant package --check out/llama/triton_repo --trtllm-version 0.19.0
+
     BUILD_DIR/engine, BUILD_DIR/hf_checkpoint and BUILD_DIR/trtllm_checkpoint are used when present.
     """
+    if check:
+        _check(build_dir, trtllm_version)
+        return
     opts = _load_options(options, {"max_batch_size": max_batch_size, "decoupled": decoupled,
                                    "kv_cache_free_gpu_mem_fraction": kv_cache_free_gpu_mem_fraction,
                                    "max_input_len": max_input_len})
@@ -76,15 +88,30 @@ def package(
         trtllm_checkpoint_dir = build_dir / "trtllm_checkpoint"
     result = package_for_build(build_dir, options=opts, runtime=runtime, embedded_dir=embedded_dir,  # type: ignore[arg-type]
                                tokenizer_dir=tokenizer_dir, engine_dir=engine_dir, out=out,
-                               trtllm_checkpoint_dir=trtllm_checkpoint_dir, hf_checkpoint_dir=hf_checkpoint_dir)
+                               trtllm_checkpoint_dir=trtllm_checkpoint_dir, hf_checkpoint_dir=hf_checkpoint_dir,
+                               trtllm_version=trtllm_version)
     if as_json:
         print_json(result)
         return
     typer.echo(f"wrote {result.path} (runtime {result.runtime}: {', '.join(result.models)}; "
                f"max input {result.max_input_len} tokens, max sequence {result.max_seq_len})")
+    if result.target is not None:
+        typer.echo(f"for TensorRT-LLM backend {result.target.family} ({result.target.reason})")
     for warning in result.warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"serve it with: llm-quant serve {result.path}")
+
+
+def _check(repo: Path, trtllm_version: str | None) -> None:
+    fam = conformance.target_family(repo, trtllm_version)
+    problems = conformance.check_repository(repo, fam)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        typer.echo(f"{repo}: {len(problems)} problem(s) for TensorRT-LLM backend {fam.name}; repackage with "
+                   f"llm-quant package --trtllm-version {fam.trtllm_min}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK for TensorRT-LLM backend {fam.name} ({fam.where})")
 
 
 def serve(

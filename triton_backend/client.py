@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from quant_common.errors import QuantError, require
-from triton_backend.interface import ENSEMBLE_REQUEST, LLMAPI_REQUEST, REQUEST_NUMPY_TYPES
+from triton_backend.interface import LLMAPI_REQUEST, REQUEST_NUMPY_TYPES, ensemble_request, family_of_inputs
 
 Protocol = Literal["http", "grpc"]
 
@@ -89,7 +89,9 @@ class LLMClient:
             if "text_input" not in inputs:
                 raise QuantError(f"model {self.model!r} takes no text_input (inputs: {', '.join(sorted(inputs))})",
                                  "choose --model ensemble or tensorrt_llm_bls")
-            self._names = LLMAPI_REQUEST if "sampling_param_max_tokens" in inputs else ENSEMBLE_REQUEST
+            # The ensemble's sampling names depend on the backend version it was rendered for (seed / random_seed).
+            self._names = (LLMAPI_REQUEST if "sampling_param_max_tokens" in inputs
+                           else ensemble_request(family_of_inputs(inputs)))
         return self._names
 
     def _input_names(self) -> set[str]:

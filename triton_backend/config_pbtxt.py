@@ -131,6 +131,11 @@ def render(spec: ModelSpec) -> str:
     return "\n".join(out) + "\n"
 
 
+def require_model_config_pb2() -> Any:
+    return require("tritonclient.grpc.model_config_pb2", purpose="validating Triton configs",
+                   install="pip install 'tritonclient[grpc]'")
+
+
 def validate(text: str, source: str = "config.pbtxt") -> Any:
     """Parse ``text`` as a Triton ``ModelConfig``; raise one line naming ``source`` when it is not one.
 
@@ -140,8 +145,7 @@ def validate(text: str, source: str = "config.pbtxt") -> Any:
         start = text.index("${")
         raise QuantError(f"{source} has an unfilled template placeholder {text[start:text.find('}', start) + 1]}",
                          "fill every parameter before writing the repository")
-    model_config_pb2 = require("tritonclient.grpc.model_config_pb2", purpose="validating Triton configs",
-                               install="pip install 'tritonclient[grpc]'")
+    model_config_pb2 = require_model_config_pb2()
     text_format = require("google.protobuf.text_format", purpose="validating Triton configs",
                           install="pip install protobuf")
     message = model_config_pb2.ModelConfig()

@@ -7,27 +7,42 @@ python-backend ``tensorrt_llm`` model (the embedded PyTorch runtime).
 
 from __future__ import annotations
 
-from triton_backend.config_pbtxt import EnsembleStep, ModelSpec, Tensor
+import json
+
+from triton_backend.config_pbtxt import EnsembleStep, ModelSpec
 from triton_backend.interface import (
-    BYTES,
-    CORE_INPUTS,
     CORE_OUTPUTS,
     ENSEMBLE_EXTRA_OUTPUTS,
-    ENSEMBLE_INPUTS,
     ENSEMBLE_OUTPUTS,
-    I32,
     LLMAPI_INPUTS,
     LLMAPI_OUTPUTS,
-    SCALAR,
-    trtllm_only_inputs,
-    trtllm_only_outputs,
+    Family,
+    tensors,
+    unsupported_inputs,
 )
 from triton_backend.options import TritonOptions
 
+# Our preprocessing's outputs, as the core model's inputs (the ensemble's internal tensors).
+PRE_TO_CORE = {"INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths",
+               "REQUEST_OUTPUT_LEN": "request_output_len", "BAD_WORDS_IDS": "bad_words_list",
+               "STOP_WORDS_IDS": "stop_words_list", "OUT_END_ID": "end_id", "OUT_PAD_ID": "pad_id"}
 
-def tensorrt_llm_core(opts: TritonOptions, *, backend: str, parameters: dict[str, object]) -> ModelSpec:
-    """The core generation model: C++ ``tensorrtllm`` backend, or our python model with the same interface."""
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def tensorrt_llm_core(opts: TritonOptions, fam: Family, *, backend: str, parameters: dict[str, object]) -> ModelSpec:
+    """The core generation model: C++ ``tensorrtllm`` backend, or our python model with the same inputs.
+
+    Both declare every input upstream's ``tensorrt_llm`` of ``fam`` declares; the python model refuses, per
+    request, the ones it cannot honour when set (their names and neutral values travel as parameters).
+    """
     full = backend == "tensorrtllm"
+    upstream = fam.models["tensorrt_llm"]
+    if not full:
+        parameters = {**parameters, "input_names": _json(fam.sampling.names),
+                      "unsupported_inputs": _json(unsupported_inputs(fam, "tensorrt_llm"))}
     return ModelSpec(
         name="tensorrt_llm",
         backend=backend,
@@ -37,14 +52,15 @@ def tensorrt_llm_core(opts: TritonOptions, *, backend: str, parameters: dict[str
         preferred_batch_size=opts.max_batch_size if full else None,
         max_queue_delay_microseconds=opts.max_queue_delay_microseconds,
         max_queue_size=opts.max_queue_size,
-        inputs=CORE_INPUTS + (trtllm_only_inputs(opts) if full else ()),
-        outputs=CORE_OUTPUTS + (trtllm_only_outputs(opts) if full else ()),
+        inputs=tensors(upstream.inputs, opts),
+        outputs=tensors(upstream.outputs, opts) if full else CORE_OUTPUTS,
         instance_count=1 if full else opts.model_instance_count,
         parameters=parameters,
     )
 
 
-def preprocessing(opts: TritonOptions, tokenizer_dir: str, max_input_len: int) -> ModelSpec:
+def preprocessing(opts: TritonOptions, fam: Family, tokenizer_dir: str, max_input_len: int) -> ModelSpec:
+    outputs = {t.name: t for t in tensors(fam.models["preprocessing"].outputs, opts)}
     return ModelSpec(
         name="preprocessing",
         backend="python",
@@ -52,61 +68,39 @@ def preprocessing(opts: TritonOptions, tokenizer_dir: str, max_input_len: int) -
         dynamic_batching=True,
         max_queue_delay_microseconds=opts.max_queue_delay_microseconds,
         max_queue_size=opts.max_queue_size,
-        inputs=(
-            Tensor("QUERY", BYTES, SCALAR),
-            Tensor("REQUEST_OUTPUT_LEN", I32, SCALAR),
-            Tensor("BAD_WORDS_DICT", BYTES, (-1,), optional=True),
-            Tensor("STOP_WORDS_DICT", BYTES, (-1,), optional=True),
-            Tensor("END_ID", I32, SCALAR, optional=True),
-            Tensor("PAD_ID", I32, SCALAR, optional=True),
-        ),
-        outputs=(
-            Tensor("INPUT_ID", I32, (-1,)),
-            Tensor("REQUEST_INPUT_LEN", I32, SCALAR),
-            Tensor("BAD_WORDS_IDS", I32, (2, -1)),
-            Tensor("STOP_WORDS_IDS", I32, (2, -1)),
-            Tensor("REQUEST_OUTPUT_LEN", I32, SCALAR),
-            Tensor("OUT_END_ID", I32, SCALAR),
-            Tensor("OUT_PAD_ID", I32, SCALAR),
-        ),
+        inputs=tensors(fam.models["preprocessing"].inputs, opts),
+        outputs=tuple(outputs[name] for name in PRE_TO_CORE),  # the ones we produce, as upstream declares them
         instance_count=opts.preprocessing_instance_count,
         parameters={"tokenizer_dir": tokenizer_dir, "add_special_tokens": opts.add_special_tokens,
-                    "max_input_len": max_input_len},
+                    "max_input_len": max_input_len,
+                    "unsupported_inputs": _json(unsupported_inputs(fam, "preprocessing"))},
     )
 
 
-def postprocessing(opts: TritonOptions, tokenizer_dir: str) -> ModelSpec:
+def postprocessing(opts: TritonOptions, fam: Family, tokenizer_dir: str) -> ModelSpec:
     return ModelSpec(
         name="postprocessing",
         backend="python",
         max_batch_size=opts.max_batch_size,
         dynamic_batching=True,
         max_queue_delay_microseconds=opts.max_queue_delay_microseconds,
-        inputs=(Tensor("TOKENS_BATCH", I32, (-1, -1)), Tensor("SEQUENCE_LENGTH", I32, (-1,))),
-        outputs=(Tensor("OUTPUT", BYTES, (-1,)),),
+        inputs=tensors(fam.models["postprocessing"].inputs, opts),
+        outputs=tensors(fam.models["postprocessing"].outputs, opts),
         instance_count=opts.postprocessing_instance_count,
         parameters={"tokenizer_dir": tokenizer_dir, "skip_special_tokens": opts.skip_special_tokens},
     )
 
 
-def ensemble(opts: TritonOptions) -> ModelSpec:
-    pre = EnsembleStep(
-        "preprocessing",
-        input_map={"QUERY": "text_input", "REQUEST_OUTPUT_LEN": "max_tokens", "BAD_WORDS_DICT": "bad_words",
-                   "STOP_WORDS_DICT": "stop_words", "END_ID": "end_id", "PAD_ID": "pad_id"},
-        output_map={"INPUT_ID": "_INPUT_ID", "REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN",
-                    "BAD_WORDS_IDS": "_BAD_WORDS_IDS", "STOP_WORDS_IDS": "_STOP_WORDS_IDS",
-                    "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN", "OUT_END_ID": "_END_ID",
-                    "OUT_PAD_ID": "_PAD_ID"},
-    )
+def ensemble(opts: TritonOptions, fam: Family) -> ModelSpec:
+    """Upstream's ensemble inputs, each routed to the step input upstream routes it to."""
+    upstream = fam.models["ensemble"]
+    to_pre = {step_input: name for name, (model, step_input) in upstream.routes.items() if model == "preprocessing"}
+    to_core = {step_input: name for name, (model, step_input) in upstream.routes.items() if model == "tensorrt_llm"}
+    pre = EnsembleStep("preprocessing", input_map=to_pre,
+                       output_map={out: f"_{out}" for out in PRE_TO_CORE})
     core = EnsembleStep(
         "tensorrt_llm",
-        input_map={"input_ids": "_INPUT_ID", "input_lengths": "_REQUEST_INPUT_LEN",
-                   "request_output_len": "_REQUEST_OUTPUT_LEN", "end_id": "_END_ID", "pad_id": "_PAD_ID",
-                   "bad_words_list": "_BAD_WORDS_IDS", "stop_words_list": "_STOP_WORDS_IDS",
-                   "runtime_top_k": "top_k", "runtime_top_p": "top_p", "temperature": "temperature",
-                   "repetition_penalty": "repetition_penalty", "min_tokens": "min_tokens", "seed": "seed",
-                   "streaming": "stream"},
+        input_map={**{core_input: f"_{out}" for out, core_input in PRE_TO_CORE.items()}, **to_core},
         output_map={"output_ids": "_TOKENS_BATCH", "sequence_length": "sequence_length"},
     )
     post = EnsembleStep(
@@ -115,22 +109,27 @@ def ensemble(opts: TritonOptions) -> ModelSpec:
         output_map={"OUTPUT": "text_output"},
     )
     return ModelSpec(name="ensemble", platform="ensemble", max_batch_size=opts.max_batch_size,
-                     inputs=ENSEMBLE_INPUTS, outputs=ENSEMBLE_OUTPUTS + ENSEMBLE_EXTRA_OUTPUTS,
+                     inputs=tensors(upstream.inputs, opts), outputs=ENSEMBLE_OUTPUTS + ENSEMBLE_EXTRA_OUTPUTS,
                      steps=(pre, core, post))
 
 
-def bls(opts: TritonOptions) -> ModelSpec:
-    """Business-logic model: same request interface as the ensemble, calling the three models itself."""
+def bls(opts: TritonOptions, fam: Family) -> ModelSpec:
+    """Business-logic model: upstream's BLS inputs, forwarded as the ensemble routes them."""
+    upstream = fam.models["tensorrt_llm_bls"]
+    routes = fam.models["ensemble"].routes
+    names = [t.name for t in upstream.inputs]
+    neutral = {name: value for name, value in unsupported_inputs(fam, "tensorrt_llm_bls").items() if name not in routes}
     return ModelSpec(
         name="tensorrt_llm_bls",
         backend="python",
         max_batch_size=opts.max_batch_size,
         decoupled=opts.decoupled,
-        inputs=tuple(Tensor(t.name, t.data_type, t.dims, optional=t.optional or t.name == "max_tokens")
-                     for t in ENSEMBLE_INPUTS),
+        inputs=tensors(upstream.inputs, opts),
         outputs=ENSEMBLE_OUTPUTS,
         instance_count=opts.bls_instance_count,
-        parameters={"default_max_tokens": opts.default_max_tokens, "logits_datatype": opts.logits_datatype},
+        parameters={"default_max_tokens": opts.default_max_tokens, "logits_datatype": opts.logits_datatype,
+                    "routes": _json({name: list(routes[name]) for name in names if name in routes}),
+                    "pre_to_core": _json(PRE_TO_CORE), "unsupported_inputs": _json(neutral)},
     )
 
 

@@ -22,6 +22,7 @@ from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import package_versions, utc_now
 from triton_backend import config_pbtxt, executor, interface, layout, llmapi_support
 from triton_backend.options import RUNTIMES, Runtime, RuntimeChoice, TritonOptions
+from triton_backend.target import Target, choose_target
 
 MODELS_SOURCE = Path(__file__).resolve().parent / "models"
 EMBEDDED_FORMAT = "tq-embedded-v1"
@@ -43,6 +44,7 @@ class RepositorySpec(BaseModel):
     hf_checkpoint_dir: Path | None = None  # llmapi runtime: Hugging Face unified (quantized) checkpoint
     trtllm_checkpoint_dir: Path | None = None  # recorded for provenance
     runtime_loader: str = "llm_quant.runtime:load_quantized"  # pytorch runtime: "module:function"
+    trtllm_version: str | None = None  # --trtllm-version: the backend to render for (triton_backend.target)
     # A build writes into a staging folder that is renamed when complete: absolute paths written into the
     # repository (engine_dir, the llmapi checkpoint) must name the final place, not the staging one.
     staging_root: Path | None = None
@@ -63,6 +65,7 @@ class RepositoryResult(BaseModel):
     models: list[str]
     max_input_len: int
     max_seq_len: int
+    target: Target | None = None
     warnings: list[str] = []
 
 
@@ -182,6 +185,8 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
         raise QuantError(f"max_input_len {max_input_len} leaves no room to generate within max_seq_len {max_seq_len}",
                          "lower triton.max_input_len or raise triton.max_seq_len")
     tokenizer = _path_param(spec.tokenizer_dir, out_path)
+    target = choose_target(spec.trtllm_version, spec.engine_dir if spec.runtime == "tensorrtllm" else None)
+    fam = interface.family(target.family)
 
     specs: list[config_pbtxt.ModelSpec] = []
     code: dict[str, str] = {}
@@ -191,11 +196,11 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
     else:
         if spec.runtime == "tensorrtllm":
             assert spec.engine_dir is not None
-            core = layout.tensorrt_llm_core(opts, backend="tensorrtllm", parameters=interface.tensorrtllm_parameters(
-                opts, str(spec.final_path(spec.engine_dir))))
+            core = layout.tensorrt_llm_core(opts, fam, backend="tensorrtllm", parameters=interface.tensorrtllm_parameters(
+                opts, str(spec.final_path(spec.engine_dir)), str(spec.final_path(spec.tokenizer_dir)), fam))
         else:
             assert spec.embedded_dir is not None
-            core = layout.tensorrt_llm_core(opts, backend="python", parameters={
+            core = layout.tensorrt_llm_core(opts, fam, backend="python", parameters={
                 "embedded_dir": _path_param(spec.embedded_dir, out_path),
                 "runtime_loader": spec.runtime_loader,
                 "max_seq_len": max_seq_len,
@@ -204,8 +209,8 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
                 "batch_requests": opts.batch_requests,
             })
             code["tensorrt_llm"] = "tensorrt_llm_pytorch.py"
-        specs += [layout.preprocessing(opts, tokenizer, max_input_len), core,
-                  layout.postprocessing(opts, tokenizer), layout.ensemble(opts), layout.bls(opts)]
+        specs += [layout.preprocessing(opts, fam, tokenizer, max_input_len), core,
+                  layout.postprocessing(opts, fam, tokenizer), layout.ensemble(opts, fam), layout.bls(opts, fam)]
         code.update(preprocessing="preprocessing.py", postprocessing="postprocessing.py",
                     tensorrt_llm_bls="tensorrt_llm_bls.py")
 
@@ -225,7 +230,8 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
         if spec.runtime == "llmapi":
             atomic_write_text(tmp / "tensorrt_llm" / "1" / "model.yaml", _llmapi_yaml(spec))
         result = RepositoryResult(path=out_path, runtime=spec.runtime, models=[m.name for m in specs],
-                                  max_input_len=max_input_len, max_seq_len=max_seq_len, warnings=warnings)
+                                  max_input_len=max_input_len, max_seq_len=max_seq_len, target=target,
+                                  warnings=warnings)
         # Inside a build's staging folder, record where the repository will be, as for every other path.
         recorded = result.model_copy(update={"path": spec.final_path(out_path)}) if spec.staging_root else result
         atomic_write_json(tmp / MANIFEST, {
@@ -267,6 +273,7 @@ def package_for_build(
     hf_checkpoint_dir: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     final_build_dir: str | os.PathLike[str] | None = None,
+    trtllm_version: str | None = None,
 ) -> RepositoryResult:
     """Package a ``llm-quant build`` output folder as ``<build_dir>/triton_repo`` (or ``out``).
 
@@ -274,7 +281,8 @@ def package_for_build(
     ``triton:`` section (a dict is validated as :class:`TritonOptions`); ``runtime="auto"`` picks ``tensorrtllm``
     when ``engine_dir`` holds a built engine, else ``pytorch``. ``final_build_dir``: where ``build_dir`` will be
     once a build swaps its staging folder in (``llm-quant build`` passes it); absolute paths in the configs point
-    there.
+    there. ``trtllm_version``: the TensorRT-LLM backend to render for when none is installed or recorded in the
+    engine (``triton_backend.target``).
     """
     build = Path(build_dir)
     if not build.is_dir():
@@ -297,6 +305,7 @@ def package_for_build(
         engine_dir=engine,
         hf_checkpoint_dir=Path(hf_checkpoint_dir) if hf_checkpoint_dir is not None else None,
         trtllm_checkpoint_dir=Path(trtllm_checkpoint_dir) if trtllm_checkpoint_dir is not None else None,
+        trtllm_version=trtllm_version,
     )
     if final_build_dir is not None:
         spec.staging_root, spec.final_root = build, Path(final_build_dir)

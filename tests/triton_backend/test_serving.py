@@ -182,3 +182,51 @@ def test_serve_rejects_taken_port(server, tiny_repo):
     assert taken.returncode == 2
     assert f"HTTP port {server['ports']['http']} on 127.0.0.1 is already in use" in taken.stderr
     assert server["process"].poll() is None and os.path.exists(tiny_repo)
+
+
+def _upstream_client_request(url, model, prompt, max_tokens, *, stream, **extra):
+    """What tensorrtllm_backend v0.19.0's end_to_end_grpc_client.py sends (prepare_inputs: text_input, max_tokens,
+    stream, beam_width, temperature, exclude_input_in_output always) over the gRPC stream; returns its replies."""
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
+
+    values = {"text_input": np.array([[prompt.encode()]], dtype=object),
+              "max_tokens": np.array([[max_tokens]], dtype=np.int32), "stream": np.array([[stream]], dtype=bool),
+              "beam_width": np.array([[1]], dtype=np.int32), "temperature": np.array([[1.0]], dtype=np.float32),
+              "exclude_input_in_output": np.array([[True]], dtype=bool)}
+    values.update({name: np.array([[value]], dtype=type(value) if not isinstance(value, int) else np.int32)
+                   for name, value in extra.items()})
+    inputs = []
+    for name, array in values.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "BYTES" if array.dtype == object
+                                       else np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    replies: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: replies.put(error or result))
+    client.async_stream_infer(model, inputs, outputs=[grpcclient.InferRequestedOutput("text_output")])
+    client.stop_stream()
+    client.close()
+    return [replies.get() for _ in range(replies.qsize())]
+
+
+def test_upstream_client_inputs_get_text_or_one_clear_line(server, reference):
+    """Item 0: the ensemble and BLS accept every input upstream's client sends; text_output is a flat array
+    (the client reads text_output[0] as bytes); an input we cannot honour is refused by name."""
+    expected, _ = reference(PROMPTS[1], 6)
+    for model in ("ensemble", "tensorrt_llm_bls"):
+        for stream in (False, True):
+            replies = _upstream_client_request(server["grpc"], model, PROMPTS[1], 6, stream=stream)
+            texts = [r.as_numpy("text_output") for r in replies if r.as_numpy("text_output") is not None]
+            assert all(t.ndim == 1 and isinstance(t[0], bytes) for t in texts), (model, stream)
+            assert "".join(t[0].decode() for t in texts) == expected, (model, stream)
+        refused = _upstream_client_request(server["grpc"], model, PROMPTS[1], 6, stream=False, beam_width=2)
+        assert "input beam_width=2 is not supported by" in str(refused[0]) and "send 1" in str(refused[0])
+        refused = _upstream_client_request(server["grpc"], model, PROMPTS[1], 6, stream=False,
+                                           num_return_sequences=3)
+        assert "num_return_sequences=3 is not supported" in str(refused[0])
+    _still_serving(server)

@@ -43,5 +43,7 @@ class TritonPythonModel:
                     ids = tokens[b, k, : int(lengths[b, k])].tolist()
                     texts[b, k] = self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens).encode(
                         "utf-8")
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts)]))
+            # One flat list of batch x beam texts, as upstream's postprocessing returns it: upstream's clients read
+            # text_output[0] as bytes (end_to_end_grpc_client.py), which a [batch, beam] array would break.
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", texts.reshape(-1))]))
         return responses

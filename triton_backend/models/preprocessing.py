@@ -29,6 +29,23 @@ def _optional(request, name):
     return None if tensor is None else tensor.as_numpy()
 
 
+def _refuse_unsupported(request, unsupported, who):
+    """Upstream inputs this model declares but cannot honour: accepted unset, empty or at their neutral value
+    (``unsupported`` maps name -> neutral value, None = must be empty); any other value is refused, one line."""
+    for name, neutral in unsupported.items():
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            continue
+        values = tensor.as_numpy().reshape(-1).tolist()
+        if neutral is None and all(v in (b"", "") for v in values):
+            continue
+        if neutral is not None and all(v == neutral for v in values):
+            continue
+        shown = values[0] if len(values) == 1 else f"<{len(values)} values>"
+        allowed = "leave it unset" + ("" if neutral is None else f" or send {json.dumps(neutral)}")
+        raise ValueError(f"input {name}={shown!r} is not supported by {who}: {allowed}")
+
+
 def _text(value):
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -39,6 +56,7 @@ class TritonPythonModel:
         self.tokenizer = AutoTokenizer.from_pretrained(_resolve(params["tokenizer_dir"], args))
         self.add_special_tokens = params.get("add_special_tokens", "true").lower() == "true"
         self.max_input_len = int(params.get("max_input_len", "0")) or None
+        self.unsupported = json.loads(params.get("unsupported_inputs", "{}"))
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
 
@@ -74,6 +92,7 @@ class TritonPythonModel:
         return out
 
     def _one(self, request):
+        _refuse_unsupported(request, self.unsupported, "this repository's preprocessing")
         query = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
         batch = query.shape[0]
         prompts = [_text(v) for v in query.reshape(batch, -1)[:, 0]]

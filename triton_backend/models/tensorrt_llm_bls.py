@@ -10,15 +10,22 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-# request input -> (model, input name) for the three steps; absent optional inputs are simply not forwarded
-PRE_INPUTS = {"text_input": "QUERY", "max_tokens": "REQUEST_OUTPUT_LEN", "bad_words": "BAD_WORDS_DICT",
-              "stop_words": "STOP_WORDS_DICT", "end_id": "END_ID", "pad_id": "PAD_ID"}
-PRE_TO_CORE = {"INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths", "REQUEST_OUTPUT_LEN": "request_output_len",
-               "BAD_WORDS_IDS": "bad_words_list", "STOP_WORDS_IDS": "stop_words_list", "OUT_END_ID": "end_id",
-               "OUT_PAD_ID": "pad_id"}
-DIRECT_TO_CORE = {"top_k": "runtime_top_k", "top_p": "runtime_top_p", "temperature": "temperature",
-                  "repetition_penalty": "repetition_penalty", "min_tokens": "min_tokens", "seed": "seed",
-                  "stream": "streaming"}
+
+def _refuse_unsupported(request, unsupported, who):
+    """Upstream inputs this model declares but cannot honour: accepted unset, empty or at their neutral value
+    (``unsupported`` maps name -> neutral value, None = must be empty); any other value is refused, one line."""
+    for name, neutral in unsupported.items():
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            continue
+        values = tensor.as_numpy().reshape(-1).tolist()
+        if neutral is None and all(v in (b"", "") for v in values):
+            continue
+        if neutral is not None and all(v == neutral for v in values):
+            continue
+        shown = values[0] if len(values) == 1 else f"<{len(values)} values>"
+        allowed = "leave it unset" + ("" if neutral is None else f" or send {json.dumps(neutral)}")
+        raise ValueError(f"input {name}={shown!r} is not supported by {who}: {allowed}")
 
 
 class TritonPythonModel:
@@ -27,6 +34,12 @@ class TritonPythonModel:
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         params = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         self.default_max_tokens = int(params.get("default_max_tokens", "64"))
+        # request input -> [step model, step input] as upstream's ensemble routes it (per backend version), and our
+        # preprocessing outputs -> core inputs; absent optional inputs are simply not forwarded.
+        self.routes = json.loads(params["routes"])
+        self.pre_to_core = json.loads(params["pre_to_core"])
+        self.unsupported = json.loads(params.get("unsupported_inputs", "{}"))
+        self.stream_input = next(name for name, (model, target) in self.routes.items() if target == "streaming")
 
     def execute(self, requests):
         responses = []
@@ -35,7 +48,7 @@ class TritonPythonModel:
             try:
                 texts = self._run(request, sender)
                 response = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("text_output", np.array([["".join(texts).encode("utf-8")]], dtype=object))
+                    pb_utils.Tensor("text_output", np.array(["".join(texts).encode("utf-8")], dtype=object))
                 ]) if texts is not None else None
             except Exception as exc:  # noqa: BLE001 - report to the client, keep serving
                 response = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
@@ -53,26 +66,23 @@ class TritonPythonModel:
         return None if tensor is None else tensor.as_numpy()
 
     def _run(self, request, sender):
-        query = self._input(request, "text_input")
-        batch = query.shape[0]
-        pre_inputs = []
-        for name, target in PRE_INPUTS.items():
+        _refuse_unsupported(request, self.unsupported, "this repository's tensorrt_llm_bls")
+        batch = self._input(request, "text_input").shape[0]
+        step_inputs = {"preprocessing": [], "tensorrt_llm": []}
+        for name, (model, target) in self.routes.items():
             value = self._input(request, name)
             if value is None and name == "max_tokens":
                 value = np.full((batch, 1), self.default_max_tokens, dtype=np.int32)
             if value is not None:
-                pre_inputs.append(pb_utils.Tensor(target, value))
-        pre = pb_utils.InferenceRequest(model_name="preprocessing", inputs=pre_inputs,
-                                        requested_output_names=list(PRE_TO_CORE)).exec()
+                # Inputs upstream declares with reshape: [] arrive as [batch]; the step models take [batch, 1].
+                step_inputs[model].append(pb_utils.Tensor(target, value.reshape(-1, 1) if value.ndim == 1 else value))
+        pre = pb_utils.InferenceRequest(model_name="preprocessing", inputs=step_inputs["preprocessing"],
+                                        requested_output_names=list(self.pre_to_core)).exec()
         if pre.has_error():
             raise ValueError(pre.error().message())
         core_inputs = [pb_utils.Tensor(target, pb_utils.get_output_tensor_by_name(pre, name).as_numpy())
-                       for name, target in PRE_TO_CORE.items()]
-        for name, target in DIRECT_TO_CORE.items():
-            value = self._input(request, name)
-            if value is not None:
-                core_inputs.append(pb_utils.Tensor(target, value))
-        stream = self._input(request, "stream")
+                       for name, target in self.pre_to_core.items()] + step_inputs["tensorrt_llm"]
+        stream = self._input(request, self.stream_input)
         streaming = bool(stream is not None and stream.reshape(-1)[0])
         if streaming and sender is None:
             raise ValueError("streaming needs the decoupled model: repackage with triton.decoupled true")
@@ -90,7 +100,7 @@ class TritonPythonModel:
             text = self._detokenize(ids.as_numpy(), lengths)
             if streaming:
                 sender.send(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("text_output", np.array([[text.encode("utf-8")]], dtype=object))]))
+                    pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=object))]))
             else:
                 texts.append(text)
         return None if streaming else texts
@@ -102,5 +112,5 @@ class TritonPythonModel:
             inputs=[pb_utils.Tensor("TOKENS_BATCH", ids), pb_utils.Tensor("SEQUENCE_LENGTH", lengths)]).exec()
         if post.has_error():
             raise ValueError(post.error().message())
-        out = pb_utils.get_output_tensor_by_name(post, "OUTPUT").as_numpy().reshape(-1)
+        out = pb_utils.get_output_tensor_by_name(post, "OUTPUT").as_numpy().reshape(-1)  # flat, as upstream
         return out[0].decode("utf-8") if isinstance(out[0], bytes) else str(out[0])

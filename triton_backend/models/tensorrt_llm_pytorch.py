@@ -46,6 +46,23 @@ def _scalar(request, name, row, default, cast):
     return cast(tensor.as_numpy().reshape(-1)[row])
 
 
+def _refuse_unsupported(request, unsupported, who):
+    """Upstream inputs this model declares but cannot honour: accepted unset, empty or at their neutral value
+    (``unsupported`` maps name -> neutral value, None = must be empty); any other value is refused, one line."""
+    for name, neutral in unsupported.items():
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            continue
+        values = tensor.as_numpy().reshape(-1).tolist()
+        if neutral is None and all(v in (b"", "") for v in values):
+            continue
+        if neutral is not None and all(v == neutral for v in values):
+            continue
+        shown = values[0] if len(values) == 1 else f"<{len(values)} values>"
+        allowed = "leave it unset" + ("" if neutral is None else f" or send {json.dumps(neutral)}")
+        raise ValueError(f"input {name}={shown!r} is not supported by {who}: {allowed}")
+
+
 class TritonPythonModel:
     def initialize(self, args):
         _utf8_locale()
@@ -78,6 +95,9 @@ class TritonPythonModel:
             fold_quantized_weights(self.model)
         self.max_seq_len = int(params.get("max_seq_len", "0")) or None
         self.exclude_input = params.get("exclude_input_in_output", "true").lower() == "true"
+        # Per backend version: our sampling names -> the ones this repository declares (seed -> random_seed ...).
+        self.names = json.loads(params.get("input_names", "{}"))
+        self.unsupported = json.loads(params.get("unsupported_inputs", "{}"))
         self.default_end_id = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id
         self.default_pad_id = pad if pad is not None else self.default_end_id
@@ -134,7 +154,7 @@ class TritonPythonModel:
     def _options(self, request, row, max_new):
         stop = pb_utils.get_input_tensor_by_name(request, "stop_words_list")
         bad = pb_utils.get_input_tensor_by_name(request, "bad_words_list")
-        seed = pb_utils.get_input_tensor_by_name(request, "seed")
+        seed = pb_utils.get_input_tensor_by_name(request, self.names.get("seed", "seed"))
         return self._sampling(
             max_new_tokens=max_new,
             end_id=_scalar(request, "end_id", row, self.default_end_id, int),
@@ -143,21 +163,22 @@ class TritonPythonModel:
             top_k=_scalar(request, "runtime_top_k", row, 0, int),
             top_p=_scalar(request, "runtime_top_p", row, 0.0, float),
             repetition_penalty=_scalar(request, "repetition_penalty", row, 1.0, float),
-            min_tokens=_scalar(request, "min_tokens", row, 0, int),
+            min_tokens=_scalar(request, self.names.get("min_tokens", "min_tokens"), row, 0, int),
             seed=None if seed is None else int(seed.as_numpy().reshape(-1)[row]),
             stop_words=self._words(stop.as_numpy()[row]) if stop is not None else [],
             bad_words=self._words(bad.as_numpy()[row]) if bad is not None else [],
         )
 
     def _parse(self, request):
-        input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+        _refuse_unsupported(request, self.unsupported, "the embedded PyTorch runtime (--runtime tensorrtllm implements it)")
+        input_ids = pb_utils.get_input_tensor_by_name(request, "input_ids")
+        if input_ids is None:
+            raise ValueError("input_ids is missing: this decoder-only model needs the prompt's token ids")
+        input_ids = input_ids.as_numpy()
         input_ids = input_ids.reshape(1, -1) if input_ids.ndim == 1 else input_ids
         batch = input_ids.shape[0]
         lengths = pb_utils.get_input_tensor_by_name(request, "input_lengths").as_numpy().reshape(-1)
         output_len = pb_utils.get_input_tensor_by_name(request, "request_output_len").as_numpy().reshape(-1)
-        if _scalar(request, "beam_width", 0, 1, int) != 1:
-            raise ValueError("the pytorch runtime supports beam_width 1 only: drop beam_width or use the "
-                             "tensorrtllm runtime")
         streaming = _scalar(request, "streaming", 0, False, bool)
         if streaming and not self.decoupled:
             raise ValueError("streaming needs a decoupled model: repackage with triton.decoupled true")
