@@ -240,7 +240,8 @@ def package_triton(staging: Staging, cfg: BuildConfig, eng: engine.EngineResult,
     return package_for_build(build_dir, options=cfg.preset.triton, runtime=cfg.triton_runtime,
                              engine_dir=build_dir / "engine" if eng.status == "built" else None,
                              trtllm_checkpoint_dir=build_dir / "trtllm_checkpoint",
-                             hf_checkpoint_dir=build_dir / "hf_checkpoint" if hf else None, final_build_dir=staging.final)
+                             hf_checkpoint_dir=build_dir / "hf_checkpoint" if hf else None, final_build_dir=staging.final,
+                             trtllm_version=cfg.trtllm_version)
 
 
 def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:

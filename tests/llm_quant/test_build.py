@@ -141,3 +141,15 @@ def test_layer_globs_are_made_exact():
     assert fnmatch.fnmatchcase("transformer.layers.10.mlp.fc", "transformer.layers.1*")  # modelopt's glob: wrong
     assert not fnmatch.fnmatchcase("transformer.layers.10.mlp.fc", fixed[0])
     assert fnmatch.fnmatchcase("transformer.layers.1.mlp.fc", fixed[0])
+
+
+def test_trtllm_version_reaches_the_triton_repository(tiny_llama, tmp_path):
+    # llm-quant build --trtllm-version 0.19.0: the repository is rendered for tensorrtllm_backend v0.19, whose C++
+    # backend reads random_seed / min_length (and three parameters without a fallback)
+    out = tmp_path / "v019"
+    cfg, source = tiny_config(tiny_llama, out, qformat="full_prec", trtllm_version="0.19.0")
+    build(cfg, model_source=source)
+    record = json.loads((out / "triton_repo" / "repository.json").read_text())
+    assert record["result"]["target"]["family"] == "0.19", record["result"]["target"]
+    core = (out / "triton_repo" / "tensorrt_llm" / "config.pbtxt").read_text()
+    assert '"random_seed"' in core and '"min_length"' in core and '"seed"' not in core
