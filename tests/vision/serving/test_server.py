@@ -1,0 +1,130 @@
+"""The packaged repository served by a real Triton (bundled 2.51, python backend): `detect` returns what
+`predict` returns, bad requests get an error while the server keeps serving, concurrent requests batch correctly."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from quant_common.errors import QuantError
+from vision.backends.select import load_runner
+from vision.evaluation.evaluate import predict_images
+from vision.serving.client import DetectClient, detect_files
+
+EXE = Path(sys.executable).with_name("vision-quant")
+
+
+def _reference(vision_build, images, **options):
+    with load_runner(vision_build / "model.int8.ort.onnx") as runner:
+        return [d for _, d in predict_images(runner, list(images), conf=options.get("conf", 0.25),
+                                            iou=options.get("iou", 0.7), max_det=300,
+                                            multi_label=options.get("multi_label", False))]
+
+
+def _assert_same(expected, got):
+    assert len(expected) == len(got)
+    for a, b in zip(expected, got, strict=True):
+        assert len(a) == len(b)
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
+        np.testing.assert_array_equal(b.classes, a.classes)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_detections_equal_in_process_predict(vision_server, vision_build, test_images, protocol):
+    url = vision_server.http_url if protocol == "http" else vision_server.grpc_url
+    client = DetectClient(url, protocol=protocol)
+    got = [client.detect(p.read_bytes()) for p in test_images]
+    expected = _reference(vision_build, test_images)
+    assert sum(len(d) for d in expected) > 0, "the test needs images with detections"
+    _assert_same(expected, got)
+    # per-request options reach the postprocess model: mAP-style settings give the eval's candidates
+    loose = [client.detect(p.read_bytes(), conf=0.001, multi_label=True) for p in test_images[:2]]
+    _assert_same(_reference(vision_build, test_images[:2], conf=0.001, multi_label=True), loose)
+
+
+def test_a_batched_request_pads_and_counts_each_image(vision_server, vision_build, test_images):
+    client = DetectClient(vision_server.http_url)
+    got = client.detect_batch([p.read_bytes() for p in test_images])
+    _assert_same(_reference(vision_build, test_images), got)
+
+
+def test_concurrent_clients_are_batched_without_mixing_results(vision_server, vision_build, test_images):
+    expected = _reference(vision_build, test_images)
+
+    def worker(index):
+        client = DetectClient(vision_server.grpc_url, protocol="grpc")
+        order = [(index + k) % len(test_images) for k in range(6)]
+        return order, [client.detect(test_images[i].read_bytes()) for i in order]
+
+    with ThreadPoolExecutor(8) as pool:
+        for order, results in pool.map(worker, range(8)):
+            _assert_same([expected[i] for i in order], results)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"this is not an image", "cannot decode the image"),
+    (b"", "empty"),
+    ("huge", "over the"),
+])
+def test_bad_images_get_an_error_and_the_server_keeps_serving(vision_server, vision_build, test_images, payload,
+                                                             message):
+    client = DetectClient(vision_server.http_url)
+    data = _png(Image.new("1", (10000, 10000))) if payload == "huge" else payload
+    with pytest.raises(QuantError, match=message):
+        client.detect(data)
+    assert vision_server.alive()
+    _assert_same(_reference(vision_build, test_images[:1]), [client.detect(test_images[0].read_bytes())])
+
+
+def test_wrong_dtype_and_unknown_model_are_refused(vision_server, test_images):
+    import tritonclient.http as httpclient
+
+    client = DetectClient(vision_server.http_url)
+    wrong = httpclient.InferInput("image", [1, 1], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 1), np.float32))
+    with pytest.raises(QuantError, match="refused"):
+        client.infer_raw([wrong])
+    with pytest.raises(QuantError, match="refused"):
+        DetectClient(vision_server.http_url, model="nope").detect(test_images[0].read_bytes())
+    assert client.detect(test_images[0].read_bytes()) is not None
+
+
+def test_cli_detect_json_matches_predict_json(vision_server, vision_build, test_images, tmp_path):
+    images = [str(p) for p in test_images]
+    predicted = subprocess.run([str(EXE), "predict", str(vision_build / "model.int8.ort.onnx"), *images, "--json"],
+                               capture_output=True, text=True, check=True, timeout=300)
+    detected = subprocess.run([str(EXE), "detect", *images, "--url", vision_server.grpc_url, "--protocol", "grpc",
+                               "--json", "--save", str(tmp_path / "drawn")],
+                              capture_output=True, text=True, check=False, timeout=300)
+    assert detected.returncode == 0, detected.stderr
+    expected, got = json.loads(predicted.stdout)["images"], json.loads(detected.stdout)["images"]
+    assert [r["image"] for r in got] == images
+    for want, have in zip(expected, got, strict=True):
+        assert [(d["class"], d["name"]) for d in have["detections"]] == [(d["class"], d["name"])
+                                                                         for d in want["detections"]]
+        for a, b in zip(want["detections"], have["detections"], strict=True):
+            np.testing.assert_allclose(b["box_xyxy"], a["box_xyxy"], atol=0.011)  # both rounded to 0.01
+        assert Path(have["saved"]).is_file()
+    table = subprocess.run([str(EXE), "detect", images[0], "--url", vision_server.http_url],
+                           capture_output=True, text=True, check=True, timeout=120)
+    assert Path(images[0]).name in table.stdout
+
+
+def test_detect_files_rejects_a_missing_image(vision_server, tmp_path):
+    with pytest.raises(QuantError, match="cannot read image"):
+        detect_files(DetectClient(vision_server.http_url), [tmp_path / "missing.jpg"])
