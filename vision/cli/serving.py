@@ -10,9 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from quant_common.cli import handle_errors, print_json
+from quant_common.errors import QuantError
+from quant_common.progress import track
 from triton_backend.cli import run_in_foreground
 from triton_backend.server import TritonServer
 from vision.serving.client import DetectClient, detect_files
+from vision.serving.evaluate import evaluate_served
 from vision.serving.repository import ENSEMBLE, package, serving_options
 
 PACKAGE_HELP = """
@@ -50,6 +53,8 @@ Examples:
   vision-quant detect bus.jpg zidane.jpg --url 127.0.0.1:8000
 
   vision-quant detect img.jpg --url 127.0.0.1:8001 --protocol grpc --json
+
+  vision-quant detect --data val/images --annotations val.json --max-images 100   (mAP through the server)
 """
 
 
@@ -103,7 +108,7 @@ def serve_command(
 
 
 def detect_command(
-    images: Annotated[list[Path], typer.Argument(help="Image files")],
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files")] = None,
     url: Annotated[str | None, typer.Option(help="host:port [default: 127.0.0.1:8000 http, :8001 grpc]")] = None,
     protocol: Annotated[str, typer.Option(help="http | grpc")] = "http",
     model: Annotated[str, typer.Option(help="Model to ask")] = ENSEMBLE,
@@ -111,9 +116,26 @@ def detect_command(
     conf: Annotated[float, typer.Option(help="Confidence threshold")] = 0.25,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold")] = 0.7,
     max_det: Annotated[int, typer.Option(help="Detections kept per image")] = 300,
+    data: Annotated[Path | None, typer.Option(help="With --annotations: labelled images to score (mAP)")] = None,
+    annotations: Annotated[Path | None, typer.Option(help="COCO instances json: print the served model's mAP, "
+                                                          "as `vision-quant eval` does")] = None,
+    max_images: Annotated[int | None, typer.Option(help="With --annotations: the first N images")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     client = DetectClient(url, protocol=protocol, model=model)  # type: ignore[arg-type]
+    if annotations is not None or data is not None:
+        if annotations is None or data is None:
+            raise QuantError("scoring needs both --data DIR and --annotations FILE", "pass both, or neither")
+        result = evaluate_served(client, data, annotations, iou=iou, max_det=max_det, max_images=max_images,
+                                 progress=lambda items, description, total: track(items, description, total))
+        if json_output:
+            print_json(result.to_dict())
+        else:
+            typer.echo(f"mAP50-95 {result.map50_95:.4f}  mAP50 {result.map50:.4f}  ({result.images} images, "
+                       f"{result.instances} boxes, {result.seconds:.1f} s through {result.device})")
+        return
+    if not images:
+        raise QuantError("no images given", "pass image files, or --data and --annotations to score the server")
     names = client.class_names() or None
     records = detect_files(client, images, save, conf=conf, iou=iou, max_det=max_det, names=names)
     if json_output:

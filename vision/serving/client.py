@@ -105,21 +105,32 @@ class DetectClient:
     def detect(self, image: bytes, **options: Any) -> Detections:
         return self.detect_batch([image], **options)[0]
 
-    def class_names(self) -> list[str]:
-        """The class names the repository was packaged with (postprocess's ``class_names`` parameter)."""
+    def _config(self, model: str) -> dict[str, Any]:
+        """A served model's config as JSON-like data (HTTP and gRPC alike)."""
         try:
-            config = self._client.get_model_config("postprocess")
+            config = self._client.get_model_config(model)
         except self._utils.InferenceServerException as exc:
-            raise QuantError(f"cannot read the postprocess model's config: {exc.message()}",
+            raise QuantError(f"cannot read the {model} model's config: {exc.message()}",
                              "serve a repository written by vision-quant package") from exc
         except (ConnectionError, OSError) as exc:
             raise self._unreachable(exc) from exc
         if self.protocol == "grpc":
-            params = {k: v.string_value for k, v in config.config.parameters.items()}
-        else:
-            params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        names = json.loads(params.get("class_names", "[]"))
+            from google.protobuf.json_format import MessageToDict
+
+            return dict(MessageToDict(config.config, preserving_proto_field_name=True))
+        return dict(config)
+
+    def class_names(self) -> list[str]:
+        """The class names the repository was packaged with (postprocess's ``class_names`` parameter)."""
+        params = self._config("postprocess").get("parameters", {})
+        names = json.loads(params.get("class_names", {}).get("string_value", "[]"))
         return [str(n) for n in names]
+
+    def num_classes(self) -> int | None:
+        """Class count from the detector's output dims ``[4 + classes, anchors]``; None where it cannot tell."""
+        outputs = self._config("detector").get("output", [])
+        dims = [int(d) for d in outputs[0].get("dims", [])] if outputs else []
+        return dims[0] - 4 if len(dims) == 2 and dims[0] > 4 else None
 
     def close(self) -> None:
         self._client.close()

@@ -16,8 +16,10 @@ from PIL import Image
 
 from quant_common.errors import QuantError
 from vision.backends.select import load_runner
-from vision.evaluation.evaluate import predict_images
+from vision.data.synthetic import generate_dataset
+from vision.evaluation.evaluate import evaluate, predict_images
 from vision.serving.client import DetectClient, detect_files
+from vision.serving.evaluate import evaluate_served
 
 EXE = Path(sys.executable).with_name("vision-quant")
 
@@ -128,3 +130,17 @@ def test_cli_detect_json_matches_predict_json(vision_server, vision_build, test_
 def test_detect_files_rejects_a_missing_image(vision_server, tmp_path):
     with pytest.raises(QuantError, match="cannot read image"):
         detect_files(DetectClient(vision_server.http_url), [tmp_path / "missing.jpg"])
+
+
+def test_map_through_the_server_equals_eval_of_the_same_artifact(vision_server, vision_build, tmp_path):
+    annotations = generate_dataset(tmp_path / "set", 6, seed=3, imgsz=96, workers=1)
+    images = tmp_path / "set" / "images" / "val"
+    class_map = tmp_path / "classes.json"
+    class_map.write_text("[1, 2, 3, 4]")  # the tiny detector has 4 classes; the generated set has 8 categories
+    with load_runner(vision_build / "model.int8.ort.onnx") as runner:
+        expected = evaluate(runner, images, annotations, class_map=class_map)
+    got = evaluate_served(DetectClient(vision_server.http_url), images, annotations, class_map=class_map)
+    assert expected.detections > 0 and got.detections == expected.detections
+    assert got.map50_95 == pytest.approx(expected.map50_95, abs=1e-9)
+    assert got.map50 == pytest.approx(expected.map50, abs=1e-9)
+    assert [c.map50_95 for c in got.per_class] == pytest.approx([c.map50_95 for c in expected.per_class], abs=1e-9)
