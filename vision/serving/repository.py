@@ -164,6 +164,12 @@ def package(build_dir: str | Path, out: str | Path | None = None,
     names = class_names_from_onnx(Path(str(build["model"].get("path", "")))) or \
         class_names_from_onnx(onnx_for_signature) or []
     max_batch, preferred = _batch_plan(build, opts)
+    if opts.detector != "python" and shape and isinstance(shape[0], int) and shape[0] > 0:
+        # Triton batches along a dynamic first dimension; a fixed-batch model or engine cannot take its batches.
+        raise QuantError(f"the build's model has a fixed batch size of {shape[0]}; the {opts.detector} detector "
+                         "needs a dynamic batch dimension to batch requests",
+                         "re-export the model with a dynamic batch (Ultralytics dynamic=True) and rebuild, or "
+                         "use --detector python (it runs fixed-batch models)")
     image_hw = (in_dims[1], in_dims[2])
 
     with staged_dir(out_path) as tmp:

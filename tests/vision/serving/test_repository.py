@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from quant_common.errors import QuantError
+from tests.vision.conftest import synthetic_images, tiny_detector_onnx
 from triton_backend import config_pbtxt
 from triton_backend.server import check_repository
+from vision.config import load_config
+from vision.pipeline.build import build
 from vision.serving.configs import detector_table
 from vision.serving.repository import ENSEMBLE, ServingOptions, package
 
@@ -105,6 +108,17 @@ def test_tensorrt_detector_without_an_engine_is_one_clear_error(vision_build, tm
     with pytest.raises(QuantError, match="no TensorRT engine"):
         package(vision_build, tmp_path / "repo", ServingOptions(detector="tensorrt"))
     assert not (tmp_path / "repo").exists()
+
+
+def test_backend_detectors_refuse_a_fixed_batch_model(tmp_path):
+    model = tiny_detector_onnx(tmp_path, dynamic_batch=False)
+    synthetic_images(tmp_path / "calib", 4)
+    build(load_config(model=model, calib_data=tmp_path / "calib", out=tmp_path / "build", imgsz=64,
+                      agreement_images=0))
+    with pytest.raises(QuantError, match="fixed batch size of 1"):
+        package(tmp_path / "build", tmp_path / "repo", ServingOptions(detector="onnxruntime"))
+    # the python detector runs it, cutting Triton's batches into the model's batch
+    assert package(tmp_path / "build", tmp_path / "repo").max_batch_size == 8
 
 
 def test_repackaging_replaces_the_repository_whole(vision_build, tmp_path):

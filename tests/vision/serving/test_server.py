@@ -15,11 +15,16 @@ import pytest
 from PIL import Image
 
 from quant_common.errors import QuantError
+from tests.vision.conftest import synthetic_images, tiny_detector_onnx
+from triton_backend.server import TritonServer, free_port
 from vision.backends.select import load_runner
+from vision.config import load_config
 from vision.data.synthetic import generate_dataset
 from vision.evaluation.evaluate import evaluate, predict_images
+from vision.pipeline.build import build
 from vision.serving.client import DetectClient, detect_files
 from vision.serving.evaluate import evaluate_served
+from vision.serving.repository import ServingOptions, package
 
 EXE = Path(sys.executable).with_name("vision-quant")
 
@@ -93,7 +98,7 @@ def test_bad_images_get_an_error_and_the_server_keeps_serving(vision_server, vis
     _assert_same(_reference(vision_build, test_images[:1]), [client.detect(test_images[0].read_bytes())])
 
 
-def test_wrong_dtype_and_unknown_model_are_refused(vision_server, test_images):
+def test_wrong_dtype_empty_batch_and_unknown_model_are_refused(vision_server, test_images):
     import tritonclient.http as httpclient
 
     client = DetectClient(vision_server.http_url)
@@ -101,6 +106,10 @@ def test_wrong_dtype_and_unknown_model_are_refused(vision_server, test_images):
     wrong.set_data_from_numpy(np.zeros((1, 1), np.float32))
     with pytest.raises(QuantError, match="refused"):
         client.infer_raw([wrong])
+    empty = httpclient.InferInput("image", [0, 1], "BYTES")
+    empty.set_data_from_numpy(np.empty((0, 1), dtype=object))
+    with pytest.raises(QuantError, match="refused"):
+        client.infer_raw([empty])
     with pytest.raises(QuantError, match="refused"):
         DetectClient(vision_server.http_url, model="nope").detect(test_images[0].read_bytes())
     assert client.detect(test_images[0].read_bytes()) is not None
@@ -144,3 +153,30 @@ def test_map_through_the_server_equals_eval_of_the_same_artifact(vision_server, 
     assert got.map50_95 == pytest.approx(expected.map50_95, abs=1e-9)
     assert got.map50 == pytest.approx(expected.map50, abs=1e-9)
     assert [c.map50_95 for c in got.per_class] == pytest.approx([c.map50_95 for c in expected.per_class], abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def fixed_batch_build(tmp_path_factory):
+    # Ultralytics' default export: batch fixed at 1, so the detector cuts Triton's batches into single images
+    root = tmp_path_factory.mktemp("fixed-batch")
+    model = tiny_detector_onnx(root, dynamic_batch=False, seed=5)
+    synthetic_images(root / "calib", 4)
+    build(load_config(model=model, calib_data=root / "calib", out=root / "build", imgsz=64, agreement_images=0))
+    return root / "build"
+
+
+def test_a_fixed_batch_model_serves_concurrent_and_batched_requests(fixed_batch_build, test_images):
+    pytest.importorskip("pytriton", reason="nvidia-pytriton (the bundled Triton server) is not installed")
+    repo = package(fixed_batch_build, fixed_batch_build.parent / "repo", ServingOptions(max_batch_size=4)).path
+    expected = _reference(fixed_batch_build, test_images)
+    with TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
+        # a 4-image request (the max batch) is cut into the model's batch of 1 and put back together in order
+        _assert_same(expected, DetectClient(server.http_url).detect_batch([p.read_bytes() for p in test_images]))
+
+        def worker(index):
+            client = DetectClient(server.grpc_url, protocol="grpc")
+            return [client.detect(test_images[(index + k) % len(test_images)].read_bytes()) for k in range(4)]
+
+        with ThreadPoolExecutor(6) as pool:
+            for index, results in enumerate(pool.map(worker, range(6))):
+                _assert_same([expected[(index + k) % len(expected)] for k in range(4)], results)
