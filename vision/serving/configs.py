@@ -34,6 +34,7 @@ class DetectorFact(Fact):
     platform: str | None = None
     backend: str | None = None
     model_file: str
+    default_model_filename: str | None = None  # where the backend's default file name is not model_file's
     instance_kind: Literal["KIND_CPU", "KIND_GPU"]
     parameters: dict[str, str] = {}
     gpu_execution_accelerator: Accelerator | None = None
@@ -63,6 +64,7 @@ class Scheduling:
     instance_kind: str | None = None
     instance_count: int = 1
     gpu_accelerator: Accelerator | None = None
+    default_model_filename: str | None = None
 
 
 def _quote(value: str) -> str:
@@ -74,6 +76,8 @@ def render(spec: ModelSpec, scheduling: Scheduling = Scheduling()) -> str:
     if spec.dynamic_batching or spec.instance_count is not None:
         raise ValueError("give batching and instances through Scheduling, not ModelSpec")
     blocks = [config_pbtxt.render(spec).rstrip("\n")]
+    if scheduling.default_model_filename:
+        blocks.append(f"default_model_filename: {_quote(scheduling.default_model_filename)}")
     if scheduling.max_queue_delay_microseconds is not None:
         lines = ["dynamic_batching {"]
         if scheduling.preferred_batch_sizes:
@@ -104,4 +108,5 @@ def detector_runtime(kind: DetectorKind, preferred: Sequence[int], delay_us: int
                      instances: int) -> tuple[DetectorFact, Scheduling]:
     """The table row for a non-python detector and the scheduling it gets (its instance kind, its accelerator)."""
     fact = detector_table().detectors[kind]
-    return fact, Scheduling(preferred, delay_us, fact.instance_kind, instances, fact.gpu_execution_accelerator)
+    return fact, Scheduling(preferred, delay_us, fact.instance_kind, instances, fact.gpu_execution_accelerator,
+                            fact.default_model_filename)

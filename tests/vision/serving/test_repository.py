@@ -78,6 +78,7 @@ def test_backend_detectors_follow_the_cited_table(vision_build, tmp_path, kind):
     assert config.max_batch_size == 16 and list(config.dynamic_batching.preferred_batch_size) == [8, 16]
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, _kind_enum(fact.instance_kind))]
     assert config_pbtxt.parameters_of(config) == fact.parameters
+    assert config.default_model_filename == (fact.default_model_filename or "")
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     if fact.gpu_execution_accelerator is None:
         assert len(accelerators) == 0
@@ -98,7 +99,7 @@ def test_fact_table_rows_cite_their_source():
     table = detector_table()
     assert {"tensorrt", "onnxruntime", "openvino"} <= set(table.detectors)
     for fact in table.detectors.values():
-        assert fact.source.repo.startswith("triton-inference-server/") and fact.source.cite()
+        assert fact.source.repo.startswith("triton-inference-server/") and fact.source.tag and fact.source.line
         assert bool(fact.platform) != bool(fact.backend)
     assert table.detectors["tensorrt"].platform == "tensorrt_plan"
     assert table.detectors["onnxruntime"].platform == "onnxruntime_onnx"
