@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,6 +24,7 @@ from quant_common.atomic import atomic_write_json, staged_dir
 from quant_common.errors import QuantError
 from quant_common.manifest import package_versions, utc_now
 from triton_backend.config_pbtxt import EnsembleStep, ModelSpec, Tensor
+from vision.backends.select import BackendName
 from vision.evaluation.predict import class_names_from_onnx
 from vision.serving import configs
 from vision.serving.configs import DetectorKind, Scheduling
@@ -152,6 +153,10 @@ def package(build_dir: str | Path, out: str | Path | None = None,
             options: ServingOptions | None = None) -> PackageResult:
     """Write the repository for ``build_dir`` to ``out`` (default ``BUILD_DIR/triton_repo``)."""
     opts = options or ServingOptions.model_validate({})
+    runtimes = get_args(BackendName)
+    if opts.detector == "python" and opts.runner_backend not in runtimes:
+        raise QuantError(f"unknown runner backend {opts.runner_backend!r} for the python detector",
+                         f"use one of {', '.join(runtimes)}")
     build_path = Path(build_dir)
     build = _read_build(build_path)
     out_path = Path(out) if out is not None else build_path / "triton_repo"

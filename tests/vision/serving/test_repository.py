@@ -135,6 +135,9 @@ def test_repackaging_replaces_the_repository_whole(vision_build, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["package", "{missing}"], "not a vision-quant build output"),
     (["package", "{build}", "--detector", "tflite"], "unknown detector"),
+    (["package", "{build}", "--runner-backend", "tflite"], "unknown runner backend"),
+    (["detect", "--data", "{build}"], "needs both --data DIR and --annotations FILE"),
+    (["detect", "--url", "127.0.0.1:9"], "no images given"),
     (["detect", "{image}", "--url", "127.0.0.1:9"], "cannot reach Triton"),
     (["detect", "{image}", "--protocol", "udp"], "unknown protocol"),
 ])

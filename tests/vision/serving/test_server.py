@@ -180,3 +180,24 @@ def test_a_fixed_batch_model_serves_concurrent_and_batched_requests(fixed_batch_
         with ThreadPoolExecutor(6) as pool:
             for index, results in enumerate(pool.map(worker, range(6))):
                 _assert_same([expected[(index + k) % len(expected)] for k in range(4)], results)
+
+
+def test_cli_serve_starts_answers_and_stops_on_sigterm(vision_repo, vision_build, test_images):
+    pytest.importorskip("pytriton", reason="nvidia-pytriton (the bundled Triton server) is not installed")
+    ports = [str(free_port()) for _ in range(3)]
+    proc = subprocess.Popen([str(EXE), "serve", str(vision_repo), "--http-port", ports[0], "--grpc-port", ports[1],
+                             "--metrics-port", ports[2], "--log-file", str(vision_repo.parent / "serve.log")],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith(("ready:", "error:")):
+                break
+        assert lines[-1].startswith("ready:"), "".join(lines)
+        _assert_same(_reference(vision_build, test_images[:1]),
+                     [DetectClient(f"127.0.0.1:{ports[0]}").detect(test_images[0].read_bytes())])
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0 and "stopped" in rest
