@@ -19,7 +19,7 @@ LAZY_ALLOWED = {
 }
 # vision's stage chain, lowest first: a module may import its own stage or one below it, never one above.
 VISION_RANK = {"model": 0, "graph": 0, "data": 1, "backends": 2, "calibration": 3, "artifacts": 4,
-               "evaluation": 5, "config": 6, "pipeline": 7, "cli": 8}
+               "evaluation": 5, "serving": 6, "config": 7, "pipeline": 8, "cli": 9}
 
 
 def _module_name(path: pathlib.Path) -> str:

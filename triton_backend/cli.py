@@ -150,18 +150,26 @@ def serve(
         check_repository(repo)
         typer.echo(server.launch_plan(find_tritonserver(tritonserver)).shell())
         return
+    run_in_foreground(server, f'llm-quant generate "Hello" --url {host}:{http_port}')
+
+
+def run_in_foreground(server: TritonServer, hint: str) -> None:
+    """Start ``server``, print where it listens and ``hint``, serve until Ctrl-C/SIGTERM, then stop it cleanly.
+
+    ``llm-quant serve`` and ``vision-quant serve`` both run this.
+    """
 
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        typer.echo(f"starting Triton on {repo} (log: {server.log_file or repo.resolve().parent / 'tritonserver.log'})",
-                   err=True)
+        log = server.log_file or server.repo.resolve().parent / "tritonserver.log"
+        typer.echo(f"starting Triton on {server.repo} (log: {log})", err=True)
         server.start()
         typer.echo(f"ready: HTTP http://{server.http_url}  gRPC {server.grpc_url}  metrics "
-                   f"http://{host}:{metrics_port}/metrics", err=True)
-        typer.echo(f'try: llm-quant generate "Hello" --url {server.http_url}', err=True)
+                   f"http://{server.host}:{server.metrics_port}/metrics", err=True)
+        typer.echo(f"try: {hint}", err=True)
         code = server.wait()
         raise QuantError(f"tritonserver exited unexpectedly with code {code}", f"see {server.log_file}")
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ only assembles them.
 from __future__ import annotations
 
 from quant_common.cli import make_app
-from vision.cli import analysis, build
+from vision.cli import analysis, build, serving
 
 app = make_app(
     "vision-quant",
@@ -15,10 +15,11 @@ app = make_app(
         "INT8 post-training quantization of YOLOv8 ONNX models with TensorRT's calibration algorithms.\n\n"
         "Examples:\n\n"
         "  vision-quant build yolov8n.onnx --calib-data images/ --out build/\n\n"
-        "  vision-quant build yolov8n.onnx --calib-data images/ --calibrator entropy2 --json"
+        "  vision-quant build yolov8n.onnx --calib-data images/ --calibrator entropy2 --json\n\n"
+        "  vision-quant package build/ && vision-quant serve build/triton_repo"
     ),
     summary="INT8 post-training quantization of YOLOv8 ONNX models.",
-    registrars=[build.register, analysis.register],
+    registrars=[build.register, analysis.register, serving.register],
 )
 
 

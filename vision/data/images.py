@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,21 +38,44 @@ class LetterboxInfo:
         return boxes
 
 
+def _to_rgb(opened: Image.Image) -> np.ndarray:
+    img: Image.Image = ImageOps.exif_transpose(opened)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        img = Image.fromarray((array / peak * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((array.clip(0, 1) * 255.0).astype(np.uint8), mode="L")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image as 8-bit RGB ``HxWx3``, applying EXIF orientation; gray, RGBA, palette and 16-bit too."""
     try:
         with Image.open(path) as opened:
-            img: Image.Image = ImageOps.exif_transpose(opened)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if array.max(initial=0) > 255 else 255.0
-                img = Image.fromarray((array / peak * 255.0).clip(0, 255).astype(np.uint8), mode="L")
-            elif img.mode == "F":
-                array = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray((array.clip(0, 1) * 255.0).astype(np.uint8), mode="L")
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return _to_rgb(opened)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise QuantError(f"cannot read image {path}: {exc}", "remove or replace the file") from exc
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Encoded image bytes (JPEG, PNG, ...) → 8-bit RGB ``HxWx3``, exactly as :func:`load_image` reads a file.
+
+    ``max_pixels`` refuses larger images from their header, before any pixel is decoded (a server's guard).
+    """
+    if not data:
+        raise QuantError("the image is empty (0 bytes)", "send the encoded bytes of a JPEG/PNG/... file")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            width, height = opened.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise QuantError(f"the image is {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+                                 f"{max_pixels / 1e6:.0f} MP limit", "send a smaller image")
+            return _to_rgb(opened)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise QuantError(f"cannot decode the image ({len(data)} bytes): {exc}",
+                         "send the encoded bytes of a JPEG/PNG/... file") from exc
 
 
 def letterbox(image: np.ndarray, new_hw: tuple[int, int], pad_value: int = PAD_VALUE) -> tuple[np.ndarray, LetterboxInfo]:

@@ -223,6 +223,20 @@ def evaluate(runner: Runner, images_dir: str | os.PathLike[str], annotations: st
     """mAP50-95, mAP50 and per-class AP of ``runner``'s detector on a COCO-annotated image directory."""
     if max_det < 1:
         raise QuantError(f"max_det must be at least 1, got {max_det}", "pass a positive --max-det")
+    coco, image_ids, paths, expected = select_images(images_dir, annotations, max_images)
+    start = time.perf_counter()
+    runner.activate()
+    predictions = predict_images(runner, paths, conf=conf, iou=iou, max_det=max_det, multi_label=True,
+                                 imgsz=imgsz, expected_hw=expected, progress=progress)
+    num_classes = _num_classes(runner) or len(coco.dataset["categories"])
+    return score_detections(coco, image_ids, [d for _, d in predictions], num_classes, class_map=class_map,
+                            conf=conf, iou=iou, max_det=max_det, seconds=time.perf_counter() - start,
+                            backend=runner.backend, device=runner.device)
+
+
+def select_images(images_dir: str | os.PathLike[str], annotations: str | os.PathLike[str],
+                  max_images: int | None = None) -> tuple[Any, list[int], list[Path], list[tuple[int, int] | None]]:
+    """(COCO, image ids, image paths, annotated (h, w) per image) of the first ``max_images`` annotated images."""
     coco = load_annotations(annotations)
     image_ids = sorted(coco.imgs)
     if max_images is not None:
@@ -232,17 +246,19 @@ def evaluate(runner: Runner, images_dir: str | os.PathLike[str], annotations: st
     if not image_ids:
         raise QuantError(f"the annotation file {annotations} lists no images", "pass a non-empty COCO file")
     paths = _check_images(coco, Path(images_dir), image_ids)
-    start = time.perf_counter()
-    runner.activate()
     expected = [(int(coco.imgs[i]["height"]), int(coco.imgs[i]["width"])) if "height" in coco.imgs[i]
                 and "width" in coco.imgs[i] else None for i in image_ids]
-    predictions = predict_images(runner, paths, conf=conf, iou=iou, max_det=max_det, multi_label=True,
-                                 imgsz=imgsz, expected_hw=expected, progress=progress)
-    num_classes = _num_classes(runner) or len(coco.dataset["categories"])
+    return coco, image_ids, paths, expected
+
+
+def score_detections(coco: Any, image_ids: list[int], detections: list[Detections], num_classes: int, *,
+                     class_map: str | os.PathLike[str] | None = None, conf: float, iou: float, max_det: int,
+                     seconds: float, backend: str, device: str) -> EvalResult:
+    """pycocotools mAP of per-image detections (from a runner here, or from a served model)."""
     categories = class_to_category(coco, num_classes, class_map)
     records = []
-    for image_id, (_, detections) in zip(image_ids, predictions, strict=True):
-        for box, score, cls in zip(detections.boxes, detections.scores, detections.classes, strict=True):
+    for image_id, found in zip(image_ids, detections, strict=True):
+        for box, score, cls in zip(found.boxes, found.scores, found.classes, strict=True):
             category = categories[int(cls)] if int(cls) < len(categories) else -1
             if category >= 0:
                 records.append({"image_id": image_id, "category_id": category, "score": float(score),
@@ -252,8 +268,7 @@ def evaluate(runner: Runner, images_dir: str | os.PathLike[str], annotations: st
     return EvalResult(
         map50_95=map50_95, map50=map50, per_class=_per_class(evaluator, coco, categories, image_ids),
         images=len(image_ids), instances=len(coco.getAnnIds(imgIds=image_ids)), detections=len(records),
-        conf=conf, iou=iou, max_det=max_det, seconds=round(time.perf_counter() - start, 3),
-        backend=runner.backend, device=runner.device)
+        conf=conf, iou=iou, max_det=max_det, seconds=round(seconds, 3), backend=backend, device=device)
 
 
 def _num_classes(runner: Runner) -> int | None:

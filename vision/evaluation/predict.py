@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from PIL import Image, ImageDraw
 
@@ -54,6 +55,8 @@ def draw_detections(image: Image.Image, detections: Detections, names: list[str]
     for box, score, cls in zip(detections.boxes, detections.scores, detections.classes, strict=True):
         colour = _colour(int(cls))
         x0, y0, x1, y1 = (float(v) for v in box)
+        # an untrained head can predict negative sizes; PIL refuses inverted rectangles
+        x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
         pen.rectangle((x0, y0, x1, y1), outline=colour, width=width)
         label = f"{names[int(cls)] if names and int(cls) < len(names) else int(cls)} {score:.2f}"
         left, top, right, bottom = pen.textbbox((x0, y0), label)
@@ -78,16 +81,26 @@ def predict(runner: Runner, images: list[Path], save_dir: str | os.PathLike[str]
                                  multi_label=False, imgsz=imgsz)
     records = []
     for path, (_, detections) in zip(images, predictions, strict=True):
-        record: dict[str, Any] = {"image": str(path), "detections": [
-            {"class": int(c), "name": names[int(c)] if names and int(c) < len(names) else None,
-             "score": round(float(s), 4), "box_xyxy": [round(float(v), 2) for v in b]}
-            for b, s, c in zip(detections.boxes, detections.scores, detections.classes, strict=True)]}
+        record = detection_record(path, detections, names)
         if out is not None:
-            drawn = draw_detections(Image.fromarray(load_image(path)), detections, names)
-            buffer = io.BytesIO()
-            drawn.save(buffer, format="JPEG", quality=92)
-            target = out / f"{Path(path).stem}.jpg"
-            atomic_write_bytes(target, buffer.getvalue())
-            record["saved"] = str(target)
+            record["saved"] = str(save_drawn(out, path, load_image(path), detections, names))
         records.append(record)
     return records
+
+
+def detection_record(image: str | os.PathLike[str], detections: Detections,
+                     names: list[str] | None = None) -> dict[str, Any]:
+    """One image's ``--json`` record (``vision-quant predict`` and ``detect`` share it)."""
+    return {"image": str(image), "detections": [
+        {"class": int(c), "name": names[int(c)] if names and int(c) < len(names) else None,
+         "score": round(float(s), 4), "box_xyxy": [round(float(v), 2) for v in b]}
+        for b, s, c in zip(detections.boxes, detections.scores, detections.classes, strict=True)]}
+
+
+def save_drawn(out: Path, image_path: str | os.PathLike[str], image: np.ndarray, detections: Detections,
+               names: list[str] | None = None) -> Path:
+    """Write ``out/<stem>.jpg``: ``image`` (RGB) with the boxes drawn."""
+    drawn = draw_detections(Image.fromarray(image), detections, names)
+    buffer = io.BytesIO()
+    drawn.save(buffer, format="JPEG", quality=92)
+    return atomic_write_bytes(out / f"{Path(image_path).stem}.jpg", buffer.getvalue())

@@ -1,0 +1,1 @@
+"""Serve a `vision-quant build` with Triton: model repository (``repository``), configs (``configs``), client."""
