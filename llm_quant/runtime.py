@@ -161,9 +161,15 @@ def _load_tokenizer(embedded_dir: str | Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(str(embedded_dir))
 
 
-def load_quantized(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """The modelopt fake-quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``."""
+def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8") -> tuple[Any, Any]:
+    """The quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``.
+
+    ``kernels="int8"`` swaps the quantized linears for real integer kernels (``llm_quant.int8_linear``; the model's
+    ``kernel_report`` says which linear runs what); ``kernels="fake"`` keeps modelopt's fake quantization, the
+    numerical reference."""
     torch = _torch()
+    if kernels not in ("int8", "fake"):
+        raise QuantError(f"unknown kernels {kernels!r}", "use kernels='int8' or kernels='fake'")
     mto = require("modelopt.torch.opt", purpose="restoring the quantized model")
     require("modelopt.torch.quantization", purpose="restoring the quantized model")
     meta = read_runtime_json(embedded_dir)
@@ -178,7 +184,11 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, 
         raise QuantError(f"{state_path} is not a {FORMAT} state", "rebuild with llm-quant build")
     model = _load_base(embedded_dir, meta, "cpu")
     model = mto.restore_from_modelopt_state(model, payload["modelopt_state"])
-    missing = model.load_state_dict(payload["quantizer_tensors"], strict=False)
+    try:
+        missing = model.load_state_dict(payload["quantizer_tensors"], strict=False)
+    except RuntimeError as exc:  # shape mismatch: torch's message is many lines; keep the first
+        raise QuantError(f"{state_path} does not fit the base model ({str(exc).strip().splitlines()[-1].strip()})",
+                         "the base model changed since the build; rebuild") from exc
     if missing.unexpected_keys:
         raise QuantError(f"{state_path} holds tensors the model lacks: {missing.unexpected_keys[:3]}",
                          "the base model changed since the build; rebuild")
@@ -189,4 +199,10 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, 
             state[key].copy_(_fold(state[key], pqs))
         for key, value in payload["weight_overrides"].items():
             state[key].copy_(value)
+    # --- int8 kernels (issue 10) ---
+    if kernels == "int8" and device == "cpu":
+        from llm_quant.int8_linear import convert_linears
+
+        model.kernel_report = convert_linears(model)
+    # --- end int8 kernels ---
     return model.to(device).eval(), _load_tokenizer(embedded_dir)
