@@ -9,7 +9,9 @@
   activation scale x channel scale. The integers are the fake-quant model's integers; only the float
   accumulation order of the fake-quant matmul differs.
 - int8 weight-only (int8_wo): :class:`Int8WeightOnlyLinear` on ``torch._weight_int8pack_mm`` (int8 weights,
-  per-channel scales, float activations).
+  per-channel scales, float activations), only with ``weight_only=True``: on torch 2.13 CPU it measured slower
+  than the FP32 GEMV it replaces (M=1, K=576, N=1536, one thread: 0.7-1.0 ms vs 0.1-0.35 ms), so by default
+  int8_wo keeps the folded fake-quant weights (FP32 speed, same numbers).
 - anything else (int4/AWQ blocks, fp8, disabled quantizers) stays on the fake-quant path; the report says so.
 """
 
@@ -27,13 +29,17 @@ KERNELS = ("int8", "fake")
 # What a build's runtime.json announces for each qformat under kernels="int8".
 QFORMAT_KERNELS = {
     "int8_sq": "W8A8 torch._int_mm (int8 x int8 -> int32, static per-tensor activation scale)",
-    "int8_wo": "W8 torch._weight_int8pack_mm (int8 weights, float activations)",
+    "int8_wo": "fake-quant (torch._weight_int8pack_mm measured slower than FP32 on CPU)",
     "int4_wo": "fake-quant (no CPU kernel for modelopt's symmetric int4 blocks)",
     "int4_awq": "fake-quant (no CPU kernel for modelopt's symmetric int4 blocks)",
     "w4a8_awq": "fake-quant (no CPU kernel for int4 x fp8)",
     "fp8": "fake-quant (fp8 stays as is on CPU)",
 }
-_AMAX_EPS = 1.0 / (1 << 24)  # modelopt treats amax at or below this as zero (quantizes to 0)
+_AMAX_EPS = 1.0 / (1 << 24)
+# Rows at or below this run the int8 GEMM on one thread. Measured here (torch 2.13, K=576, N=1536, 2 busy cores):
+# M=1 takes 16-20 us on one thread but 0.014-13 ms on two (OpenMP fork/join waits on the loaded core), against
+# 70-300 us for the FP32 GEMV; M=8 takes ~70 us on one thread. Switching the thread count costs < 1 us.
+SINGLE_THREAD_ROWS = 16  # modelopt treats amax at or below this as zero (quantizes to 0)
 
 
 @dataclass
@@ -66,6 +72,18 @@ def _quantize(values: torch.Tensor, scale: torch.Tensor, qmin: float) -> torch.T
     return torch.round(values.float() * scale).clamp_(qmin, 127.0).to(torch.int8)
 
 
+def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
+    """int8 [M, K] x int8 [N, K].T -> int32 [M, N]; small M on one thread (see SINGLE_THREAD_ROWS)."""
+    threads = torch.get_num_threads()
+    if q.shape[0] > SINGLE_THREAD_ROWS or threads == 1:
+        return torch._int_mm(q, weight_q.t())
+    torch.set_num_threads(1)
+    try:
+        return torch._int_mm(q, weight_q.t())
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Int8Linear(nn.Module):
     """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation."""
 
@@ -87,7 +105,7 @@ class Int8Linear(nn.Module):
         if self.pre_scale is not None:  # separate multiply keeps the integers equal to modelopt's
             flat = flat * self.pre_scale
         q = _quantize(flat, self.act_scale, self.qmin)
-        y = torch._int_mm(q, self.weight_q.t()) * self.out_scale
+        y = _int_mm(q, self.weight_q) * self.out_scale
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*lead, self.out_features)
@@ -159,7 +177,7 @@ def _to_w8(name: str, module: Any) -> Int8WeightOnlyLinear:
     return Int8WeightOnlyLinear(_weight_ints(module, w_amax), _dequant_scale(w_amax).reshape(-1), module.bias)
 
 
-def _kernel_for(module: Any) -> str:
+def _kernel_for(module: Any, weight_only: bool) -> str:
     wq, inq = getattr(module, "weight_quantizer", None), getattr(module, "input_quantizer", None)
     if getattr(module, "output_quantizer", None) is not None and module.output_quantizer.is_enabled:
         return "fake-quant (output quantizer)"
@@ -168,7 +186,7 @@ def _kernel_for(module: Any) -> str:
     if _plain_int8(inq) and inq.axis is None:
         return "int8 W8A8 _int_mm"
     if inq is None or not inq.is_enabled:
-        return "int8 W8 _weight_int8pack_mm"
+        return "int8 W8 _weight_int8pack_mm" if weight_only else "fake-quant (weight-only: packed kernel slower)"
     return "fake-quant"
 
 
@@ -183,13 +201,14 @@ def _probe(kind: str, layer: nn.Module) -> str:
     return kind
 
 
-def convert_linears(model: nn.Module) -> KernelReport:
-    """Swap the model's quantized linears for integer kernels in place; returns which linear runs what."""
+def convert_linears(model: nn.Module, weight_only: bool = False) -> KernelReport:
+    """Swap the model's quantized linears for integer kernels in place; returns which linear runs what.
+    ``weight_only`` also moves int8 weight-only linears to the packed kernel (smaller, slower on CPU today)."""
     report = KernelReport()
     targets = [(name, module) for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and hasattr(module, "weight_quantizer")]
     for name, module in targets:
-        kind = _kernel_for(module)
+        kind = _kernel_for(module, weight_only)
         layer: nn.Module | None = None
         if kind == "int8 W8A8 _int_mm":
             layer = _to_w8a8(name, module)

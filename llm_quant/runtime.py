@@ -99,6 +99,7 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
         "modelopt_version": _version("nvidia-modelopt"),
         "folded_weights": len(folded),
         "weight_overrides": len(overrides),
+        "kernels": _announced_kernels(qformat),
     }
     with staged_dir(out_dir) as tmp:
         with staged_file(tmp / STATE_FILE) as state_tmp:
@@ -107,6 +108,13 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
         atomic_write_json(tmp / RUNTIME_FILE, meta)
         os.chmod(tmp, 0o755)
     return Path(out_dir)
+
+
+def _announced_kernels(qformat: str) -> str:
+    """What ``load_quantized(kernels="int8")`` will run on CPU for ``qformat`` (runtime.json says so)."""
+    from llm_quant.int8_linear import QFORMAT_KERNELS
+
+    return QFORMAT_KERNELS.get(qformat, "fake-quant")
 
 
 def _version(dist: str) -> str | None:

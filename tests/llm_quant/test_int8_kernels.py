@@ -102,14 +102,19 @@ def test_quantized_linears_take_a_quarter_of_fp32(sq_embedded):
     assert (linear_weight_bytes(real) - head) <= 0.30 * (linear_weight_bytes(ref) - head)
 
 
-def test_weight_only_int8_uses_packed_kernel(tiny_parts, tmp_path):
-    from llm_quant.int8_linear import Int8WeightOnlyLinear
+def test_weight_only_int8_packed_kernel(tiny_parts, tmp_path):
+    from llm_quant.int8_linear import Int8WeightOnlyLinear, convert_linears
     from llm_quant.runtime import load_quantized
 
     _, _, ids = tiny_parts
     out = _embedded(tiny_parts, tmp_path, "INT8_WEIGHT_ONLY_CFG")
     fake, _ = load_quantized(out, kernels="fake")
-    real, _ = load_quantized(out)
+    default, _ = load_quantized(out)
+    assert all(kind.startswith("fake-quant") for kind in default.kernel_report.kernels.values()), \
+        "the packed weight-only kernel is opt-in (slower than FP32 on CPU)"
+    real, _ = load_quantized(out, kernels="fake")
+    report = convert_linears(real, weight_only=True)
+    assert "14 x int8 W8" in report.summary()
     assert sum(isinstance(m, Int8WeightOnlyLinear) for m in real.modules()) == 14
     with torch.no_grad():
         a, b = fake(ids).logits, real(ids).logits
@@ -159,3 +164,16 @@ def test_unknown_kernels_refused(sq_embedded):
 
     with pytest.raises(QuantError, match="unknown kernels"):
         load_quantized(sq_embedded, kernels="int4")
+
+
+def test_runtime_json_announces_kernels(tiny_parts, tmp_path):
+    import transformers
+
+    from llm_quant.runtime import read_runtime_json, save_embedded
+
+    folder, tokenizer, _ = tiny_parts
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    for qformat, words in (("int8_sq", "W8A8 torch._int_mm"), ("fp8", "fake-quant")):
+        out = save_embedded(model, tokenizer, folder, tmp_path / qformat, qformat=qformat, dtype="float32",
+                            kv_cache_dtype=None, exclude_modules=[])
+        assert words in read_runtime_json(out)["kernels"]
