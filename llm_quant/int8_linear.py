@@ -87,6 +87,12 @@ def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
 class Int8Linear(nn.Module):
     """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation."""
 
+    weight_q: torch.Tensor
+    out_scale: torch.Tensor
+    act_scale: torch.Tensor
+    pre_scale: torch.Tensor | None
+    bias: torch.Tensor | None
+
     def __init__(self, weight_q: torch.Tensor, out_scale: torch.Tensor, act_scale: torch.Tensor,
                  pre_scale: torch.Tensor | None, bias: torch.Tensor | None, qmin: float) -> None:
         super().__init__()
@@ -116,6 +122,10 @@ class Int8Linear(nn.Module):
 
 class Int8WeightOnlyLinear(nn.Module):
     """y = x @ (q(W) * w_amax / 127).T + b through ``torch._weight_int8pack_mm``."""
+
+    weight_q: torch.Tensor
+    channel_scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, weight_q: torch.Tensor, channel_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -178,7 +188,8 @@ def _to_w8(name: str, module: Any) -> Int8WeightOnlyLinear:
 
 
 def _kernel_for(module: Any, weight_only: bool) -> str:
-    wq, inq = getattr(module, "weight_quantizer", None), getattr(module, "input_quantizer", None)
+    wq: Any = getattr(module, "weight_quantizer", None)
+    inq: Any = getattr(module, "input_quantizer", None)
     if getattr(module, "output_quantizer", None) is not None and module.output_quantizer.is_enabled:
         return "fake-quant (output quantizer)"
     if not _plain_int8(wq) or (wq.axis not in (0, (0,), None)):
@@ -190,7 +201,7 @@ def _kernel_for(module: Any, weight_only: bool) -> str:
     return "fake-quant"
 
 
-def _probe(kind: str, layer: nn.Module) -> str:
+def _probe(kind: str, layer: Int8Linear | Int8WeightOnlyLinear) -> str:
     """Run the kernel once for one token and a few; a CPU build without it keeps the fake-quant path."""
     try:
         with torch.no_grad():
@@ -209,7 +220,7 @@ def convert_linears(model: nn.Module, weight_only: bool = False) -> KernelReport
                if isinstance(module, nn.Linear) and hasattr(module, "weight_quantizer")]
     for name, module in targets:
         kind = _kernel_for(module, weight_only)
-        layer: nn.Module | None = None
+        layer: Int8Linear | Int8WeightOnlyLinear | None = None
         if kind == "int8 W8A8 _int_mm":
             layer = _to_w8a8(name, module)
         elif kind == "int8 W8 _weight_int8pack_mm":
