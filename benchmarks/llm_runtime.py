@@ -1,6 +1,7 @@
 """The embedded LLM runtime: full precision vs modelopt fake-quant vs real int8 kernels, in one run.
 
-Each variant runs in its own process (so peak RSS is its own) on the same prompts and the same held-out windows:
+Each variant runs in its own process (so peak RSS is its own), all three loaded at once and timed in turns (the
+order rotates each round; medians over rounds), on the same prompts and the same held-out windows:
 prefill tokens/s (one forward over a >= 256-token prompt), decode tokens/s (greedy, one request at a time, and
 8 requests batched), peak / steady RSS, bytes of the quantized linears, perplexity on the eval split. The int8 and
 fake-quant variants are compared token for token (argmax agreement, logits max |delta|, greedy text).
@@ -76,58 +77,83 @@ def _quantized_linear_bytes(model: Any, names: list[str]) -> int:
     return total
 
 
-def _measure(variant: str, args: argparse.Namespace, windows: Any, prefill_ids: Any, queue: Any) -> None:
-    import torch
+class _Worker:
+    """One variant loaded in its own process (its own peak RSS), answering timing requests one at a time."""
 
-    from llm_quant.evaluate import perplexity
-    from triton_backend.generation import Sampling, generate_batch, generate_ids
+    def __init__(self, variant: str, args: argparse.Namespace, windows: Any, prefill_ids: Any) -> None:
+        import torch
+        import transformers
 
-    torch.set_num_threads(args.threads)
-    import transformers
+        transformers.logging.set_verbosity_error()  # end_id -1 (fixed-length decode) warns at every call
+        torch.set_num_threads(args.threads)
+        self.torch, self.args, self.windows, self.prefill_ids = torch, args, windows, prefill_ids
+        self.model, tok, self.info = _load(variant, args.embedded)
+        self.info["rss_loaded_mb"] = _rss_mb()
+        self.prompts = [tok(p)["input_ids"] for p in PROMPTS]
+        from triton_backend.generation import Sampling
 
-    transformers.logging.set_verbosity_error()  # end_id -1 (fixed-length decode) warns at every call
-    model, tok, info = _load(variant, args.embedded)
-    info["rss_loaded_mb"] = _rss_mb()
-    end = tok.eos_token_id
-    opts = Sampling(max_new_tokens=args.new_tokens, end_id=-1, pad_id=tok.pad_token_id or end)
-    prompts = [tok(p)["input_ids"] for p in PROMPTS]
-    generate_ids(model, prompts[0], Sampling(max_new_tokens=4, end_id=-1, pad_id=opts.pad_id))  # warm-up
-    with torch.inference_mode():
-        model(prefill_ids[:, :32])
-        times = []
-        for _ in range(args.repeats):
+        # end_id -1: every prompt decodes exactly new_tokens tokens
+        self.opts = Sampling(max_new_tokens=args.new_tokens, end_id=-1, pad_id=tok.pad_token_id or 0)
+        self.decode(warmup=True)
+
+    def prefill(self) -> float:
+        with self.torch.inference_mode():
             t0 = time.perf_counter()
-            model(prefill_ids)
-            times.append(time.perf_counter() - t0)
-    info["prefill_tok_s"] = prefill_ids.shape[1] / statistics.median(times)
-    texts, t0, new = [], time.perf_counter(), 0
-    for ids in prompts:
-        out = generate_ids(model, ids, opts)
-        new += len(out)
-        texts.append(out)
-    info["decode_tok_s"] = new / (time.perf_counter() - t0)
-    info["greedy"] = texts
-    batch = [prompts[i % len(prompts)] for i in range(8)]
-    t0 = time.perf_counter()
-    outs = generate_batch(model, batch, [opts] * 8)
-    info["decode_batch8_tok_s"] = sum(len(o) for o in outs) / (time.perf_counter() - t0)
-    ppl = perplexity(model, windows, description=f"{variant} perplexity")
-    info["ppl"] = ppl.ppl
-    with torch.inference_mode():
-        # plain numpy across the process boundary (torch tensors would travel as shared-memory handles)
-        info["argmax"] = torch.cat([model(w[None]).logits[0].argmax(-1) for w in windows]).numpy()
-        info["logits_head"] = model(windows[:1, : args.logit_rows]).logits[0].float().numpy()
-    if variant != "fp32":
-        names = info.get("int8_linears") or []
-        info["quantized_linear_bytes"] = _quantized_linear_bytes(model, names) if names else None
-    info["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((variant, info))
+            self.model(self.prefill_ids)
+            return self.prefill_ids.shape[1] / (time.perf_counter() - t0)
+
+    def decode(self, warmup: bool = False) -> float:
+        from dataclasses import replace
+
+        from triton_backend.generation import generate_ids
+
+        opts = replace(self.opts, max_new_tokens=4) if warmup else self.opts
+        texts, t0, new = [], time.perf_counter(), 0
+        for ids in self.prompts[: 1 if warmup else None]:
+            out = generate_ids(self.model, ids, opts)
+            new += len(out)
+            texts.append(out)
+        self.info["greedy"] = texts
+        return new / (time.perf_counter() - t0)
+
+    def batch8(self) -> float:
+        from triton_backend.generation import generate_batch
+
+        batch = [self.prompts[i % len(self.prompts)] for i in range(8)]
+        t0 = time.perf_counter()
+        outs = generate_batch(self.model, batch, [self.opts] * 8)
+        return sum(len(o) for o in outs) / (time.perf_counter() - t0)
+
+    def finish(self) -> dict:
+        from llm_quant.evaluate import perplexity
+
+        torch, model, windows = self.torch, self.model, self.windows
+        self.info["ppl"] = perplexity(model, windows, description="perplexity").ppl
+        with torch.inference_mode():
+            # plain numpy across the process boundary (torch tensors would travel as shared-memory handles)
+            self.info["argmax"] = torch.cat([model(w[None]).logits[0].argmax(-1) for w in windows]).numpy()
+            self.info["logits_head"] = model(windows[:1, : self.args.logit_rows]).logits[0].float().numpy()
+        names = self.info.get("int8_linears") or []
+        self.info["quantized_linear_bytes"] = _quantized_linear_bytes(model, names) if names else None
+        self.info["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return self.info
+
+
+def _serve(variant: str, args: argparse.Namespace, windows: Any, prefill_ids: Any, conn: Any) -> None:
+    worker = _Worker(variant, args, windows, prefill_ids)
+    conn.send("ready")
+    while True:
+        command = conn.recv()
+        conn.send(getattr(worker, command)())
+        if command == "finish":
+            return
 
 
 def _eval_data(args: argparse.Namespace) -> tuple[Any, Any]:
+    import transformers
+
     from llm_quant.data import builtin_corpus, tokenize_split
     from llm_quant.runtime import load_quantized  # noqa: F401 - fail early on a missing runtime
-    import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(str(args.embedded))
     stream = tokenize_split(builtin_corpus(), tok, "eval")
@@ -139,18 +165,38 @@ def _eval_data(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """All three variants stay loaded (one process each) and are timed in turns, rotating the order each round,
+    so load from other jobs on a shared machine falls on every variant alike; medians over the rounds."""
     windows, prefill = _eval_data(args)
-    results: dict[str, dict] = {}
     ctx = mp.get_context("spawn")
-    for variant in VARIANTS:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(variant, args, windows, prefill, queue))
+    conns, procs = {}, []
+    for variant in VARIANTS:  # one at a time: loading is memory-heavy
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(variant, args, windows, prefill, child))
         proc.start()
-        name, info = queue.get()
+        procs.append(proc)
+        if parent.recv() != "ready":
+            raise SystemExit(f"the {variant} worker failed to load")
+        conns[variant] = parent
+    timings: dict[str, dict[str, list[float]]] = {v: {"prefill_tok_s": [], "decode_tok_s": [],
+                                                      "decode_batch8_tok_s": []} for v in VARIANTS}
+    for round_ in range(args.rounds):
+        order = VARIANTS[round_ % 3:] + VARIANTS[: round_ % 3]
+        for command, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
+                             ("batch8", "decode_batch8_tok_s")):
+            for variant in order:
+                conns[variant].send(command)
+                timings[variant][key].append(conns[variant].recv())
+        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+            f"{v} decode {timings[v]['decode_tok_s'][-1]:.2f} tok/s" for v in VARIANTS), flush=True)
+    results: dict[str, dict] = {}
+    for variant in VARIANTS:
+        conns[variant].send("finish")
+        results[variant] = conns[variant].recv()
+        results[variant].update({k: statistics.median(v) for k, v in timings[variant].items()})
+        results[variant]["samples"] = timings[variant]
+    for proc in procs:
         proc.join()
-        results[name] = info
-        print(f"{variant}: prefill {info['prefill_tok_s']:.1f} tok/s, decode {info['decode_tok_s']:.2f} tok/s",
-              flush=True)
     fake, int8, fp32 = results["fake"], results["int8"], results["fp32"]
     agree = float((fake["argmax"] == int8["argmax"]).mean())
     summary = {
@@ -173,7 +219,8 @@ def run(args: argparse.Namespace) -> dict:
                                            "fp32": fp32_bytes / 2**20,
                                            "ratio": int8["quantized_linear_bytes"] / fp32_bytes}
     rows = [{"variant": v, **{k: results[v][k] for k in ("prefill_tok_s", "decode_tok_s", "decode_batch8_tok_s",
-                                                          "ppl", "rss_loaded_mb", "rss_peak_mb", "linear_bytes")}}
+                                                          "ppl", "rss_loaded_mb", "rss_peak_mb", "linear_bytes",
+                                                          "samples")}}
             for v in VARIANTS]
     return {"summary": summary, "rows": rows, "greedy": {v: results[v]["greedy"] for v in VARIANTS}}
 
@@ -249,7 +296,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill-tokens", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="prefill forwards (median)")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds (medians are reported)")
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--eval-tokens", type=int, default=2048)
     p.add_argument("--logit-rows", type=int, default=64, help="positions whose logits are compared")
