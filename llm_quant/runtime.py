@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from llm_quant.int8_linear import QFORMAT_KERNELS, convert_linears
 from quant_common.atomic import atomic_write_json, staged_dir, staged_file
 from quant_common.errors import QuantError, require
 
@@ -112,8 +113,6 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
 
 def _announced_kernels(qformat: str) -> str:
     """What ``load_quantized(kernels="int8")`` will run on CPU for ``qformat`` (runtime.json says so)."""
-    from llm_quant.int8_linear import QFORMAT_KERNELS
-
     return QFORMAT_KERNELS.get(qformat, "fake-quant")
 
 
@@ -194,7 +193,7 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
     model = mto.restore_from_modelopt_state(model, payload["modelopt_state"])
     try:
         missing = model.load_state_dict(payload["quantizer_tensors"], strict=False)
-    except RuntimeError as exc:  # shape mismatch: torch's message is many lines; keep the first
+    except RuntimeError as exc:  # shape mismatch: torch's message is many lines; keep the last
         raise QuantError(f"{state_path} does not fit the base model ({str(exc).strip().splitlines()[-1].strip()})",
                          "the base model changed since the build; rebuild") from exc
     if missing.unexpected_keys:
@@ -209,8 +208,6 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
             state[key].copy_(value)
     # --- int8 kernels (issue 10) ---
     if kernels == "int8" and device == "cpu":
-        from llm_quant.int8_linear import convert_linears
-
         model.kernel_report = convert_linears(model)
     # --- end int8 kernels ---
     return model.to(device).eval(), _load_tokenizer(embedded_dir)
