@@ -66,14 +66,16 @@ def test_w8a8_layer_is_the_integer_gemm(sq_embedded):
 
     fake, _ = load_quantized(sq_embedded, kernels="fake")
     module = copy.deepcopy(fake.model.layers[0].mlp.down_proj)
-    holder = torch.nn.Module()
-    holder.proj = module
-    convert_linears(holder)
     x = torch.randn(5, module.in_features) * 3
     with torch.no_grad():
         xq = module.input_quantizer(x).double()
         wq = module.weight_quantizer(module.weight).double()
-        expected = xq @ wq.T
+    expected = xq @ wq.T
+    holder = torch.nn.Module()
+    holder.proj = module
+    convert_linears(holder)
+    assert module.weight is None, "the replaced FP32 weight is released"
+    with torch.no_grad():
         got = holder.proj(x).double()
     assert module.input_quantizer.pre_quant_scale is not None, "SmoothQuant pre-scale must be exercised"
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
