@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="stream responses (decoupled model)")
     parser.add_argument("--greedy-prompts", type=int, default=5, help="at least this many prompts answered by "
                         "Triton (1 client) and in-process, compared for equal greedy text")
+    parser.add_argument("--batch-requests", choices=("true", "false"), default=None,
+                        help="override triton.batch_requests (batch concurrent greedy requests)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks" / "serving")
     args = parser.parse_args(argv)
 
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         build = tiny_build(work / "tiny")
     else:
         build = args.build_dir
-    repo = package_for_build(build, out=work / "triton_repo").path
+    options = None if args.batch_requests is None else {"batch_requests": args.batch_requests == "true"}
+    repo = package_for_build(build, options=options, out=work / "triton_repo").path
     server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                           log_file=work / "tritonserver.log")
     print(f"starting Triton on {repo} (log {server.log_file})", file=sys.stderr)

@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from llm_quant.int8_linear import QFORMAT_KERNELS, convert_linears
 from quant_common.atomic import atomic_write_json, staged_dir, staged_file
 from quant_common.errors import QuantError, require
 
@@ -99,6 +100,7 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
         "modelopt_version": _version("nvidia-modelopt"),
         "folded_weights": len(folded),
         "weight_overrides": len(overrides),
+        "kernels": _announced_kernels(qformat),
     }
     with staged_dir(out_dir) as tmp:
         with staged_file(tmp / STATE_FILE) as state_tmp:
@@ -107,6 +109,11 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
         atomic_write_json(tmp / RUNTIME_FILE, meta)
         os.chmod(tmp, 0o755)
     return Path(out_dir)
+
+
+def _announced_kernels(qformat: str) -> str:
+    """What ``load_quantized(kernels="int8")`` will run on CPU for ``qformat`` (runtime.json says so)."""
+    return QFORMAT_KERNELS.get(qformat, "fake-quant")
 
 
 def _version(dist: str) -> str | None:
@@ -161,9 +168,15 @@ def _load_tokenizer(embedded_dir: str | Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(str(embedded_dir))
 
 
-def load_quantized(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """The modelopt fake-quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``."""
+def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8") -> tuple[Any, Any]:
+    """The quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``.
+
+    ``kernels="int8"`` swaps the quantized linears for real integer kernels (``llm_quant.int8_linear``; the model's
+    ``kernel_report`` says which linear runs what); ``kernels="fake"`` keeps modelopt's fake quantization, the
+    numerical reference."""
     torch = _torch()
+    if kernels not in ("int8", "fake"):
+        raise QuantError(f"unknown kernels {kernels!r}", "use kernels='int8' or kernels='fake'")
     mto = require("modelopt.torch.opt", purpose="restoring the quantized model")
     require("modelopt.torch.quantization", purpose="restoring the quantized model")
     meta = read_runtime_json(embedded_dir)
@@ -178,7 +191,11 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, 
         raise QuantError(f"{state_path} is not a {FORMAT} state", "rebuild with llm-quant build")
     model = _load_base(embedded_dir, meta, "cpu")
     model = mto.restore_from_modelopt_state(model, payload["modelopt_state"])
-    missing = model.load_state_dict(payload["quantizer_tensors"], strict=False)
+    try:
+        missing = model.load_state_dict(payload["quantizer_tensors"], strict=False)
+    except RuntimeError as exc:  # shape mismatch: torch's message is many lines; keep the last
+        raise QuantError(f"{state_path} does not fit the base model ({str(exc).strip().splitlines()[-1].strip()})",
+                         "the base model changed since the build; rebuild") from exc
     if missing.unexpected_keys:
         raise QuantError(f"{state_path} holds tensors the model lacks: {missing.unexpected_keys[:3]}",
                          "the base model changed since the build; rebuild")
@@ -189,4 +206,8 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu") -> tuple[Any, 
             state[key].copy_(_fold(state[key], pqs))
         for key, value in payload["weight_overrides"].items():
             state[key].copy_(value)
+    # --- int8 kernels (issue 10) ---
+    if kernels == "int8" and device == "cpu":
+        model.kernel_report = convert_linears(model)
+    # --- end int8 kernels ---
     return model.to(device).eval(), _load_tokenizer(embedded_dir)

@@ -3,7 +3,8 @@
 Same inputs/outputs and meaning as the TensorRT-LLM backend's ``tensorrt_llm`` model, so the ensemble and the
 BLS model work unchanged. Needs this project installed on the server side (``llm_quant.runtime`` restores the
 quantized model from the build's ``embedded/`` folder; ``triton_backend.generation`` decodes).
-With ``batch_requests`` (off by default: slower on a 2-core CPU), concurrent greedy requests share one batched
+Quantized linears run real int8 kernels on CPU (``llm_quant.int8_linear``; the log line at load says which);
+parameter ``kernels: fake`` keeps modelopt's fake quantization. With ``batch_requests`` (off by default: slower on a 2-core CPU), concurrent greedy requests share one batched
 ``generate`` call; otherwise requests run one after another.
 """
 
@@ -88,8 +89,14 @@ class TritonPythonModel:
         module_name, _, function = params.get("runtime_loader", "llm_quant.runtime:load_quantized").partition(":")
         loader = getattr(importlib.import_module(module_name), function)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, tokenizer = loader(_resolve(params["embedded_dir"], args), device=device)
+        extra = {"kernels": params["kernels"]} if params.get("kernels") else {}  # "int8" (default) or "fake"
+        self.model, tokenizer = loader(_resolve(params["embedded_dir"], args), device=device, **extra)
         self.model.eval()
+        report = getattr(self.model, "kernel_report", None)
+        line = (f"tensorrt_llm (pytorch runtime): {report.summary() if report else 'fake-quant'} on {device}, "
+                f"{torch.get_num_threads()} threads")
+        logger = getattr(pb_utils, "Logger", None)
+        logger.log_info(line) if logger is not None else print(line, flush=True)
         self.batch_requests = params.get("batch_requests", "false").lower() == "true"
         if params.get("fold_weights", "true").lower() == "true":
             fold_quantized_weights(self.model)

@@ -1,0 +1,251 @@
+"""Real integer kernels for the embedded runtime: modelopt's fake-quantized linears become int8 linears.
+
+``convert_linears(model)`` replaces each calibrated ``QuantLinear`` of a restored (not yet weight-folded) model:
+
+- W8A8 (int8_sq): :class:`Int8Linear` computes what TensorRT-LLM's SmoothQuant GEMM computes. The activation is
+  multiplied by the SmoothQuant pre-scale and quantized with its static per-tensor scale (``127 / amax``, round half
+  to even, clamped as modelopt clamps: [-127, 127] when ``narrow_range``), the weights are stored as int8 with one
+  scale per output channel, ``torch._int_mm`` accumulates in int32, and the result is dequantized by
+  activation scale x channel scale. The integers are the fake-quant model's integers; only the float
+  accumulation order of the fake-quant matmul differs.
+- int8 weight-only (int8_wo): :class:`Int8WeightOnlyLinear` on ``torch._weight_int8pack_mm`` (int8 weights,
+  per-channel scales, float activations), only with ``weight_only=True``: on torch 2.13 CPU it measured slower
+  than the FP32 GEMV it replaces (M=1, K=576, N=1536, one thread: 0.7-1.0 ms vs 0.1-0.35 ms), so by default
+  int8_wo keeps the folded fake-quant weights (FP32 speed, same numbers).
+- anything else (int4/AWQ blocks, fp8, disabled quantizers) stays on the fake-quant path; the report says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from quant_common.errors import QuantError
+
+KERNELS = ("int8", "fake")
+# What a build's runtime.json announces for each qformat under kernels="int8".
+QFORMAT_KERNELS = {
+    "int8_sq": "W8A8 torch._int_mm (int8 x int8 -> int32, static per-tensor activation scale)",
+    "int8_wo": "fake-quant (torch._weight_int8pack_mm measured slower than FP32 on CPU)",
+    "int4_wo": "fake-quant (no CPU kernel for modelopt's symmetric int4 blocks)",
+    "int4_awq": "fake-quant (no CPU kernel for modelopt's symmetric int4 blocks)",
+    "w4a8_awq": "fake-quant (no CPU kernel for int4 x fp8)",
+    "fp8": "fake-quant (fp8 stays as is on CPU)",
+}
+_AMAX_EPS = 1.0 / (1 << 24)
+# Rows at or below this run the int8 GEMM on one thread. Measured here (torch 2.13, K=576, N=1536, 2 busy cores):
+# M=1 takes 16-20 us on one thread but 0.014-13 ms on two (OpenMP fork/join waits on the loaded core), against
+# 70-300 us for the FP32 GEMV; M=8 takes ~70 us on one thread. Switching the thread count costs < 1 us.
+SINGLE_THREAD_ROWS = 16  # modelopt treats amax at or below this as zero (quantizes to 0)
+
+
+@dataclass
+class KernelReport:
+    """Which kernel each linear got, for runtime logs and the benchmark."""
+
+    kernels: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for kind in self.kernels.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return ", ".join(f"{n} x {kind}" for kind, n in sorted(counts.items())) or "no quantized linears"
+
+
+def _int8_scale(amax: torch.Tensor) -> torch.Tensor:
+    """modelopt's ``scale = max_bound / amax`` in float32, zero where amax is (near) zero."""
+    amax = amax.float()
+    scale = torch.tensor(127.0) / amax
+    return torch.where(amax <= _AMAX_EPS, torch.zeros_like(scale), scale)
+
+
+def _dequant_scale(amax: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_int8_scale` (``amax / 127``), zero where the quantized values are all zero."""
+    amax = amax.float()
+    return torch.where(amax <= _AMAX_EPS, torch.zeros_like(amax), amax / 127.0)
+
+
+def _quantize(values: torch.Tensor, scale: torch.Tensor, qmin: float) -> torch.Tensor:
+    return torch.round(values.float() * scale).clamp_(qmin, 127.0).to(torch.int8)
+
+
+def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
+    """int8 [M, K] x int8 [N, K].T -> int32 [M, N]; small M on one thread (see SINGLE_THREAD_ROWS)."""
+    threads = torch.get_num_threads()
+    if q.shape[0] > SINGLE_THREAD_ROWS or threads == 1:
+        return torch._int_mm(q, weight_q.t())
+    torch.set_num_threads(1)
+    try:
+        return torch._int_mm(q, weight_q.t())
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Int8Linear(nn.Module):
+    """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation."""
+
+    weight_q: torch.Tensor
+    out_scale: torch.Tensor
+    act_scale: torch.Tensor
+    pre_scale: torch.Tensor | None
+    bias: torch.Tensor | None
+
+    def __init__(self, weight_q: torch.Tensor, out_scale: torch.Tensor, act_scale: torch.Tensor,
+                 pre_scale: torch.Tensor | None, bias: torch.Tensor | None, qmin: float) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight_q.shape
+        # _int_mm wants [K, N]; the transposed view of the row-major weight ran fastest here.
+        self.register_buffer("weight_q", weight_q.contiguous())
+        self.register_buffer("out_scale", out_scale.float().contiguous())
+        self.register_buffer("act_scale", act_scale.float().reshape(()))
+        self.register_buffer("pre_scale", None if pre_scale is None else pre_scale.float().reshape(-1))
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.qmin = qmin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features).float()
+        if self.pre_scale is not None:  # separate multiply keeps the integers equal to modelopt's
+            flat = flat * self.pre_scale
+        q = _quantize(flat, self.act_scale, self.qmin)
+        y = _int_mm(q, self.weight_q) * self.out_scale
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, smooth={self.pre_scale is not None}"
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """y = x @ (q(W) * w_amax / 127).T + b through ``torch._weight_int8pack_mm``."""
+
+    weight_q: torch.Tensor
+    channel_scale: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, weight_q: torch.Tensor, channel_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight_q.shape
+        self.register_buffer("weight_q", weight_q.contiguous())
+        self.register_buffer("channel_scale", channel_scale.float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        y = torch._weight_int8pack_mm(flat, self.weight_q, self.channel_scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+
+def _plain_int8(quantizer: Any) -> bool:
+    """An enabled, static, 8-bit integer quantizer without blocks or rotation."""
+    return (quantizer is not None and quantizer.is_enabled and quantizer.num_bits == 8
+            and not quantizer.block_sizes and not getattr(quantizer, "rotate_is_enabled", False)
+            and not quantizer.unsigned and quantizer.amax is not None)
+
+
+def _checked_weight_amax(name: str, module: Any) -> torch.Tensor:
+    amax = module.weight_quantizer.amax.float()
+    rows = module.weight.shape[0]
+    if amax.numel() not in (1, rows):
+        raise QuantError(f"{name}: weight amax has {amax.numel()} values for {rows} output channels",
+                         "the state does not fit this base model; rebuild with llm-quant build")
+    if torch.isnan(amax).any() or (amax < 0).any():
+        raise QuantError(f"{name}: weight amax holds NaN or negative values", "rebuild with llm-quant build")
+    return amax.reshape(-1).expand(rows).reshape(rows, 1)
+
+
+def _weight_ints(module: Any, amax: torch.Tensor) -> torch.Tensor:
+    qmin = -127.0 if module.weight_quantizer.narrow_range else -128.0
+    return _quantize(module.weight.detach(), _int8_scale(amax), qmin)
+
+
+def _to_w8a8(name: str, module: Any) -> Int8Linear:
+    inq = module.input_quantizer
+    act_amax = inq.amax.float()
+    if act_amax.numel() != 1 or torch.isnan(act_amax).any() or (act_amax < 0).any():
+        raise QuantError(f"{name}: activation amax must be one non-negative value, got shape "
+                         f"{tuple(act_amax.shape)}", "the state does not fit this model; rebuild with llm-quant build")
+    pre = inq.pre_quant_scale
+    if pre is not None and pre.numel() != module.weight.shape[1]:
+        raise QuantError(f"{name}: SmoothQuant pre-scale has {pre.numel()} values for {module.weight.shape[1]} "
+                         "input channels", "the state does not fit this base model; rebuild with llm-quant build")
+    w_amax = _checked_weight_amax(name, module)
+    out_scale = _dequant_scale(act_amax).reshape(()) * _dequant_scale(w_amax).reshape(-1)
+    return Int8Linear(_weight_ints(module, w_amax), out_scale, _int8_scale(act_amax), pre, module.bias,
+                      -127.0 if inq.narrow_range else -128.0)
+
+
+def _to_w8(name: str, module: Any) -> Int8WeightOnlyLinear:
+    w_amax = _checked_weight_amax(name, module)
+    return Int8WeightOnlyLinear(_weight_ints(module, w_amax), _dequant_scale(w_amax).reshape(-1), module.bias)
+
+
+def _kernel_for(module: Any, weight_only: bool) -> str:
+    wq: Any = getattr(module, "weight_quantizer", None)
+    inq: Any = getattr(module, "input_quantizer", None)
+    if getattr(module, "output_quantizer", None) is not None and module.output_quantizer.is_enabled:
+        return "fake-quant (output quantizer)"
+    if not _plain_int8(wq) or (wq.axis not in (0, (0,), None)):
+        return "fake-quant"
+    if _plain_int8(inq) and inq.axis is None:
+        return "int8 W8A8 _int_mm"
+    if inq is None or not inq.is_enabled:
+        return "int8 W8 _weight_int8pack_mm" if weight_only else "fake-quant (weight-only: packed kernel slower)"
+    return "fake-quant"
+
+
+def _probe(kind: str, layer: Int8Linear | Int8WeightOnlyLinear) -> str:
+    """Run the kernel once for one token and a few; a CPU build without it keeps the fake-quant path."""
+    try:
+        with torch.no_grad():
+            for rows in (1, 17):
+                layer(torch.zeros(rows, layer.in_features))
+    except (RuntimeError, NotImplementedError) as exc:
+        return f"fake-quant ({kind} unavailable: {str(exc).splitlines()[0][:80]})"
+    return kind
+
+
+def convert_linears(model: nn.Module, weight_only: bool = False) -> KernelReport:
+    """Swap the model's quantized linears for integer kernels in place; returns which linear runs what.
+    ``weight_only`` also moves int8 weight-only linears to the packed kernel (smaller, slower on CPU today)."""
+    report = KernelReport()
+    targets = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and hasattr(module, "weight_quantizer")]
+    for name, module in targets:
+        kind = _kernel_for(module, weight_only)
+        layer: Int8Linear | Int8WeightOnlyLinear | None = None
+        if kind == "int8 W8A8 _int_mm":
+            layer = _to_w8a8(name, module)
+        elif kind == "int8 W8 _weight_int8pack_mm":
+            layer = _to_w8(name, module)
+        if layer is not None:
+            kind = _probe(kind, layer)
+            if kind.startswith("fake-quant"):
+                layer = None
+        if layer is not None:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, layer.to(module.weight.device))
+            # Something in the restored graph still references the replaced modules (measured: ~1 GB of FP32
+            # weights alive on SmolLM2-135M); drop their weights so only the int8 copies stay.
+            module._parameters["weight"] = None
+        report.kernels[name] = kind
+    return report
+
+
+def linear_weight_bytes(model: nn.Module) -> int:
+    """Bytes held by the weights (and scales) of the model's linear layers, quantized or not."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (Int8Linear, Int8WeightOnlyLinear)):
+            total += sum(b.numel() * b.element_size() for b in module.buffers(recurse=False))
+        elif isinstance(module, nn.Linear):
+            total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
+    return total
