@@ -157,3 +157,29 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
             copy.graph.output.append(onnx.ValueInfoProto(name=name))
             existing.add(name)
     return copy
+
+
+def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of ``model`` with its top-level nodes in topological order, or None when they cannot be ordered (a
+    cycle or an input nothing produces). Ultralytics' CPU ``half=True`` export (onnxruntime.transformers' float16
+    converter with keep_io_types) appends its input Casts after the nodes that read them: ONNX Runtime loads it,
+    onnx's checker refuses it."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        # outer-scope names a subgraph reads are not tracked here: such nodes keep their relative place
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            return None
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(ordered)
+    return copy

@@ -6,6 +6,7 @@ succeeded, so a failure leaves ``--out`` as it was (an ``--out`` created by this
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from vision.artifacts.trtexec import trtexec_commands
 from vision.backends.select import select_backend
 from vision.config import BUNDLED_MODEL, VisionConfig
 from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
+from vision.export_kinds import check_supported, export_kind
+from vision.model_prep import prepare_model
 from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
 
 PACKAGES = ("tensorrt-quantization", "numpy", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "tensorrt")
@@ -83,6 +86,8 @@ def build(cfg: VisionConfig) -> BuildResult:
     model_path = resolve_model(cfg)
     with timings.measure("load_model"):
         info, model = load_model(model_path)
+    kind = export_kind(info, model)
+    check_supported(kind, info.path.name)  # segment/pose/obb/classify: one line, before any long work
     original_sha256 = info.sha256
     out = cfg.out
     with staging_area(out) as staging_dir:
@@ -98,13 +103,24 @@ def build(cfg: VisionConfig) -> BuildResult:
                                                                     "opset": info.opset, "simplified": cfg.simplify,
                                                                     "quantized_sha256": info.sha256},
                                     "config": cfg.model_dump(mode="json")}
+        manifest["model"]["export"] = kind.manifest()
         staged: dict[str, Path] = {}
-        hw = resolve_input_hw(info, cfg.imgsz)
+        notes: list[str] = []
+        hw = resolve_input_hw(info, cfg.imgsz, notes)
+        for line in notes:  # said before the long work starts
+            sys.stderr.write(f"note: {line}\n")
+        manifest["notes"] = notes
         batch = resolve_batch(info, cfg.batch)
         int8: Int8Outputs | None = None
         if cfg.precision == "int8":
-            int8 = quantize_int8(cfg, info, model, hw, batch, staging, timings,
-                                 backend.cache_header_version(cfg.trt_version))
+            with timings.measure("prepare_model"):
+                prepared = prepare_model(info, model, staging)
+            manifest["model"]["prepared"] = prepared.manifest(info)
+            if prepared.changed:
+                staged["prepared_model"] = prepared.info.path
+            int8 = quantize_int8(cfg, prepared.info, prepared.model, hw, batch, staging, timings,
+                                 backend.cache_header_version(cfg.trt_version), io_dtype=prepared.io_dtype,
+                                 half=prepared.half)
             staged.update(int8.staged)
             manifest.update(int8.manifest)
             result.int8 = int8.facts

@@ -25,7 +25,7 @@ from vision.artifacts.cache import (
 )
 from vision.artifacts.qdq_ort import write_ort_qdq
 from vision.artifacts.qdq_trt import write_trt_qdq
-from vision.artifacts.qdq_verify import QdqSummary
+from vision.artifacts.qdq_verify import QdqSummary, check_loads_in_onnxruntime
 from vision.backends.engine import EngineRequest, EngineResult
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.backends.select import BuildBackend, load_runner
@@ -37,6 +37,7 @@ from vision.data.synthetic import generate_calibration_images
 from vision.evaluation.agreement import compare as compare_outputs
 from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo
+from vision.model_prep import cast_io
 from vision.pipeline.mixed_precision import build_budget_search, map50_95
 
 
@@ -80,7 +81,10 @@ def calibration_source(cfg: VisionConfig, staging: Path) -> tuple[Path, str]:
 
 
 def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw: tuple[int, int], batch: int,
-                  staging: Path, timings: Timings, trt_version: str) -> Int8Outputs:
+                  staging: Path, timings: Timings, trt_version: str, *, io_dtype: str = "float32",
+                  half: bool = False) -> Int8Outputs:
+    """``model``: the prepared model (``vision.model_prep``: FP32, opset >= 13); ``io_dtype``: the user's model's
+    I/O type, which both Q/DQ models take and return; ``half``: the user's model computes in FP16."""
     spec = calibrator_spec(cfg.calibrator)
     source, origin = calibration_source(cfg, staging)
     calib = CalibrationSet.from_source(source, info.input_name, hw, batch, max_images=cfg.max_calib_images,
@@ -123,7 +127,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
         save_stats(staging / "stats.npz", stats)
         outputs.staged["stats"] = staging / "stats.npz"
 
-    _write_qdq(cfg, info, model, cache_file, outputs, staging, timings)
+    _write_qdq(cfg, info, model, cache_file, outputs, staging, timings, io_dtype, half)
     outputs.manifest = {
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
                         "images_used": facts.images, "skipped": facts.skipped_images,
@@ -142,11 +146,12 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
 def _qdq_facts(summary: QdqSummary) -> dict[str, Any]:
     return {"layout": summary.layout, "activation_tensors": summary.activation_tensors,
             "matched_scales": summary.matched_scales, "per_channel_weights": summary.per_channel_weights,
-            "per_tensor_weights": summary.per_tensor_weights, "float_layers": len(summary.excluded_nodes)}
+            "per_tensor_weights": summary.per_tensor_weights, "float_layers": len(summary.excluded_nodes),
+            "io_dtype": summary.io_dtype, "high_precision_dtype": summary.high_precision_dtype}
 
 
 def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache_file: Path, outputs: Int8Outputs,
-               staging: Path, timings: Timings) -> None:
+               staging: Path, timings: Timings, io_dtype: str, half: bool) -> None:
     facts, calib, scales = outputs.facts, outputs.calib, outputs.scales
     # One image (one batch for a fixed batch size) is enough: both writers' own calibration is overridden.
     smallest = calib.batch if calib.fixed_batch else 1
@@ -165,14 +170,21 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
             ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=facts.float_layers,
                                         weight_storage=cfg.ort_weights, label=info.path.name)
     with timings.measure("qdq_tensorrt"):
+        # an FP16 export: TensorRT runs its unquantized layers in FP16, so the TensorRT layout keeps them FP16
         trt_summary = write_trt_qdq(info.path, cache_file, scales, sample, staging / "model.int8.onnx",
-                                    nodes_to_exclude=facts.float_layers)
+                                    nodes_to_exclude=facts.float_layers,
+                                    high_precision_dtype="fp16" if half else "fp32")
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
             trt_map = map50_95(cfg, info, trt_summary.path)
         facts.mixed_precision["map_tensorrt_layout"] = trt_map
         facts.mixed_precision["delta_tensorrt_layout"] = 100.0 * (facts.mixed_precision["map_fp32"] - trt_map)
+    for summary in (trt_summary, ort_summary):
+        summary.io_dtype = io_dtype
+        if io_dtype != "float32":  # the user's I/O type at the boundaries; inside, the calibrated FP32 graph
+            onnx.save(cast_io(onnx.load(str(summary.path)), io_dtype), str(summary.path))
+        check_loads_in_onnxruntime(summary.path, summary.layout)
     outputs.staged["qdq_trt"] = trt_summary.path
     outputs.staged["qdq_ort"] = ort_summary.path
     for summary in (trt_summary, ort_summary):

@@ -177,8 +177,22 @@ def test_input_size_and_batch_come_from_the_model_unless_dynamic(tmp_path):
         resolve_batch(fixed, 8)
     dynamic = info(["n", 3, "h", "w"])
     assert resolve_input_hw(dynamic, (640, 640)) == (640, 640) and resolve_batch(dynamic, None) == 8
-    with pytest.raises(QuantError, match="--imgsz"):
-        resolve_input_hw(dynamic, None)
+    # without --imgsz: the model's Ultralytics imgsz metadata, else 640, and one line saying so
+    notes: list[str] = []
+    assert resolve_input_hw(dynamic, None, notes) == (640, 640)
+    assert len(notes) == 1 and "640x640" in notes[0] and "--imgsz" in notes[0]
+    recorded = inspect_model(_with_metadata(tmp_path / "m.onnx", imgsz="[320, 480]"), tmp_path / "m.onnx")
+    assert resolve_input_hw(recorded, None, notes) == (320, 480) and "metadata" in notes[1]
+    half_fixed = info(["n", 3, 256, "w"])
+    assert resolve_input_hw(half_fixed, None) == (256, 640)
+
+
+def _with_metadata(path, **props):
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, props)
+    return model
 
 
 def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
