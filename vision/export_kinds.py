@@ -74,12 +74,11 @@ def is_end_to_end_shape(dims: list[int | None]) -> bool:
 def export_kind(info: ModelInfo, model: onnx.ModelProto) -> ExportKind:
     task_meta = info.metadata.get("task")
     task, source = (task_meta.strip(), "metadata") if task_meta else (graph_task(model), "graph")
-    end2end = _flag(info.metadata.get("end2end"))
-    if end2end is None:
-        end2end = _args_nms(info)
+    # Ultralytics 8.4 writes end2end=False next to args nms=True for a detector exported with nms=True
+    end2end = bool(_flag(info.metadata.get("end2end"))) or bool(_args_nms(info))
     dims = _output_dims(model)
     shaped = len(dims) == 1 and is_end_to_end_shape(dims[0])
-    return ExportKind(task=task, end_to_end=bool(end2end) or shaped, task_source=source)
+    return ExportKind(task=task, end_to_end=end2end or shaped, task_source=source)
 
 
 def check_supported(kind: ExportKind, label: str) -> None:
@@ -90,3 +89,59 @@ def check_supported(kind: ExportKind, label: str) -> None:
     what = f" ({carried})" if carried else ""
     raise QuantError(f"{label} is a YOLO '{kind.task}' export{what}; vision-quant quantizes detection models only",
                      "export a detection model (e.g. yolov8n.pt / yolo11n.pt with yolo export format=onnx)")
+
+
+def _rank3_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - without shapes no head is found; the caller falls back
+        return {}
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in vi.type.tensor_type.shape.dim)
+        if len(dims) == 3:
+            shapes[vi.name] = dims
+    return shapes
+
+
+def end_to_end_tail(model: onnx.ModelProto) -> tuple[str | None, list[str]]:
+    """For an end-to-end export: the raw head tensor (``B x (4+nc) x N`` before the NMS) and the names of the
+    nodes after it (decode, NMS, gathers, padding). Calibration stops at the raw head; the tail stays float in both
+    Q/DQ layouts (boxes and scores are what NMS compares; a box transform quantized there moves every box).
+
+    The raw head is the last tensor, in graph order, that leads to the NMS and is shaped ``B x C x N`` with
+    ``C >= 5`` and ``N > C`` (YOLOv8/11: ``1 x 84 x 8400``); the Transpose after it is ``N x C``. Without static
+    shapes, the tail is the NMS and what follows it. ``(None, [])`` for a model without NonMaxSuppression.
+    """
+    nodes = list(model.graph.node)
+    nms = [n for n in nodes if n.op_type == "NonMaxSuppression"]
+    if not nms:
+        return None, []
+    producer = {out: node for node in nodes for out in node.output}
+    ancestors: set[str] = set()  # tensors the NMS reads, directly or not
+    stack = [name for node in nms for name in node.input]
+    while stack:
+        name = stack.pop()
+        if name in ancestors:
+            continue
+        ancestors.add(name)
+        node = producer.get(name)
+        if node is not None:
+            stack.extend(node.input)
+    shapes = _rank3_shapes(model)
+    head = None
+    for node in nodes:
+        for out in node.output:
+            dims = shapes.get(out)
+            if (out in ancestors and dims and dims[1] is not None and dims[2] is not None and dims[1] >= 5
+                    and dims[2] > dims[1]):
+                head = out
+    start = {head} if head is not None else {o for n in nms for o in n.output}
+    tail = {id(n) for n in nms} if head is None else set()
+    reached = set(start)
+    for node in nodes:  # graph order is topological: one pass finds every descendant
+        if id(node) in tail or any(name in reached for name in node.input):
+            tail.add(id(node))
+            reached.update(node.output)
+    return head, [n.name for n in nodes if id(n) in tail and n.name]

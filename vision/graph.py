@@ -98,20 +98,22 @@ def post_processing_nodes(model: onnx.ModelProto) -> list[str]:
     return tail[::-1]
 
 
-def head_nodes(model: onnx.ModelProto) -> list[str]:
+def head_nodes(model: onnx.ModelProto, outputs: Sequence[str] | None = None) -> list[str]:
     """The detection head's all-anchor part: nodes producing a tensor whose last dimension is the anchor count N of
     the ``B x (4+nc) x N`` output (the level Concat, DFL Reshape/Softmax/Conv, box decode, class Sigmoid).
 
     Read from shapes, not names, so it holds for any YOLOv8 export. On the trained detector, quantizing this part
     (one scale shared by box-distribution and class logits, a quantized DFL Softmax) cost 2.4 of the 3.7 mAP50-95
     points INT8 lost; Ultralytics and TensorRT users keep it in higher precision for the same reason.
+    ``outputs``: the tensors holding the raw head (default: the graph outputs; an end-to-end export's raw head is
+    inside the graph, before its NMS).
     """
     inferred = onnx.shape_inference.infer_shapes(model)
     dims: dict[str, list[int | None]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-    outputs = [dims.get(o.name, []) for o in model.graph.output]
-    anchors = {shape[-1] for shape in outputs if len(shape) == 3 and shape[-1] and shape[-1] > 1}
+    heads = [dims.get(name, []) for name in (outputs if outputs is not None else [o.name for o in model.graph.output])]
+    anchors = {shape[-1] for shape in heads if len(shape) == 3 and shape[-1] and shape[-1] > 1}
     if not anchors:
         return []
     return [n.name for n in model.graph.node

@@ -163,6 +163,10 @@ def tiny_detector_dynamic(tmp_path: Path) -> Path:
     return tiny_detector_onnx(tmp_path, dynamic_batch=True, name="tiny_detector_dynamic.onnx")
 
 
+def _anchors(output: onnx.ValueInfoProto) -> int:
+    return output.type.tensor_type.shape.dim[2].dim_value
+
+
 def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20) -> Path:
     """``detector`` (raw ``[1, 4+nc, N]`` head, xywh boxes) ending in NMS like an Ultralytics ``nms=True`` export:
     boxes to xyxy, ONNX NonMaxSuppression over all classes, the kept rows (x1, y1, x2, y2, score, class) gathered
@@ -207,6 +211,9 @@ def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20
     node("Concat", ["nms/zero", "nms/zero", "missing", "nms/zero"], ["pads"], axis=0)
     node("Pad", ["dets", "pads"], ["padded"])                               # [max_det, 6]
     node("Unsqueeze", ["padded", "nms/zero"], [raw])                        # [1, max_det, 6]
+    # the raw head's shape, as shape inference finds it on real exports (here a computed Reshape hides it)
+    graph.value_info.append(helper.make_tensor_value_info(head, TensorProto.FLOAT, [1, channels, None]))
+    graph.value_info[-1].type.tensor_type.shape.dim[2].dim_value = _anchors(graph.output[0])
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(raw, TensorProto.FLOAT, [1, max_det, 6]))
     onnx.checker.check_model(model, full_check=True)

@@ -19,7 +19,7 @@ from vision.artifacts.trtexec import trtexec_commands
 from vision.backends.select import select_backend
 from vision.config import BUNDLED_MODEL, VisionConfig
 from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
-from vision.export_kinds import check_supported, export_kind
+from vision.export_kinds import check_supported, end_to_end_tail, export_kind
 from vision.model_prep import prepare_model
 from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
 
@@ -118,9 +118,12 @@ def build(cfg: VisionConfig) -> BuildResult:
             manifest["model"]["prepared"] = prepared.manifest(info)
             if prepared.changed:
                 staged["prepared_model"] = prepared.info.path
+            raw_head, tail = end_to_end_tail(prepared.model)
+            if tail:
+                manifest["model"]["export"].update(end_to_end=True, raw_head=raw_head, nms_tail_nodes=len(tail))
             int8 = quantize_int8(cfg, prepared.info, prepared.model, hw, batch, staging, timings,
                                  backend.cache_header_version(cfg.trt_version), io_dtype=prepared.io_dtype,
-                                 half=prepared.half)
+                                 half=prepared.half, raw_head=raw_head, tail_nodes=tuple(tail))
             staged.update(int8.staged)
             manifest.update(int8.manifest)
             result.int8 = int8.facts

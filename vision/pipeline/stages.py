@@ -82,9 +82,11 @@ def calibration_source(cfg: VisionConfig, staging: Path) -> tuple[Path, str]:
 
 def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw: tuple[int, int], batch: int,
                   staging: Path, timings: Timings, trt_version: str, *, io_dtype: str = "float32",
-                  half: bool = False) -> Int8Outputs:
+                  half: bool = False, raw_head: str | None = None, tail_nodes: tuple[str, ...] = ()) -> Int8Outputs:
     """``model``: the prepared model (``vision.model_prep``: FP32, opset >= 13); ``io_dtype``: the user's model's
-    I/O type, which both Q/DQ models take and return; ``half``: the user's model computes in FP16."""
+    I/O type, which both Q/DQ models take and return; ``half``: the user's model computes in FP16. An end-to-end
+    export (``vision.export_kinds.end_to_end_tail``): ``raw_head`` is the head output before its NMS, ``tail_nodes``
+    what follows it; calibration stops at the raw head and the tail stays float."""
     spec = calibrator_spec(cfg.calibrator)
     source, origin = calibration_source(cfg, staging)
     calib = CalibrationSet.from_source(source, info.input_name, hw, batch, max_images=cfg.max_calib_images,
@@ -93,6 +95,9 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
     # Every tensor a TensorRT cache lists. The ORT layout's activations are among them (a tensor outside this set
     # is not computed from the image, and write_ort_qdq leaves its nodes in float), so one set of scales serves all.
     tensors = quantizable_tensors(model)
+    if tail_nodes:
+        after_head = {out for node in model.graph.node if node.name in set(tail_nodes) for out in node.output}
+        tensors = [name for name in tensors if name not in after_head]
     # What changes the statistics. The image subset (max_calib_images, seed) is in the data fingerprint already;
     # the batch matters only for TensorRT's growing histogram (ours is independent of batch and order).
     options: dict[str, Any] = {**spec.options_from(cfg), "histogram": cfg.histogram, "num_bins": cfg.num_bins,
@@ -127,7 +132,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
         save_stats(staging / "stats.npz", stats)
         outputs.staged["stats"] = staging / "stats.npz"
 
-    _write_qdq(cfg, info, model, cache_file, outputs, staging, timings, io_dtype, half)
+    _write_qdq(cfg, info, model, cache_file, outputs, staging, timings, io_dtype, half, raw_head, tail_nodes)
     outputs.manifest = {
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
                         "images_used": facts.images, "skipped": facts.skipped_images,
@@ -151,12 +156,14 @@ def _qdq_facts(summary: QdqSummary) -> dict[str, Any]:
 
 
 def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache_file: Path, outputs: Int8Outputs,
-               staging: Path, timings: Timings, io_dtype: str, half: bool) -> None:
+               staging: Path, timings: Timings, io_dtype: str, half: bool, raw_head: str | None,
+               tail_nodes: tuple[str, ...]) -> None:
     facts, calib, scales = outputs.facts, outputs.calib, outputs.scales
     # One image (one batch for a fixed batch size) is enough: both writers' own calibration is overridden.
     smallest = calib.batch if calib.fixed_batch else 1
     sample = list(calib.first_images(smallest))
-    head = head_nodes(model) if cfg.keep_head_fp32 else []
+    head = head_nodes(model, [raw_head] if raw_head else None) if cfg.keep_head_fp32 else []
+    head = list(dict.fromkeys([*head, *tail_nodes]))  # an end-to-end tail (NMS and its decode) is never INT8
     ort_path = staging / "model.int8.ort.onnx"
     with timings.measure("qdq_onnxruntime"):
         ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=head,

@@ -173,3 +173,41 @@ def test_task_is_read_from_the_graph_without_metadata(tmp_path):
     detector = onnx.load(tiny_detector_onnx(tmp_path))
     kind = export_kind(inspect_model(detector, tmp_path / "tiny_detector.onnx"), detector)
     assert (kind.task, kind.end_to_end, kind.task_source) == ("detect", False, "graph")
+
+
+def test_end_to_end_export_calibrates_up_to_the_nms_and_keeps_the_tail_float(tmp_path, images):
+    from tests.vision.conftest import with_nms_tail
+    from vision.evaluation.yolo import postprocess
+    from vision.export_kinds import export_kind
+    from vision.model import load_model
+
+    model = with_nms_tail(tiny_detector_onnx(tmp_path))
+    info, proto = load_model(model)
+    assert export_kind(info, proto).end_to_end  # from the [1, 20, 6] output alone (no metadata)
+    result = build(load_config(model=model, calib_data=images, out=tmp_path / "out", agreement_images=0))
+    export = json.loads((tmp_path / "out" / "build.json").read_text())["model"]["export"]
+    assert export["end_to_end"] and export["raw_head"] == "output0_raw" and export["nms_tail_nodes"] > 10
+    scales = read_cache(tmp_path / "out" / "calibration.cache").scales
+    assert "output0_raw" in scales and not {"xyxy", "kept_boxes", "dets", "output0"} & set(scales)
+    assert "/nms/xyxy" in result.int8.float_layers and "/nms/selected" in result.int8.float_layers
+    # the box transform in the tail keeps its float weight: only the network's 7 Conv + 1 MatMul are INT8
+    assert result.int8.qdq["model.int8.ort.onnx"]["per_channel_weights"] == 8
+    reference = postprocess(_run(model, 1, np.float32), conf=0.25)[0]
+    assert len(reference) > 0
+    for name in ("model.int8.onnx", "model.int8.ort.onnx"):
+        out = _run(result.out_dir / name, 1, np.float32)
+        assert out.shape == (1, 20, 6)
+        detections = postprocess(out, conf=0.25)[0]  # final rows read as detections, not as a raw head
+        assert len(detections) > 0 and set(detections.classes) <= set(range(4))
+
+
+def test_ultralytics_metadata_marks_end_to_end_and_task(tmp_path):
+    from vision.export_kinds import export_kind
+    from vision.model import inspect_model
+
+    model = onnx.load(tiny_detector_onnx(tmp_path))
+    helper.set_model_props(model, {"task": "detect", "end2end": "False",
+                                   "args": "{'batch': 1, 'nms': True, 'dynamic': False}"})
+    onnx.save(model, tmp_path / "m.onnx")
+    kind = export_kind(inspect_model(model, tmp_path / "m.onnx"), model)
+    assert (kind.task, kind.end_to_end, kind.task_source) == ("detect", True, "metadata")
