@@ -121,8 +121,15 @@ def test_old_opset_export_is_lifted_to_13_and_builds(tmp_path, images, opset):
         assert got.shape == reference.shape and np.isfinite(got).all()
 
 
-def test_current_exports_are_used_as_they_are(tmp_path, images):
+@pytest.mark.parametrize("opset", [17, 21])
+def test_current_exports_are_used_as_they_are(tmp_path, images, opset):
     model = tiny_detector_onnx(tmp_path)
+    if opset != 17:
+        from onnx import version_converter
+
+        lifted = version_converter.convert_version(onnx.load(model), opset)
+        lifted.ir_version = 10
+        onnx.save(lifted, model)
     build(load_config(model=model, calib_data=images, out=tmp_path / "out", agreement_images=0))
     prepared = json.loads((tmp_path / "out" / "build.json").read_text())["model"]["prepared"]
     assert prepared["changes"] == [] and prepared["path"] is None
