@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import ast
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path

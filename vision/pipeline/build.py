@@ -18,8 +18,8 @@ from vision.artifacts.cache import sidecar_path
 from vision.artifacts.trtexec import trtexec_commands
 from vision.backends.select import select_backend
 from vision.config import BUNDLED_MODEL, VisionConfig
-from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
 from vision.export_kinds import check_supported, end_to_end_tail, export_kind
+from vision.model import load_model, resolve_batch, resolve_input_hw, simplify
 from vision.model_prep import prepare_model
 from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
 
