@@ -110,7 +110,8 @@ def end_to_end_tail(model: onnx.ModelProto) -> tuple[str | None, list[str]]:
     nodes after it (decode, NMS, gathers, padding). Calibration stops at the raw head; the tail stays float in both
     Q/DQ layouts (boxes and scores are what NMS compares; a box transform quantized there moves every box).
 
-    The raw head is the last tensor, in graph order, that leads to the NMS and is shaped ``B x C x N`` with
+    The raw head is the last tensor, in graph order, that leads to both the boxes and the scores of the NMS and is
+    shaped ``B x C x N`` with
     ``C >= 5`` and ``N > C`` (YOLOv8/11: ``1 x 84 x 8400``); the Transpose after it is ``N x C``. Without static
     shapes, the tail is the NMS and what follows it. ``(None, [])`` for a model without NonMaxSuppression.
     """
@@ -119,16 +120,22 @@ def end_to_end_tail(model: onnx.ModelProto) -> tuple[str | None, list[str]]:
     if not nms:
         return None, []
     producer = {out: node for node in nodes for out in node.output}
-    ancestors: set[str] = set()  # tensors the NMS reads, directly or not
-    stack = [name for node in nms for name in node.input]
-    while stack:
-        name = stack.pop()
-        if name in ancestors:
-            continue
-        ancestors.add(name)
-        node = producer.get(name)
-        if node is not None:
-            stack.extend(node.input)
+
+    def ancestors_of(names: list[str]) -> set[str]:
+        found: set[str] = set()
+        stack = list(names)
+        while stack:
+            name = stack.pop()
+            if name in found:
+                continue
+            found.add(name)
+            node = producer.get(name)
+            if node is not None:
+                stack.extend(node.input)
+        return found
+
+    # the raw head feeds both the boxes and the scores the NMS compares (a class-score tensor feeds only one)
+    ancestors = ancestors_of([n.input[0] for n in nms]) & ancestors_of([n.input[1] for n in nms if len(n.input) > 1])
     shapes = _rank3_shapes(model)
     head = None
     for node in nodes:

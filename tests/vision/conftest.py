@@ -167,7 +167,8 @@ def _anchors(output: onnx.ValueInfoProto) -> int:
     return output.type.tensor_type.shape.dim[2].dim_value
 
 
-def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20) -> Path:
+def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20, conf: float = 0.25,
+                  out_dir: Path | None = None) -> Path:
     """``detector`` (raw ``[1, 4+nc, N]`` head, xywh boxes) ending in NMS like an Ultralytics ``nms=True`` export:
     boxes to xyxy, ONNX NonMaxSuppression over all classes, the kept rows (x1, y1, x2, y2, score, class) gathered
     and zero-padded to ``[1, max_det, 6]``."""
@@ -181,7 +182,7 @@ def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20
     consts = {
         "nms/xyxy": np.array([[1, 0, 1, 0], [0, 1, 0, 1], [-0.5, 0, 0.5, 0], [0, -0.5, 0, 0.5]], np.float32),
         "nms/split": np.array([4, channels - 4], np.int64), "nms/max": np.array([max_det], np.int64),
-        "nms/iou": np.array([0.7], np.float32), "nms/conf": np.array([0.25], np.float32),
+        "nms/iou": np.array([0.7], np.float32), "nms/conf": np.array([conf], np.float32),
         "nms/zero": np.array([0], np.int64), "nms/one": np.array([1], np.int64), "nms/two": np.array([2], np.int64),
         "nms/rows": np.array([max_det], np.int64),
     }
@@ -204,7 +205,10 @@ def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20
     node("Unsqueeze", ["kept_scores_1d", "nms/one"], ["kept_scores"])
     node("Cast", ["class_index"], ["kept_classes"], to=TensorProto.FLOAT)
     node("Concat", ["kept_boxes", "kept_scores", "kept_classes"], ["all_dets"], axis=1)  # [K, 6]
-    node("Slice", ["all_dets", "nms/zero", "nms/rows", "nms/zero"], ["dets"])  # at most max_det rows
+    node("Shape", ["kept_scores_1d"], ["candidates"])
+    node("Min", ["candidates", "nms/rows"], ["top_k"])
+    node("TopK", ["kept_scores_1d", "top_k"], ["top_scores", "top_index"])  # the best max_det rows, best first
+    node("Gather", ["all_dets", "top_index"], ["dets"], axis=0)
     node("Shape", ["dets"], ["dets_shape"])
     node("Gather", ["dets_shape", "nms/zero"], ["kept"], axis=0)
     node("Sub", ["nms/rows", "kept"], ["missing"])
@@ -217,6 +221,6 @@ def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(raw, TensorProto.FLOAT, [1, max_det, 6]))
     onnx.checker.check_model(model, full_check=True)
-    path = detector.parent / name
+    path = (out_dir or detector.parent) / name
     onnx.save(model, path)
     return path

@@ -218,3 +218,16 @@ def test_ultralytics_metadata_marks_end_to_end_and_task(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     kind = export_kind(inspect_model(model, tmp_path / "m.onnx"), model)
     assert (kind.task, kind.end_to_end, kind.task_source) == ("detect", True, "metadata")
+
+
+def test_raw_head_of_the_trained_detector_behind_an_nms_tail(tmp_path):
+    from tests.vision.conftest import with_nms_tail
+    from vision.config import BUNDLED_MODEL
+    from vision.export_kinds import end_to_end_tail
+
+    if not BUNDLED_MODEL.is_file():
+        pytest.skip("the bundled detector is not installed")
+    model = onnx.load(with_nms_tail(BUNDLED_MODEL, max_det=300, conf=0.001, out_dir=tmp_path))
+    head, tail = end_to_end_tail(model)
+    # not the class-score tensor (1 x nc x N, it feeds only the NMS scores): the head feeding boxes and scores
+    assert head == "output0_raw" and "/nms/selected" in tail and "/nms/xyxy" in tail
