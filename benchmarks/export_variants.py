@@ -97,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100, help="val images to score")
     parser.add_argument("--calib-images", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("out/export_variants"))
+    parser.add_argument("--variants", default="fp32-opset17,fp16-io,fp16-cpu,opset12",
+                        help="comma-separated subset (the first is the reference row)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     annotations = generate_dataset(args.out / "shapes", args.images, seed=0, split="val")
@@ -105,7 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not calib.is_dir():
         generate_calibration_images(calib, args.calib_images, 1)
     rows: list[dict[str, Any]] = []
+    wanted = args.variants.split(",")
     for name, path in make_variants(args.out).items():
+        if name not in wanted:
+            continue
         built = build(load_config(model=path, calib_data=calib, out=args.out / f"build-{name}", agreement_images=0))
         row: dict[str, Any] = {"variant": name}
         for label, model in (("source", path), ("int8-trt-layout", built.artifacts["qdq_trt"]),

@@ -63,7 +63,8 @@ def test_fp16_export_builds_with_fp32_statistics_and_fp16_io(fp16_build):
     assert json.loads((out / "calibration.cache.json").read_text())["model_sha256"] == prepared["sha256"]
     assert "images" in read_cache(out / "calibration.cache").scales
     reference = _run(model, 1, np.float16).astype(np.float32)
-    for name, high in (("model.int8.onnx", "float16"), ("model.int8.ort.onnx", "float32")):
+    # FP32 between Q/DQ in both layouts (vision.pipeline.stages.TRT_LAYOUT_FP16 says why)
+    for name, high in (("model.int8.onnx", "float32"), ("model.int8.ort.onnx", "float32")):
         assert result.int8.qdq[name]["io_dtype"] == "float16"
         assert result.int8.qdq[name]["high_precision_dtype"] == high
         got = _run(out / name, 1, np.float16)
@@ -71,10 +72,9 @@ def test_fp16_export_builds_with_fp32_statistics_and_fp16_io(fp16_build):
         cosine = float(np.dot(got.ravel(), reference.ravel()) /
                        (np.linalg.norm(got.astype(np.float32)) * np.linalg.norm(reference)))
         assert cosine > 0.99, (name, cosine)
-    # the TensorRT layout computes in FP16 where nothing is quantized, as TensorRT would run the FP16 export
     trt = onnx.load(str(out / "model.int8.onnx"))
-    assert any(i.data_type == TensorProto.FLOAT16 for i in trt.graph.initializer)
-    assert not any(n.op_type == "Cast" for n in trt.graph.node[:1])  # fp16 -> fp32 -> fp16 round trips folded
+    assert trt.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert trt.graph.node[0].op_type == "Cast"  # FP16 image -> the FP32 graph
 
 
 def test_cpu_half_export_with_fp32_io_and_unsorted_nodes_builds(tmp_path, images):
@@ -85,11 +85,26 @@ def test_cpu_half_export_with_fp32_io_and_unsorted_nodes_builds(tmp_path, images
     prepared = json.loads((tmp_path / "out" / "build.json").read_text())["model"]["prepared"]
     assert prepared["io_dtype"] == "float32" and prepared["half"]
     assert any("topological" in change for change in prepared["changes"])
-    assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float16"
+    assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float32"
     reference = _run(model, 1, np.float32)
     for name in ("model.int8.onnx", "model.int8.ort.onnx"):
         got = _run(result.out_dir / name, 1, np.float32)
         assert got.dtype == np.float32 and got.shape == reference.shape and np.isfinite(got).all()
+
+
+def test_fp16_round_trip_casts_are_folded():
+    from vision.model_prep import cast_io
+
+    # what modelopt's FP16 layout looks like: FP32 I/O cast to FP16 and back around an FP16 graph
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])
+    nodes = [helper.make_node("Cast", ["images"], ["x16"], to=TensorProto.FLOAT16, name="in_cast"),
+             helper.make_node("Relu", ["x16"], ["y16"], name="relu"),
+             helper.make_node("Cast", ["y16"], ["out"], to=TensorProto.FLOAT, name="out_cast")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    cast = cast_io(model, "float16")
+    assert [n.op_type for n in cast.graph.node] == ["Identity", "Relu", "Identity"]
+    onnx.checker.check_model(cast)
 
 
 def test_widened_fp16_model_computes_what_the_fp16_model_does(tmp_path):
