@@ -98,20 +98,22 @@ def post_processing_nodes(model: onnx.ModelProto) -> list[str]:
     return tail[::-1]
 
 
-def head_nodes(model: onnx.ModelProto) -> list[str]:
+def head_nodes(model: onnx.ModelProto, outputs: Sequence[str] | None = None) -> list[str]:
     """The detection head's all-anchor part: nodes producing a tensor whose last dimension is the anchor count N of
     the ``B x (4+nc) x N`` output (the level Concat, DFL Reshape/Softmax/Conv, box decode, class Sigmoid).
 
     Read from shapes, not names, so it holds for any YOLOv8 export. On the trained detector, quantizing this part
     (one scale shared by box-distribution and class logits, a quantized DFL Softmax) cost 2.4 of the 3.7 mAP50-95
     points INT8 lost; Ultralytics and TensorRT users keep it in higher precision for the same reason.
+    ``outputs``: the tensors holding the raw head (default: the graph outputs; an end-to-end export's raw head is
+    inside the graph, before its NMS).
     """
     inferred = onnx.shape_inference.infer_shapes(model)
     dims: dict[str, list[int | None]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         dims[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-    outputs = [dims.get(o.name, []) for o in model.graph.output]
-    anchors = {shape[-1] for shape in outputs if len(shape) == 3 and shape[-1] and shape[-1] > 1}
+    heads = [dims.get(name, []) for name in (outputs if outputs is not None else [o.name for o in model.graph.output])]
+    anchors = {shape[-1] for shape in heads if len(shape) == 3 and shape[-1] and shape[-1] > 1}
     if not anchors:
         return []
     return [n.name for n in model.graph.node
@@ -156,4 +158,30 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
         if name not in existing:
             copy.graph.output.append(onnx.ValueInfoProto(name=name))
             existing.add(name)
+    return copy
+
+
+def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of ``model`` with its top-level nodes in topological order, or None when they cannot be ordered (a
+    cycle or an input nothing produces). Ultralytics' CPU ``half=True`` export (onnxruntime.transformers' float16
+    converter with keep_io_types) appends its input Casts after the nodes that read them: ONNX Runtime loads it,
+    onnx's checker refuses it."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        # outer-scope names a subgraph reads are not tracked here: such nodes keep their relative place
+        ready = [n for n in pending if all(name in available for name in n.input)]
+        if not ready:
+            return None
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    del copy.graph.node[:]
+    copy.graph.node.extend(ordered)
     return copy

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
 from quant_common.errors import QuantError, require
 from quant_common.manifest import sha256_file
+from vision.graph import topologically_sorted
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
@@ -25,6 +29,8 @@ class ModelInfo:
     input_dtype: str
     output_names: tuple[str, ...]
     opset: int
+    metadata: Mapping[str, str] = field(default_factory=dict)  # metadata_props (Ultralytics: task, imgsz, end2end)
+    reordered: bool = False  # the file's nodes were out of topological order; the loaded model is sorted
 
     @property
     def fixed_batch(self) -> int | None:
@@ -70,7 +76,16 @@ def load_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, onnx.ModelProto
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - ValidationError and protobuf errors
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc.__class__.__name__
-        raise QuantError(f"{src} is not a valid ONNX model ({first})", "re-export the model") from exc
+        # ONNX Runtime runs graphs whose nodes are out of order; so do we, once sorted
+        ordered = topologically_sorted(model) if "topologically sorted" in first else None
+        if ordered is None:
+            raise QuantError(f"{src} is not a valid ONNX model ({first})", "re-export the model") from exc
+        try:
+            onnx.checker.check_model(ordered)
+        except Exception as again:  # noqa: BLE001 - as above
+            text = str(again).strip().splitlines()[0][:200] if str(again).strip() else again.__class__.__name__
+            raise QuantError(f"{src} is not a valid ONNX model ({text})", "re-export the model") from again
+        return dataclasses.replace(inspect_model(ordered, src), reordered=True), ordered
     return inspect_model(model, src), model
 
 
@@ -92,11 +107,43 @@ def inspect_model(model: onnx.ModelProto, path: Path) -> ModelInfo:
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return ModelInfo(path=path, sha256=sha256_file(path), input_name=image.name, input_shape=shape,
                      input_dtype=_FLOAT_TYPES[elem], output_names=tuple(o.name for o in model.graph.output),
-                     opset=opset)
+                     opset=opset, metadata={p.key: p.value for p in model.metadata_props})
 
 
-def resolve_input_hw(info: ModelInfo, imgsz: tuple[int, int] | None) -> tuple[int, int]:
-    """The network input size: fixed in the model, or ``--imgsz`` for dynamic H/W (never both disagreeing)."""
+# Ultralytics' own default export size, used for a dynamic export without imgsz metadata
+DEFAULT_IMGSZ = 640
+
+
+def metadata_imgsz(info: ModelInfo) -> tuple[int, int] | None:
+    """The ``imgsz`` an Ultralytics export records (``'[640, 640]'`` or ``'640'``), if any."""
+    text = info.metadata.get("imgsz")
+    try:
+        value = ast.literal_eval(text) if text else None
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, int) and value > 0:
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return (value[0], value[1])
+    return None
+
+
+def default_input_hw(info: ModelInfo) -> tuple[tuple[int, int], str]:
+    """The size a dynamic export is calibrated at without ``--imgsz``, and one line saying where it came from."""
+    recorded = metadata_imgsz(info)
+    hw = recorded or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
+    dims = [d if isinstance(d, int) else want for d, want in zip(info.input_shape[2:], hw, strict=True)]
+    hw = (dims[0], dims[1])
+    origin = "the model's imgsz metadata" if recorded else f"the default {DEFAULT_IMGSZ} (no imgsz metadata)"
+    return hw, (f"the model's input size is dynamic: calibrating at {hw[0]}x{hw[1]} from {origin}; "
+                "pass --imgsz to choose another")
+
+
+def resolve_input_hw(info: ModelInfo, imgsz: tuple[int, int] | None,
+                     notes: list[str] | None = None) -> tuple[int, int]:
+    """The network input size: fixed in the model, or ``--imgsz`` for dynamic H/W (never both disagreeing); a
+    dynamic size without ``--imgsz`` is the model's ``imgsz`` metadata, else 640 (the line saying so goes to
+    ``notes``)."""
     fixed = info.fixed_hw
     if fixed is not None:
         if imgsz is not None and tuple(imgsz) != fixed:
@@ -104,8 +151,10 @@ def resolve_input_hw(info: ModelInfo, imgsz: tuple[int, int] | None) -> tuple[in
                              f"{fixed[0]}x{fixed[1]}", "drop --imgsz or re-export the model with dynamic=True")
         return fixed
     if imgsz is None:
-        raise QuantError(f"the model's input '{info.input_name}' has a dynamic size {list(info.input_shape)}",
-                         "pass --imgsz (e.g. --imgsz 640) to choose the calibration size")
+        hw, note = default_input_hw(info)
+        if notes is not None:
+            notes.append(note)
+        return hw
     for dim, want in zip(info.input_shape[2:], imgsz, strict=True):
         if isinstance(dim, int) and dim != want:
             raise QuantError(f"--imgsz {imgsz} differs from the model's fixed dimension {dim}", "match the model")

@@ -52,21 +52,29 @@ class _GraphBuilder:
 
 
 def tiny_detector_onnx(tmp_path: Path, *, dynamic_batch: bool = False, seed: int = 0,
-                       name: str = "tiny_detector.onnx") -> Path:
+                       name: str = "tiny_detector.onnx", opset: int = 17) -> Path:
     """A 64x64 YOLOv8-shaped detector (random weights, opset 17): Conv+SiLU blocks, a C2f-like Split/Concat,
     SPPF-like MaxPool, nearest Resize, a residual Add, a shape subgraph (Shape/Gather/Concat → Reshape), a MatMul
-    and a ``[1, 8, 256]`` output whose class half goes through Sigmoid, like ``output0`` of an Ultralytics export."""
+    and a ``[1, 8, 256]`` output whose class half goes through Sigmoid, like ``output0`` of an Ultralytics export.
+    ``opset`` 11-12 writes Split sizes as an attribute and Resize's roi as a tensor, as exports at those opsets do."""
     g = _GraphBuilder(seed)
+
+    def split(x: str, sizes: list[int], axis: int) -> list[str]:
+        if opset < 13:
+            return g.node("Split", [x], outputs=len(sizes), axis=axis, split=sizes)
+        return g.node("Split", [x, g.const("split", np.array(sizes, np.int64))], outputs=len(sizes), axis=axis)
+
     x = g.conv_silu(TINY_INPUT, 3, 8, stride=2)            # 32x32
     x = g.conv_silu(x, 8, 16, stride=2)                    # 16x16
-    left, right = g.node("Split", [x, g.const("split", np.array([8, 8], np.int64))], outputs=2, axis=1)
+    left, right = split(x, [8, 8], axis=1)
     branch = g.conv_silu(right, 8, 8)
     (branch,) = g.node("Add", [branch, right])             # bottleneck shortcut
     (cat,) = g.node("Concat", [left, right, branch], axis=1)
     x = g.conv_silu(cat, 24, 16, k=1)
     (pooled,) = g.node("MaxPool", [x], kernel_shape=[5, 5], strides=[1, 1], pads=[2, 2, 2, 2])
     down = g.conv_silu(pooled, 16, 16, stride=2)           # 8x8
-    (up,) = g.node("Resize", [down, "", g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    roi = g.const("roi", np.zeros(0, np.float32)) if opset < 13 else ""
+    (up,) = g.node("Resize", [down, roi, g.const("scales", np.array([1, 1, 2, 2], np.float32))], mode="nearest")
     (cat2,) = g.node("Concat", [up, x], axis=1)            # 32 x 16x16
     head = g.conv_silu(cat2, 32, 16)
     weight = g.const("weight", (g.rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32))
@@ -80,7 +88,7 @@ def tiny_detector_onnx(tmp_path: Path, *, dynamic_batch: bool = False, seed: int
     mix = g.const("mix", (np.eye(8) + g.rng.standard_normal((8, 8)) * 0.1).astype(np.float32))
     (mixed,) = g.node("MatMul", [moved, mix])
     (back,) = g.node("Transpose", [mixed], perm=[0, 2, 1])  # [N, 8, 256]
-    box, cls = g.node("Split", [back, g.const("split", np.array([4, 4], np.int64))], outputs=2, axis=1)
+    box, cls = split(back, [4, 4], axis=1)
     (score,) = g.node("Sigmoid", [cls])
     g.nodes.append(helper.make_node("Concat", [box, score], [TINY_OUTPUT], axis=1, name="/model.head/Concat"))
     batch_dim: int | str = "batch" if dynamic_batch else 1
@@ -90,8 +98,8 @@ def tiny_detector_onnx(tmp_path: Path, *, dynamic_batch: bool = False, seed: int
         [helper.make_tensor_value_info(TINY_OUTPUT, TensorProto.FLOAT, [batch_dim, 8, 256])],
         g.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="tests")
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests")
+    model.ir_version = 8 if opset >= 15 else 7
     onnx.checker.check_model(model, full_check=True)
     path = Path(tmp_path) / name
     onnx.save(model, path)
@@ -153,3 +161,66 @@ def tiny_detector(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_detector_dynamic(tmp_path: Path) -> Path:
     return tiny_detector_onnx(tmp_path, dynamic_batch=True, name="tiny_detector_dynamic.onnx")
+
+
+def _anchors(output: onnx.ValueInfoProto) -> int:
+    return output.type.tensor_type.shape.dim[2].dim_value
+
+
+def with_nms_tail(detector: Path, name: str = "tiny_e2e.onnx", max_det: int = 20, conf: float = 0.25,
+                  out_dir: Path | None = None) -> Path:
+    """``detector`` (raw ``[1, 4+nc, N]`` head, xywh boxes) ending in NMS like an Ultralytics ``nms=True`` export:
+    boxes to xyxy, ONNX NonMaxSuppression over all classes, the kept rows (x1, y1, x2, y2, score, class) gathered
+    and zero-padded to ``[1, max_det, 6]``."""
+    model = onnx.load(detector)
+    graph = model.graph
+    raw = graph.output[0].name
+    channels = graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    head = f"{raw}_raw"
+    for node in graph.node:
+        node.output[:] = [head if o == raw else o for o in node.output]
+    consts = {
+        "nms/xyxy": np.array([[1, 0, 1, 0], [0, 1, 0, 1], [-0.5, 0, 0.5, 0], [0, -0.5, 0, 0.5]], np.float32),
+        "nms/split": np.array([4, channels - 4], np.int64), "nms/max": np.array([max_det], np.int64),
+        "nms/iou": np.array([0.7], np.float32), "nms/conf": np.array([conf], np.float32),
+        "nms/zero": np.array([0], np.int64), "nms/one": np.array([1], np.int64), "nms/two": np.array([2], np.int64),
+        "nms/rows": np.array([max_det], np.int64),
+    }
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+
+    def node(op: str, inputs: list[str], outputs: list[str], **attrs: object) -> None:
+        graph.node.append(helper.make_node(op, inputs, outputs, name=f"/nms/{outputs[0]}", **attrs))
+
+    node("Transpose", [head], ["rows"], perm=[0, 2, 1])                     # [1, N, 4+nc]
+    node("Split", ["rows", "nms/split"], ["xywh", "cls_scores"], axis=2)
+    node("MatMul", ["xywh", "nms/xyxy"], ["xyxy"])                         # [1, N, 4]
+    node("Transpose", ["cls_scores"], ["scores_by_class"], perm=[0, 2, 1])  # [1, nc, N]
+    node("NonMaxSuppression", ["xyxy", "scores_by_class", "nms/max", "nms/iou", "nms/conf"], ["selected"])
+    node("Slice", ["selected", "nms/one", "nms/two", "nms/one"], ["class_index"])  # [K, 1]
+    node("Slice", ["selected", "nms/two", "nms/rows", "nms/one"], ["box_index"])     # [K, 1] (end clipped)
+    node("Squeeze", ["box_index", "nms/one"], ["box_index_1d"])
+    node("Squeeze", ["xyxy", "nms/zero"], ["xyxy_2d"])
+    node("Gather", ["xyxy_2d", "box_index_1d"], ["kept_boxes"], axis=0)    # [K, 4]
+    node("GatherND", ["scores_by_class", "selected"], ["kept_scores_1d"])   # [K]
+    node("Unsqueeze", ["kept_scores_1d", "nms/one"], ["kept_scores"])
+    node("Cast", ["class_index"], ["kept_classes"], to=TensorProto.FLOAT)
+    node("Concat", ["kept_boxes", "kept_scores", "kept_classes"], ["all_dets"], axis=1)  # [K, 6]
+    node("Shape", ["kept_scores_1d"], ["candidates"])
+    node("Min", ["candidates", "nms/rows"], ["top_k"])
+    node("TopK", ["kept_scores_1d", "top_k"], ["top_scores", "top_index"])  # the best max_det rows, best first
+    node("Gather", ["all_dets", "top_index"], ["dets"], axis=0)
+    node("Shape", ["dets"], ["dets_shape"])
+    node("Gather", ["dets_shape", "nms/zero"], ["kept"], axis=0)
+    node("Sub", ["nms/rows", "kept"], ["missing"])
+    node("Concat", ["nms/zero", "nms/zero", "missing", "nms/zero"], ["pads"], axis=0)
+    node("Pad", ["dets", "pads"], ["padded"])                               # [max_det, 6]
+    node("Unsqueeze", ["padded", "nms/zero"], [raw])                        # [1, max_det, 6]
+    # the raw head's shape, as shape inference finds it on real exports (here a computed Reshape hides it)
+    graph.value_info.append(helper.make_tensor_value_info(head, TensorProto.FLOAT, [1, channels, None]))
+    graph.value_info[-1].type.tensor_type.shape.dim[2].dim_value = _anchors(graph.output[0])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(raw, TensorProto.FLOAT, [1, max_det, 6]))
+    onnx.checker.check_model(model, full_check=True)
+    path = (out_dir or detector.parent) / name
+    onnx.save(model, path)
+    return path

@@ -45,11 +45,12 @@ def _trt_availability_as_importable() -> Iterator[None]:
 
 def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float],
                   sample_feeds: Sequence[Mapping[str, np.ndarray]], out_path: Path, *,
-                  nodes_to_exclude: Sequence[str] = (), high_precision_dtype: str = "fp16") -> QdqSummary:
+                  nodes_to_exclude: Sequence[str] = (), high_precision_dtype: str = "fp32") -> QdqSummary:
     """``model.int8.onnx`` via modelopt.onnx with activation scales read from our TensorRT calibration cache.
 
     ``nodes_to_exclude`` get no Q/DQ of their own (modelopt's ``nodes_to_exclude``, matched by exact name), so a
-    strongly typed TensorRT build runs them in float.
+    strongly typed TensorRT build runs them in float. ``high_precision_dtype`` (modelopt's: fp32 | fp16) is the type
+    of everything left unquantized: fp16 for an FP16 export, as TensorRT would run it.
 
     modelopt monkey-patches onnxruntime.quantization for the whole process (ort_patching.patch_ort_modules), after
     which quantize_static misbehaves ("Quantization parameters are not specified for param images"). It therefore
@@ -77,19 +78,20 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         check_scales(quantized, scales, summary, zero_point=0)
         count_weight_granularity(quantized, summary)
         summary.excluded_nodes = sorted(set(nodes_to_exclude))
+        summary.high_precision_dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(high_precision_dtype, "float32")
         with staged_file(out_path) as staged:
             shutil.copyfile(tmp_out, staged)
     return summary
 
 
-def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path, high_precision: str
-                        ) -> str | None:
+def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path,
+                        high_precision_dtype: str = "fp32") -> str | None:
     """Run :func:`modelopt_child_main` in a fresh interpreter; None on success, else the one-line problem."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     code = "import sys; from vision.artifacts.qdq_trt import modelopt_child_main; sys.exit(modelopt_child_main(sys.argv[1:]))"
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(cache), str(data), str(out), str(exclude),
-                           high_precision],
+                           high_precision_dtype],
                           env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           check=False)
@@ -104,7 +106,7 @@ def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: 
 
 def modelopt_child_main(argv: Sequence[str]) -> int:
     """Child-process body (see write_trt_qdq); writes the problem to ``<out>.problem`` on failure."""
-    src, cache, data, out, exclude, high_precision = argv
+    src, cache, data, out, exclude, high_precision_dtype = argv
     excluded = json.loads(Path(exclude).read_text(encoding="utf-8"))
     logging.disable(logging.WARNING)
     import modelopt.onnx.quantization as mq
@@ -114,7 +116,7 @@ def modelopt_child_main(argv: Sequence[str]) -> int:
     try:
         with _trt_availability_as_importable():
             mq.quantize(src, quantize_mode="int8", calibration_data=feeds, calibration_method="max",
-                        calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype=high_precision,
+                        calibration_cache_path=cache, calibration_eps=["cpu"], high_precision_dtype=high_precision_dtype,
                         output_path=out, log_level="ERROR",
                         # modelopt matches these as regular expressions: exact names only
                         nodes_to_exclude=[re.escape(name) + "$" for name in excluded] or None)

@@ -85,7 +85,10 @@ class OnnxrtRunner(Runner):
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        values = self.session.run(names, dict(feeds))
+        # images arrive as float32; an FP16 export (and its Q/DQ models) takes float16
+        types = {i.name: _ORT_DTYPES.get(i.type) for i in self.session.get_inputs()}
+        values = self.session.run(names, {k: v.astype(types[k], copy=False) if types.get(k) else v
+                                          for k, v in feeds.items()})
         return dict(zip(names, values, strict=True))
 
     def input_specs_impl(self) -> list[TensorSpec]:

@@ -94,8 +94,9 @@ def detection_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def is_end_to_end(output: np.ndarray) -> bool:
-    """Ultralytics ``nms=True`` exports give ``B x max_det x 6``; raw heads give ``B x (4+nc) x N``."""
-    return output.shape[2] == 6 and output.shape[1] != 6
+    """Ultralytics ``nms=True`` exports give ``B x max_det x 6`` (x1, y1, x2, y2, score, class; a 7th column, where
+    present, is ignored); raw heads give ``B x (4+nc) x N``."""
+    return output.shape[2] in (6, 7) and output.shape[1] not in (6, 7)
 
 
 def decode_one(prediction: np.ndarray, conf: float, iou: float, max_det: int, multi_label: bool) -> Detections:

@@ -6,6 +6,7 @@ succeeded, so a failure leaves ``--out`` as it was (an ``--out`` created by this
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from vision.artifacts.cache import sidecar_path
 from vision.artifacts.trtexec import trtexec_commands
 from vision.backends.select import select_backend
 from vision.config import BUNDLED_MODEL, VisionConfig
+from vision.export_kinds import check_supported, end_to_end_tail, export_kind
 from vision.model import ModelInfo, load_model, resolve_batch, resolve_input_hw, simplify
+from vision.model_prep import prepare_model
 from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
 
 PACKAGES = ("tensorrt-quantization", "numpy", "onnx", "onnxruntime", "nvidia-modelopt", "onnxslim", "tensorrt")
@@ -92,6 +95,8 @@ def build(cfg: VisionConfig) -> BuildResult:
     model_path = resolve_model(cfg)
     with timings.measure("load_model"):
         info, model = load_model(model_path)
+    kind = export_kind(info, model)
+    check_supported(kind, info.path.name)  # segment/pose/obb/classify: one line, before any long work
     original_sha256 = info.sha256
     out = cfg.out
     with staging_area(out) as staging_dir:
@@ -107,6 +112,7 @@ def build(cfg: VisionConfig) -> BuildResult:
                                                                     "opset": info.opset, "simplified": cfg.simplify,
                                                                     "quantized_sha256": info.sha256},
                                     "config": cfg.model_dump(mode="json")}
+        manifest["model"]["export"] = kind.manifest()
         staged: dict[str, Path] = {}
         if cfg.simplify:
             # The cache's tensor names, the Q/DQ models and the trtexec lines all belong to the simplified graph:
@@ -115,7 +121,11 @@ def build(cfg: VisionConfig) -> BuildResult:
             manifest["model"]["quantized_model"] = info.path.name
             manifest["model"]["note"] = (f"{info.path.name} (onnxslim) is the model the calibration cache, the Q/DQ "
                                          "models and the trtexec lines belong to")
-        hw = resolve_input_hw(info, cfg.imgsz)
+        notes: list[str] = []
+        hw = resolve_input_hw(info, cfg.imgsz, notes)
+        for line in notes:  # said before the long work starts
+            sys.stderr.write(f"note: {line}\n")
+        manifest["notes"] = notes
         batch = check_batch(info, resolve_batch(info, cfg.batch, default_dynamic=min(cfg.max_batch, 8)), cfg.max_batch)
         int8: Int8Outputs | None = None
         target = backend.target_version(cfg.trt_version)
@@ -123,8 +133,17 @@ def build(cfg: VisionConfig) -> BuildResult:
             cfg.trt_version), "from": "installed" if backend.makes_engine else
             ("--trt-version" if cfg.trt_version else "default")}
         if cfg.precision == "int8":
-            int8 = quantize_int8(cfg, info, model, hw, batch, staging, timings,
-                                 manifest["tensorrt_target"]["cache_header_version"])
+            with timings.measure("prepare_model"):
+                prepared = prepare_model(info, model, staging)
+            manifest["model"]["prepared"] = prepared.manifest(info)
+            if prepared.changed:
+                staged["prepared_model"] = prepared.info.path
+            raw_head, tail = end_to_end_tail(prepared.model)
+            if tail:
+                manifest["model"]["export"].update(end_to_end=True, raw_head=raw_head, nms_tail_nodes=len(tail))
+            int8 = quantize_int8(cfg, prepared.info, prepared.model, hw, batch, staging, timings,
+                                 manifest["tensorrt_target"]["cache_header_version"], io_dtype=prepared.io_dtype,
+                                 half=prepared.half, raw_head=raw_head, tail_nodes=tuple(tail))
             staged.update(int8.staged)
             manifest.update(int8.manifest)
             result.int8 = int8.facts

@@ -34,8 +34,10 @@ from vision.evaluation.bench import benchmark, cpu_name
 from vision.evaluation.evaluate import EvalResult, evaluate
 from vision.evaluation.report import write_reports
 from vision.evaluation.results import CompareResult, Variant
+from vision.export_kinds import check_supported, end_to_end_tail, export_kind
 from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo, load_model, resolve_input_hw
+from vision.model_prep import prepare_model
 from vision.pipeline.mixed_precision import budgeted_mixed_precision
 
 DEFAULT_CALIBRATORS = COMPARED
@@ -115,17 +117,23 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
     if not Path(annotations).is_file():
         raise QuantError(f"annotation file not found: {annotations}", "pass a COCO-format instances json")
     info, proto = load_model(model_path)
+    check_supported(export_kind(info, proto), model_path.name)
     timings = Timings()
     data_dir, ann_path = Path(data), Path(annotations)
     with staging_area(out_dir, prefix=".compare-staging-") as staging_dir:
         staging = staging_dir.root
+        # FP16 / old-opset exports: calibrate and quantize the FP32, opset>=13 twin (vision.model_prep)
+        prepared = prepare_model(info, proto, staging)
+        info, proto = prepared.info, prepared.model
+        raw_head, tail = end_to_end_tail(proto)
         with timings.measure("fp32"):
             fp32_eval = _evaluate(model_path, data_dir, ann_path, opts, progress)  # checks data before long work
             fp32 = _variant("FP32", None, model_path, fp32_eval, _latency(model_path, opts))
         with timings.measure("statistics"):
             stats, sample, calib_images = collect_statistics(info, proto, Path(calib_data), opts)
         variants, amax_all, scales_all = [fp32], {}, {}
-        head = head_nodes(proto) if opts.keep_head_fp32 else []
+        head = head_nodes(proto, [raw_head] if raw_head else None) if opts.keep_head_fp32 else []
+        head = list(dict.fromkeys([*head, *tail]))  # an end-to-end tail (NMS and its decode) stays float
         for method in opts.calibrators:
             with timings.measure(f"int8_{method}"):
                 amax = compute_all(stats, method, **calibrator_spec(method).options_from(opts))

@@ -172,8 +172,10 @@ def test_trained_yolov8n_acceptance(tmp_path):
     assert agreement["detection_match"] is not None and agreement["detection_match"] > 0.9, agreement
     assert result.int8.qdq["model.int8.onnx"]["per_channel_weights"] >= 50
     assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["cosine"] > 0.99
-    # the default target (TensorRT 10.13) builds it strongly typed: unquantized layers in FP16 (TensorRT#993)
-    assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "fp16"
+    # the default target (TensorRT 10.13) could run the unquantized layers in FP16 (strongly typed, TensorRT#993);
+    # the model keeps FP32 there until the FP16 layout's accuracy loss is understood (stages.TRT_LAYOUT_FP16)
+    assert result.int8.qdq["model.int8.onnx"]["target_high_precision"] == "float16"
+    assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float32"
     assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["detection_match"] > 0.9
     ov = result.int8.qdq["model.int8.ov.onnx"]
     assert ov["layout"] == "openvino" and ov["per_channel_weights"] >= 50 and ov["matched_scales"] > 50
@@ -204,8 +206,22 @@ def test_input_size_and_batch_come_from_the_model_unless_dynamic(tmp_path):
         resolve_batch(fixed, 8)
     dynamic = info(["n", 3, "h", "w"])
     assert resolve_input_hw(dynamic, (640, 640)) == (640, 640) and resolve_batch(dynamic, None) == 8
-    with pytest.raises(QuantError, match="--imgsz"):
-        resolve_input_hw(dynamic, None)
+    # without --imgsz: the model's Ultralytics imgsz metadata, else 640, and one line saying so
+    notes: list[str] = []
+    assert resolve_input_hw(dynamic, None, notes) == (640, 640)
+    assert len(notes) == 1 and "640x640" in notes[0] and "--imgsz" in notes[0]
+    recorded = inspect_model(_with_metadata(tmp_path / "m.onnx", imgsz="[320, 480]"), tmp_path / "m.onnx")
+    assert resolve_input_hw(recorded, None, notes) == (320, 480) and "metadata" in notes[1]
+    half_fixed = info(["n", 3, 256, "w"])
+    assert resolve_input_hw(half_fixed, None) == (256, 640)
+
+
+def _with_metadata(path, **props):
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, props)
+    return model
 
 
 def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
