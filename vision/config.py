@@ -66,6 +66,11 @@ class VisionConfig(BaseModel):
     # OpenVINO layout weight bits: 8 (exact with VNNI), 7 (u8 x s8 pairs stay below int16 on CPUs without VNNI,
     # where 8-bit weights saturate), auto = by this CPU (vision.artifacts.qdq_ov).
     ov_weight_bits: Literal["auto", "8", "7"] = "auto"
+    # TensorRT layout: the type of its unquantized layers. fp16 is what a strongly typed TensorRT >= 10 build needs
+    # to run them in FP16 (else FP32: INT8 slower than FP16, NVIDIA/TensorRT#993); auto = fp16 where the target
+    # builds strongly typed or the export is FP16. Default fp32: the fp16 variant measured 69.7 instead of 89.2
+    # mAP50-95 under ONNX Runtime on the bundled detector (100 val images), a loss not yet understood.
+    trt_high_precision: Literal["fp32", "fp16", "auto"] = "fp32"
     # Accuracy-budgeted mixed precision: keep the most damaging layers in float until FP32 mAP50-95 minus INT8
     # mAP50-95 (points) on `data`/`annotations` is within the budget.
     accuracy_budget: float | None = Field(None, ge=0)

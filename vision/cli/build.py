@@ -73,6 +73,9 @@ def build_command(
         help="model.int8.ort.onnx weights: auto | int8 (exact only with VNNI) | uint8 (zero point 128)")] = None,
     ov_weight_bits: Annotated[str | None, typer.Option(
         help="model.int8.ov.onnx weight bits: auto | 8 (exact only with VNNI) | 7 (for CPUs without VNNI)")] = None,
+    trt_high_precision: Annotated[str | None, typer.Option(
+        help="model.int8.onnx unquantized layers: fp32 (default) | fp16 | auto (fp16 where the target TensorRT "
+             "builds strongly typed; measured less accurate under ONNX Runtime, see build.json)")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the image subset and generated images")] = None,
     config: Annotated[str | None, typer.Option(help="Preset name or YAML file (default: yolov8)")] = None,
@@ -85,7 +88,7 @@ def build_command(
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
         "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations, "class_map": class_map,
         "budget_max_images": budget_max_images, "keep_head_fp32": keep_head_fp32, "ort_weights": ort_weights,
-        "ov_weight_bits": ov_weight_bits,
+        "ov_weight_bits": ov_weight_bits, "trt_high_precision": trt_high_precision,
     }
     cfg = load_config(config, **overrides)
     result = build(cfg)

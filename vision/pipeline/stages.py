@@ -46,15 +46,6 @@ from vision.model_prep import cast_io
 from vision.pipeline.mixed_precision import build_budget_search, map50_95
 
 
-# Whether the TensorRT layout keeps its unquantized layers in FP16 (modelopt's high_precision_dtype fp16) where the
-# target builds it strongly typed (TensorRT >= 10, which then runs them in FP32 otherwise: INT8 slower than FP16,
-# NVIDIA/TensorRT#993). Off: on the bundled detector that model scored 69.7 mAP50-95 under ONNX Runtime against 90.2
-# for FP32 and 89.2 for the FP32-high-precision layout (100 val images, same cache and scales; the error grows from
-# the first layers on, and not from ONNX Runtime's fusions), and 69.5 on its FP16 twin. Until that loss is understood
-# both layouts compute in FP32 between Q/DQ (cast at the I/O); build.json records what the target could run.
-TRT_LAYOUT_FP16 = False
-
-
 @dataclass
 class Int8Facts:
     """What the INT8 stages report: ``BuildResult.int8`` and the matching keys of the ``--json`` summary."""
@@ -170,6 +161,16 @@ def _qdq_facts(summary: QdqSummary) -> dict[str, Any]:
             "io_dtype": summary.io_dtype, "high_precision_dtype": summary.high_precision_dtype}
 
 
+def _trt_high_precision(cfg: VisionConfig, half: bool, fp16_target: bool) -> str:
+    """modelopt's high_precision_dtype for the TensorRT layout. Default fp32: on the bundled detector the fp16
+    variant scored 69.7 mAP50-95 under ONNX Runtime against 90.2 for FP32 and 89.2 for the fp32 variant (100 val
+    images, same cache and scales; the error grows from the first layers on, not from ONNX Runtime's fusions), and
+    69.5 on its FP16 twin."""
+    if cfg.trt_high_precision == "auto":
+        return "fp16" if half or fp16_target else "fp32"
+    return cfg.trt_high_precision
+
+
 def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache_file: Path, outputs: Int8Outputs,
                staging: Path, timings: Timings, io_dtype: str, half: bool, raw_head: str | None,
                tail_nodes: tuple[str, ...], *, fp16_target: bool) -> None:
@@ -194,8 +195,7 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
     with timings.measure("qdq_tensorrt"):
         trt_summary = write_trt_qdq(info.path, cache_file, scales, sample, staging / "model.int8.onnx",
                                     nodes_to_exclude=facts.float_layers,
-                                    high_precision_dtype="fp16" if TRT_LAYOUT_FP16 and (half or fp16_target)
-                                    else "fp32")
+                                    high_precision_dtype=_trt_high_precision(cfg, half, fp16_target))
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
@@ -219,7 +219,7 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
         facts.qdq[summary.path.name] = _qdq_facts(summary)
     facts.qdq[ort_summary.path.name]["weight_storage"] = ort_summary.weight_storage
     facts.qdq[ov_summary.path.name]["weight_storage"] = ov_summary.weight_storage
-    # what the target TensorRT could run between Q/DQ (TRT_LAYOUT_FP16 says why the model keeps FP32 today)
+    # what the target TensorRT could run between Q/DQ (VisionConfig.trt_high_precision says why fp32 is the default)
     facts.qdq[trt_summary.path.name]["target_high_precision"] = "float16" if fp16_target else "float32"
     if cfg.agreement_images == 0:
         return

@@ -122,7 +122,7 @@ def test_scale_check_refuses_a_foreign_scale(tiny):
 def test_trt_layout_fp16_high_precision_runs_in_onnxruntime(tiny):
     """Issue 8 item 9: the TensorRT layout can keep its unquantized layers in FP16 (what a strongly typed TensorRT
     network needs to run them in FP16, NVIDIA/TensorRT#993), I/O still FP32. Not the build default yet
-    (vision.pipeline.stages.TRT_LAYOUT_FP16 says why)."""
+    (VisionConfig.trt_high_precision says why)."""
     root, path, feeds, scales = tiny
     cache = root / "calibration16.cache"
     cache.write_text("TRT-101300-MinMaxCalibration\n" + "".join(

@@ -173,7 +173,7 @@ def test_trained_yolov8n_acceptance(tmp_path):
     assert result.int8.qdq["model.int8.onnx"]["per_channel_weights"] >= 50
     assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["cosine"] > 0.99
     # the default target (TensorRT 10.13) could run the unquantized layers in FP16 (strongly typed, TensorRT#993);
-    # the model keeps FP32 there until the FP16 layout's accuracy loss is understood (stages.TRT_LAYOUT_FP16)
+    # the model keeps FP32 there until the FP16 layout's accuracy loss is understood (VisionConfig.trt_high_precision)
     assert result.int8.qdq["model.int8.onnx"]["target_high_precision"] == "float16"
     assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float32"
     assert result.int8.qdq["model.int8.onnx"]["onnxruntime_check"]["detection_match"] > 0.9

@@ -63,7 +63,7 @@ def test_fp16_export_builds_with_fp32_statistics_and_fp16_io(fp16_build):
     assert json.loads((out / "calibration.cache.json").read_text())["model_sha256"] == prepared["sha256"]
     assert "images" in read_cache(out / "calibration.cache").scales
     reference = _run(model, 1, np.float16).astype(np.float32)
-    # FP32 between Q/DQ in both layouts (vision.pipeline.stages.TRT_LAYOUT_FP16 says why)
+    # FP32 between Q/DQ in both layouts (VisionConfig.trt_high_precision says why)
     for name, high in (("model.int8.onnx", "float32"), ("model.int8.ort.onnx", "float32")):
         assert result.int8.qdq[name]["io_dtype"] == "float16"
         assert result.int8.qdq[name]["high_precision_dtype"] == high
@@ -246,3 +246,16 @@ def test_raw_head_of_the_trained_detector_behind_an_nms_tail(tmp_path):
     head, tail = end_to_end_tail(model)
     # not the class-score tensor (1 x nc x N, it feeds only the NMS scores): the head feeding boxes and scores
     assert head == "output0_raw" and "/nms/selected" in tail and "/nms/xyxy" in tail
+
+
+def test_trt_high_precision_opt_in_keeps_the_tensorrt_layout_fp16(tmp_path, images):
+    # issue 8 item 9: what a strongly typed TensorRT >= 10 build needs to run the unquantized layers in FP16;
+    # opt-in (fp16, or auto for the default 10.13 target) since the default stays fp32
+    model = _fp16(tmp_path)
+    result = build(load_config(model=model, calib_data=images, out=tmp_path / "out", agreement_images=0,
+                               trt_high_precision="auto"))
+    facts = result.int8.qdq["model.int8.onnx"]
+    assert facts["high_precision_dtype"] == "float16" and facts["target_high_precision"] == "float16"
+    assert result.int8.qdq["model.int8.ort.onnx"]["high_precision_dtype"] == "float32"
+    got = _run(result.out_dir / "model.int8.onnx", 1, np.float16)
+    assert got.dtype == np.float16 and np.isfinite(got.astype(np.float32)).all()
