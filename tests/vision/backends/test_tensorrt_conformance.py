@@ -16,8 +16,8 @@ import pytest
 from quant_common.errors import QuantError
 from tests.vision.conftest import synthetic_images, tiny_detector_onnx
 from vision.artifacts.cache import ALGORITHMS, make_header, trt_version_code
-from vision.backends.fp16_onnx import write_fp16_onnx
 from vision.artifacts.trtexec import options_used, trtexec_commands
+from vision.backends.fp16_onnx import write_fp16_onnx
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.backends.select import DEFAULT_TRT_VERSION, OnnxruntimeBuild
 from vision.backends.trt import builder_flags, choose_int8_mode, needs_fp16_onnx
