@@ -68,8 +68,10 @@ class VisionConfig(BaseModel):
     ov_weight_bits: Literal["auto", "8", "7"] = "auto"
     # TensorRT layout: the type of its unquantized layers. fp16 is what a strongly typed TensorRT >= 10 build needs
     # to run them in FP16 (else FP32: INT8 slower than FP16, NVIDIA/TensorRT#993); auto = fp16 where the target
-    # builds strongly typed or the export is FP16. Default fp32: the fp16 variant measured 69.7 instead of 89.2
-    # mAP50-95 under ONNX Runtime on the bundled detector (100 val images), a loss not yet understood.
+    # builds strongly typed or the export is FP16. Default fp32: under ONNX Runtime the fp16 variant measured 69.7
+    # instead of 89.2 mAP50-95 on the bundled detector; the same model widened to FP32 arithmetic scored 89.7 (and no
+    # activation nears FP16's range), so the loss is ONNX Runtime's CPU FP16 arithmetic, but TensorRT's FP16 cannot be
+    # measured here. For TensorRT >= 10 deployments `auto` is the faster choice.
     trt_high_precision: Literal["fp32", "fp16", "auto"] = "fp32"
     # Accuracy-budgeted mixed precision: keep the most damaging layers in float until FP32 mAP50-95 minus INT8
     # mAP50-95 (points) on `data`/`annotations` is within the budget.
