@@ -6,23 +6,18 @@ by the server's Python. Dynamic batching hands several requests at once: they ar
 into the model's fixed batch where its batch dimension is fixed) and the outputs are cut back per request.
 """
 
-import json
 import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vision.backends.select import load_runner
-
-
-def _parameters(args):
-    config = json.loads(args["model_config"])
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+from vision.serving.triton_model import model_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = _parameters(args)
+        params = model_parameters(args)
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         threads = int(params.get("threads", "0")) or None
         self.runner = load_runner(os.path.join(version_dir, params["model_file"]), params.get("runner_backend", "auto"),

@@ -18,11 +18,7 @@ import triton_python_backend_utils as pb_utils
 
 from vision.data.images import LetterboxInfo
 from vision.evaluation.yolo import postprocess
-
-
-def _parameters(args):
-    config = json.loads(args["model_config"])
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+from vision.serving.triton_model import model_parameters, respond_each
 
 
 def _scalar(request, name, default, cast):
@@ -34,7 +30,7 @@ def _scalar(request, name, default, cast):
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = _parameters(args)
+        params = model_parameters(args)
         self.output_name = params["detector_output"]
         self.names = json.loads(params.get("class_names", "[]"))
         self.conf = float(params.get("conf_threshold", "0.25"))
@@ -73,10 +69,4 @@ class TritonPythonModel:
             pb_utils.Tensor("num_detections", counts)])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
-        return responses
+        return respond_each(requests, self._one, pb_utils)

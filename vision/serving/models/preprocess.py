@@ -9,22 +9,16 @@ Inputs: ``image`` BYTES [1]. Outputs: ``images`` FP32 [3, H, W]; ``letterbox`` F
 original height, original width. A request that cannot be decoded gets an error response; the others are served.
 """
 
-import json
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vision.data.images import decode_image, letterbox, to_input_tensor
-
-
-def _parameters(args):
-    config = json.loads(args["model_config"])
-    return {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
+from vision.serving.triton_model import model_parameters, respond_each
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = _parameters(args)
+        params = model_parameters(args)
         height, width = (int(v) for v in params["input_hw"].split(","))
         self.input_hw = (height, width)
         self.max_pixels = int(params.get("max_image_pixels", "0")) or None
@@ -48,10 +42,4 @@ class TritonPythonModel:
             pb_utils.Tensor("letterbox", np.asarray(records, dtype=np.float32))])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as exc:  # noqa: BLE001 - one bad request must not take the others down
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
-        return responses
+        return respond_each(requests, self._one, pb_utils)
