@@ -55,6 +55,8 @@ def _read(package: str, name: str) -> object:
     return yaml.safe_load(text)
 
 
+@functools.cache
 def load_table(package: str, name: str, model: type[T]) -> T:
-    """The YAML table ``name`` shipped in ``package``, validated as ``model`` (cached per file)."""
+    """The YAML table ``name`` shipped in ``package``, validated as ``model``; read and validated once per process
+    (callers ask for it per lookup; give tables ``frozen=True`` so the shared object cannot be changed)."""
     return model.model_validate(_read(package, name))
