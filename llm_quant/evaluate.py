@@ -47,8 +47,12 @@ class EvalReport:
     windows: int
     seq_len: int
     qformat: str
-    layers_kept_high_precision: int
-    exclude_layers: list[str]
+    text: str  # which text ppl_ref/ppl_quant/delta_pct are on
+    quantized_weight_share: float  # of decoder-linear parameters stored quantized (1.0 uniform)
+    linears_kept_high_precision: int
+    exclude_modules: list[str]
+    heldout: dict[str, Any] | None = None  # the same on a domain neither calibration nor the search saw
+    search_text: str | None = None  # the text the --accuracy-budget search measured on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
