@@ -52,7 +52,7 @@ class EvalReport:
     linears_kept_high_precision: int
     exclude_modules: list[str]
     heldout: dict[str, Any] | None = None  # the same on a domain neither calibration nor the search saw
-    search_text: str | None = None  # the text the --accuracy-budget search measured on
+    search: dict[str, Any] | None = None  # --accuracy-budget: its text, search-split Δ, units kept, probes, met
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

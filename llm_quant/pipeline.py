@@ -310,4 +310,10 @@ def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     return compare(ref, quant, windows=len(prep.eval_windows), seq_len=cfg.eval.seq_len, qformat=cfg.qformat,
                    text=prep.texts["eval"], quantized_weight_share=round(quantized_weight_share(model), 6),
                    linears_kept_high_precision=len(exclude), exclude_modules=exclude, heldout=heldout,
-                   search_text=prep.texts["search"] if search else None)
+                   search=_search_summary(search, prep.texts["search"]) if search else None)
+
+
+def _search_summary(search: SearchResult, text: str) -> dict[str, Any]:
+    delta = 100 * (search.ppl_final - search.ppl_ref) / search.ppl_ref
+    return {"text": text, "delta_pct": round(delta, 3), "target_pct": search.target_pct, "met": search.met,
+            "units_kept": len(search.excluded_units), "probes": search.probes}
