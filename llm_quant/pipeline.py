@@ -128,7 +128,7 @@ def held_out_deltas(prep: Prepared, model: Any, reference: Any | None = None) ->
 
 def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[Any, SearchResult | None]:
     """Calibrated model; with an accuracy budget, the costliest layers stay in higher precision."""
-    kwargs = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha}
+    kwargs: dict[str, Any] = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha}
     search = None
     exclude: list[str] = []
     if cfg.accuracy_budget is not None and cfg.qformat != "full_prec":
