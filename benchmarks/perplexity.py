@@ -139,10 +139,10 @@ def report(rows: list[dict], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "perplexity.json", {"meta": meta, "rows": rows})
     atomic_write_text(out / "perplexity.md", table)
-    atomic_write_bytes(out / "perplexity.png", plot(rows, keys))
+    atomic_write_bytes(out / "perplexity.png", plot(rows, keys, Path(str(meta["model"])).name))
 
 
-def plot(rows: list[dict], keys: list[str]) -> bytes:
+def plot(rows: list[dict], keys: list[str], model: str) -> bytes:
     import io
 
     import matplotlib
@@ -156,12 +156,12 @@ def plot(rows: list[dict], keys: list[str]) -> bytes:
     for j, key in enumerate(keys):
         xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(quant))]
         bars = ax.bar(xs, [r["delta_pct"][key] for r in quant], width, label=f"Δ on {key}")
-        ax.bar_label(bars, fmt="%+.1f", fontsize=7)
+        ax.bar_label(bars, fmt="%+.2f", fontsize=7)
     labels = [f"{r['qformat']}" + (f" {r['mode']}" if r["mode"] != "-" else "")
               + f"\n{r['precision']}\nshare {r['quantized_weight_share']:.2f}" for r in quant]
     ax.set_xticks(range(len(quant)), labels, fontsize=7)
     ax.set_ylabel("perplexity increase vs full precision (%)")
-    ax.set_title("SmolLM2-135M on held-out text: uniform vs per-linear accuracy budget")
+    ax.set_title(f"{model[:40]}: uniform vs per-linear budget", fontsize=10)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.legend(fontsize=8)
     fig.tight_layout()
