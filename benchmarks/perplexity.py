@@ -67,6 +67,8 @@ def quantize_kwargs(qformat: str, mode: str) -> dict:
 
 def run(args: argparse.Namespace) -> None:
     budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(",") if item)}
+    for mode in [m for m in args.sq_modes.split(",") if m]:  # an unsupported mode fails before any measurement
+        quantize_kwargs("int8_sq", mode)
     cfg, model_dir, source = make_config(args.model, overrides={"qformat": "full_prec", "device": "auto"},
                                          calib={"dataset": args.calib_dataset, "size": args.calib_size,
                                                 "seq_len": args.calib_seq_len},
