@@ -29,9 +29,10 @@ float.
 Split, MaxPool and Resize (nearest) get their Q/DQ on their *input* instead: they only move or pick values, and
 OpenVINO's LPT carries the dequantization through them, so they run on uint8 and the Convs behind a C2f Split read
 it without a Q/DQ of their own. Without that OpenVINO ran every C2f Split in its reference f32 kernel (5 % of the
-INT8 model's time) and SPPF's MaxPools and the neck's Resize in f32; with it the same YOLOv8n ran 7 % faster
-(interleaved, loaded 2-core EPYC, AVX512-VNNI). The halves of a Split then share the Split input's scale (its
-calibrated amax, which covers both halves' ranges): mAP50-95 -0.37 points vs FP32 instead of -0.32 (150 val images).
+INT8 model's time) and SPPF's MaxPools and the neck's Resize in f32; with it the same YOLOv8n ran a median 7 %
+faster (five interleaved runs, -6 % to +16 %, on a loaded 2-core EPYC with AVX512-VNNI). The halves of a Split then
+share the Split input's scale (its calibrated amax, which covers both halves' ranges): mAP50-95 -0.37 points vs FP32
+instead of -0.32 (150 val images).
 The detection head's Split, whose outputs are decoded in float, is left alone.
 
 CPUs without VNNI: OpenVINO's u8 x s8 kernels then add pairs of products in int16 (``vpmaddubsw``), which saturates

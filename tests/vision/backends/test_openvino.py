@@ -19,7 +19,7 @@ from vision.evaluation.agreement import compare
 from vision.graph import head_nodes, quantizable_tensors
 
 pytest.importorskip("openvino")
-from vision.backends.openvino import OpenvinoRunner  # noqa: E402
+from vision.backends.openvino import OpenvinoRunner, by_kernel, layer_profile  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[3] / "vision" / "assets" / "yolov8n_shapes.onnx"
 
@@ -239,3 +239,27 @@ def test_auto_leaves_int8_activation_qdq_to_onnxruntime(tiny_detector: Path, tmp
     onnx.save(signed, str(path))
     assert isinstance(load_runner(path), OnnxrtRunner)
     assert isinstance(load_runner(path, "openvino"), OpenvinoRunner)  # asked for explicitly: the user's call
+
+
+def test_openvino_runs_split_maxpool_and_resize_of_its_layout_on_int8(tiny_detector: Path, tmp_path: Path) -> None:
+    """Why the layout quantizes pass-through ops at their input: OpenVINO then runs them as INT8 kernels (with
+    Q/DQ on Conv inputs only, its Split ran in a reference f32 kernel). Read from OpenVINO's own layer counters."""
+    scales = _scales(tiny_detector, _feeds(64, 2))
+    head = head_nodes(onnx.load(str(tiny_detector)))
+    kernels: dict[str, dict[str, str]] = {}
+    for name, through in (("layout", None), ("convs_only", ())):
+        out = tmp_path / f"{name}.onnx"
+        extra = {} if through is None else {"pass_through": through}
+        write_openvino_qdq(tiny_detector, scales, out, nodes_to_exclude=head, **extra)
+        rows = layer_profile(out, threads=1, runs=1)
+        kernels[name] = {r["name"]: r["exec_type"] for r in rows}
+        assert any(r["type"] == "Convolution" and r["exec_type"].endswith("_I8") for r in rows)
+        assert by_kernel(rows)[0]["ms"] >= by_kernel(rows)[-1]["ms"]
+    layout_rows = layer_profile(tmp_path / "layout.onnx", threads=1, runs=1)
+    moved = [r for r in layout_rows if r["type"] in ("Split", "VariadicSplit", "MaxPool", "Interpolate")
+             and "head" not in r["name"]]
+    assert {r["type"] for r in moved} >= {"MaxPool", "Interpolate"}, layout_rows
+    c2f_split = [r for r in moved if "Split" in r["type"] and r["exec_type"].endswith("_I8")]
+    assert c2f_split, moved
+    assert all(r["exec_type"].endswith("_I8") for r in moved if r["type"] in ("MaxPool", "Interpolate")), moved
+    assert not kernels["convs_only"].get(c2f_split[0]["name"], "_f32").endswith("_I8")
