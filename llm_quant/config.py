@@ -20,6 +20,10 @@ else:  # Literal types built from llm_quant.formats: pydantic lists the choices 
     QFormat = Literal[QFORMAT_NAMES]
     KVCacheDType = Literal[KV_NAMES]
 CheckpointDType = Literal["float16", "bfloat16", "float32"]
+# int8_sq activation quantization: static per-tensor scale (modelopt's INT8_SMOOTHQUANT_CFG) or dynamic per token
+# (llm_quant.per_token); the default is chosen from measurements (README, "SmoothQuant activations").
+SqActivations = Literal["per_tensor", "per_token"]
+DEFAULT_SQ_ACTIVATIONS: SqActivations = "per_token"
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
 
@@ -64,6 +68,8 @@ class Preset(_Strict):
     decoder_type: str = Field(description="modelopt/TensorRT-LLM decoder type (llama, qwen, gemma, ...)")
     model_types: list[str] = Field(description="HF config model_type values this preset accepts")
     dtype: CheckpointDType = "float16"
+    sq_activations: SqActivations = Field(DEFAULT_SQ_ACTIVATIONS, description="int8_sq activation quantization")
+    sq_alpha_search: bool = Field(True, description="int8_sq: search the SmoothQuant alpha per layer")
     calibration: CalibConfig = Field(default_factory=CalibConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
@@ -89,6 +95,8 @@ class BuildConfig(_Strict):
     qformat: QFormat = DEFAULT_QFORMAT
     kv_cache_dtype: KVCacheDType | None = None
     smoothquant_alpha: float | None = Field(None, gt=0.0, le=1.0)
+    sq_activations: SqActivations = DEFAULT_SQ_ACTIVATIONS
+    sq_alpha_search: bool = Field(True, description="search the SmoothQuant alpha per layer (no --smoothquant-alpha)")
     accuracy_budget: float | None = Field(None, gt=0.0, description="max perplexity increase in percent")
     calibration: CalibConfig
     eval: EvalConfig
