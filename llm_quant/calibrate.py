@@ -147,16 +147,18 @@ def smoothquant_alphas(qformat: str, sq_activations: str, smoothquant_alpha: flo
 
 def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: str | None = None,
              smoothquant_alpha: float | None = None, exclude_layers: list[str] | tuple[str, ...] = (),
-             sq_activations: str = "per_tensor", alpha_search: bool = False,
+             sq_activations: str = "per_tensor", alpha_search: bool = False, scale_dtype: str | None = None,
              description: str = "calibrating") -> Any:
     """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model.
 
     int8_sq: with ``alpha_search`` (and no fixed ``smoothquant_alpha``) the SmoothQuant alpha is searched per input
     group (``llm_quant.smoothing``); ``sq_activations="per_token"`` switches the activations to dynamic per-token
     quantization (``llm_quant.per_token``). The chosen alphas are in ``model.smoothquant_report`` (None otherwise).
+    ``scale_dtype``: the exported checkpoint's dtype, which our SmoothQuant scales are rounded to.
     """
     if sq_activations not in per_token.SQ_ACTIVATIONS:
-        raise QuantError(f"unknown --sq-activations {sq_activations!r}", f"choose {formats.either(per_token.SQ_ACTIVATIONS)}")
+        raise QuantError(f"unknown --sq-activations {sq_activations!r}",
+                         f"choose {formats.either(per_token.SQ_ACTIVATIONS)}")
     if sq_activations != "per_tensor" and not formats.qformat(qformat).smoothquant:
         raise QuantError(f"--sq-activations {sq_activations} applies to --qformat int8_sq only", "drop it")
     alphas = smoothquant_alphas(qformat, sq_activations, smoothquant_alpha, alpha_search)
@@ -197,7 +199,7 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
         raise
     report = None
     if capture is not None and alphas is not None:
-        report = smoothing.smooth(model, capture, activations=sq_activations, alphas=alphas)
+        report = smoothing.smooth(model, capture, activations=sq_activations, alphas=alphas, scale_dtype=scale_dtype)
         del capture
     if formats.qformat(qformat).smoothquant and sq_activations == "per_token":
         per_token.use_per_token_activations(model)

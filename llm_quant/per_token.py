@@ -27,7 +27,6 @@ from quant_common.errors import require
 SQ_ACTIVATIONS = ("per_tensor", "per_token")
 AMAX_EPS = 2.0 ** -24
 QMAX = 127.0
-MARK = "_tq_per_token"  # set on each switched quantizer
 
 
 def fake_quant_per_token(x: Any, pre_quant_scale: Any | None) -> Any:
@@ -64,12 +63,12 @@ def use_per_token_activations(model: Any) -> int:
     Returns how many were switched; calling it twice changes nothing more."""
     switched = 0
     for _, quantizer in w8a8_input_quantizers(model):
-        if not getattr(quantizer, MARK, False):
+        if not is_per_token(quantizer):
+            # an instance attribute only: modelopt's saved state skips "forward", so nothing of this is persisted
             quantizer.forward = types.MethodType(_per_token_forward, quantizer)
-            setattr(quantizer, MARK, True)
         switched += 1
     return switched
 
 
 def is_per_token(quantizer: Any) -> bool:
-    return bool(getattr(quantizer, MARK, False))
+    return getattr(quantizer.__dict__.get("forward"), "__func__", None) is _per_token_forward

@@ -112,7 +112,7 @@ def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None) -> Prepared
 def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[Any, SearchResult | None]:
     """Calibrated model; with an accuracy budget, the costliest layers stay in higher precision."""
     kwargs: dict[str, Any] = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha,
-              "sq_activations": cfg.sq_activations, "alpha_search": cfg.sq_alpha_search}
+              "sq_activations": cfg.sq_activations, "alpha_search": cfg.sq_alpha_search, "scale_dtype": cfg.dtype}
     search = None
     exclude: list[str] = []
     if cfg.accuracy_budget is not None and cfg.qformat != "full_prec":

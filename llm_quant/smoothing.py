@@ -142,12 +142,16 @@ def group_error(rows: Any, weights: list[Any], act_amax: Any, alpha: float, acti
     return err / max(norm, 1e-30), pqs
 
 
-def smooth(model: Any, capture: Capture, *, activations: str, alphas: tuple[float, ...]) -> SmoothingReport:
+def smooth(model: Any, capture: Capture, *, activations: str, alphas: tuple[float, ...],
+           scale_dtype: str | None = None) -> SmoothingReport:
     """Replace modelopt's per-linear SmoothQuant scales by one searched scale per input group, in place.
 
     Works on the calibrated modelopt model: each enabled W8A8 linear gets the group's ``pre_quant_scale``, its
     base weight folded by it exactly as modelopt folds (``llm_quant.runtime`` recomputes that fold on load), a
     per-channel weight amax of the folded weight and the per-tensor input amax ``max(act_amax * pre_quant_scale)``.
+    ``scale_dtype`` (the checkpoint dtype) rounds each scale to a value that dtype holds exactly, so the exported
+    ``prequant_scaling_factor`` (and the smoother / norm fold made from it) is the scale the weights were folded
+    with: any scale is a valid smoothing, a rounded one costs nothing.
     """
     torch = _torch()
     from llm_quant.runtime import _fold  # the one fold formula the embedded runtime re-applies
@@ -169,6 +173,8 @@ def smooth(model: Any, capture: Capture, *, activations: str, alphas: tuple[floa
                 best = (error, alpha, pqs)
         assert best is not None
         error, alpha, pqs = best
+        if scale_dtype is not None:
+            pqs = pqs.to(getattr(torch, scale_dtype)).float()
         key = "+".join(members)
         report.alpha[key], report.error[key] = alpha, round(error, 8)
         with torch.no_grad():
