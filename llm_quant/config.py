@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llm_quant.formats import DEFAULT_QFORMAT, KV_NAMES, QFORMAT_NAMES
-from llm_quant.formats import qformat as qformat_row
+from llm_quant.formats import DEFAULT_QFORMAT, KV_NAMES, QFORMAT_NAMES, expected_algorithms
 from triton_backend.executor import engine_batching_problem
 from triton_backend.llmapi_support import runs_quant_algo, unsupported_message
 from triton_backend.options import RuntimeChoice, TritonOptions
@@ -113,7 +112,7 @@ class BuildConfig(_Strict):
     @model_validator(mode="after")
     def _llmapi_runs_the_qformat(self) -> BuildConfig:
         # TensorRT-LLM's PyTorch backend would only fail inside Triton, after calibration and export.
-        algo = qformat_row(self.qformat).quant_algo
+        algo = expected_algorithms(self.qformat, None, self.sq_activations)[0]
         if self.triton_runtime == "llmapi" and not runs_quant_algo(algo):
             raise ValueError(unsupported_message(f"qformat {self.qformat}", str(algo)))
         return self
