@@ -27,7 +27,7 @@ from quant_common.errors import require
 
 ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_ALPHA = 0.5  # the SmoothQuant paper's default, and TensorRT-LLM's own convert scripts'
-SAMPLE_ROWS = 512  # calibration token rows kept per input group for the search
+SAMPLE_ROWS = 256  # calibration token rows kept per input group for the search; its cost is linear in them
 _SCALE_RANGE = (1e-4, 1e4)  # modelopt's clamp of the SmoothQuant scale
 _EPS = 1.0 / (1 << 31)  # modelopt: channels with act amax at or below this keep scale 1
 
@@ -127,15 +127,17 @@ def _fake_per_tensor(x: Any, pqs: Any, act_amax: Any) -> Any:
     return torch.round(v * (127.0 / amax)).clamp(-127, 127) * (amax / 127.0) if amax > 2.0 ** -24 else v * 0
 
 
-def group_error(rows: Any, weights: list[Any], act_amax: Any, alpha: float, activations: str) -> tuple[float, Any]:
-    """Relative output error of one input group at ``alpha``; also the pre-quant scale used."""
+def group_error(rows: Any, weights: list[Any], act_amax: Any, alpha: float, activations: str,
+                refs: list[Any] | None = None) -> tuple[float, Any]:
+    """Relative output error of one input group at ``alpha``; also the pre-quant scale used.
+    ``refs``: the full-precision outputs ``rows @ w.T`` (computed here when not given)."""
     torch = _torch()
     w_amax = torch.stack([w.abs().amax(dim=0) for w in weights]).amax(dim=0)
     pqs = _pre_quant_scale(act_amax, w_amax, alpha)
     xq = fake_quant_per_token(rows, pqs) if activations == "per_token" else _fake_per_tensor(rows, pqs, act_amax)
     err = norm = 0.0
-    for w in weights:
-        ref = rows @ w.t()
+    for i, w in enumerate(weights):
+        ref = refs[i] if refs is not None else rows @ w.t()
         got = xq @ _fake_weight(w / pqs).t()
         err += float((got - ref).pow(2).sum())
         norm += float(ref.pow(2).sum())
@@ -166,9 +168,10 @@ def smooth(model: Any, capture: Capture, *, activations: str, alphas: tuple[floa
         act_amax = capture.amax[leader]
         rows = torch.cat(capture.rows[leader])
         weights = [capture.base_weights[n].float().cpu() for n in members]
+        refs = [rows @ w.t() for w in weights] if len(alphas) > 1 else None
         best: tuple[float, float, Any] | None = None
         for alpha in alphas:
-            error, pqs = group_error(rows, weights, act_amax, alpha, activations)
+            error, pqs = group_error(rows, weights, act_amax, alpha, activations, refs)
             if best is None or error < best[0]:
                 best = (error, alpha, pqs)
         assert best is not None

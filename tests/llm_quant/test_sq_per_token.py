@@ -122,7 +122,8 @@ def test_restored_per_token_model_reproduces_the_in_memory_one(tiny_calibrated, 
 @pytest.fixture(scope="module")
 def per_token_build(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("ptb") / "out"
-    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", sq_activations="per_token", build_engine=False)
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", sq_activations="per_token", sq_alpha_search=True,
+                              build_engine=False)
     return build(cfg, model_source=source), out
 
 
@@ -171,7 +172,8 @@ def test_per_token_checkpoint_computes_the_runtime_math(per_token_build, tiny_ll
 def test_per_token_build_records_mode_alphas_and_skips_hf(per_token_build):
     result, out = per_token_build
     manifest = json.loads((out / "build.json").read_text())
-    assert manifest["result"]["sq_activations"] == "per_token"
+    assert manifest["result"]["sq_activations"] == "per_token" and manifest["config"]["sq_alpha_search"]
+    assert manifest["result"]["smoothquant"]["searched"]
     alphas = manifest["result"]["smoothquant"]["alpha"]
     assert len(alphas) == 8 and set(alphas.values()) <= set(smoothing.ALPHA_GRID)
     assert manifest["expected_quant_algo"] == sq_checkpoint.quant_algo()
@@ -237,3 +239,18 @@ def test_alpha_choice_rules():
     assert calibrate.smoothquant_alphas("int8_sq", "per_token", 0.7, True) == (0.7,)  # a given alpha wins
     assert calibrate.smoothquant_alphas("int8_sq", "per_tensor", None, True) == smoothing.ALPHA_GRID
     assert calibrate.smoothquant_alphas("fp8", "per_tensor", None, True) is None
+
+
+def test_preset_key_is_typed(tmp_path):
+    import yaml
+
+    from llm_quant import presets
+
+    data = yaml.safe_load((presets.PRESET_DIR / "llama.yaml").read_text())
+    assert presets.load_preset("llama").sq_activations == data["sq_activations"] == "per_token"
+    data["sq_activations"] = "per_row"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(QuantError, match="sq_activations") as err:
+        presets.read_preset(bad)
+    assert "\n" not in str(err.value)
