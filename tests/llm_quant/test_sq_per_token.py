@@ -254,3 +254,23 @@ def test_preset_key_is_typed(tmp_path):
     with pytest.raises(QuantError, match="sq_activations") as err:
         presets.read_preset(bad)
     assert "\n" not in str(err.value)
+
+
+def test_per_tensor_alpha_search_build(tiny_llama, tmp_path):
+    """per_tensor + --sq-alpha-search: static scales, searched alphas in build.json, one scale per fused input,
+    and the exported prequant_scaling_factor is the scale the embedded runtime applies."""
+    out = tmp_path / "out"
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", sq_activations="per_tensor", sq_alpha_search=True,
+                              build_engine=False)
+    result = build(cfg, model_source=source)
+    assert result.quant_algo == "W8A8_SQ_PER_CHANNEL" and result.hf_checkpoint is not None
+    report = json.loads((out / "build.json").read_text())["result"]["smoothquant"]
+    assert report["searched"] and report["activations"] == "per_tensor" and len(report["alpha"]) == 8
+    runtime = json.loads((out / "embedded" / "runtime.json").read_text())
+    assert runtime["sq_activations"] == "per_tensor" and runtime["weight_overrides"] == 0
+    model, _ = load_quantized(out / "embedded", kernels="fake")
+    assert not any(per_token.is_per_token(q) for _, q in per_token.w8a8_input_quantizers(model))
+    weights = rank_weights(out)
+    pqs = model.get_submodule("model.layers.1.mlp.up_proj").input_quantizer.pre_quant_scale
+    exported = weights["transformer.layers.1.mlp.gate.prequant_scaling_factor"].float()
+    torch.testing.assert_close(exported, pqs.float(), rtol=0, atol=0)  # fp16-exact: nothing re-smoothed
