@@ -189,4 +189,6 @@ def register(app: typer.Typer) -> None:
         sys.stdout.write(
             f"perplexity  reference {report.ppl_ref:.3f}  {qformat} {report.ppl_quant:.3f}  "
             f"Δ {report.delta_pct:+.2f} %  ({report.tokens} tokens, {report.windows}×{report.seq_len})\n"
-            f"layers kept in higher precision: {report.layers_kept_high_precision}\n")
+            f"layers kept in higher precision: {report.layers_kept_high_precision}\n"
+            + (f"smoothquant: {report.sq_activations} activations, alpha {_alphas(report.smoothquant)}\n"
+               if report.sq_activations else ""))

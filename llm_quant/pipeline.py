@@ -283,5 +283,8 @@ def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     model, search = quantize_model(cfg, prep, timings)
     quant = perplexity(model, prep.eval_windows, description="quantized perplexity")
     exclude = search.excluded if search else []
+    sq_report = getattr(model, "smoothquant_report", None)
     return compare(ref, quant, windows=len(prep.eval_windows), seq_len=cfg.eval.seq_len, qformat=cfg.qformat,
-                   layers_kept_high_precision=len(exclude), exclude_layers=exclude)
+                   layers_kept_high_precision=len(exclude), exclude_layers=exclude,
+                   sq_activations=cfg.sq_activations if formats.qformat(cfg.qformat).smoothquant else None,
+                   smoothquant=sq_report.to_dict() if sq_report is not None else None)

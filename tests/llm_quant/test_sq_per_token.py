@@ -274,3 +274,14 @@ def test_per_tensor_alpha_search_build(tiny_llama, tmp_path):
     pqs = model.get_submodule("model.layers.1.mlp.up_proj").input_quantizer.pre_quant_scale
     exported = weights["transformer.layers.1.mlp.gate.prequant_scaling_factor"].float()
     torch.testing.assert_close(exported, pqs.float(), rtol=0, atol=0)  # fp16-exact: nothing re-smoothed
+
+
+def test_eval_json_reports_mode_and_alphas(tiny_llama):
+    result = CliRunner().invoke(cli.app, [
+        "eval", "--model", str(tiny_llama), "--qformat", "int8_sq", "--sq-activations", "per_token",
+        "--sq-alpha-search", "--device", "cpu", "--calib-size", "4", "--calib-seq-len", "64", "--eval-seq-len", "64",
+        "--eval-tokens", "512", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["sq_activations"] == "per_token" and report["smoothquant"]["searched"]
+    assert len(report["smoothquant"]["alpha"]) == 8 and report["delta_pct"] is not None
