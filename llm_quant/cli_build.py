@@ -85,7 +85,8 @@ _SQ_ACT = typer.Option(None, "--sq-activations",
                             "(static, modelopt's INT8_SMOOTHQUANT_CFG); default from the preset")
 _SQ_SEARCH = typer.Option(None, "--sq-alpha-search/--sq-alpha-global",
                           help="int8_sq: search the SmoothQuant alpha per layer on the calibration data, or use "
-                               "one alpha (--smoothquant-alpha, else modelopt's); default from the preset")
+                               "one alpha (--smoothquant-alpha; else 0.5 for per_token, modelopt's for per_tensor); "
+                               "default from the preset")
 _BUDGET = typer.Option(None, "--accuracy-budget", metavar="PCT",
                        help="max perplexity increase (%); the costliest layers stay in higher precision")
 _CALIB_DS = typer.Option(None, "--calib-dataset", help="'pydoc' (offline default) or a hub dataset (cnn_dailymail)")
