@@ -29,6 +29,7 @@ from typing import Any
 from llm_quant import per_token
 from llm_quant.int8_linear import QFORMAT_KERNELS, convert_linears
 from llm_quant.per_token import SQ_ACTIVATIONS
+from llm_quant.smoothing import fold_pre_quant_scale
 from quant_common.atomic import atomic_write_json, staged_dir, staged_file
 from quant_common.errors import QuantError, require
 
@@ -46,11 +47,7 @@ def _is_quantizer_key(key: str) -> bool:
     return "_quantizer." in key
 
 
-def _fold(weight: Any, pre_quant_scale: Any) -> Any:
-    """modelopt's SmoothQuant/AWQ fold: ``w * (1 / pre_quant_scale)`` per input channel, in float32."""
-    torch = _torch()
-    inv = 1.0 / pre_quant_scale.to(torch.float32)
-    return (weight * inv.squeeze()[None, :]).to(weight.dtype)
+_fold = fold_pre_quant_scale  # modelopt's SmoothQuant/AWQ fold, recomputed on load (llm_quant.smoothing)
 
 
 def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:

@@ -104,6 +104,14 @@ class Capture:
                 for names in self.groups]
 
 
+def fold_pre_quant_scale(weight: Any, pre_quant_scale: Any) -> Any:
+    """modelopt's SmoothQuant/AWQ fold: ``w * (1 / pre_quant_scale)`` per input channel, in float32. The embedded
+    runtime recomputes folds with this very function, so a weight folded here is restored bit for bit."""
+    torch = _torch()
+    inv = 1.0 / pre_quant_scale.to(torch.float32)
+    return (weight * inv.squeeze()[None, :]).to(weight.dtype)
+
+
 def _pre_quant_scale(act_amax: Any, w_amax: Any, alpha: float) -> Any:
     """modelopt's SmoothQuant scale (model_calib.smoothquant), for a group's shared weight amax."""
     scale = (w_amax.pow(1 - alpha) / act_amax.pow(alpha))
@@ -149,15 +157,13 @@ def smooth(model: Any, capture: Capture, *, activations: str, alphas: tuple[floa
     """Replace modelopt's per-linear SmoothQuant scales by one searched scale per input group, in place.
 
     Works on the calibrated modelopt model: each enabled W8A8 linear gets the group's ``pre_quant_scale``, its
-    base weight folded by it exactly as modelopt folds (``llm_quant.runtime`` recomputes that fold on load), a
+    base weight folded by it exactly as modelopt folds (the embedded runtime recomputes that fold on load), a
     per-channel weight amax of the folded weight and the per-tensor input amax ``max(act_amax * pre_quant_scale)``.
     ``scale_dtype`` (the checkpoint dtype) rounds each scale to a value that dtype holds exactly, so the exported
     ``prequant_scaling_factor`` (and the smoother / norm fold made from it) is the scale the weights were folded
     with: any scale is a valid smoothing, a rounded one costs nothing.
     """
     torch = _torch()
-    from llm_quant.runtime import _fold  # the one fold formula the embedded runtime re-applies
-
     quantized = dict(w8a8_input_quantizers(model))
     report = SmoothingReport(activations=activations, searched=len(alphas) > 1, grid=list(alphas))
     for names in capture.groups:
@@ -185,7 +191,7 @@ def smooth(model: Any, capture: Capture, *, activations: str, alphas: tuple[floa
                 module, quantizer = capture.linears[name], quantized[name]
                 stored = quantizer._pre_quant_scale
                 stored.copy_(pqs.to(device=stored.device, dtype=stored.dtype).reshape(stored.shape))
-                folded = _fold(capture.base_weights[name], stored)
+                folded = fold_pre_quant_scale(capture.base_weights[name], stored)
                 module.weight.copy_(folded)
                 wq = module.weight_quantizer
                 wq.amax = folded.float().abs().amax(dim=1, keepdim=True).reshape(wq.amax.shape).to(wq.amax.dtype)
