@@ -117,8 +117,10 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
 
 def _announced_kernels(qformat: str, sq_activations: str = "per_tensor") -> str:
     """What ``load_quantized(kernels="int8")`` will run on CPU for ``qformat`` (runtime.json says so)."""
-    if sq_activations == "per_token" and not _int8_per_token_available():
-        return "fake-quant per-token activations (this llm_quant.int8_linear has no per-token int8 kernel)"
+    if sq_activations == "per_token":
+        if not _int8_per_token_available():
+            return "fake-quant per-token activations (this llm_quant.int8_linear has no per-token int8 kernel)"
+        return QFORMAT_KERNELS.get(f"{qformat}:per_token", "W8A8 per-token int8 kernel (int8_linear)")
     return QFORMAT_KERNELS.get(qformat, "fake-quant")
 
 
