@@ -285,3 +285,26 @@ def test_eval_json_reports_mode_and_alphas(tiny_llama):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["sq_activations"] == "per_token" and report["smoothquant"]["searched"]
     assert len(report["smoothquant"]["alpha"]) == 8 and report["delta_pct"] is not None
+
+
+def test_int8_kernels_get_the_activation_mode(per_token_build, monkeypatch):
+    """The contract with llm_quant.int8_linear: convert_linears(model, activations="per_token") when it takes the
+    keyword; otherwise every W8A8 linear stays on the per-token fake-quant path."""
+    import inspect
+
+    from llm_quant import int8_linear, runtime
+
+    _, out = per_token_build
+    if "activations" not in inspect.signature(int8_linear.convert_linears).parameters:
+        model, _ = load_quantized(out / "embedded", kernels="int8")
+        assert all(per_token.is_per_token(q) for _, q in per_token.w8a8_input_quantizers(model))
+        assert len(per_token.w8a8_input_quantizers(model)) == 14
+    calls = []
+
+    def convert_linears(model, weight_only=False, activations="per_tensor"):
+        calls.append(activations)
+        return int8_linear.KernelReport()
+
+    monkeypatch.setattr(runtime, "convert_linears", convert_linears)
+    load_quantized(out / "embedded", kernels="int8")
+    assert calls == ["per_token"]
