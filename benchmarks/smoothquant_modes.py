@@ -2,7 +2,7 @@
 
 Perplexity increase over full precision on two held-out texts the calibration never saw (the corpus' eval split
 and, with ``--prose FILE``, a text of another domain), and the greedy continuation of "The capital of France is".
-Prints a table (CPU flags included) and writes it as JSON with ``--json-out``.
+Prints a table (CPU flags included); ``--json-out FILE`` writes it as JSON and a bar chart beside it (``.png``).
 
     python benchmarks/smoothquant_modes.py --model llama --prose my_prose.txt
 """
@@ -87,6 +87,30 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Grouped bars: Δ perplexity per variant, one bar per held-out text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["variant"] != "full precision"]
+    names = list(result["texts"])
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        ax.bar([x + i * width for x in range(len(rows))], [r[f"{name} Δ%"] for r in rows], width, label=name)
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(rows))])
+    ax.set_xticklabels([r["variant"] for r in rows], rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("Δ perplexity vs full precision (%)")
+    ax.set_title(f"int8_sq variants, {Path(result['model']).name}\n{result['cpu']}", fontsize=9)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama")
@@ -99,6 +123,7 @@ def main() -> None:
     print(table(result))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=1))
+        plot(result, args.json_out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
