@@ -49,6 +49,8 @@ class EvalReport:
     qformat: str
     layers_kept_high_precision: int
     exclude_layers: list[str]
+    sq_activations: str | None = None  # int8_sq: per_tensor or per_token
+    smoothquant: dict[str, Any] | None = None  # int8_sq: alpha per input group (llm_quant.smoothing)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
