@@ -125,6 +125,8 @@ MATRIX = (
     ("OV INT8 TensorRT layout", "model.int8.onnx", "openvino", "f32"),
     ("OV INT8 ort layout", "model.int8.ort.onnx", "openvino", "f32"),
     ("OV INT8 ov layout", "model.int8.ov.onnx", "openvino", "f32"),
+    # the float remainder (SiLU, Add, Concat, the head's decode) in bf16: what --ov-precision bf16 gives an INT8 file
+    ("OV INT8 ov layout bf16", "model.int8.ov.onnx", "openvino", "bf16"),
 )
 
 

@@ -10,7 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from llm_quant import formats
+from llm_quant import formats, per_token, smoothing
 from llm_quant.exclusions import modelopt_pattern
 from quant_common.errors import QuantError, require
 from quant_common.progress import track
@@ -134,10 +134,38 @@ def model_device(model: Any) -> Any:
     return next(model.parameters()).device
 
 
+def smoothquant_alphas(qformat: str, sq_activations: str, smoothquant_alpha: float | None,
+                       alpha_search: bool) -> tuple[float, ...] | None:
+    """The alphas our own SmoothQuant step tries (None: modelopt's SmoothQuant is kept as it is).
+
+    Per-token activations need one scale per fused input group (folded into the RMSNorm in TensorRT-LLM), so
+    they always take our step; per-tensor takes it only for the per-layer search."""
+    if not formats.qformat(qformat).smoothquant:
+        return None
+    if alpha_search and smoothquant_alpha is None:
+        return smoothing.ALPHA_GRID
+    if sq_activations == "per_token":
+        return (smoothquant_alpha if smoothquant_alpha is not None else smoothing.DEFAULT_ALPHA,)
+    return None
+
+
 def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: str | None = None,
              smoothquant_alpha: float | None = None, exclude_layers: list[str] | tuple[str, ...] = (),
+             sq_activations: str = "per_tensor", alpha_search: bool = False, scale_dtype: str | None = None,
              description: str = "calibrating", exclude_modules: list[str] | tuple[str, ...] = ()) -> Any:
-    """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model."""
+    """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model.
+
+    int8_sq: with ``alpha_search`` (and no fixed ``smoothquant_alpha``) the SmoothQuant alpha is searched per input
+    group (``llm_quant.smoothing``); ``sq_activations="per_token"`` switches the activations to dynamic per-token
+    quantization (``llm_quant.per_token``). The chosen alphas are in ``model.smoothquant_report`` (None otherwise).
+    ``scale_dtype``: the exported checkpoint's dtype, which our SmoothQuant scales are rounded to.
+    """
+    if sq_activations not in per_token.SQ_ACTIVATIONS:
+        raise QuantError(f"unknown --sq-activations {sq_activations!r}",
+                         f"choose {formats.either(per_token.SQ_ACTIVATIONS)}")
+    if sq_activations != "per_tensor" and not formats.qformat(qformat).smoothquant:
+        raise QuantError(f"--sq-activations {sq_activations} applies to --qformat int8_sq only", "drop it")
+    alphas = smoothquant_alphas(qformat, sq_activations, smoothquant_alpha, alpha_search)
     block = int4_block_size(model) if formats.qformat(qformat).int4_blocks else None
     cfg = modelopt_config(qformat, kv_cache_dtype=kv_cache_dtype, smoothquant_alpha=smoothquant_alpha,
                           exclude_layers=exclude_layers, block_size=block, exclude_modules=exclude_modules)
@@ -149,17 +177,35 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
     if not batches:
         raise QuantError("the calibration data is empty", "pass files or a dataset with text in them")
     device = model_device(model)
+    capture = smoothing.Capture(model) if alphas is not None else None
 
     def forward_loop(m: Any) -> None:
-        with torch.no_grad():
-            for batch in track(batches, description, total=len(batches)):
-                m(batch.to(device))
+        handles = []
+        if capture is not None:  # SmoothQuant statistics ride on modelopt's calibration pass
+            if not capture.groups:
+                capture.find_groups(m, batches[0][:1, :16].to(device))
+            handles = capture.hooks(len(batches))
+        try:
+            with torch.no_grad():
+                for batch in track(batches, description, total=len(batches)):
+                    m(batch.to(device))
+        finally:
+            for handle in handles:
+                handle.remove()
 
     try:
-        return mtq.quantize(model, cfg, forward_loop)
+        model = mtq.quantize(model, cfg, forward_loop)
     except (RuntimeError, NotImplementedError, AssertionError) as exc:
         first = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
         if "cuda" in first.lower() or "triton" in first.lower():
             raise QuantError(f"--qformat {qformat} failed on {device.type}: {first}",
                              "run it on a CUDA GPU or choose another --qformat") from exc
         raise
+    report = None
+    if capture is not None and alphas is not None:
+        report = smoothing.smooth(model, capture, activations=sq_activations, alphas=alphas, scale_dtype=scale_dtype)
+        del capture
+    if formats.qformat(qformat).smoothquant and sq_activations == "per_token":
+        per_token.use_per_token_activations(model)
+    model.smoothquant_report = report
+    return model

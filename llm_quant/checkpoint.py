@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from llm_quant import sq_checkpoint
 from llm_quant.formats import CHECKPOINT_TENSORS
 from quant_common.errors import QuantError, require
 
@@ -102,7 +103,11 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
     if algo:
         _check_exclusions(folder, config, excluded, weights, expect_excluded or [])
     quantized_layers = 0
-    if algo in CHECKPOINT_TENSORS:
+    if algo == sq_checkpoint.quant_algo():  # per-token SmoothQuant: its own fact table
+        quantized_layers = sq_checkpoint.verify_per_token(weights, config, lambda problem: _fail(folder, problem))
+        if quantized_layers == 0:
+            raise _fail(folder, f"quant_algo {algo} but no quantized linear layer in rank0")
+    elif algo in CHECKPOINT_TENSORS:
         dtype, scales = CHECKPOINT_TENSORS[algo].weight_dtype, CHECKPOINT_TENSORS[algo].scales
         if quant.get("pre_quant_scale"):  # TensorRT-LLM then creates (and requires) the AWQ pre-quant scales
             scales = (*scales, "prequant_scaling_factor")

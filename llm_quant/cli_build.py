@@ -45,7 +45,8 @@ _PRESETS = available_presets()
 
 
 def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: str | None,
-            smoothquant_alpha: float | None, accuracy_budget: float | None, calib_dataset: str | None,
+            smoothquant_alpha: float | None, sq_activations: str | None, sq_alpha_search: bool | None,
+            accuracy_budget: float | None, calib_dataset: str | None,
             calib_file: list[Path] | None, calib_size: int | None, calib_seq_len: int | None,
             batch_size: int | None, eval_seq_len: int | None, eval_tokens: int | None, device: str,
             extra: dict[str, Any] | None = None, parallel: dict[str, Any] | None = None
@@ -59,6 +60,7 @@ def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: st
                                "seq_len": calib_seq_len, "batch_size": batch_size}.items() if v is not None}
     eval_opts = {k: v for k, v in {"seq_len": eval_seq_len, "max_tokens": eval_tokens}.items() if v is not None}
     overrides = {"qformat": qformat, "kv_cache_dtype": kv_cache_dtype, "smoothquant_alpha": smoothquant_alpha,
+                 "sq_activations": sq_activations, "sq_alpha_search": sq_alpha_search,
                  "accuracy_budget": accuracy_budget, "device": device, **(extra or {})}
     try:
         return make_config(model, model_path=model_path, overrides=overrides, calib=calib, eval_opts=eval_opts,
@@ -78,6 +80,13 @@ _MODEL_PATH = typer.Option(None, "--model-path", help="HF folder or hub id repla
 _QFORMAT = typer.Option(formats.DEFAULT_QFORMAT, "--qformat", "-q", help=formats.qformat_help())
 _KV = typer.Option(None, "--kv-cache-dtype", help=formats.kv_help())
 _ALPHA = typer.Option(None, "--smoothquant-alpha", help="SmoothQuant migration strength (int8_sq), 0-1")
+_SQ_ACT = typer.Option(None, "--sq-activations",
+                       help="int8_sq activations: per_token (dynamic, one scale per token row) or per_tensor "
+                            "(static, modelopt's INT8_SMOOTHQUANT_CFG); default from the preset")
+_SQ_SEARCH = typer.Option(None, "--sq-alpha-search/--sq-alpha-global",
+                          help="int8_sq: search the SmoothQuant alpha per layer on the calibration data, or use "
+                               "one alpha (--smoothquant-alpha; else 0.5 for per_token, modelopt's for per_tensor); "
+                               "default from the preset")
 _BUDGET = typer.Option(None, "--accuracy-budget", metavar="PCT",
                        help="max perplexity increase (%); the costliest layers stay in higher precision")
 _CALIB_DS = typer.Option(None, "--calib-dataset", help="'mixed' (offline default: prose, code, technical docs), 'pydoc', or a hub dataset "
@@ -94,12 +103,23 @@ _OUT = typer.Option(Path("out/llm"), "--out", "-o", help="output directory (stag
 _TEXT = typer.Option(None, "--text", help="held-out text file (default: the corpus' eval split)")
 
 
+def _alphas(report: dict[str, Any] | None) -> str:
+    """'0.5' / 'per layer 0.3-0.8' / "modelopt's" for the build summary."""
+    alphas = sorted(set((report or {}).get("alpha", {}).values()))
+    if not alphas:
+        return "modelopt's"
+    if (report or {}).get("searched"):
+        return f"per layer {alphas[0]}-{alphas[-1]} ({len((report or {})['alpha'])} input groups)"
+    return ", ".join(str(a) for a in alphas)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("build", help=BUILD_HELP)
     @handle_errors
     def build_cmd(
         model: str = _MODEL, model_path: str = _MODEL_PATH, qformat: str = _QFORMAT, kv_cache_dtype: str = _KV,
-        smoothquant_alpha: float = _ALPHA, accuracy_budget: float = _BUDGET, calib_dataset: str = _CALIB_DS,
+        smoothquant_alpha: float = _ALPHA, sq_activations: str = _SQ_ACT, sq_alpha_search: bool = _SQ_SEARCH,
+        accuracy_budget: float = _BUDGET, calib_dataset: str = _CALIB_DS,
         calib_file: list[Path] = _CALIB_FILE, calib_size: int = _CALIB_SIZE, calib_seq_len: int = _CALIB_LEN,
         batch_size: int = _BATCH, eval_seq_len: int = _EVAL_LEN, eval_tokens: int = _EVAL_TOKENS,
         device: str = _DEVICE,
@@ -121,7 +141,8 @@ def register(app: typer.Typer) -> None:
         if dtype is not None:
             extra["dtype"] = dtype
         with contextlib.redirect_stdout(sys.stderr):
-            cfg, _, source = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, accuracy_budget,
+            cfg, _, source = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, sq_activations,
+                                     sq_alpha_search, accuracy_budget,
                                      calib_dataset, calib_file, calib_size, calib_seq_len, batch_size,
                                      eval_seq_len, eval_tokens, device, extra=extra, parallel=parallel)
         with contextlib.redirect_stdout(sys.stderr):  # modelopt/transformers print; stdout is for results
@@ -132,6 +153,8 @@ def register(app: typer.Typer) -> None:
         lines = [
             f"model            {result.model_source}",
             f"quant_algo       {result.quant_algo} (kv cache: {result.kv_cache_quant_algo})",
+            *([f"smoothquant      {result.sq_activations} activations, alpha {_alphas(result.smoothquant)}"]
+              if result.sq_activations else []),
             f"checkpoint       {result.trtllm_checkpoint}",
             f"hf checkpoint    {result.hf_checkpoint or result.hf_checkpoint_skipped}",
             f"embedded runtime {result.embedded}",
@@ -156,13 +179,14 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def eval_cmd(
         model: str = _MODEL, model_path: str = _MODEL_PATH, qformat: str = _QFORMAT, kv_cache_dtype: str = _KV,
-        smoothquant_alpha: float = _ALPHA, accuracy_budget: float = _BUDGET,
-        text: Path = _TEXT,
+        smoothquant_alpha: float = _ALPHA, sq_activations: str = _SQ_ACT, sq_alpha_search: bool = _SQ_SEARCH,
+        accuracy_budget: float = _BUDGET, text: Path = _TEXT,
         calib_dataset: str = _CALIB_DS, calib_file: list[Path] = _CALIB_FILE, calib_size: int = _CALIB_SIZE,
         calib_seq_len: int = _CALIB_LEN, batch_size: int = _BATCH, eval_seq_len: int = _EVAL_LEN,
         eval_tokens: int = _EVAL_TOKENS, device: str = _DEVICE, as_json: bool = _JSON,
     ) -> None:
-        cfg, _, _ = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, accuracy_budget,
+        cfg, _, _ = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, sq_activations,
+                            sq_alpha_search, accuracy_budget,
                             calib_dataset, calib_file, calib_size, calib_seq_len, batch_size, eval_seq_len,
                             eval_tokens, device)
         with contextlib.redirect_stdout(sys.stderr):
@@ -177,4 +201,6 @@ def register(app: typer.Typer) -> None:
             + (f"held-out domain: Δ {report.heldout['delta_pct']:+.2f} % on {report.heldout['text']} "
                f"({report.heldout['tokens']} tokens)\n" if report.heldout else "")
             + f"quantized weight share: {report.quantized_weight_share:.3f} "
-            f"({report.linears_kept_high_precision} linears kept in higher precision)\n")
+            f"({report.linears_kept_high_precision} linears kept in higher precision)\n"
+            + (f"smoothquant: {report.sq_activations} activations, alpha {_alphas(report.smoothquant)}\n"
+               if report.sq_activations else ""))

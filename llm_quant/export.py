@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llm_quant import checkpoint
+from llm_quant import checkpoint, sq_checkpoint
 from llm_quant.checkpoint import rope_scaling, rope_theta
 from llm_quant.exclusions import hf_pattern, trtllm_patterns
 from quant_common.atomic import atomic_write_json, staged_dir
@@ -55,7 +55,9 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_module
 
 
 def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: str, dtype: str, tp_size: int,
-                  pp_size: int, exclude_modules: list[str]) -> dict[str, Any]:
+                  pp_size: int, exclude_modules: list[str], sq_activations: str = "per_tensor") -> dict[str, Any]:
+    """modelopt's TensorRT-LLM export, corrected; ``sq_activations="per_token"`` rewrites its int8_sq output into
+    the per-token SmoothQuant checkpoint (``llm_quant.sq_checkpoint``)."""
     torch = require("torch", purpose="exporting the TensorRT-LLM checkpoint")
     export = require("modelopt.torch.export", purpose="exporting the TensorRT-LLM checkpoint")
     with staged_dir(out_dir) as tmp:
@@ -73,6 +75,9 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
         changes = correct_trtllm_config(config, hf_config, exclude_modules)
         changes += _correct_pre_quant_scale(config, tmp)
         atomic_write_json(config_path, config)
+        if sq_activations == "per_token":
+            changes += sq_checkpoint.to_per_token(tmp)
+            config = json.loads(config_path.read_text())
         for rank in range(tp_size * pp_size):  # modelopt writes one config per rank as well when tp/pp > 1
             rank_cfg = tmp / f"config_rank{rank}.json"
             if rank_cfg.is_file():

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_quant import sq_checkpoint
 from quant_common.errors import QuantError
 
 
@@ -130,10 +131,14 @@ def kv_format(name: str) -> KVFormat:
     return KV_FORMATS[name]
 
 
-def expected_algorithms(qformat_name: str, kv_cache_dtype: str | None) -> tuple[str | None, str | None]:
+def expected_algorithms(qformat_name: str, kv_cache_dtype: str | None, sq_activations: str = "per_tensor"
+                        ) -> tuple[str | None, str | None]:
     """(quant_algo, kv_cache_quant_algo) the exported TensorRT-LLM checkpoint must declare."""
     kv = kv_format(kv_cache_dtype).kv_cache_quant_algo if kv_cache_dtype else None
-    return qformat(qformat_name).quant_algo, kv
+    row = qformat(qformat_name)
+    if row.smoothquant and sq_activations == "per_token":
+        return sq_checkpoint.quant_algo(), kv  # read from the fact table
+    return row.quant_algo, kv
 
 
 def cpu_alternatives(*, int4_blocks: bool = True) -> str:

@@ -34,8 +34,11 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
                 calib: dict[str, Any] | None = None, eval_opts: dict[str, Any] | None = None,
                 parallel: dict[str, Any] | None = None) -> tuple[BuildConfig, Path, str]:
     """Preset + flags -> (config, resolved local model folder, model source). Resolves/converts the model."""
-    overrides = dict(overrides or {})
-    formats.qformat(overrides.get("qformat", formats.DEFAULT_QFORMAT))  # unknown qformat: fail before heavy work
+    overrides = {k: v for k, v in (overrides or {}).items() if not (k in _PRESET_DEFAULTED and v is None)}
+    row = formats.qformat(overrides.get("qformat", formats.DEFAULT_QFORMAT))  # unknown qformat: fail before heavy work
+    if not row.smoothquant and overrides.get("sq_activations", "per_tensor") != "per_tensor":
+        raise QuantError(f"--sq-activations {overrides['sq_activations']} applies to --qformat int8_sq only",
+                         "drop --sq-activations")
     if is_preset(model):
         preset = load_preset(model)
         resolved = resolve_model(model_path or preset.source)
@@ -55,10 +58,17 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
         eval=EvalConfig.model_validate({**preset.eval.model_dump(), **(eval_opts or {})}),
         parallel=ParallelConfig.model_validate({**preset.parallel.model_dump(), **(parallel or {})}),
         dtype=overrides.pop("dtype", None) or preset.dtype,
+        # int8_sq choices the preset defaults; other qformats have no SmoothQuant activations to choose
+        sq_activations=overrides.pop("sq_activations", None) or (preset.sq_activations if row.smoothquant
+                                                                  else "per_tensor"),
+        sq_alpha_search=overrides.pop("sq_alpha_search", preset.sq_alpha_search),
         **overrides,
     )
     calibrate.check_qformat_device(cfg.qformat, calibrate.pick_device(cfg.device))
     return cfg, resolved.path, resolved.source
+
+
+_PRESET_DEFAULTED = ("sq_activations", "sq_alpha_search")  # None from the CLI: the preset's value
 
 
 def _model_type(path: Path) -> str:
@@ -128,7 +138,8 @@ def held_out_deltas(prep: Prepared, model: Any, reference: Any | None = None) ->
 
 def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[Any, SearchResult | None]:
     """Calibrated model; with an accuracy budget, the costliest layers stay in higher precision."""
-    kwargs: dict[str, Any] = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha}
+    kwargs: dict[str, Any] = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha,
+              "sq_activations": cfg.sq_activations, "alpha_search": cfg.sq_alpha_search, "scale_dtype": cfg.dtype}
     search = None
     exclude: list[str] = []
     if cfg.accuracy_budget is not None and cfg.qformat != "full_prec":
@@ -164,6 +175,8 @@ class BuildResult:
     engine_skip_reason: str | None
     triton_repo: str | None
     hf_checkpoint_skipped: str | None = None
+    sq_activations: str | None = None  # int8_sq: per_tensor or per_token
+    smoothquant: dict[str, Any] | None = None  # int8_sq: the alpha chosen per input group (llm_quant.smoothing)
     exclude_modules: list[str] = field(default_factory=list)  # HF layers/linears kept in higher precision
     linears_kept_high_precision: int = 0
     quantized_weight_share: float = 0.0  # of decoder-linear parameters (1.0: uniform; lm_head not counted)
@@ -188,6 +201,11 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     assert cfg.model_path is not None
     out = Path(cfg.out).resolve()
     _check_out(out)
+    if cfg.sq_activations == "per_token" and cfg.accuracy_budget is not None:
+        # refused before calibration: TensorRT-LLM's SmoothQuant plugin path ignores exclude_modules
+        raise QuantError("--sq-activations per_token cannot keep layers in higher precision in the TensorRT-LLM "
+                         "checkpoint (its SmoothQuant plugin ignores exclude_modules)",
+                         "use --sq-activations per_tensor with --accuracy-budget, or drop --accuracy-budget")
     timings = Timings()
     with timings.measure("data"):
         prep = prepare(cfg)
@@ -201,12 +219,13 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
         staging = Staging(tmp, out)  # absolute paths written into artifacts name ``out``, not the staging folder
         with timings.measure("export_embedded"):
             runtime.save_embedded(model, prep.tokenizer, prep.model_dir, tmp / "embedded", qformat=cfg.qformat,
-                                  dtype=prep.dtype, kv_cache_dtype=cfg.kv_cache_dtype, exclude_modules=exclude)
+                                  dtype=prep.dtype, kv_cache_dtype=cfg.kv_cache_dtype, exclude_modules=exclude,
+                                  sq_activations=cfg.sq_activations)
         with timings.measure("export_trtllm"):
             trt = export.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
                                        decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
                                        tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
-                                       exclude_modules=exclude)
+                                       exclude_modules=exclude, sq_activations=cfg.sq_activations)
             _check_algorithms(trt["config"], cfg)
         hf_skip = hf_skip_reason(cfg)
         hf_export: dict[str, Any] = {"path": None, "ignore": [], "skipped": hf_skip}
@@ -224,7 +243,8 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
         with timings.measure("triton"):
             triton_repo = package_triton(staging, cfg, eng, hf=hf_skip is None)
         quant = trt["config"].get("quantization", {})
-        expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype)
+        expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype, cfg.sq_activations)
+        sq_report = getattr(model, "smoothquant_report", None)
         result = BuildResult(
             out=str(out), model_source=model_source or str(cfg.model_path), qformat=cfg.qformat,
             quant_algo=quant.get("quant_algo"), kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
@@ -235,7 +255,9 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             triton_repo=str(staging.final_path(triton_repo.path)), exclude_modules=exclude,
             linears_kept_high_precision=len(exclude), quantized_weight_share=round(quantized_weight_share(model), 6),
             held_out=held_out, exclusion_warning=_exclusion_warning(quant.get("quant_algo"), exclude),
-            corrections=trt["corrections"], timings=dict(timings), manifest=str(out / MANIFEST))
+            corrections=trt["corrections"], timings=dict(timings), manifest=str(out / MANIFEST),
+            sq_activations=cfg.sq_activations if formats.qformat(cfg.qformat).smoothquant else None,
+            smoothquant=sq_report.to_dict() if sq_report is not None else None)
         manifest = {
             "created": utc_now(), "tool": "llm-quant build", "config": cfg.model_dump(mode="json"),
             "result": result.to_dict(), "engine": eng.to_dict(), "engine_target": target_facts, "search": search.to_dict() if search else None,
@@ -259,7 +281,7 @@ def _exclusion_warning(quant_algo: str | None, exclude: list[str]) -> str | None
 
 def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
     quant = config.get("quantization", {})
-    expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype)
+    expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype, cfg.sq_activations)
     got = (quant.get("quant_algo"), quant.get("kv_cache_quant_algo"))
     if got != expected:
         raise QuantError(f"modelopt exported quant_algo/kv_cache_quant_algo {got} for --qformat {cfg.qformat} "
@@ -269,6 +291,9 @@ def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
 
 def hf_skip_reason(cfg: BuildConfig) -> str | None:
     """Why the HF checkpoint is not written (None: it is): what modelopt cannot express is skipped, in one line."""
+    if formats.qformat(cfg.qformat).smoothquant and cfg.sq_activations == "per_token":
+        return ("HF checkpoint skipped: modelopt's HF format has no per-token INT8 activations (it writes int8_sq "
+                "only as W8A8_SQ_PER_CHANNEL with a static input_scale); the TensorRT-LLM checkpoint carries them")
     if cfg.kv_cache_dtype is not None and not formats.kv_format(cfg.kv_cache_dtype).hf_checkpoint:
         return (f"HF checkpoint skipped: modelopt cannot export a {cfg.kv_cache_dtype.upper()} KV cache to it "
                 "(the TensorRT-LLM checkpoint carries it)")
@@ -302,6 +327,7 @@ def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     model, search = quantize_model(cfg, prep, timings)
     quant = perplexity(model, prep.eval_windows, description="quantized perplexity")
     exclude = search.excluded if search else []
+    sq_report = getattr(model, "smoothquant_report", None)
     heldout = None
     if ref_heldout is not None:
         q = perplexity(model, prep.heldout_windows, description="quantized (held-out domain)")
@@ -310,7 +336,9 @@ def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     return compare(ref, quant, windows=len(prep.eval_windows), seq_len=cfg.eval.seq_len, qformat=cfg.qformat,
                    text=prep.texts["eval"], quantized_weight_share=round(quantized_weight_share(model), 6),
                    linears_kept_high_precision=len(exclude), exclude_modules=exclude, heldout=heldout,
-                   search=_search_summary(search, prep.texts["search"]) if search else None)
+                   search=_search_summary(search, prep.texts["search"]) if search else None,
+                   sq_activations=cfg.sq_activations if formats.qformat(cfg.qformat).smoothquant else None,
+                   smoothquant=sq_report.to_dict() if sq_report is not None else None)
 
 
 def _search_summary(search: SearchResult, text: str) -> dict[str, Any]:

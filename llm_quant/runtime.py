@@ -2,7 +2,9 @@
 
 Layout of ``<out>/embedded/``:
 - ``runtime.json``: format, base_model (full-precision HF folder, absolute or relative to this dir), qformat,
-  dtype, kv_cache_dtype, exclude_modules, modelopt_version.
+  dtype, kv_cache_dtype, exclude_modules, modelopt_version, sq_activations (int8_sq: ``per_tensor`` or
+  ``per_token``; absent in older builds = per_tensor). ``per_token`` is applied on load: the fake-quant path by
+  ``llm_quant.per_token``, the int8 path by ``int8_linear.convert_linears(model, activations="per_token")``.
 - ``modelopt_state.pth``: a plain dict loadable with ``torch.load(weights_only=True)``:
   ``modelopt_state`` (``mto.modelopt_state``: modes, configs, quantizer properties), ``quantizer_tensors``
   (the quantizer buffers: amax, pre_quant_scale), ``folded_weights`` (weights that calibration scaled by
@@ -17,13 +19,17 @@ before relying on it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from llm_quant import per_token
 from llm_quant.int8_linear import QFORMAT_KERNELS, convert_linears
+from llm_quant.per_token import SQ_ACTIVATIONS
+from llm_quant.smoothing import fold_pre_quant_scale
 from quant_common.atomic import atomic_write_json, staged_dir, staged_file
 from quant_common.errors import QuantError, require
 
@@ -41,11 +47,7 @@ def _is_quantizer_key(key: str) -> bool:
     return "_quantizer." in key
 
 
-def _fold(weight: Any, pre_quant_scale: Any) -> Any:
-    """modelopt's SmoothQuant/AWQ fold: ``w * (1 / pre_quant_scale)`` per input channel, in float32."""
-    torch = _torch()
-    inv = 1.0 / pre_quant_scale.to(torch.float32)
-    return (weight * inv.squeeze()[None, :]).to(weight.dtype)
+_fold = fold_pre_quant_scale  # modelopt's SmoothQuant/AWQ fold, recomputed on load (llm_quant.smoothing)
 
 
 def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -67,7 +69,8 @@ def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str],
 
 
 def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Path, *, qformat: str,
-                  dtype: str, kv_cache_dtype: str | None, exclude_modules: list[str]) -> Path:
+                  dtype: str, kv_cache_dtype: str | None, exclude_modules: list[str],
+                  sq_activations: str = "per_tensor") -> Path:
     """Write ``out_dir`` (staged, then swapped in) for ``model`` quantized from ``base_model_dir``."""
     torch = _torch()
     mto = require("modelopt.torch.opt", purpose="saving the modelopt state")
@@ -100,7 +103,8 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
         "modelopt_version": _version("nvidia-modelopt"),
         "folded_weights": len(folded),
         "weight_overrides": len(overrides),
-        "kernels": _announced_kernels(qformat),
+        "kernels": _announced_kernels(qformat, sq_activations),
+        "sq_activations": sq_activations,
     }
     with staged_dir(out_dir) as tmp:
         with staged_file(tmp / STATE_FILE) as state_tmp:
@@ -111,9 +115,26 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
     return Path(out_dir)
 
 
-def _announced_kernels(qformat: str) -> str:
+def _announced_kernels(qformat: str, sq_activations: str = "per_tensor") -> str:
     """What ``load_quantized(kernels="int8")`` will run on CPU for ``qformat`` (runtime.json says so)."""
+    if sq_activations == "per_token":
+        if not _int8_per_token_available():
+            return "fake-quant per-token activations (this llm_quant.int8_linear has no per-token int8 kernel)"
+        return QFORMAT_KERNELS.get(f"{qformat}:per_token", "W8A8 per-token int8 kernel (int8_linear)")
     return QFORMAT_KERNELS.get(qformat, "fake-quant")
+
+
+def _int8_per_token_available() -> bool:
+    """Whether ``int8_linear.convert_linears`` takes ``activations=`` (the per-token int8 kernel, issue 10)."""
+    return "activations" in inspect.signature(convert_linears).parameters
+
+
+def sq_activations_of(meta: dict[str, Any]) -> str:
+    """runtime.json's activation mode; builds older than per-token SmoothQuant were per-tensor."""
+    mode = meta.get("sq_activations") or "per_tensor"
+    if mode not in SQ_ACTIVATIONS:
+        raise QuantError(f"runtime.json has unknown sq_activations {mode!r}", "rebuild with this llm-quant")
+    return str(mode)
 
 
 def _version(dist: str) -> str | None:
@@ -206,8 +227,12 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
             state[key].copy_(_fold(state[key], pqs))
         for key, value in payload["weight_overrides"].items():
             state[key].copy_(value)
+    mode = sq_activations_of(meta)
     # --- int8 kernels (issue 10) ---
-    if kernels == "int8" and device == "cpu":
-        model.kernel_report = convert_linears(model)
+    if kernels == "int8" and device == "cpu" and (mode == "per_tensor" or _int8_per_token_available()):
+        extra: dict[str, Any] = {"activations": mode} if mode != "per_tensor" else {}
+        model.kernel_report = convert_linears(model, **extra)
     # --- end int8 kernels ---
+    if mode == "per_token":  # linears left on the fake-quant path quantize their activations per token
+        per_token.use_per_token_activations(model)
     return model.to(device).eval(), _load_tokenizer(embedded_dir)

@@ -1,11 +1,11 @@
-"""Dev-only recipe: train the YOLOv8n test detector on the synthetic shapes set and export it to ONNX.
+"""Dev-only recipe: train a YOLOv8 test detector (n by default, --arch picks another size) on the synthetic shapes set and export it to ONNX.
 
 Ultralytics is AGPL-3.0, so it is a tool here, never a dependency of the package: run this script in a separate
 environment that has ultralytics (its own virtual environment, or ultralytics installed with ``pip install --no-deps
 --target DIR`` and DIR on PYTHONPATH; set YOLO_OFFLINE=1 and YOLO_CONFIG_DIR, with any TTF font copied to
 ``$YOLO_CONFIG_DIR/Ultralytics/Arial.ttf``, or Ultralytics tries to download one). It writes into --out:
 
-    yolov8n_shapes.onnx   opset 17, images 1x3x640x640 -> output0 1x(4+8)x8400
+    <arch>_shapes.onnx    opset 17, images 1x3x640x640 -> output0 1x(4+8)x8400
     best.pt               the trained weights (for re-export)
     train_results.json    recipe arguments, training time/epochs, Ultralytics val mAP on the val split
                           (PyTorch weights, and the ONNX file through ONNX Runtime where it runs)
@@ -34,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="where the generated data set goes")
     parser.add_argument("--out", type=Path, required=True, help="where the ONNX, weights and results go")
+    parser.add_argument("--arch", default="yolov8n", help="Ultralytics model config without .yaml (yolov8n, yolov8s, ...)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (train and val differ by split name)")
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-val", type=int, default=500)
@@ -82,7 +83,7 @@ def main() -> int:
                       seed=args.seed, deterministic=False, project=str(args.data / "runs"), name="train",
                       exist_ok=True, patience=1000, verbose=False)
     results["train_args"] = {k: v for k, v in train_args.items() if k not in ("data", "project")}
-    model = YOLO("yolov8n.yaml")
+    model = YOLO(f"{args.arch}.yaml")
     start = time.time()
     model.train(**train_args)
     results["train_s"] = round(time.time() - start, 1)
@@ -100,8 +101,9 @@ def main() -> int:
     save()
 
     onnx_path = Path(best_model.export(format="onnx", opset=17, simplify=False, imgsz=args.imgsz, dynamic=False))
-    shutil.copy2(onnx_path, args.out / "yolov8n_shapes.onnx")
-    results["onnx_bytes"] = (args.out / "yolov8n_shapes.onnx").stat().st_size
+    onnx_name = f"{args.arch}_shapes.onnx"
+    shutil.copy2(onnx_path, args.out / onnx_name)
+    results["onnx_bytes"] = (args.out / onnx_name).stat().st_size
     save()
     try:  # Ultralytics' val of the ONNX file itself (ONNX Runtime, CPU): the number our eval must match
         onnx_metrics = YOLO(str(onnx_path), task="detect").val(

@@ -19,7 +19,7 @@ LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 @pytest.fixture(scope="module")
 def int8_sq_build(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8sq") / "out"
-    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq")
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", sq_activations="per_tensor")
     return build(cfg, model_source=source), out
 
 
@@ -83,7 +83,8 @@ def _recombine_qkv(parts, heads, kv_heads, head_dim):
 
 def test_tp2_ranks_recombine_to_tp1(tiny_llama, tmp_path, int8_sq_build):
     _, out1 = int8_sq_build
-    cfg, source = tiny_config(tiny_llama, tmp_path / "tp2", qformat="int8_sq", parallel={"tp_size": 2})
+    cfg, source = tiny_config(tiny_llama, tmp_path / "tp2", qformat="int8_sq", sq_activations="per_tensor",
+                              parallel={"tp_size": 2})
     build(cfg, model_source=source)
     config = trt_config(tmp_path / "tp2")
     assert config["mapping"]["tp_size"] == 2 and config["mapping"]["world_size"] == 2

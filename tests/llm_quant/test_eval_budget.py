@@ -80,7 +80,7 @@ def test_whole_layer_exclusions_still_reach_both_checkpoints(tiny_llama, tmp_pat
     monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget: SearchResult(
         budget, budget * 0.7, ref, ref * 2, ref, excluded=["model.layers.1"]))
     out = tmp_path / "budget"
-    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0)
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0, sq_activations="per_tensor")
     result = pipeline.build(cfg, model_source=source)
     assert result.exclude_modules == ["model.layers.1"]
     assert result.quantized_weight_share == 0.5  # two identical layers

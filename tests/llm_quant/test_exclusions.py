@@ -85,7 +85,7 @@ def test_linear_exclusions_reach_every_artifact(tiny_llama, tmp_path, monkeypatc
     monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget: SearchResult(
         budget, budget * 0.7, ref, ref * 2, ref, excluded=list(KEPT)))
     out = tmp_path / "budget"
-    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0)
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0, sq_activations="per_tensor")
     result = pipeline.build(cfg, model_source=source)
     assert result.exclude_modules == KEPT and result.linears_kept_high_precision == 4
     # TensorRT-LLM: the fused module names of the fact table, stored unquantized; the rest stays INT8

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from llm_quant import engine, formats
+from llm_quant import engine, formats, sq_checkpoint
 from llm_quant.config import TrtllmBuildOptions
 from llm_quant.engine import Target, trtllm_build_argv
 from llm_quant.pipeline import build
@@ -20,7 +20,8 @@ from tests.llm_quant.helpers import tiny_config, trt_config
 
 FACTS = trtllm_facts()
 RELEASES = [r.name for r in FACTS.releases]
-QUANT_ALGOS = sorted({row.quant_algo for row in formats.QFORMAT_ROWS}, key=str)
+SQ_FACTS = sq_checkpoint.facts()
+QUANT_ALGOS = sorted({row.quant_algo for row in formats.QFORMAT_ROWS} | {SQ_FACTS.quant_algo.name}, key=str)
 KV_ALGOS = [None, *sorted({row.kv_cache_quant_algo for row in formats.KV_ROWS})]
 PAGED = TrtllmBuildOptions(kv_cache_type="paged")
 
@@ -110,7 +111,7 @@ def test_int8_kv_cache_build_writes_trtllm_checkpoint(tiny_llama, tmp_path):
     """Regression (issue 8 item 2): int8_sq + INT8 KV stopped at the HF export (modelopt's "Invalid KV cache
     quantization format"); the TensorRT-LLM checkpoint is written and the HF one skipped with one line."""
     out = tmp_path / "out"
-    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", kv_cache_dtype="int8")
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", kv_cache_dtype="int8", sq_activations="per_tensor")
     result = build(cfg, model_source=source)
     quant = trt_config(out)["quantization"]
     assert (quant["quant_algo"], quant["kv_cache_quant_algo"]) == ("W8A8_SQ_PER_CHANNEL", "INT8")
@@ -169,3 +170,48 @@ def test_qwen2_checkpoint_gets_qwen_type():
     correct_trtllm_config(llama, transformers.LlamaConfig(num_hidden_layers=1, hidden_size=32,
                                                           intermediate_size=64, num_attention_heads=2), [])
     assert "qwen_type" not in llama
+
+
+def test_smoothquant_table_cites_upstream_and_names_a_known_algo():
+    rows = [SQ_FACTS.quant_algo, *SQ_FACTS.tensors, *SQ_FACTS.static_only, *SQ_FACTS.semantics.values(),
+            SQ_FACTS.hf_checkpoint]
+    for row in rows:
+        assert "/" in row.source.repo and row.source.path and (row.source.tag or row.source.commit), row
+    # the per-token algo is a QuantAlgo member in every release the build table knows
+    for row in FACTS.quant_algos:
+        assert SQ_FACTS.quant_algo.name in row.quant_algo, row.source.cite()
+    # each linear TensorRT-LLM fuses has a weight and a per-channel scale; row linears also a smoother
+    by_module: dict[str, set[str]] = {}
+    for tensor in SQ_FACTS.tensors:
+        by_module.setdefault(tensor.module, set()).add(tensor.name)
+    for linear in ("attention.qkv", "mlp.fc", "mlp.gate"):
+        assert by_module[linear] == {"weight", "per_channel_scale"}
+    for linear in sq_checkpoint.ROW_LINEARS:
+        assert by_module[linear] == {"weight", "per_channel_scale", "smoother"}
+    assert set(sq_checkpoint.NORM_OF.values()) | set(sq_checkpoint.NORM_OF) | set(sq_checkpoint.ROW_LINEARS) \
+        == set(by_module)
+
+
+def test_per_token_int8_sq_build_matches_the_table(tiny_llama, tmp_path):
+    """The exported per-token checkpoint: config, every table tensor with its dtype/shape, nothing static."""
+    from tests.llm_quant.helpers import rank_weights
+
+    cfg, source = tiny_config(tiny_llama, tmp_path / "out", qformat="int8_sq", sq_activations="per_token",
+                              sq_alpha_search=False, build_engine=False)
+    result = build(cfg, model_source=source)
+    config = trt_config(tmp_path / "out")
+    assert config["quantization"]["quant_algo"] == SQ_FACTS.quant_algo.name == result.quant_algo
+    weights = rank_weights(tmp_path / "out")
+    hidden = config["hidden_size"]
+    for layer in range(config["num_hidden_layers"]):
+        for fact in SQ_FACTS.tensors:
+            tensor = weights[f"transformer.layers.{layer}.{fact.module}.{fact.name}"]
+            dtype = config["dtype"] if fact.dtype == "model" else fact.dtype
+            assert str(tensor.dtype).removeprefix("torch.") == dtype, fact
+            owner = weights[f"transformer.layers.{layer}.{fact.module}.weight"]
+            sizes = {"out": owner.shape[0], "in": owner.shape[-1], "hidden": hidden}
+            assert tuple(tensor.shape) == tuple(sizes.get(s, s) for s in fact.shape), fact
+    static = {f.name for f in SQ_FACTS.static_only}
+    assert not [k for k in weights if k.rsplit(".", 1)[-1] in static | set(sq_checkpoint.MODELOPT_SCALES)]
+    # the engine step renders its argv for this algo like for any other (no extra SmoothQuant flag)
+    assert "--checkpoint_dir" in result.engine_command

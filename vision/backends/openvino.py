@@ -10,6 +10,7 @@ those layers.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,8 @@ def _first_line(exc: BaseException) -> str:
     return (lines[-1] if lines else exc.__class__.__name__)[:300]
 
 
-def compile_model(model_path: Path, precision: Precision = "f32", threads: int | None = None) -> Any:
+def compile_model(model_path: Path, precision: Precision = "f32", threads: int | None = None,
+                  perf_counters: bool = False) -> Any:
     """``ov.CompiledModel`` for the CPU with an explicit precision hint, latency mode and ``threads`` streams' worth
     of threads; every OpenVINO failure (unreadable file, unsupported op) becomes one line."""
     ov = import_openvino()
@@ -55,6 +57,8 @@ def compile_model(model_path: Path, precision: Precision = "f32", threads: int |
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if perf_counters:  # per-layer timings and kernel names (layer_profile)
+        config["PERF_COUNT"] = True
     try:
         return core.compile_model(model, "CPU", config)
     except Exception as exc:  # noqa: BLE001
@@ -124,3 +128,36 @@ class OpenvinoRunner(Runner):
     @property
     def backend(self) -> str:
         return f"openvino[{self.precision}]"
+
+
+def layer_profile(model: str | os.PathLike[str], precision: str = "f32", threads: int | None = None, runs: int = 5,
+                  seed: int = 0) -> list[dict[str, Any]]:
+    """Where OpenVINO spends an inference, from its per-layer counters (``PERF_COUNT``): one row per executed layer,
+    ``{"name", "type", "exec_type", "ms"}`` (mean over ``runs`` after a warm-up, random input of the model's static
+    shapes). ``exec_type`` names the kernel: ``..._I8`` runs on 8-bit data, ``..._f32``/``_bf16`` in float."""
+    compiled = compile_model(Path(model), precision, threads, perf_counters=True)  # type: ignore[arg-type]
+    request = compiled.create_infer_request()
+    rng = np.random.default_rng(seed)
+    feeds = {port.get_any_name(): rng.random(tuple(port.get_shape()), dtype=np.float32) for port in compiled.inputs}
+    request.infer(feeds)
+    totals: dict[str, list[Any]] = {}
+    for _ in range(runs):
+        request.infer(feeds)
+        for info in request.profiling_info:
+            if info.status != info.Status.EXECUTED:
+                continue
+            row = totals.setdefault(info.node_name, [info.node_type, info.exec_type, 0.0])
+            row[2] += info.real_time.total_seconds() * 1e3 / runs
+    return [{"name": n, "type": t, "exec_type": e, "ms": round(ms, 4)} for n, (t, e, ms) in totals.items()]
+
+
+def by_kernel(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows summed by (layer type, kernel), largest first, with each one's share of the total."""
+    groups: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
+    for row in rows:
+        group = groups[(row["type"], row["exec_type"])]
+        group[0] += row["ms"]
+        group[1] += 1
+    total = sum(g[0] for g in groups.values()) or 1.0
+    return sorted(({"type": t, "exec_type": e, "layers": int(n), "ms": round(ms, 3), "share": ms / total}
+                   for (t, e), (ms, n) in groups.items()), key=lambda r: -r["ms"])

@@ -19,7 +19,7 @@ from vision.evaluation.agreement import compare
 from vision.graph import head_nodes, quantizable_tensors
 
 pytest.importorskip("openvino")
-from vision.backends.openvino import OpenvinoRunner  # noqa: E402
+from vision.backends.openvino import OpenvinoRunner, by_kernel, layer_profile  # noqa: E402
 
 BUNDLED = Path(__file__).resolve().parents[3] / "vision" / "assets" / "yolov8n_shapes.onnx"
 
@@ -109,8 +109,17 @@ def test_layout_quantizes_conv_inputs_only_with_our_scales(tiny_detector: Path, 
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     dq_outputs = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert dq_outputs and all(c.op_type == "Conv" for t in dq_outputs for c in consumers[t])
+    readers = {c.op_type for t in dq_outputs for c in consumers[t]}
+    assert readers == {"Conv", "Split", "MaxPool", "Resize"}, readers  # pass-through ops quantized at their input
     assert not any(c.name in head for t in dq_outputs for c in consumers[t])
+    # the C2f-like Split reads a DQ; the Conv behind it reads the Split's output as is (LPT carries the DQ through)
+    by_output = {o: n for n in model.graph.node for o in n.output}
+    c2f_split = next(n for n in model.graph.node if n.op_type == "Split" and n.name not in head)
+    assert by_output[c2f_split.input[0]].op_type == "DequantizeLinear"
+    assert any(c.op_type == "Conv" for o in c2f_split.output for c in consumers.get(o, []))
+    # the detection head's Split (outputs decoded in float) gets no Q/DQ
+    head_split = next(n for n in model.graph.node if n.op_type == "Split" and n is not c2f_split)
+    assert by_output[head_split.input[0]].op_type != "DequantizeLinear"
     found = activation_q_scales(model)
     assert summary.activation_tensors == len(found) == summary.matched_scales > 0
     for tensor, (scale, zero_point) in found.items():
@@ -122,6 +131,15 @@ def test_layout_quantizes_conv_inputs_only_with_our_scales(tiny_detector: Path, 
     assert summary.per_channel_weights == len(weight_dq) and summary.per_tensor_weights == 0
     with pytest.raises(QuantError, match="not in tiny_detector.onnx"):
         write_openvino_qdq(tiny_detector, scales, tmp_path / "x.onnx", nodes_to_exclude=["/no/such/node"])
+    convs_only = tmp_path / "convs_only.onnx"
+    write_openvino_qdq(tiny_detector, scales, convs_only, nodes_to_exclude=head, pass_through=())
+    plain = onnx.load(str(convs_only))
+    plain_consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in plain.graph.node:
+        for name in node.input:
+            plain_consumers.setdefault(name, []).append(node)
+    assert {c.op_type for n in plain.graph.node if n.op_type == "DequantizeLinear"
+            for c in plain_consumers[n.output[0]]} == {"Conv"}
 
 
 def test_openvino_runs_its_layout_as_onnxruntime_does(tiny_detector: Path, tmp_path: Path) -> None:
@@ -221,3 +239,27 @@ def test_auto_leaves_int8_activation_qdq_to_onnxruntime(tiny_detector: Path, tmp
     onnx.save(signed, str(path))
     assert isinstance(load_runner(path), OnnxrtRunner)
     assert isinstance(load_runner(path, "openvino"), OpenvinoRunner)  # asked for explicitly: the user's call
+
+
+def test_openvino_runs_split_maxpool_and_resize_of_its_layout_on_int8(tiny_detector: Path, tmp_path: Path) -> None:
+    """Why the layout quantizes pass-through ops at their input: OpenVINO then runs them as INT8 kernels (with
+    Q/DQ on Conv inputs only, its Split ran in a reference f32 kernel). Read from OpenVINO's own layer counters."""
+    scales = _scales(tiny_detector, _feeds(64, 2))
+    head = head_nodes(onnx.load(str(tiny_detector)))
+    kernels: dict[str, dict[str, str]] = {}
+    for name, through in (("layout", None), ("convs_only", ())):
+        out = tmp_path / f"{name}.onnx"
+        extra = {} if through is None else {"pass_through": through}
+        write_openvino_qdq(tiny_detector, scales, out, nodes_to_exclude=head, **extra)
+        rows = layer_profile(out, threads=1, runs=1)
+        kernels[name] = {r["name"]: r["exec_type"] for r in rows}
+        assert any(r["type"] == "Convolution" and r["exec_type"].endswith("_I8") for r in rows)
+        assert by_kernel(rows)[0]["ms"] >= by_kernel(rows)[-1]["ms"]
+    layout_rows = layer_profile(tmp_path / "layout.onnx", threads=1, runs=1)
+    moved = [r for r in layout_rows if r["type"] in ("Split", "VariadicSplit", "MaxPool", "Interpolate")
+             and "head" not in r["name"]]
+    assert {r["type"] for r in moved} >= {"MaxPool", "Interpolate"}, layout_rows
+    c2f_split = [r for r in moved if "Split" in r["type"] and r["exec_type"].endswith("_I8")]
+    assert c2f_split, moved
+    assert all(r["exec_type"].endswith("_I8") for r in moved if r["type"] in ("MaxPool", "Interpolate")), moved
+    assert not kernels["convs_only"].get(c2f_split[0]["name"], "_f32").endswith("_I8")
