@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_quant import formats, per_token, smoothing
+from llm_quant.exclusions import modelopt_pattern
 from quant_common.errors import QuantError, require
 from quant_common.progress import track
 
@@ -65,15 +66,18 @@ def check_qformat_device(qformat: str, device: str) -> None:
                          "and none is visible", f"run on a GPU machine or choose {formats.cpu_alternatives()}")
 
 
-def layer_pattern(layer: str) -> str:
-    """modelopt wildcard covering every quantizer of one module subtree (e.g. 'model.layers.3')."""
-    return f"*{layer}.*"
+def layer_pattern(module: str) -> str:
+    """modelopt wildcard covering every quantizer of one module subtree: a layer ('model.layers.3') or one linear
+    ('model.layers.3.mlp.down_proj')."""
+    return modelopt_pattern(module)
 
 
 def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothquant_alpha: float | None = None,
-                    exclude_layers: list[str] | tuple[str, ...] = (), block_size: int | None = None
-                    ) -> dict[str, Any] | None:
-    """The modelopt quantize config for ``qformat`` (a deep copy; None for full precision)."""
+                    exclude_layers: list[str] | tuple[str, ...] = (), block_size: int | None = None,
+                    exclude_modules: list[str] | tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The modelopt quantize config for ``qformat`` (a deep copy; None for full precision).
+
+    ``exclude_modules`` (HF layer or linear names) and ``exclude_layers`` (its older name) stay unquantized."""
     row = formats.qformat(qformat)
     kv = formats.kv_format(kv_cache_dtype) if kv_cache_dtype is not None else None
     if not row.quantized:
@@ -94,8 +98,8 @@ def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothqu
         entries.extend(copy.deepcopy(list(kv.quant_cfg)))
     if block_size is not None:
         _set_block_size(entries, block_size)
-    for layer in exclude_layers:
-        entries.append({"quantizer_name": layer_pattern(layer), "enable": False})
+    for module in dict.fromkeys([*exclude_layers, *exclude_modules]):
+        entries.append({"quantizer_name": layer_pattern(module), "enable": False})
     return cfg
 
 
@@ -148,7 +152,7 @@ def smoothquant_alphas(qformat: str, sq_activations: str, smoothquant_alpha: flo
 def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: str | None = None,
              smoothquant_alpha: float | None = None, exclude_layers: list[str] | tuple[str, ...] = (),
              sq_activations: str = "per_tensor", alpha_search: bool = False, scale_dtype: str | None = None,
-             description: str = "calibrating") -> Any:
+             description: str = "calibrating", exclude_modules: list[str] | tuple[str, ...] = ()) -> Any:
     """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model.
 
     int8_sq: with ``alpha_search`` (and no fixed ``smoothquant_alpha``) the SmoothQuant alpha is searched per input
@@ -164,7 +168,7 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
     alphas = smoothquant_alphas(qformat, sq_activations, smoothquant_alpha, alpha_search)
     block = int4_block_size(model) if formats.qformat(qformat).int4_blocks else None
     cfg = modelopt_config(qformat, kv_cache_dtype=kv_cache_dtype, smoothquant_alpha=smoothquant_alpha,
-                          exclude_layers=exclude_layers, block_size=block)
+                          exclude_layers=exclude_layers, block_size=block, exclude_modules=exclude_modules)
     if cfg is None:
         return model
     check_qformat_device(qformat, model_device(model).type)

@@ -22,7 +22,6 @@ REQUIRED_KEYS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidd
 # Linear layers of a TensorRT-LLM decoder layer; the tensors each quant_algo gives them are in llm_quant.formats.
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 KV_TENSOR = "attention.kv_cache_scaling_factor"
-LAYER_RE = re.compile(r"^(?:.*\.)?layers\.(\d+)$")
 
 
 def rope_theta(hf_config: Any) -> float | None:
@@ -45,12 +44,6 @@ def rope_scaling(hf_config: Any) -> dict[str, Any] | None:
     scaling = {"type": kind}
     scaling.update({k: v for k, v in params.items() if k not in {"rope_type", "type", "rope_theta"}})
     return scaling
-
-
-def trtllm_layer_pattern(hf_layer: str) -> str | None:
-    """``model.layers.3`` -> ``transformer.layers.3.*`` (TensorRT-LLM matches exclude_modules with fnmatch)."""
-    match = LAYER_RE.match(hf_layer)
-    return f"transformer.layers.{match.group(1)}.*" if match else None
 
 
 def fix_layer_globs(patterns: list[str]) -> tuple[list[str], list[str]]:
@@ -80,8 +73,12 @@ def load_rank(folder: Path, rank: int) -> dict[str, Any]:
     return dict(safetensors_torch.load_file(str(folder / f"rank{rank}.safetensors")))
 
 
-def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None) -> dict[str, Any]:
-    """Raise on any conformance problem; return a summary (quant_algo, ranks, quantized layer count)."""
+def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None,
+                             expect_excluded: list[str] | None = None) -> dict[str, Any]:
+    """Raise on any conformance problem; return a summary (quant_algo, ranks, quantized layer count).
+
+    Linears matched by ``exclude_modules`` must be stored unquantized (checkpoint dtype, no scales);
+    ``expect_excluded`` (HF layer/linear names kept in higher precision) must each be in ``exclude_modules``."""
     folder = Path(folder)
     try:
         config = json.loads((folder / "config.json").read_text())
@@ -103,6 +100,8 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
     algo = quant.get("quant_algo")
     excluded = list(quant.get("exclude_modules") or [])
     weights = load_rank(folder, 0)
+    if algo:
+        _check_exclusions(folder, config, excluded, weights, expect_excluded or [])
     quantized_layers = 0
     if algo == sq_checkpoint.quant_algo():  # per-token SmoothQuant: its own fact table
         quantized_layers = sq_checkpoint.verify_per_token(weights, config, lambda problem: _fail(folder, problem))
@@ -131,6 +130,26 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
         raise _fail(folder, f"kv_cache_quant_algo {kv_algo} but no {KV_TENSOR} tensors")
     return {"quant_algo": algo, "kv_cache_quant_algo": kv_algo, "world_size": world,
             "quantized_linears_rank0": quantized_layers, "exclude_modules": excluded}
+
+
+def _check_exclusions(folder: Path, config: dict[str, Any], excluded: list[str], weights: dict[str, Any],
+                      expected: list[str]) -> None:
+    from llm_quant.exclusions import trtllm_patterns
+
+    missing = [p for p in trtllm_patterns(expected) if p not in excluded]
+    if missing:
+        raise _fail(folder, f"exclude_modules lacks {', '.join(missing)} (kept in higher precision)")
+    scale_suffixes = {s for row in CHECKPOINT_TENSORS.values() for s in row.scales} | {"prequant_scaling_factor"}
+    for layer in range(_layers_in_rank(config)):
+        for linear in LINEARS:
+            name = f"transformer.layers.{layer}.{linear}"
+            if f"{name}.weight" not in weights or not is_excluded(name, excluded):
+                continue
+            got = str(weights[f"{name}.weight"].dtype).removeprefix("torch.")
+            scales = sorted(s for s in scale_suffixes if f"{name}.{s}" in weights)
+            if got != config["dtype"] or scales:
+                raise _fail(folder, f"{name} is excluded from quantization but stored as {got}"
+                            + (f" with {', '.join(scales)}" if scales else ""))
 
 
 def _layers_in_rank(config: dict[str, Any]) -> int:

@@ -89,7 +89,8 @@ _SQ_SEARCH = typer.Option(None, "--sq-alpha-search/--sq-alpha-global",
                                "default from the preset")
 _BUDGET = typer.Option(None, "--accuracy-budget", metavar="PCT",
                        help="max perplexity increase (%); the costliest layers stay in higher precision")
-_CALIB_DS = typer.Option(None, "--calib-dataset", help="'pydoc' (offline default) or a hub dataset (cnn_dailymail)")
+_CALIB_DS = typer.Option(None, "--calib-dataset", help="'mixed' (offline default: prose, code, technical docs), 'pydoc', or a hub dataset "
+                                                 "(cnn_dailymail)")
 _CALIB_FILE = typer.Option(None, "--calib-file", help="local .txt/.jsonl/.parquet calibration text (repeatable)")
 _CALIB_SIZE = typer.Option(None, "--calib-size", help="calibration sequences (preset default)")
 _CALIB_LEN = typer.Option(None, "--calib-seq-len", help="tokens per calibration sequence")
@@ -158,8 +159,14 @@ def register(app: typer.Typer) -> None:
             f"hf checkpoint    {result.hf_checkpoint or result.hf_checkpoint_skipped}",
             f"embedded runtime {result.embedded}",
             f"triton repo      {result.triton_repo}",
-            f"higher precision {result.layers_kept_high_precision} layers {result.exclude_layers or ''}",
+            f"higher precision {result.linears_kept_high_precision} linears {result.exclude_modules or ''}",
+            f"quantized share  {result.quantized_weight_share:.3f} of decoder-linear weights",
         ]
+        for split, row in result.held_out.items():
+            lines.append(f"held-out {split:<7} Δ perplexity {row['delta_pct']:+.2f} % on {row['text']} "
+                         f"({row['tokens']} tokens)")
+        if result.exclusion_warning:
+            lines.append(f"warning          {result.exclusion_warning}")
         if result.engine_status == "built":
             lines.append(f"engine           {result.engine}")
         else:
@@ -189,7 +196,11 @@ def register(app: typer.Typer) -> None:
             return
         sys.stdout.write(
             f"perplexity  reference {report.ppl_ref:.3f}  {qformat} {report.ppl_quant:.3f}  "
-            f"Δ {report.delta_pct:+.2f} %  ({report.tokens} tokens, {report.windows}×{report.seq_len})\n"
-            f"layers kept in higher precision: {report.layers_kept_high_precision}\n"
+            f"Δ {report.delta_pct:+.2f} %  ({report.tokens} tokens, {report.windows}×{report.seq_len}) "
+            f"on {report.text}\n"
+            + (f"held-out domain: Δ {report.heldout['delta_pct']:+.2f} % on {report.heldout['text']} "
+               f"({report.heldout['tokens']} tokens)\n" if report.heldout else "")
+            + f"quantized weight share: {report.quantized_weight_share:.3f} "
+            f"({report.linears_kept_high_precision} linears kept in higher precision)\n"
             + (f"smoothquant: {report.sq_activations} activations, alpha {_alphas(report.smoothquant)}\n"
                if report.sq_activations else ""))

@@ -32,7 +32,7 @@ class _Strict(BaseModel):
 
 
 class CalibConfig(_Strict):
-    dataset: str = Field("pydoc", description="'pydoc' (offline), a hub dataset name, or local txt/jsonl/parquet")
+    dataset: str = Field("mixed", description="'mixed' or 'pydoc' (offline), a hub dataset name, or local files")
     files: list[Path] = Field(default_factory=list, description="local calibration files (override dataset)")
     size: int = Field(32, ge=1, description="number of calibration sequences")
     seq_len: int = Field(256, ge=8, description="tokens per calibration sequence")

@@ -1,8 +1,13 @@
 """Calibration and evaluation text -> token tensors, with a deterministic three-way document split.
 
 Documents are assigned by index: every 10th goes to ``eval`` (held out from everything else), the next to
-``search`` (accuracy-budget layer search), the rest to ``calib``. Calibration therefore never sees the text
-perplexity is reported on, and the budget search never sees it either.
+``search`` (accuracy-budget search), the rest to ``calib``. Calibration therefore never sees the text perplexity is
+reported on, and the budget search never sees it either.
+
+The offline default, ``mixed`` (``llm_quant/corpus``, sources and licenses in its SOURCES.md), interleaves prose,
+Python code and technical documentation paragraph by paragraph, so every split and every calibration prefix holds
+all three; a fourth domain, dialogue, is in no split: it is the ``heldout`` text, a domain neither calibration nor
+the search saw, on which a budget is reported (searching and evaluating on one domain let budgets fail on others).
 """
 
 from __future__ import annotations
@@ -16,13 +21,56 @@ from llm_quant.config import CalibConfig
 from quant_common.errors import QuantError, require
 
 Split = Literal["calib", "search", "eval"]
+MIXED_DOMAINS = ("prose", "code", "technical")  # calibration, search and eval splits
+HELDOUT_DOMAIN = "dialogue"  # reported on only
+OFFLINE_DATASETS = ("mixed", "pydoc")
 LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # Named hub datasets we know the text column of; any other name needs a 'text' column.
 KNOWN_DATASETS = {"cnn_dailymail": ("abisee/cnn_dailymail", "3.0.0", "article")}
 
 
-def split_of(index: int) -> Split:
-    return "eval" if index % 10 == 0 else "search" if index % 10 == 1 else "calib"
+def split_of(index: int, search_slots: int = 1) -> Split:
+    """``eval`` for every 10th document, ``search`` for the ``search_slots`` after it, ``calib`` for the rest."""
+    slot = index % 10
+    return "eval" if slot == 0 else "search" if slot <= search_slots else "calib"
+
+
+def search_slots(calib: CalibConfig) -> int:
+    """The small bundled ``mixed`` set gives the search 3 in 10 documents (~3.5 k tokens with SmolLM2's tokenizer;
+    1 in 10 left it one 512-token window), calibration keeps 6 in 10 (~7 k tokens, over the preset's 4 k)."""
+    return 3 if calib.dataset == "mixed" and not calib.files else 1
+
+
+def corpus_domain(domain: str) -> list[str]:
+    """The paragraphs of one bundled domain file (``llm_quant/corpus/<domain>.txt``)."""
+    from importlib import resources
+
+    try:
+        text = resources.files("llm_quant").joinpath("corpus", f"{domain}.txt").read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise QuantError(f"the bundled text llm_quant/corpus/{domain}.txt is missing",
+                         "reinstall tensorrt-quantization") from exc
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def mixed_corpus() -> list[str]:
+    """Prose, code and technical paragraphs interleaved round-robin (deterministic), dialogue left out."""
+    domains = [corpus_domain(d) for d in MIXED_DOMAINS]
+    return [docs[i] for i in range(max(map(len, domains))) for docs in domains if i < len(docs)]
+
+
+def heldout_text(calib: CalibConfig) -> tuple[str, list[str]] | None:
+    """(description, documents) of a domain calibration and search never see; None when the data has none."""
+    if calib.files or calib.dataset != "mixed":
+        return None
+    return (f"{HELDOUT_DOMAIN} (bundled domain unseen by calibration and search)", corpus_domain(HELDOUT_DOMAIN))
+
+
+def describe_split(calib: CalibConfig, split: Split) -> str:
+    """Which text a number is on, for build.json and --json."""
+    source = ", ".join(str(f) for f in calib.files) if calib.files else \
+        f"mixed ({'/'.join(MIXED_DOMAINS)})" if calib.dataset == "mixed" else calib.dataset
+    return f"{source}, {split} split"
 
 
 def builtin_corpus() -> list[str]:
@@ -76,7 +124,7 @@ def load_named_dataset(name: str, limit: int) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - offline, missing or gated: one line for all
         raise QuantError(f"cannot load calibration dataset {name!r} ({exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0][:160] if str(exc) else 'unreachable'})",
-                         "use --calib-dataset pydoc (offline) or --calib-file with local text") from exc
+                         "use --calib-dataset mixed or pydoc (offline) or --calib-file with local text") from exc
     return docs
 
 
@@ -85,6 +133,8 @@ def load_documents(calib: CalibConfig) -> list[str]:
         docs = load_local_documents(calib.files)
     elif calib.dataset == "pydoc":
         docs = builtin_corpus()
+    elif calib.dataset == "mixed":
+        docs = mixed_corpus()
     else:  # enough documents for calib + held-out splits
         docs = load_named_dataset(calib.dataset, limit=max(10 * calib.size, 200))
     if not docs:
@@ -108,8 +158,8 @@ class TokenStream:
         return self.ids[: n * seq_len].view(n, seq_len)
 
 
-def tokenize_split(docs: list[str], tokenizer: Any, split: Split) -> TokenStream:
-    chosen = [d for i, d in enumerate(docs) if split_of(i) == split] if len(docs) >= 10 else \
+def tokenize_split(docs: list[str], tokenizer: Any, split: Split, search_slots: int = 1) -> TokenStream:
+    chosen = [d for i, d in enumerate(docs) if split_of(i, search_slots) == split] if len(docs) >= 10 else \
         _small_corpus_split(docs, split)
     return tokenize_documents(chosen, tokenizer)
 

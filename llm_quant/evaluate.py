@@ -47,8 +47,12 @@ class EvalReport:
     windows: int
     seq_len: int
     qformat: str
-    layers_kept_high_precision: int
-    exclude_layers: list[str]
+    text: str  # which text ppl_ref/ppl_quant/delta_pct are on
+    quantized_weight_share: float  # of decoder-linear parameters stored quantized (1.0 uniform)
+    linears_kept_high_precision: int
+    exclude_modules: list[str]
+    heldout: dict[str, Any] | None = None  # the same on a domain neither calibration nor the search saw
+    search: dict[str, Any] | None = None  # --accuracy-budget: its text, search-split Δ, units kept, probes, met
     sq_activations: str | None = None  # int8_sq: per_tensor or per_token
     smoothquant: dict[str, Any] | None = None  # int8_sq: alpha per input group (llm_quant.smoothing)
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from llm_quant import checkpoint, sq_checkpoint
 from llm_quant.checkpoint import rope_scaling, rope_theta
+from llm_quant.exclusions import hf_pattern, trtllm_patterns
 from quant_common.atomic import atomic_write_json, staged_dir
 from quant_common.errors import QuantError, require
 
 
-def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_layers: list[str]) -> list[str]:
+def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_modules: list[str]) -> list[str]:
     """Fix modelopt's known omissions in place; returns a description of each change."""
     changes = []
     theta = rope_theta(hf_config)
@@ -45,9 +46,8 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_layers
     if quant.get("quant_algo"):
         excluded, glob_changes = checkpoint.fix_layer_globs(list(quant.get("exclude_modules") or []))
         changes.extend(glob_changes)
-        for layer in exclude_layers:
-            pattern = checkpoint.trtllm_layer_pattern(layer)
-            if pattern and pattern not in excluded:
+        for pattern in trtllm_patterns(exclude_modules):  # HF layers/linears -> TensorRT-LLM module names
+            if pattern not in excluded:
                 excluded.append(pattern)
                 changes.append(f"exclude_modules += {pattern}")
         quant["exclude_modules"] = excluded
@@ -55,7 +55,7 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_layers
 
 
 def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: str, dtype: str, tp_size: int,
-                  pp_size: int, exclude_layers: list[str], sq_activations: str = "per_tensor") -> dict[str, Any]:
+                  pp_size: int, exclude_modules: list[str], sq_activations: str = "per_tensor") -> dict[str, Any]:
     """modelopt's TensorRT-LLM export, corrected; ``sq_activations="per_token"`` rewrites its int8_sq output into
     the per-token SmoothQuant checkpoint (``llm_quant.sq_checkpoint``)."""
     torch = require("torch", purpose="exporting the TensorRT-LLM checkpoint")
@@ -72,7 +72,7 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
                              "check the preset's decoder_type and that tp divides the head counts") from exc
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
-        changes = correct_trtllm_config(config, hf_config, exclude_layers)
+        changes = correct_trtllm_config(config, hf_config, exclude_modules)
         changes += _correct_pre_quant_scale(config, tmp)
         atomic_write_json(config_path, config)
         if sq_activations == "per_token":
@@ -82,9 +82,9 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
             rank_cfg = tmp / f"config_rank{rank}.json"
             if rank_cfg.is_file():
                 rank_config = json.loads(rank_cfg.read_text())
-                correct_trtllm_config(rank_config, hf_config, exclude_layers)
+                correct_trtllm_config(rank_config, hf_config, exclude_modules)
                 atomic_write_json(rank_cfg, rank_config)
-        checkpoint.verify_trtllm_checkpoint(tmp, hf_config=hf_config)
+        checkpoint.verify_trtllm_checkpoint(tmp, hf_config=hf_config, expect_excluded=exclude_modules)
     return {"path": str(out_dir), "corrections": changes, "config": config}
 
 
@@ -103,7 +103,7 @@ def _correct_pre_quant_scale(config: dict[str, Any], folder: Path) -> list[str]:
     return ["pre_quant_scale true -> false (no prequant_scaling_factor tensors were written)"]
 
 
-def export_hf(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str, exclude_layers: list[str]) -> dict[str, Any]:
+def export_hf(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str, exclude_modules: list[str]) -> dict[str, Any]:
     torch = require("torch", purpose="exporting the HF checkpoint")
     export = require("modelopt.torch.export", purpose="exporting the HF checkpoint")
     if not getattr(model.config, "architectures", None):
@@ -116,21 +116,21 @@ def export_hf(model: Any, tokenizer: Any, out_dir: Path, *, dtype: str, exclude_
                              f"{str(exc).splitlines()[0][:200] if str(exc) else ''}",
                              "try --no-hf-checkpoint or another --qformat") from exc
         tokenizer.save_pretrained(str(tmp))
-        ignored = _hf_fix_ignore(tmp, exclude_layers)
+        ignored = _hf_fix_ignore(tmp, exclude_modules)
     return {"path": str(out_dir), "ignore": ignored}
 
 
-def _hf_fix_ignore(folder: Path, exclude_layers: list[str]) -> list[str]:
-    """Make sure every layer kept in higher precision is in the HF quantization_config ignore list."""
+def _hf_fix_ignore(folder: Path, exclude_modules: list[str]) -> list[str]:
+    """Make sure every layer or linear kept in higher precision is in the HF quantization_config ignore list."""
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     qc = config.get("quantization_config")
     if not isinstance(qc, dict):
         return []
     ignore, _ = checkpoint.fix_layer_globs(list(qc.get("ignore") or []))
-    for layer in exclude_layers:
-        if not any(_covers(p, layer) for p in ignore):
-            ignore.append(f"{layer}.*")
+    for module in exclude_modules:
+        if not any(_covers(p, module) for p in ignore):
+            ignore.append(hf_pattern(module))
     qc["ignore"] = ignore
     atomic_write_json(config_path, config)
     quant_path = folder / "hf_quant_config.json"
@@ -144,5 +144,6 @@ def _hf_fix_ignore(folder: Path, exclude_layers: list[str]) -> list[str]:
     return ignore
 
 
-def _covers(pattern: str, layer: str) -> bool:
-    return fnmatch.fnmatchcase(layer + ".self_attn.q_proj", pattern)
+def _covers(pattern: str, module: str) -> bool:
+    """A layer is covered when a pattern matches its subtree; a linear when a pattern matches its name."""
+    return fnmatch.fnmatchcase(module, pattern) or fnmatch.fnmatchcase(module + ".self_attn.q_proj", pattern)

@@ -16,6 +16,7 @@ from typing import Any
 from llm_quant import calibrate, data, engine, export, formats, runtime
 from llm_quant.config import BuildConfig, CalibConfig, EvalConfig, ParallelConfig, Preset
 from llm_quant.evaluate import EvalReport, compare, perplexity
+from llm_quant.exclusions import exclusions_ignored_by, quantized_weight_share
 from llm_quant.models import resolve_model
 from llm_quant.presets import available_presets, is_preset, load_preset, preset_for_model_type
 from llm_quant.sensitivity import SearchResult, search_exclusions
@@ -91,22 +92,48 @@ class Prepared:
     calib_batches: list[Any]
     search_windows: Any
     eval_windows: Any
+    texts: dict[str, str] = field(default_factory=dict)  # split -> which text it is (build.json, --json)
+    heldout_windows: Any = None  # a domain neither calibration nor the search saw (None: the data has none)
 
 
-def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None) -> Prepared:
+def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None, eval_label: str | None = None) -> Prepared:
     assert cfg.model_path is not None
     device = calibrate.pick_device(cfg.device)
     tokenizer = calibrate.load_tokenizer(cfg.model_path)
     docs = data.load_documents(cfg.calibration)
-    calib_stream = data.tokenize_split(docs, tokenizer, "calib")
+    slots = data.search_slots(cfg.calibration)
+    calib_stream = data.tokenize_split(docs, tokenizer, "calib", slots)
     batches = data.calibration_batches(calib_stream, cfg.calibration)
-    search = data.tokenize_split(docs, tokenizer, "search").windows(cfg.eval.seq_len,
-                                                                     max_tokens=cfg.eval.max_tokens // 2)
+    search = data.tokenize_split(docs, tokenizer, "search", slots).windows(cfg.eval.seq_len,
+                                                                           max_tokens=cfg.eval.max_tokens // 2)
     # eval --text FILE: the whole file is held out; otherwise the corpus' eval split
     eval_stream = data.tokenize_documents(eval_docs, tokenizer) if eval_docs is not None else \
-        data.tokenize_split(docs, tokenizer, "eval")
+        data.tokenize_split(docs, tokenizer, "eval", slots)
+    texts = {split: data.describe_split(cfg.calibration, split) for split in ("calib", "search", "eval")}
+    if eval_docs is not None:
+        texts["eval"] = eval_label or "--text file"
+    heldout, heldout_windows = data.heldout_text(cfg.calibration), None
+    if heldout is not None:
+        texts["heldout"] = heldout[0]
+        heldout_windows = data.tokenize_documents(heldout[1], tokenizer).windows(cfg.eval.seq_len,
+                                                                                 max_tokens=cfg.eval.max_tokens)
     return Prepared(cfg.model_path, device, calibrate.compute_dtype(device), tokenizer, batches, search,
-                    eval_stream.windows(cfg.eval.seq_len, max_tokens=cfg.eval.max_tokens))
+                    eval_stream.windows(cfg.eval.seq_len, max_tokens=cfg.eval.max_tokens), texts, heldout_windows)
+
+
+def held_out_deltas(prep: Prepared, model: Any, reference: Any | None = None) -> dict[str, dict[str, Any]]:
+    """Perplexity change on every held-out text (the eval split or --text; the unseen domain), each labelled."""
+    if reference is None:
+        reference = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+    out: dict[str, dict[str, Any]] = {}
+    for split, windows in (("eval", prep.eval_windows), ("heldout", prep.heldout_windows)):
+        if windows is None or len(windows) == 0:
+            continue
+        ref = perplexity(reference, windows, description=f"reference ({split})")
+        quant = perplexity(model, windows, description=f"quantized ({split})")
+        out[split] = {"text": prep.texts[split], "tokens": quant.tokens, "ppl_ref": round(ref.ppl, 4),
+                      "ppl_quant": round(quant.ppl, 4), "delta_pct": round(100 * (quant.ppl - ref.ppl) / ref.ppl, 3)}
+    return out
 
 
 def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[Any, SearchResult | None]:
@@ -128,7 +155,7 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[
             del model
     with timings.measure("calibrate"):
         model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
-        model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, exclude_layers=exclude, **kwargs)
+        model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, exclude_modules=exclude, **kwargs)
     return model, search
 
 
@@ -150,8 +177,11 @@ class BuildResult:
     hf_checkpoint_skipped: str | None = None
     sq_activations: str | None = None  # int8_sq: per_tensor or per_token
     smoothquant: dict[str, Any] | None = None  # int8_sq: the alpha chosen per input group (llm_quant.smoothing)
-    exclude_layers: list[str] = field(default_factory=list)
-    layers_kept_high_precision: int = 0
+    exclude_modules: list[str] = field(default_factory=list)  # HF layers/linears kept in higher precision
+    linears_kept_high_precision: int = 0
+    quantized_weight_share: float = 0.0  # of decoder-linear parameters (1.0: uniform; lm_head not counted)
+    held_out: dict[str, dict[str, Any]] = field(default_factory=dict)  # with --accuracy-budget: Δ per text
+    exclusion_warning: str | None = None
     corrections: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: str = ""
@@ -181,6 +211,10 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
         prep = prepare(cfg)
     model, search = quantize_model(cfg, prep, timings)
     exclude = search.excluded if search else []
+    held_out: dict[str, dict[str, Any]] = {}
+    if search is not None:  # the budget on text the search never saw, each number with its text
+        with timings.measure("held_out_check"):
+            held_out = held_out_deltas(prep, model)
     with staged_dir(out) as tmp:
         staging = Staging(tmp, out)  # absolute paths written into artifacts name ``out``, not the staging folder
         with timings.measure("export_embedded"):
@@ -191,14 +225,14 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             trt = export.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
                                        decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
                                        tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
-                                       exclude_layers=exclude, sq_activations=cfg.sq_activations)
+                                       exclude_modules=exclude, sq_activations=cfg.sq_activations)
             _check_algorithms(trt["config"], cfg)
         hf_skip = hf_skip_reason(cfg)
         hf_export: dict[str, Any] = {"path": None, "ignore": [], "skipped": hf_skip}
         if hf_skip is None:
             with timings.measure("export_hf"):
                 hf_export = export.export_hf(model, prep.tokenizer, tmp / "hf_checkpoint", dtype=cfg.dtype,
-                                             exclude_layers=exclude)
+                                             exclude_modules=exclude)
         target, target_facts = engine.resolve_target(trt["config"].get("quantization", {}),
                                                      requested_version=cfg.trtllm_version)
         with timings.measure("engine"):
@@ -218,15 +252,16 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             hf_checkpoint=str(out / "hf_checkpoint") if hf_skip is None else None, hf_checkpoint_skipped=hf_skip,
             embedded=str(out / "embedded"), engine=eng.path, engine_status=eng.status,
             engine_command=eng.command_line, engine_skip_reason=eng.reason,
-            triton_repo=str(staging.final_path(triton_repo.path)), exclude_layers=exclude,
-            layers_kept_high_precision=len(exclude), corrections=trt["corrections"], timings=dict(timings),
-            manifest=str(out / MANIFEST),
+            triton_repo=str(staging.final_path(triton_repo.path)), exclude_modules=exclude,
+            linears_kept_high_precision=len(exclude), quantized_weight_share=round(quantized_weight_share(model), 6),
+            held_out=held_out, exclusion_warning=_exclusion_warning(quant.get("quant_algo"), exclude),
+            corrections=trt["corrections"], timings=dict(timings), manifest=str(out / MANIFEST),
             sq_activations=cfg.sq_activations if formats.qformat(cfg.qformat).smoothquant else None,
             smoothquant=sq_report.to_dict() if sq_report is not None else None)
         manifest = {
             "created": utc_now(), "tool": "llm-quant build", "config": cfg.model_dump(mode="json"),
             "result": result.to_dict(), "engine": eng.to_dict(), "engine_target": target_facts, "search": search.to_dict() if search else None,
-            "hf_quantization_ignore": hf_export["ignore"],
+            "hf_quantization_ignore": hf_export["ignore"], "texts": prep.texts,
             "expected_quant_algo": expected[0],
             "expected_kv_cache_quant_algo": expected[1],
             "versions": package_versions(VERSIONS),
@@ -235,6 +270,13 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     return result
+
+
+def _exclusion_warning(quant_algo: str | None, exclude: list[str]) -> str | None:
+    if exclude and exclusions_ignored_by(quant_algo):
+        return (f"TensorRT-LLM builds {quant_algo} engines without reading exclude_modules (smooth_quantize_plugin): "
+                "the engine quantizes the excluded linears; the HF checkpoint and the embedded runtime keep them")
+    return None
 
 
 def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
@@ -273,18 +315,33 @@ def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     """Perplexity of the full-precision and the quantized model on the same held-out token windows."""
     eval_docs = data.read_text_file(text_file) if text_file is not None else None
     timings = Timings()
-    prep = prepare(cfg, eval_docs=eval_docs)
+    prep = prepare(cfg, eval_docs=eval_docs, eval_label=f"{text_file} (--text)" if text_file else None)
     if len(prep.eval_windows) == 0:
         raise QuantError(f"the held-out text has fewer than {cfg.eval.seq_len} tokens",
                          "pass a longer --text file or lower --eval-seq-len")
     reference = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
     ref = perplexity(reference, prep.eval_windows, description="reference perplexity")
+    ref_heldout = perplexity(reference, prep.heldout_windows, description="reference (held-out domain)") \
+        if prep.heldout_windows is not None and len(prep.heldout_windows) else None
     del reference
     model, search = quantize_model(cfg, prep, timings)
     quant = perplexity(model, prep.eval_windows, description="quantized perplexity")
     exclude = search.excluded if search else []
     sq_report = getattr(model, "smoothquant_report", None)
+    heldout = None
+    if ref_heldout is not None:
+        q = perplexity(model, prep.heldout_windows, description="quantized (held-out domain)")
+        heldout = {"text": prep.texts["heldout"], "tokens": q.tokens, "ppl_ref": round(ref_heldout.ppl, 4),
+                   "ppl_quant": round(q.ppl, 4), "delta_pct": round(100 * (q.ppl - ref_heldout.ppl) / ref_heldout.ppl, 3)}
     return compare(ref, quant, windows=len(prep.eval_windows), seq_len=cfg.eval.seq_len, qformat=cfg.qformat,
-                   layers_kept_high_precision=len(exclude), exclude_layers=exclude,
+                   text=prep.texts["eval"], quantized_weight_share=round(quantized_weight_share(model), 6),
+                   linears_kept_high_precision=len(exclude), exclude_modules=exclude, heldout=heldout,
+                   search=_search_summary(search, prep.texts["search"]) if search else None,
                    sq_activations=cfg.sq_activations if formats.qformat(cfg.qformat).smoothquant else None,
                    smoothquant=sq_report.to_dict() if sq_report is not None else None)
+
+
+def _search_summary(search: SearchResult, text: str) -> dict[str, Any]:
+    delta = 100 * (search.ppl_final - search.ppl_ref) / search.ppl_ref
+    return {"text": text, "delta_pct": round(delta, 3), "target_pct": search.target_pct, "met": search.met,
+            "units_kept": len(search.excluded_units), "probes": search.probes}

@@ -1,13 +1,14 @@
-"""Accuracy-budgeted mixed precision: keep the costliest decoder layers in higher precision.
+"""Accuracy-budgeted mixed precision: keep the costliest linears in higher precision.
 
-Per-layer sensitivity on the ``search`` split (never the ``eval`` split): the relative output error each
-quantized decoder layer adds when fed the full-precision model's own input (one pass, see ``layer_errors``;
-one perplexity probe per layer costs 15x more on SmolLM2). Layers are then kept in higher precision in that
-order, the smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the reference,
-found by the ranked-prefix search shared with vision (``quant_common.search``: 1, 2, 4, ... layers, then
-bisection). The margin leaves room for the held-out text, which the search never sees. Turning quantizers off
-keeps SmoothQuant/AWQ pre-quant scales applied, so each probe is an exact full-precision layer; the final model
-is re-calibrated with those layers excluded from the start.
+Sensitivity on the ``search`` split (never an ``eval`` text): each precision unit (``llm_quant.exclusions``: qkv,
+o_proj, gate+up, down_proj of one layer) is quantized alone inside its full-precision layer, fed the full-precision
+model's own input, and the relative error it adds to the layer output is recorded (one capture pass plus one layer
+run per unit; a perplexity probe per unit would cost ~100x more on SmolLM2). Units are then kept in higher precision
+in that order, the smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the
+reference, found by the ranked-prefix search shared with vision (``quant_common.search``: 1, 2, 4, ... units, then
+bisection). The margin leaves room for text the search never sees. Turning quantizers off keeps SmoothQuant/AWQ
+pre-quant scales applied, so each probe is an exact full-precision linear; the final model is re-calibrated with
+those linears excluded from the start.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llm_quant.evaluate import perplexity
+from llm_quant.exclusions import decoder_layers, precision_units, quantized_weight_share
 from quant_common.errors import require
 from quant_common.progress import track
 from quant_common.search import search_ranked_prefix
@@ -23,26 +25,17 @@ from quant_common.search import search_ranked_prefix
 SEARCH_MARGIN = 0.7
 
 
-def decoder_layers(model: Any) -> list[str]:
-    """Module names of the decoder layers (``model.layers.N``), in order."""
-    torch = require("torch", purpose="layer search")
-    for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, torch.nn.ModuleList):
-            return [f"{name}.{i}" for i in range(len(module))]
-    return []
-
-
-def _enabled_quantizers(model: Any, layer: str) -> list[Any]:
-    prefix = layer + "."
+def _enabled_quantizers(model: Any, module: str) -> list[Any]:
+    prefix = module + "."
     return [m for n, m in model.named_modules()
             if n.startswith(prefix) and n.endswith("_quantizer") and getattr(m, "is_enabled", False)]
 
 
-class _LayersInFullPrecision:
-    """Context manager: disable exactly the enabled quantizers of ``layers``, restore them on exit."""
+class InFullPrecision:
+    """Context manager: disable exactly the enabled quantizers of ``modules`` (layers or linears), restore on exit."""
 
-    def __init__(self, model: Any, layers: list[str]) -> None:
-        self.quantizers = [q for layer in layers for q in _enabled_quantizers(model, layer)]
+    def __init__(self, model: Any, modules: list[str]) -> None:
+        self.quantizers = [q for module in modules for q in _enabled_quantizers(model, module)]
 
     def __enter__(self) -> None:
         for q in self.quantizers:
@@ -60,86 +53,112 @@ class SearchResult:
     ppl_ref: float
     ppl_uniform: float
     ppl_final: float
-    excluded: list[str] = field(default_factory=list)
-    layer_error: dict[str, float] = field(default_factory=dict)  # relative output error each layer adds
+    excluded: list[str] = field(default_factory=list)  # HF linear names kept in higher precision
+    excluded_units: list[str] = field(default_factory=list)  # the precision units chosen (model.layers.3.down)
+    unit_error: dict[str, float] = field(default_factory=dict)  # relative layer-output error each unit adds
     probes: int = 0  # search-split perplexity measurements, the uniform one included
     met: bool = True
-    trials: list[dict[str, Any]] = field(default_factory=list)  # {"excluded": k top layers, "loss": ppl Δ %}
+    trials: list[dict[str, Any]] = field(default_factory=list)  # {"excluded": k top units, "loss": ppl Δ %}
+    quantized_weight_share: float = 1.0  # of decoder-linear parameters, with ``excluded`` kept in higher precision
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: int = 1,
-                 relative: bool = True) -> dict[str, float]:
-    """Relative output error of each quantized decoder layer, fed the full-precision model's own input.
+def _capture(quantized: Any, batch: Any, layers: list[str], modules: dict[str, Any]) -> dict[str, tuple]:
+    """Each layer's (args, kwargs, output) in a full-precision pass of ``batch``."""
+    captured: dict[str, tuple[Any, Any, Any]] = {}
+    handles = []
+    for name in layers:
+        def pre(module: Any, args: Any, kwargs: Any, name: str = name) -> None:
+            captured[name] = (args, dict(kwargs), None)
 
-    One full-precision pass records every layer's inputs and outputs (hooks); each quantized layer then runs
-    on those inputs. Cost: about two forward passes, instead of one perplexity probe per layer.
+        def post(module: Any, args: Any, kwargs: Any, output: Any, name: str = name) -> None:
+            a, k, _ = captured[name]
+            captured[name] = (a, k, output[0] if isinstance(output, tuple) else output)
+
+        handles.append(modules[name].register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(modules[name].register_forward_hook(post, with_kwargs=True))
+    try:
+        quantized(batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def unit_errors(quantized: Any, windows: Any, units: dict[str, list[str]], batch_size: int = 1) -> dict[str, float]:
+    """Relative layer-output error of each precision unit quantized alone, fed the full-precision model's input.
+
+    A unit that is a whole layer (``model.layers.3`` -> [``model.layers.3``]) measures that layer quantized.
     """
     torch = require("torch", purpose="layer search")
     modules = dict(quantized.named_modules())
-    errors = dict.fromkeys(layers, 0.0)
-    norms = dict.fromkeys(layers, 0.0)
+    all_layers = decoder_layers(quantized)
+    layer_of = {unit: next(layer for layer in all_layers if f"{members[0]}.".startswith(f"{layer}."))
+                for unit, members in units.items()}
+    layers = sorted(set(layer_of.values()), key=all_layers.index)
+    quantizers = {unit: [q for m in members for q in _enabled_quantizers(quantized, m)]
+                  for unit, members in units.items()}
+    errors = dict.fromkeys(units, 0.0)
+    norms = dict.fromkeys(units, 0.0)
     device = next(quantized.parameters()).device
-    for batch in track(list(windows.split(batch_size)), "layer sensitivity"):
-        captured: dict[str, tuple[Any, Any, Any]] = {}
-        handles = []
-        for name in layers:
-            def pre(module: Any, args: Any, kwargs: Any, name: str = name, store: dict = captured) -> None:
-                store[name] = (args, dict(kwargs), None)
-
-            def post(module: Any, args: Any, kwargs: Any, output: Any, name: str = name,
-                     store: dict = captured) -> None:
-                a, k, _ = store[name]
-                store[name] = (a, k, output[0] if isinstance(output, tuple) else output)
-
-            handles.append(modules[name].register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(modules[name].register_forward_hook(post, with_kwargs=True))
-        try:
-            with torch.no_grad(), _LayersInFullPrecision(quantized, layers):
-                quantized(batch.to(device), use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
-        with torch.no_grad():
-            for name in layers:
-                args, kwargs, expected = captured[name]
-                got = modules[name](*args, **kwargs)
+    for batch in track(list(windows.split(batch_size)), "linear sensitivity"):
+        with torch.no_grad(), InFullPrecision(quantized, layers):
+            captured = _capture(quantized, batch.to(device), layers, modules)
+            for unit, layer in layer_of.items():
+                args, kwargs, expected = captured[layer]
+                for q in quantizers[unit]:
+                    q.enable()
+                try:
+                    got = modules[layer](*args, **kwargs)
+                finally:
+                    for q in quantizers[unit]:
+                        q.disable()
                 got = got[0] if isinstance(got, tuple) else got
-                errors[name] += float((got.float() - expected.float()).pow(2).sum())
-                norms[name] += float(expected.float().pow(2).sum())
-    if not relative:
-        return errors
-    return {name: errors[name] / max(norms[name], 1e-30) for name in layers}
+                errors[unit] += float((got.float() - expected.float()).pow(2).sum())
+                norms[unit] += float(expected.float().pow(2).sum())
+    return {unit: errors[unit] / max(norms[unit], 1e-30) for unit in units}
+
+
+def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: int = 1) -> dict[str, float]:
+    """Relative output error of each quantized decoder layer (whole-layer units)."""
+    return unit_errors(quantized, windows, {layer: [layer] for layer in layers}, batch_size)
 
 
 def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: float,
                       batch_size: int = 1) -> SearchResult:
-    """Smallest set of most-sensitive layers to keep in higher precision so search-split ppl meets the budget.
-
-    Unmet even with every layer kept: the prefix with the lowest perplexity tried, ``met`` False.
+    """Smallest set of most-sensitive precision units to keep in higher precision so search-split ppl meets the
+    budget. Unmet even with every unit kept: the prefix with the lowest perplexity tried, ``met`` False.
     """
     target_pct = budget_pct * SEARCH_MARGIN
     measured: dict[int, float] = {}
+    units = precision_units(quantized)
 
-    def increase_pct(layers: list[str]) -> float:
-        with _LayersInFullPrecision(quantized, layers):
-            ppl = perplexity(quantized, windows, batch_size=batch_size, description="layer search").ppl
-        measured[len(layers)] = ppl
+    def members(chosen: list[str]) -> list[str]:
+        return [linear for unit in chosen for linear in units[unit]]
+
+    def increase_pct(chosen: list[str]) -> float:
+        with InFullPrecision(quantized, members(chosen)):
+            ppl = perplexity(quantized, windows, batch_size=batch_size, description="linear search").ppl
+        measured[len(chosen)] = ppl
         return 100.0 * (ppl - ppl_ref) / ppl_ref
 
     uniform_pct = increase_pct([])
     uniform = measured[0]
     result = SearchResult(budget_pct, target_pct, ppl_ref, uniform, uniform, probes=1,
-                          trials=[{"excluded": 0, "loss": uniform_pct}])
+                          trials=[{"excluded": 0, "loss": uniform_pct}],
+                          quantized_weight_share=quantized_weight_share(quantized))
     if uniform_pct <= target_pct:
         return result
-    layers = decoder_layers(quantized)
-    result.layer_error = {k: round(v, 8) for k, v in layer_errors(quantized, windows, layers, batch_size).items()}
-    ranked = sorted(layers, key=lambda name: result.layer_error[name], reverse=True)
+    result.unit_error = {k: round(v, 10) for k, v in unit_errors(quantized, windows, units, batch_size).items()}
+    order = list(units)
+    ranked = sorted(order, key=lambda unit: result.unit_error[unit], reverse=True)
     found = search_ranked_prefix(ranked, increase_pct, budget=target_pct, baseline=uniform_pct)
-    result.excluded = sorted(found.excluded, key=layers.index)
+    result.excluded_units = sorted(found.excluded, key=order.index)
+    result.excluded = members(result.excluded_units)
     result.ppl_final = measured[len(found.excluded)]
     result.probes, result.met, result.trials = found.probes, found.met, found.trials
+    with InFullPrecision(quantized, result.excluded):
+        result.quantized_weight_share = quantized_weight_share(quantized)
     return result

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from quant_common.errors import QuantError
-from quant_common.facts import Fact, load_table
+from quant_common.facts import Fact, Source, load_table
 
 TABLE = "trtllm_build.yaml"
 
@@ -106,10 +106,29 @@ class RefusedModelType(Fact):
     fix: str
 
 
+class TrtllmLinearName(Fact):
+    hf: str  # suffix of the HF module name inside a decoder layer (self_attn.q_proj)
+    trtllm: str  # the TensorRT-LLM module it is stored in (attention.qkv)
+    group: str  # linears TensorRT-LLM runs as one GEMM: one precision for all of them
+
+
+class ExcludeModulesMatching(Fact):
+    matcher: Literal["fnmatchcase"]
+    module_prefix: str
+    ignored_by_quant_algos: list[str]
+    ignored_source: Source
+
+
 class ModeloptExportFacts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     refused_model_types: list[RefusedModelType]
+    trtllm_linear_names: list[TrtllmLinearName]
+    exclude_modules_matching: ExcludeModulesMatching
+
+
+def modelopt_export_facts() -> ModeloptExportFacts:
+    return load_table("llm_quant.upstream", "modelopt_export.yaml", ModeloptExportFacts)
 
 
 def refuse_unsupported(model_type: str) -> None:

@@ -60,3 +60,32 @@ def test_calibration_batches_shape(tiny_llama):
     short = data.TokenStream(stream.ids[:10])
     with pytest.raises(QuantError, match="fewer than 32 tokens"):
         data.calibration_batches(short, CalibConfig(size=5, seq_len=32))
+
+
+def test_mixed_text_set_loads_and_splits_deterministically():
+    domains = {d: data.corpus_domain(d) for d in (*data.MIXED_DOMAINS, data.HELDOUT_DOMAIN)}
+    assert all(len(docs) >= 10 for docs in domains.values())
+    docs = data.mixed_corpus()
+    assert docs == data.mixed_corpus() and len(docs) == sum(len(domains[d]) for d in data.MIXED_DOMAINS)
+    assert docs[:3] == [domains[d][0] for d in data.MIXED_DOMAINS]  # interleaved: every prefix is mixed
+    assert not set(domains[data.HELDOUT_DOMAIN]) & set(docs)  # dialogue is in no split
+    calib = CalibConfig(dataset="mixed")
+    assert data.load_documents(calib) == docs and data.search_slots(calib) == 3
+    splits = {s: [d for i, d in enumerate(docs) if data.split_of(i, 3) == s] for s in ("calib", "search", "eval")}
+    assert abs(len(splits["search"]) - 3 * len(splits["eval"])) <= 3 and len(splits["calib"]) > len(splits["search"])
+    for domain in data.MIXED_DOMAINS:  # each domain reaches the search and the eval split
+        assert set(domains[domain]) & set(splits["search"]) and set(domains[domain]) & set(splits["eval"])
+    assert not (set(splits["eval"]) & set(splits["search"])) and not (set(splits["eval"]) & set(splits["calib"]))
+    label, held = data.heldout_text(calib)
+    assert held == domains[data.HELDOUT_DOMAIN] and data.HELDOUT_DOMAIN in label
+    assert data.heldout_text(CalibConfig(dataset="pydoc")) is None
+    assert data.describe_split(calib, "search") == "mixed (prose/code/technical), search split"
+
+
+def test_corpus_sources_are_stated():
+    from importlib import resources
+
+    sources = resources.files("llm_quant").joinpath("corpus", "SOURCES.md").read_text(encoding="utf-8")
+    for domain in (*data.MIXED_DOMAINS, data.HELDOUT_DOMAIN):
+        row = next(line for line in sources.splitlines() if line.startswith(f"| `{domain}.txt`"))
+        assert "license" in row.lower() or "License" in row, domain

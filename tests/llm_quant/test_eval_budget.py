@@ -8,7 +8,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from llm_quant import calibrate, cli, data, pipeline, sensitivity
+from llm_quant import calibrate, cli, data, exclusions, pipeline, sensitivity
 from llm_quant.config import CalibConfig
 from llm_quant.evaluate import perplexity
 from llm_quant.sensitivity import SearchResult
@@ -27,21 +27,27 @@ def test_eval_cli_json_reports_same_windows(tiny_llama, tmp_path):
     assert report["ppl_ref"] > 1 and report["ppl_quant"] > 1 and report["ppl_quant"] != report["ppl_ref"]
     expected = 100 * (report["ppl_quant"] - report["ppl_ref"]) / report["ppl_ref"]
     assert math.isclose(report["delta_pct"], expected, abs_tol=0.01)
+    assert report["quantized_weight_share"] == 1.0 and report["exclude_modules"] == []  # uniform
+    assert report["text"] == "mixed (prose/code/technical), eval split"
+    held = report["heldout"]  # the bundled domain neither calibration nor a search sees
+    assert "dialogue" in held["text"] and held["tokens"] > 0
+    assert math.isclose(held["delta_pct"], 100 * (held["ppl_quant"] - held["ppl_ref"]) / held["ppl_ref"],
+                        abs_tol=0.01)
 
 
-def test_layer_search_finds_smallest_set(tiny_llama):
+def test_linear_search_finds_smallest_set(tiny_llama):
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_llama))
-    docs = data.builtin_corpus()
-    batches = data.calibration_batches(data.tokenize_split(docs, tok, "calib"), CalibConfig(size=4, seq_len=64))
-    windows = data.tokenize_split(docs, tok, "search").windows(64, max_tokens=512)
+    docs = data.mixed_corpus()
+    batches = data.calibration_batches(data.tokenize_split(docs, tok, "calib", 3), CalibConfig(size=4, seq_len=64))
+    windows = data.tokenize_split(docs, tok, "search", 3).windows(64, max_tokens=512)
     model = calibrate.load_model(tiny_llama, dtype="float32", device="cpu")
     model = calibrate.quantize(model, "int4_wo", batches)
     layers = sensitivity.decoder_layers(model)
     assert layers == ["model.layers.0", "model.layers.1"]
     uniform = perplexity(model, windows).ppl
-    with sensitivity._LayersInFullPrecision(model, layers):
+    with sensitivity.InFullPrecision(model, layers):
         full = perplexity(model, windows).ppl
     assert perplexity(model, windows).ppl == uniform, "quantizers must be restored after the probe"
     # A random model's ppl need not rise under quantization; pick a reference whose budget lies between.
@@ -53,34 +59,41 @@ def test_layer_search_finds_smallest_set(tiny_llama):
     result = sensitivity.search_exclusions(model, windows, ref, budget)
     assert result.probes == len(result.trials) and result.trials[0]["excluded"] == 0 and result.met
     if uniform <= target:
-        assert result.excluded == [] and result.probes == 1
-    else:
-        assert 1 <= len(result.excluded) <= 2 and result.ppl_final <= target * (1 + 1e-9)
-        assert set(result.layer_error) == set(layers) and all(v > 0 for v in result.layer_error.values())
+        assert result.excluded == [] and result.probes == 1 and result.quantized_weight_share == 1.0
+    else:  # linear-level units were ranked and chosen, not layers
+        units = exclusions.precision_units(model)
+        assert 1 <= len(result.excluded_units) <= 8 and result.ppl_final <= target * (1 + 1e-9)
+        assert set(result.unit_error) == set(units) and all(v > 0 for v in result.unit_error.values())
+        assert result.excluded == [n for u in result.excluded_units for n in units[u]]
+        assert all(n.endswith("_proj") for n in result.excluded)
+        ranked = sorted(units, key=lambda u: result.unit_error[u], reverse=True)
+        assert set(result.excluded_units) == set(ranked[:len(result.excluded_units)])  # a prefix of the ranking
+        with sensitivity.InFullPrecision(model, result.excluded):
+            assert result.quantized_weight_share == exclusions.quantized_weight_share(model) < 1.0
         # the recorded trials are the search split's perplexity increase over the reference, in percent
-        chosen = next(t for t in result.trials if t["excluded"] == len(result.excluded))
+        chosen = next(t for t in result.trials if t["excluded"] == len(result.excluded_units))
         assert math.isclose(chosen["loss"], 100 * (result.ppl_final - ref) / ref, rel_tol=1e-9)
 
 
-def test_accuracy_budget_exclusions_reach_both_checkpoints(tiny_llama, tmp_path, monkeypatch):
-    # The search itself is tested above; here its outcome must reach every artifact.
+def test_whole_layer_exclusions_still_reach_both_checkpoints(tiny_llama, tmp_path, monkeypatch):
+    # Layer names stay valid exclusions (library callers); linear names: test_exclusions.py.
     monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget: SearchResult(
         budget, budget * 0.7, ref, ref * 2, ref, excluded=["model.layers.1"]))
     out = tmp_path / "budget"
     cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0, sq_activations="per_tensor")
     result = pipeline.build(cfg, model_source=source)
-    assert result.exclude_layers == ["model.layers.1"]
-    assert result.layers_kept_high_precision == len(result.exclude_layers)
+    assert result.exclude_modules == ["model.layers.1"]
+    assert result.quantized_weight_share == 0.5  # two identical layers
     excluded = trt_config(out)["quantization"]["exclude_modules"]
     weights = rank_weights(out)
-    for layer in result.exclude_layers:
+    for layer in result.exclude_modules:
         index = layer.rsplit(".", 1)[1]
         assert f"transformer.layers.{index}.*" in excluded
         assert weights[f"transformer.layers.{index}.mlp.fc.weight"].dtype == torch.float16
     hf = json.loads((out / "hf_checkpoint" / "config.json").read_text())
-    for layer in result.exclude_layers:
+    for layer in result.exclude_modules:
         assert f"{layer}.*" in hf["quantization_config"]["ignore"]
     manifest = json.loads((out / "build.json").read_text())
-    assert manifest["search"]["excluded"] == result.exclude_layers
+    assert manifest["search"]["excluded"] == result.exclude_modules
     runtime = json.loads((out / "embedded" / "runtime.json").read_text())
-    assert runtime["exclude_modules"] == result.exclude_layers
+    assert runtime["exclude_modules"] == result.exclude_modules
