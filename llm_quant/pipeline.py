@@ -136,12 +136,16 @@ def held_out_deltas(prep: Prepared, model: Any, reference: Any | None = None) ->
     return out
 
 
-def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[Any, SearchResult | None]:
-    """Calibrated model; with an accuracy budget, the costliest layers stay in higher precision."""
+def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
+                   for_checkpoint: bool = False) -> tuple[Any, SearchResult | None]:
+    """Calibrated model; with an accuracy budget, the costliest linears stay in higher precision.
+    ``for_checkpoint``: only exclusions the TensorRT-LLM checkpoint can express (none for per-token int8_sq)."""
     kwargs: dict[str, Any] = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha,
               "sq_activations": cfg.sq_activations, "alpha_search": cfg.sq_alpha_search, "scale_dtype": cfg.dtype}
     search = None
     exclude: list[str] = []
+    # per-token int8_sq: the budget is checked on the uniform model only (no exclusions possible, see sq_checkpoint)
+    per_token = for_checkpoint and formats.qformat(cfg.qformat).smoothquant and cfg.sq_activations == "per_token"
     if cfg.accuracy_budget is not None and cfg.qformat != "full_prec":
         if len(prep.search_windows) == 0:
             raise QuantError("the calibration text has no held-out search split for --accuracy-budget",
@@ -150,8 +154,17 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings) -> tuple[
             model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
             ref = perplexity(model, prep.search_windows, description="reference (search split)").ppl
             model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, **kwargs)
-            search = search_exclusions(model, prep.search_windows, ref, cfg.accuracy_budget)
+            search = search_exclusions(model, prep.search_windows, ref, cfg.accuracy_budget,
+                                       may_exclude=not per_token)
             exclude = search.excluded
+            if per_token and not search.met:
+                uniform_pct = 100.0 * (search.ppl_uniform - ref) / ref
+                raise QuantError(f"--accuracy-budget {cfg.accuracy_budget:g}: per-token int8_sq adds "
+                                 f"{uniform_pct:+.2f} % perplexity on the search text (target {search.target_pct:.2f} "
+                                 "%), and a per-token SmoothQuant checkpoint cannot keep linears in higher precision "
+                                 "(TensorRT-LLM's SmoothQuant plugin path ignores exclude_modules)",
+                                 "raise the budget, or use --sq-activations per_tensor to keep linears in higher "
+                                 "precision (HF checkpoint and embedded runtime)")
             del model
     with timings.measure("calibrate"):
         model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
@@ -201,15 +214,10 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     assert cfg.model_path is not None
     out = Path(cfg.out).resolve()
     _check_out(out)
-    if cfg.sq_activations == "per_token" and cfg.accuracy_budget is not None:
-        # refused before calibration: TensorRT-LLM's SmoothQuant plugin path ignores exclude_modules
-        raise QuantError("--sq-activations per_token cannot keep layers in higher precision in the TensorRT-LLM "
-                         "checkpoint (its SmoothQuant plugin ignores exclude_modules)",
-                         "use --sq-activations per_tensor with --accuracy-budget, or drop --accuracy-budget")
     timings = Timings()
     with timings.measure("data"):
         prep = prepare(cfg)
-    model, search = quantize_model(cfg, prep, timings)
+    model, search = quantize_model(cfg, prep, timings, for_checkpoint=True)
     exclude = search.excluded if search else []
     held_out: dict[str, dict[str, Any]] = {}
     if search is not None:  # the budget on text the search never saw, each number with its text

@@ -127,9 +127,10 @@ def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: in
 
 
 def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: float,
-                      batch_size: int = 1) -> SearchResult:
+                      batch_size: int = 1, may_exclude: bool = True) -> SearchResult:
     """Smallest set of most-sensitive precision units to keep in higher precision so search-split ppl meets the
     budget. Unmet even with every unit kept: the prefix with the lowest perplexity tried, ``met`` False.
+    ``may_exclude=False`` (a format that cannot keep linears in higher precision): only the uniform probe.
     """
     target_pct = budget_pct * SEARCH_MARGIN
     measured: dict[int, float] = {}
@@ -150,6 +151,9 @@ def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: 
                           trials=[{"excluded": 0, "loss": uniform_pct}],
                           quantized_weight_share=quantized_weight_share(quantized))
     if uniform_pct <= target_pct:
+        return result
+    if not may_exclude:
+        result.met = False
         return result
     result.unit_error = {k: round(v, 10) for k, v in unit_errors(quantized, windows, units, batch_size).items()}
     order = list(units)

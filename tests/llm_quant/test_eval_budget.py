@@ -73,11 +73,15 @@ def test_linear_search_finds_smallest_set(tiny_llama):
         # the recorded trials are the search split's perplexity increase over the reference, in percent
         chosen = next(t for t in result.trials if t["excluded"] == len(result.excluded_units))
         assert math.isclose(chosen["loss"], 100 * (result.ppl_final - ref) / ref, rel_tol=1e-9)
+    # a format that cannot keep linears in higher precision: one uniform probe, unmet where uniform misses
+    strict = sensitivity.search_exclusions(model, windows, uniform / 1.05, budget, may_exclude=False)
+    assert strict.probes == 1 and strict.excluded == [] and not strict.met
+    assert strict.quantized_weight_share == 1.0
 
 
 def test_whole_layer_exclusions_still_reach_both_checkpoints(tiny_llama, tmp_path, monkeypatch):
     # Layer names stay valid exclusions (library callers); linear names: test_exclusions.py.
-    monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget: SearchResult(
+    monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget, **kw: SearchResult(
         budget, budget * 0.7, ref, ref * 2, ref, excluded=["model.layers.1"]))
     out = tmp_path / "budget"
     cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0, sq_activations="per_tensor")

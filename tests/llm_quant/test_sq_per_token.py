@@ -9,7 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from llm_quant import calibrate, checkpoint, cli, per_token, smoothing, sq_checkpoint
+from llm_quant import pipeline
 from llm_quant.pipeline import build, prepare, quantize_model
+from llm_quant.sensitivity import SearchResult
 from llm_quant.runtime import load_quantized, save_embedded, sq_activations_of
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings
@@ -225,12 +227,35 @@ def test_bad_sq_activations_is_one_line(tiny_llama, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_per_token_with_budget_is_refused_before_calibration(tiny_llama, tmp_path):
+def _uniform_search(met: bool, calls: list[dict]):
+    def search(model, windows, ref, budget, **kw):
+        calls.append(kw)
+        uniform = ref * (1.001 if met else 1.5)
+        return SearchResult(budget, budget * 0.7, ref, uniform, uniform, met=met, quantized_weight_share=1.0)
+    return search
+
+
+def test_per_token_budget_unmet_uniformly_is_one_line_and_writes_nothing(tiny_llama, tmp_path, monkeypatch):
+    calls: list[dict] = []
+    monkeypatch.setattr(pipeline, "search_exclusions", _uniform_search(False, calls))
     cfg, source = tiny_config(tiny_llama, tmp_path / "o", qformat="int8_sq", sq_activations="per_token",
                               accuracy_budget=3.0, build_engine=False)
-    with pytest.raises(QuantError, match="exclude_modules"):
+    with pytest.raises(QuantError, match="exclude_modules") as err:
         build(cfg, model_source=source)
+    assert "+50.00 %" in str(err.value) and "per_tensor" in err.value.fix
+    assert calls == [{"may_exclude": False}]  # the search may not pick linears the checkpoint cannot keep
     assert not (tmp_path / "o").exists()
+
+
+def test_per_token_budget_met_uniformly_builds_fully_quantized(tiny_llama, tmp_path, monkeypatch):
+    calls: list[dict] = []
+    monkeypatch.setattr(pipeline, "search_exclusions", _uniform_search(True, calls))
+    cfg, source = tiny_config(tiny_llama, tmp_path / "o", qformat="int8_sq", sq_activations="per_token",
+                              accuracy_budget=3.0, build_engine=False)
+    result = build(cfg, model_source=source)
+    assert calls == [{"may_exclude": False}]
+    assert result.quantized_weight_share == 1.0 and result.exclude_modules == []
+    assert result.quant_algo == sq_checkpoint.quant_algo()
 
 
 def test_alpha_choice_rules():
