@@ -23,9 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_quant import int8_kernels
 from quant_common.errors import QuantError
 
 KERNELS = ("int8", "fake")
+# How W8A8 linears quantize activations (runtime.json's "sq_activations"; absent = per_tensor).
+ACTIVATIONS = ("per_tensor", "per_token")
 # What a build's runtime.json announces for each qformat under kernels="int8".
 QFORMAT_KERNELS = {
     "int8_sq": "W8A8 torch._int_mm (int8 x int8 -> int32, static per-tensor activation scale)",
@@ -35,7 +38,7 @@ QFORMAT_KERNELS = {
     "w4a8_awq": "fake-quant (no CPU kernel for int4 x fp8)",
     "fp8": "fake-quant (fp8 stays as is on CPU)",
 }
-_AMAX_EPS = 1.0 / (1 << 24)
+_AMAX_EPS = float(int8_kernels.AMAX_EPS)
 # Rows at or below this run the int8 GEMM on one thread. Measured here (torch 2.13, K=576, N=1536, 2 busy cores):
 # M=1 takes 16-20 us on one thread but 0.014-13 ms on two (OpenMP fork/join waits on the loaded core), against
 # 70-300 us for the FP32 GEMV; M=8 takes ~70 us on one thread. Switching the thread count costs < 1 us.
@@ -72,6 +75,10 @@ def _quantize(values: torch.Tensor, scale: torch.Tensor, qmin: float) -> torch.T
     return torch.round(values.float() * scale).clamp_(qmin, 127.0).to(torch.int8)
 
 
+def _as_rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    return x.detach().reshape(-1, in_features).float().contiguous()
+
+
 def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
     """int8 [M, K] x int8 [N, K].T -> int32 [M, N]; small M on one thread (see SINGLE_THREAD_ROWS)."""
     threads = torch.get_num_threads()
@@ -85,39 +92,53 @@ def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
 
 
 class Int8Linear(nn.Module):
-    """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation."""
+    """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation.
+
+    ``per_token``: act_amax is each token row's own max |x * pre_scale| (dynamic), not the calibrated one."""
 
     weight_q: torch.Tensor
     out_scale: torch.Tensor
     act_scale: torch.Tensor
-    pre_scale: torch.Tensor | None
+    pre_scale: torch.Tensor
     bias: torch.Tensor | None
 
     def __init__(self, weight_q: torch.Tensor, out_scale: torch.Tensor, act_scale: torch.Tensor,
-                 pre_scale: torch.Tensor | None, bias: torch.Tensor | None, qmin: float) -> None:
+                 pre_scale: torch.Tensor | None, bias: torch.Tensor | None, qmin: float,
+                 per_token: bool = False) -> None:
         super().__init__()
         self.out_features, self.in_features = weight_q.shape
         # _int_mm wants [K, N]; the transposed view of the row-major weight ran fastest here.
         self.register_buffer("weight_q", weight_q.contiguous())
         self.register_buffer("out_scale", out_scale.float().contiguous())
         self.register_buffer("act_scale", act_scale.float().reshape(()))
-        self.register_buffer("pre_scale", None if pre_scale is None else pre_scale.float().reshape(-1))
+        # no pre-scale = a pre-scale of ones (x * 1.0 is exact), so one kernel serves both
+        self.smooth = pre_scale is not None
+        pre = torch.ones(self.in_features) if pre_scale is None else pre_scale.float().reshape(-1)
+        self.register_buffer("pre_scale", pre.contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.qmin = qmin
+        self.per_token = per_token
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features).float()
-        if self.pre_scale is not None:  # separate multiply keeps the integers equal to modelopt's
-            flat = flat * self.pre_scale
-        q = _quantize(flat, self.act_scale, self.qmin)
-        y = _int_mm(q, self.weight_q) * self.out_scale
+        flat = _as_rows(x, self.in_features)
+        q = torch.empty(flat.shape, dtype=torch.int8)
+        if self.per_token:
+            row_amax = torch.empty(flat.shape[0], 1)
+            int8_kernels.quantize_per_token(flat.numpy(), self.pre_scale.numpy(), q.numpy(), row_amax.numpy())
+            # amax / 127 per row (0 for an all-zero row, whose output is then the bias alone)
+            y = _int_mm(q, self.weight_q) * (row_amax / 127.0) * self.out_scale
+        else:
+            int8_kernels.quantize_static(flat.numpy(), self.pre_scale.numpy(), self.act_scale.numpy()[()],
+                                         self.qmin, q.numpy())
+            y = _int_mm(q, self.weight_q) * self.out_scale
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, smooth={self.pre_scale is not None}"
+        return (f"in={self.in_features}, out={self.out_features}, smooth={self.smooth}, "
+                f"activations={'per_token' if self.per_token else 'per_tensor'}")
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -143,11 +164,11 @@ class Int8WeightOnlyLinear(nn.Module):
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
 
-def _plain_int8(quantizer: Any) -> bool:
+def _plain_int8(quantizer: Any, needs_amax: bool = True) -> bool:
     """An enabled, static, 8-bit integer quantizer without blocks or rotation."""
     return (quantizer is not None and quantizer.is_enabled and quantizer.num_bits == 8
             and not quantizer.block_sizes and not getattr(quantizer, "rotate_is_enabled", False)
-            and not quantizer.unsigned and quantizer.amax is not None)
+            and not quantizer.unsigned and (quantizer.amax is not None or not needs_amax))
 
 
 def _checked_weight_amax(name: str, module: Any) -> torch.Tensor:
@@ -166,9 +187,10 @@ def _weight_ints(module: Any, amax: torch.Tensor) -> torch.Tensor:
     return _quantize(module.weight.detach(), _int8_scale(amax), qmin)
 
 
-def _to_w8a8(name: str, module: Any) -> Int8Linear:
+def _to_w8a8(name: str, module: Any, per_token: bool) -> Int8Linear:
     inq = module.input_quantizer
-    act_amax = inq.amax.float()
+    # per_token: the calibrated amax, if any, plays no part (a placeholder of 127 keeps one code path)
+    act_amax = torch.full((), 127.0) if per_token else inq.amax.float()
     if act_amax.numel() != 1 or torch.isnan(act_amax).any() or (act_amax < 0).any():
         raise QuantError(f"{name}: activation amax must be one non-negative value, got shape "
                          f"{tuple(act_amax.shape)}", "the state does not fit this model; rebuild with llm-quant build")
@@ -177,9 +199,10 @@ def _to_w8a8(name: str, module: Any) -> Int8Linear:
         raise QuantError(f"{name}: SmoothQuant pre-scale has {pre.numel()} values for {module.weight.shape[1]} "
                          "input channels", "the state does not fit this base model; rebuild with llm-quant build")
     w_amax = _checked_weight_amax(name, module)
-    out_scale = _dequant_scale(act_amax).reshape(()) * _dequant_scale(w_amax).reshape(-1)
+    w_scale = _dequant_scale(w_amax).reshape(-1)
+    out_scale = w_scale if per_token else _dequant_scale(act_amax).reshape(()) * w_scale
     return Int8Linear(_weight_ints(module, w_amax), out_scale, _int8_scale(act_amax), pre, module.bias,
-                      -127.0 if inq.narrow_range else -128.0)
+                      -127.0 if (inq.narrow_range or per_token) else -128.0, per_token=per_token)
 
 
 def _to_w8(name: str, module: Any) -> Int8WeightOnlyLinear:
@@ -187,15 +210,15 @@ def _to_w8(name: str, module: Any) -> Int8WeightOnlyLinear:
     return Int8WeightOnlyLinear(_weight_ints(module, w_amax), _dequant_scale(w_amax).reshape(-1), module.bias)
 
 
-def _kernel_for(module: Any, weight_only: bool) -> str:
+def _kernel_for(module: Any, weight_only: bool, per_token: bool) -> str:
     wq: Any = getattr(module, "weight_quantizer", None)
     inq: Any = getattr(module, "input_quantizer", None)
     if getattr(module, "output_quantizer", None) is not None and module.output_quantizer.is_enabled:
         return "fake-quant (output quantizer)"
     if not _plain_int8(wq) or (wq.axis not in (0, (0,), None)):
         return "fake-quant"
-    if _plain_int8(inq) and inq.axis is None:
-        return "int8 W8A8 _int_mm"
+    if _plain_int8(inq, needs_amax=not per_token) and inq.axis is None:
+        return "int8 W8A8 _int_mm per-token" if per_token else "int8 W8A8 _int_mm"
     if inq is None or not inq.is_enabled:
         return "int8 W8 _weight_int8pack_mm" if weight_only else "fake-quant (weight-only: packed kernel slower)"
     return "fake-quant"
@@ -212,17 +235,26 @@ def _probe(kind: str, layer: Int8Linear | Int8WeightOnlyLinear) -> str:
     return kind
 
 
-def convert_linears(model: nn.Module, weight_only: bool = False) -> KernelReport:
+def convert_linears(model: nn.Module, weight_only: bool = False, activations: str = "per_tensor") -> KernelReport:
     """Swap the model's quantized linears for integer kernels in place; returns which linear runs what.
-    ``weight_only`` also moves int8 weight-only linears to the packed kernel (smaller, slower on CPU today)."""
+
+    ``weight_only`` also moves int8 weight-only linears to the packed kernel (smaller, slower on CPU today).
+    ``activations``: how each W8A8 linear quantizes its input. ``"per_tensor"``: the calibrated static amax
+    (TensorRT-LLM's per-tensor SmoothQuant GEMM). ``"per_token"``: each token row dynamically,
+    ``v = x.float() * pre_quant_scale``; ``amax = max |v|`` over the row; ``q = clamp(rint(v * 127 / amax),
+    -127, 127)`` (q = 0 where amax <= 2**-24); ``y = (q @ Wq.T) * (amax / 127) * (w_amax / 127) + bias``; the
+    calibrated input amax is ignored."""
+    if activations not in ACTIVATIONS:
+        raise QuantError(f"unknown activation quantization {activations!r}", f"use one of {', '.join(ACTIVATIONS)}")
+    per_token = activations == "per_token"
     report = KernelReport()
     targets = [(name, module) for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and hasattr(module, "weight_quantizer")]
     for name, module in targets:
-        kind = _kernel_for(module, weight_only)
+        kind = _kernel_for(module, weight_only, per_token)
         layer: Int8Linear | Int8WeightOnlyLinear | None = None
-        if kind == "int8 W8A8 _int_mm":
-            layer = _to_w8a8(name, module)
+        if kind.startswith("int8 W8A8"):
+            layer = _to_w8a8(name, module, per_token)
         elif kind == "int8 W8 _weight_int8pack_mm":
             layer = _to_w8(name, module)
         if layer is not None:

@@ -2,7 +2,8 @@
 
 Layout of ``<out>/embedded/``:
 - ``runtime.json``: format, base_model (full-precision HF folder, absolute or relative to this dir), qformat,
-  dtype, kv_cache_dtype, exclude_modules, modelopt_version.
+  dtype, kv_cache_dtype, exclude_modules, modelopt_version; ``sq_activations`` ("per_tensor" when absent or
+  "per_token": how W8A8 linears quantize activations, passed to ``convert_linears``).
 - ``modelopt_state.pth``: a plain dict loadable with ``torch.load(weights_only=True)``:
   ``modelopt_state`` (``mto.modelopt_state``: modes, configs, quantizer properties), ``quantizer_tensors``
   (the quantizer buffers: amax, pre_quant_scale), ``folded_weights`` (weights that calibration scaled by
@@ -208,6 +209,6 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
             state[key].copy_(value)
     # --- int8 kernels (issue 10) ---
     if kernels == "int8" and device == "cpu":
-        model.kernel_report = convert_linears(model)
+        model.kernel_report = convert_linears(model, activations=meta.get("sq_activations", "per_tensor"))
     # --- end int8 kernels ---
     return model.to(device).eval(), _load_tokenizer(embedded_dir)
