@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,7 +236,8 @@ def _probe(kind: str, layer: Int8Linear | Int8WeightOnlyLinear) -> str:
     return kind
 
 
-def convert_linears(model: nn.Module, weight_only: bool = False, activations: str = "per_tensor") -> KernelReport:
+def convert_linears(model: nn.Module, weight_only: bool = False, activations: str = "per_tensor",
+                    prepare: Callable[[str, nn.Module], None] | None = None) -> KernelReport:
     """Swap the model's quantized linears for integer kernels in place; returns which linear runs what.
 
     ``weight_only`` also moves int8 weight-only linears to the packed kernel (smaller, slower on CPU today).
@@ -243,7 +245,9 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
     (TensorRT-LLM's per-tensor SmoothQuant GEMM). ``"per_token"``: each token row dynamically,
     ``v = x.float() * pre_quant_scale``; ``amax = max |v|`` over the row; ``q = clamp(rint(v * 127 / amax),
     -127, 127)`` (q = 0 where amax <= 2**-24); ``y = (q @ Wq.T) * (amax / 127) * (w_amax / 127) + bias``; the
-    calibrated input amax is ignored."""
+    calibrated input amax is ignored.
+    ``prepare(name, module)`` runs just before each quantized linear is converted (the runtime folds that one
+    weight there, so only one layer's FP32 copy exists at a time)."""
     if activations not in ACTIVATIONS:
         raise QuantError(f"unknown activation quantization {activations!r}", f"use one of {', '.join(ACTIVATIONS)}")
     per_token = activations == "per_token"
@@ -251,6 +255,8 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
     targets = [(name, module) for name, module in model.named_modules()
                if isinstance(module, nn.Linear) and hasattr(module, "weight_quantizer")]
     for name, module in targets:
+        if prepare is not None:
+            prepare(name, module)
         kind = _kernel_for(module, weight_only, per_token)
         layer: Int8Linear | Int8WeightOnlyLinear | None = None
         if kind.startswith("int8 W8A8"):
@@ -265,8 +271,8 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, layer.to(module.weight.device))
-            # Something in the restored graph still references the replaced modules (measured: ~1 GB of FP32
-            # weights alive on SmolLM2-135M); drop their weights so only the int8 copies stay.
+            # The replaced module may outlive the swap (modelopt keeps references to its quantized modules):
+            # drop its weight so only the int8 copy stays.
             module._parameters["weight"] = None
         report.kernels[name] = kind
     return report

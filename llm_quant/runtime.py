@@ -169,6 +169,16 @@ def _load_tokenizer(embedded_dir: str | Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(str(embedded_dir))
 
 
+def _own_memory(model: Any) -> None:
+    """Copy the parameters still backed by the base checkpoint's mmap (embeddings, norms) into memory of their
+    own, so the mapping, with the pages the replaced FP32 weights were read from, is released. Tied parameters
+    are one object, so they stay tied."""
+    torch = _torch()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+
+
 def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8") -> tuple[Any, Any]:
     """The quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``.
 
@@ -201,14 +211,25 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
         raise QuantError(f"{state_path} holds tensors the model lacks: {missing.unexpected_keys[:3]}",
                          "the base model changed since the build; rebuild")
     state = model.state_dict()
+    folded = set(payload["folded_weights"])
+
+    def fold(name: str, module: Any) -> None:
+        key = f"{name}.weight"
+        if key in folded:
+            folded.discard(key)
+            # a new tensor, not copy_: the base weights are a private mmap of the safetensors file, and writing
+            # into it turns its pages into anonymous memory that outlives the weight
+            module.weight.data = _fold(state[key], state[f"{name}.input_quantizer._pre_quant_scale"])
+
     with torch.no_grad():
-        for key in payload["folded_weights"]:
-            pqs = state[f"{key.rsplit('.', 1)[0]}.input_quantizer._pre_quant_scale"]
-            state[key].copy_(_fold(state[key], pqs))
         for key, value in payload["weight_overrides"].items():
             state[key].copy_(value)
-    # --- int8 kernels (issue 10) ---
-    if kernels == "int8" and device == "cpu":
-        model.kernel_report = convert_linears(model, activations=meta.get("sq_activations", "per_tensor"))
+        if kernels == "int8" and device == "cpu":  # --- int8 kernels (issue 10): fold one layer, convert it ---
+            model.kernel_report = convert_linears(model, activations=meta.get("sq_activations", "per_tensor"),
+                                                  prepare=fold)
+        for key in sorted(folded):  # the rest (all of them for kernels="fake")
+            fold(key.rsplit(".", 1)[0], model.get_submodule(key.rsplit(".", 1)[0]))
+    del state  # its tensors would keep every replaced FP32 weight alive
+    _own_memory(model)
     # --- end int8 kernels ---
     return model.to(device).eval(), _load_tokenizer(embedded_dir)
