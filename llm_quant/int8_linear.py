@@ -17,15 +17,17 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from llm_quant import int8_kernels
-from quant_common.errors import QuantError
+from quant_common.errors import QuantError, require
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 KERNELS = ("int8", "fake")
 # How W8A8 linears quantize activations (runtime.json's "sq_activations"; absent = per_tensor).
@@ -61,6 +63,7 @@ class KernelReport:
 
 def _int8_scale(amax: torch.Tensor) -> torch.Tensor:
     """modelopt's ``scale = max_bound / amax`` in float32, zero where amax is (near) zero."""
+    torch = _torch()
     amax = amax.float()
     scale = torch.tensor(127.0) / amax
     return torch.where(amax <= _AMAX_EPS, torch.zeros_like(scale), scale)
@@ -68,11 +71,13 @@ def _int8_scale(amax: torch.Tensor) -> torch.Tensor:
 
 def _dequant_scale(amax: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`_int8_scale` (``amax / 127``), zero where the quantized values are all zero."""
+    torch = _torch()
     amax = amax.float()
     return torch.where(amax <= _AMAX_EPS, torch.zeros_like(amax), amax / 127.0)
 
 
 def _quantize(values: torch.Tensor, scale: torch.Tensor, qmin: float) -> torch.Tensor:
+    torch = _torch()
     return torch.round(values.float() * scale).clamp_(qmin, 127.0).to(torch.int8)
 
 
@@ -82,6 +87,7 @@ def _as_rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
 
 def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
     """int8 [M, K] x int8 [N, K].T -> int32 [M, N]; small M on one thread (see SINGLE_THREAD_ROWS)."""
+    torch = _torch()
     threads = torch.get_num_threads()
     if q.shape[0] > SINGLE_THREAD_ROWS or threads == 1:
         return torch._int_mm(q, weight_q.t())
@@ -92,77 +98,96 @@ def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
-class Int8Linear(nn.Module):
-    """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation.
-
-    ``per_token``: act_amax is each token row's own max |x * pre_scale| (dynamic), not the calibrated one."""
-
-    weight_q: torch.Tensor
-    out_scale: torch.Tensor
-    act_scale: torch.Tensor
-    pre_scale: torch.Tensor
-    bias: torch.Tensor | None
-
-    def __init__(self, weight_q: torch.Tensor, out_scale: torch.Tensor, act_scale: torch.Tensor,
-                 pre_scale: torch.Tensor | None, bias: torch.Tensor | None, qmin: float,
-                 per_token: bool = False) -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight_q.shape
-        # _int_mm wants [K, N]; the transposed view of the row-major weight ran fastest here.
-        self.register_buffer("weight_q", weight_q.contiguous())
-        self.register_buffer("out_scale", out_scale.float().contiguous())
-        self.register_buffer("act_scale", act_scale.float().reshape(()))
-        # no pre-scale = a pre-scale of ones (x * 1.0 is exact), so one kernel serves both
-        self.smooth = pre_scale is not None
-        pre = torch.ones(self.in_features) if pre_scale is None else pre_scale.float().reshape(-1)
-        self.register_buffer("pre_scale", pre.contiguous())
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.qmin = qmin
-        self.per_token = per_token
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        flat = _as_rows(x, self.in_features)
-        q = torch.empty(flat.shape, dtype=torch.int8)
-        if self.per_token:
-            row_amax = torch.empty(flat.shape[0], 1)
-            int8_kernels.quantize_per_token(flat.numpy(), self.pre_scale.numpy(), q.numpy(), row_amax.numpy())
-            # amax / 127 per row (0 for an all-zero row, whose output is then the bias alone)
-            y = _int_mm(q, self.weight_q) * (row_amax / 127.0) * self.out_scale
-        else:
-            int8_kernels.quantize_static(flat.numpy(), self.pre_scale.numpy(), self.act_scale.numpy()[()],
-                                         self.qmin, q.numpy())
-            y = _int_mm(q, self.weight_q) * self.out_scale
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*lead, self.out_features)
-
-    def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, smooth={self.smooth}, "
-                f"activations={'per_token' if self.per_token else 'per_tensor'}")
+def _torch() -> Any:
+    return require("torch", purpose="the int8 runtime")
 
 
-class Int8WeightOnlyLinear(nn.Module):
-    """y = x @ (q(W) * w_amax / 127).T + b through ``torch._weight_int8pack_mm``."""
+@functools.cache
+def _classes() -> dict[str, type]:
+    """The int8 modules, defined on first use: torch is imported then, not when the package is (``llm-quant
+    --help`` took ~3 s importing torch through this module)."""
+    torch = _torch()
+    nn = torch.nn
 
-    weight_q: torch.Tensor
-    channel_scale: torch.Tensor
-    bias: torch.Tensor | None
+    class Int8Linear(nn.Module):
+        """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation.
 
-    def __init__(self, weight_q: torch.Tensor, channel_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight_q.shape
-        self.register_buffer("weight_q", weight_q.contiguous())
-        self.register_buffer("channel_scale", channel_scale.float().contiguous())
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        ``per_token``: act_amax is each token row's own max |x * pre_scale| (dynamic), not the calibrated one."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features).float().contiguous()
-        y = torch._weight_int8pack_mm(flat, self.weight_q, self.channel_scale)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype).reshape(*lead, self.out_features)
+        weight_q: torch.Tensor
+        out_scale: torch.Tensor
+        act_scale: torch.Tensor
+        pre_scale: torch.Tensor
+        bias: torch.Tensor | None
+
+        def __init__(self, weight_q: torch.Tensor, out_scale: torch.Tensor, act_scale: torch.Tensor,
+                     pre_scale: torch.Tensor | None, bias: torch.Tensor | None, qmin: float,
+                     per_token: bool = False) -> None:
+            super().__init__()
+            self.out_features, self.in_features = weight_q.shape
+            # _int_mm wants [K, N]; the transposed view of the row-major weight ran fastest here.
+            self.register_buffer("weight_q", weight_q.contiguous())
+            self.register_buffer("out_scale", out_scale.float().contiguous())
+            self.register_buffer("act_scale", act_scale.float().reshape(()))
+            # no pre-scale = a pre-scale of ones (x * 1.0 is exact), so one kernel serves both
+            self.smooth = pre_scale is not None
+            pre = torch.ones(self.in_features) if pre_scale is None else pre_scale.float().reshape(-1)
+            self.register_buffer("pre_scale", pre.contiguous())
+            self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+            self.qmin = qmin
+            self.per_token = per_token
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lead = x.shape[:-1]
+            flat = _as_rows(x, self.in_features)
+            q = torch.empty(flat.shape, dtype=torch.int8)
+            if self.per_token:
+                row_amax = torch.empty(flat.shape[0], 1)
+                int8_kernels.compiled().quantize_per_token(flat.numpy(), self.pre_scale.numpy(), q.numpy(), row_amax.numpy())
+                # amax / 127 per row (0 for an all-zero row, whose output is then the bias alone)
+                y = _int_mm(q, self.weight_q) * (row_amax / 127.0) * self.out_scale
+            else:
+                int8_kernels.compiled().quantize_static(flat.numpy(), self.pre_scale.numpy(), self.act_scale.numpy()[()],
+                                             self.qmin, q.numpy())
+                y = _int_mm(q, self.weight_q) * self.out_scale
+            if self.bias is not None:
+                y = y + self.bias
+            return y.to(x.dtype).reshape(*lead, self.out_features)
+
+        def extra_repr(self) -> str:
+            return (f"in={self.in_features}, out={self.out_features}, smooth={self.smooth}, "
+                    f"activations={'per_token' if self.per_token else 'per_tensor'}")
+
+
+    class Int8WeightOnlyLinear(nn.Module):
+        """y = x @ (q(W) * w_amax / 127).T + b through ``torch._weight_int8pack_mm``."""
+
+        weight_q: torch.Tensor
+        channel_scale: torch.Tensor
+        bias: torch.Tensor | None
+
+        def __init__(self, weight_q: torch.Tensor, channel_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+            super().__init__()
+            self.out_features, self.in_features = weight_q.shape
+            self.register_buffer("weight_q", weight_q.contiguous())
+            self.register_buffer("channel_scale", channel_scale.float().contiguous())
+            self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            lead = x.shape[:-1]
+            flat = x.reshape(-1, self.in_features).float().contiguous()
+            y = torch._weight_int8pack_mm(flat, self.weight_q, self.channel_scale)
+            if self.bias is not None:
+                y = y + self.bias
+            return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    return {"Int8Linear": Int8Linear, "Int8WeightOnlyLinear": Int8WeightOnlyLinear}
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Int8Linear", "Int8WeightOnlyLinear"):
+        return _classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _plain_int8(quantizer: Any, needs_amax: bool = True) -> bool:
@@ -173,6 +198,7 @@ def _plain_int8(quantizer: Any, needs_amax: bool = True) -> bool:
 
 
 def _checked_weight_amax(name: str, module: Any) -> torch.Tensor:
+    torch = _torch()
     amax = module.weight_quantizer.amax.float()
     rows = module.weight.shape[0]
     if amax.numel() not in (1, rows):
@@ -188,7 +214,8 @@ def _weight_ints(module: Any, amax: torch.Tensor) -> torch.Tensor:
     return _quantize(module.weight.detach(), _int8_scale(amax), qmin)
 
 
-def _to_w8a8(name: str, module: Any, per_token: bool) -> Int8Linear:
+def _to_w8a8(name: str, module: Any, per_token: bool) -> nn.Module:
+    torch = _torch()
     inq = module.input_quantizer
     # per_token: the calibrated amax, if any, plays no part (a placeholder of 127 keeps one code path)
     act_amax = torch.full((), 127.0) if per_token else inq.amax.float()
@@ -202,13 +229,13 @@ def _to_w8a8(name: str, module: Any, per_token: bool) -> Int8Linear:
     w_amax = _checked_weight_amax(name, module)
     w_scale = _dequant_scale(w_amax).reshape(-1)
     out_scale = w_scale if per_token else _dequant_scale(act_amax).reshape(()) * w_scale
-    return Int8Linear(_weight_ints(module, w_amax), out_scale, _int8_scale(act_amax), pre, module.bias,
+    return _classes()["Int8Linear"](_weight_ints(module, w_amax), out_scale, _int8_scale(act_amax), pre, module.bias,
                       -127.0 if (inq.narrow_range or per_token) else -128.0, per_token=per_token)
 
 
-def _to_w8(name: str, module: Any) -> Int8WeightOnlyLinear:
+def _to_w8(name: str, module: Any) -> nn.Module:
     w_amax = _checked_weight_amax(name, module)
-    return Int8WeightOnlyLinear(_weight_ints(module, w_amax), _dequant_scale(w_amax).reshape(-1), module.bias)
+    return _classes()["Int8WeightOnlyLinear"](_weight_ints(module, w_amax), _dequant_scale(w_amax).reshape(-1), module.bias)
 
 
 def _kernel_for(module: Any, weight_only: bool, per_token: bool) -> str:
@@ -225,8 +252,9 @@ def _kernel_for(module: Any, weight_only: bool, per_token: bool) -> str:
     return "fake-quant"
 
 
-def _probe(kind: str, layer: Int8Linear | Int8WeightOnlyLinear) -> str:
+def _probe(kind: str, layer: Any) -> str:
     """Run the kernel once for one token and a few; a CPU build without it keeps the fake-quant path."""
+    torch = _torch()
     try:
         with torch.no_grad():
             for rows in (1, 17):
@@ -248,17 +276,18 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
     calibrated input amax is ignored.
     ``prepare(name, module)`` runs just before each quantized linear is converted (the runtime folds that one
     weight there, so only one layer's FP32 copy exists at a time)."""
+    torch = _torch()
     if activations not in ACTIVATIONS:
         raise QuantError(f"unknown activation quantization {activations!r}", f"use one of {', '.join(ACTIVATIONS)}")
     per_token = activations == "per_token"
     report = KernelReport()
     targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and hasattr(module, "weight_quantizer")]
+               if isinstance(module, torch.nn.Linear) and hasattr(module, "weight_quantizer")]
     for name, module in targets:
         if prepare is not None:
             prepare(name, module)
         kind = _kernel_for(module, weight_only, per_token)
-        layer: Int8Linear | Int8WeightOnlyLinear | None = None
+        layer: nn.Module | None = None
         if kind.startswith("int8 W8A8"):
             layer = _to_w8a8(name, module, per_token)
         elif kind == "int8 W8 _weight_int8pack_mm":
@@ -280,10 +309,11 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
 
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes held by the weights (and scales) of the model's linear layers, quantized or not."""
+    torch = _torch()
     total = 0
     for module in model.modules():
-        if isinstance(module, (Int8Linear, Int8WeightOnlyLinear)):
+        if isinstance(module, tuple(_classes().values())):
             total += sum(b.numel() * b.element_size() for b in module.buffers(recurse=False))
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, torch.nn.Linear):
             total += sum(p.numel() * p.element_size() for p in module.parameters(recurse=False))
     return total

@@ -229,7 +229,7 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
                                                   prepare=fold)
         for key in sorted(folded):  # the rest (all of them for kernels="fake")
             fold(key.rsplit(".", 1)[0], model.get_submodule(key.rsplit(".", 1)[0]))
-    del state  # its tensors would keep every replaced FP32 weight alive
+    state.clear()  # its tensors would keep every replaced FP32 weight alive
     _own_memory(model)
     # --- end int8 kernels ---
     return model.to(device).eval(), _load_tokenizer(embedded_dir)

@@ -136,7 +136,7 @@ def test_per_token_kernel_integers_match_torch():
     pre[:4] = 1.0
     q = torch.empty(x.shape, dtype=torch.int8)
     row_amax = torch.empty(64, 1)
-    int8_kernels.quantize_per_token(x.numpy(), pre.numpy(), q.numpy(), row_amax.numpy())
+    int8_kernels.compiled().quantize_per_token(x.numpy(), pre.numpy(), q.numpy(), row_amax.numpy())
     q_ref, amax_ref = _per_token_reference(x, pre)
     assert torch.equal(q.float(), q_ref)
     assert torch.equal(row_amax, amax_ref)
@@ -250,3 +250,13 @@ def test_runtime_json_announces_kernels(tiny_parts, tmp_path):
         out = save_embedded(model, tokenizer, folder, tmp_path / qformat, qformat=qformat, dtype="float32",
                             kv_cache_dtype=None, exclude_modules=[])
         assert words in read_runtime_json(out)["kernels"]
+
+
+def test_cli_start_up_imports_neither_torch_nor_numba():
+    """`llm-quant --help` stays fast: the int8 runtime imports torch and numba on first use, not at import."""
+    import subprocess
+    import sys
+
+    code = "import sys, llm_quant.cli; print(sorted({'torch', 'numba'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
