@@ -144,6 +144,32 @@ def test_per_token_kernel_integers_match_torch():
     assert np.all(q[5].numpy() == 0)
 
 
+def test_runtime_json_selects_per_token(sq_embedded, tmp_path):
+    """runtime.json's sq_activations reaches convert_linears; an unknown value is refused in one line."""
+    import json
+    import shutil
+
+    from llm_quant.int8_linear import Int8Linear
+    from llm_quant.runtime import load_quantized
+    from quant_common.errors import QuantError
+
+    for value in ("per_token", "per_row"):
+        folder = tmp_path / value
+        shutil.copytree(sq_embedded, folder)
+        meta = json.loads((folder / "runtime.json").read_text())
+        (folder / "runtime.json").write_text(json.dumps({**meta, "sq_activations": value}))
+        if value == "per_row":
+            with pytest.raises(QuantError) as info:
+                load_quantized(folder)
+            assert "per_row" in str(info.value) and "\n" not in str(info.value)
+            continue
+        model, _ = load_quantized(folder)
+        layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+        assert len(layers) == 14 and all(m.per_token for m in layers)
+    default, _ = load_quantized(sq_embedded)
+    assert not any(m.per_token for m in default.modules() if isinstance(m, Int8Linear))
+
+
 def test_unknown_activation_mode_refused(sq_embedded):
     from llm_quant.int8_linear import convert_linears
     from quant_common.errors import QuantError
