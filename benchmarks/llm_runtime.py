@@ -1,7 +1,8 @@
 """The embedded LLM runtime: full precision vs modelopt fake-quant vs real int8 kernels, in one run.
 
 Variants: fp32 (the base model), fake (modelopt fake-quant, the reference), int8 (int8 kernels, static per-tensor
-activations), and the per-token pair from the same build: int8_pt (``convert_linears(activations="per_token")``)
+activations), and the per-token pair from the same build: int8_pt (``load_quantized`` with runtime.json's
+``sq_activations: per_token``)
 and fake_pt (its float reference: fake-quant with each W8A8 input quantized per token by the same formula;
 untimed). Each variant runs in its own process (so peak RSS is its own), all three loaded at once and timed in turns (the
 order rotates each round; medians over rounds), on the same prompts and the same held-out windows:
@@ -59,17 +60,17 @@ def _rss_mb() -> float:
 
 
 def _load(variant: str, embedded: Path) -> tuple[Any, Any, dict]:
-    from llm_quant.int8_linear import convert_linears, linear_weight_bytes
+    from llm_quant.int8_linear import linear_weight_bytes
     from llm_quant.runtime import load_quantized, load_reference
     from triton_backend.generation import fold_quantized_weights
 
     if variant == "fp32":
         model, tok = load_reference(embedded)
         return model, tok, {"linear_bytes": linear_weight_bytes(model)}
-    model, tok = load_quantized(embedded, kernels="int8" if variant == "int8" else "fake")
+    if variant == "int8_pt":  # the runtime's own path: runtime.json says per_token
+        embedded = _with_runtime_json(embedded, sq_activations="per_token")
+    model, tok = load_quantized(embedded, kernels="int8" if variant.startswith("int8") else "fake")
     info: dict = {}
-    if variant == "int8_pt":
-        model.kernel_report = convert_linears(model, activations="per_token")
     if variant == "fake_pt":
         info["per_token_quantizers"] = _per_token_reference(model)
     if variant.startswith("int8"):
@@ -78,6 +79,22 @@ def _load(variant: str, embedded: Path) -> tuple[Any, Any, dict]:
     fold_quantized_weights(model)  # what the served runtime does today
     info["linear_bytes"] = linear_weight_bytes(model)
     return model, tok, info
+
+
+def _with_runtime_json(embedded: Path, **changes: str) -> Path:
+    """A copy of the embedded folder (small: state and tokenizer; the base model is named by absolute path) whose
+    runtime.json carries ``changes``."""
+    import shutil
+    import tempfile
+
+    from llm_quant.runtime import base_model_path, read_runtime_json
+
+    meta = read_runtime_json(embedded)
+    meta["base_model"] = str(base_model_path(embedded, meta))
+    copy = Path(tempfile.mkdtemp(prefix="tq-bench-")) / "embedded"
+    shutil.copytree(embedded, copy)
+    atomic_write_json(copy / "runtime.json", {**meta, **changes})
+    return copy
 
 
 def _per_token_reference(model: Any) -> int:
