@@ -1,8 +1,13 @@
 """The embedded LLM runtime: full precision vs modelopt fake-quant vs real int8 kernels, in one run.
 
-Each variant runs in its own process (so peak RSS is its own), all three loaded at once and timed in turns (the
+Variants: fp32 (the base model), fake (modelopt fake-quant, the reference), int8 (int8 kernels, static per-tensor
+activations), and the per-token pair from the same build: int8_pt (``load_quantized`` with runtime.json's
+``sq_activations: per_token``)
+and fake_pt (its float reference: fake-quant with each W8A8 input quantized per token by the same formula;
+untimed). Each variant runs in its own process (so peak RSS is its own), all three loaded at once and timed in turns (the
 order rotates each round; medians over rounds), on the same prompts and the same held-out windows:
-prefill tokens/s (one forward over a >= 256-token prompt), decode tokens/s (greedy, one request at a time, and
+prefill tokens/s (one forward over a >= 256-token prompt, logits of the last position only, as generate() asks
+with ``logits_to_keep=1``), decode tokens/s (greedy, one request at a time, and
 8 requests batched), peak / steady RSS, bytes of the quantized linears, perplexity on the eval split. The int8 and
 fake-quant variants are compared token for token (argmax agreement, logits max |delta|, greedy text).
 Prints a table with the CPU flags, writes <out>/llm_runtime.{json,md,png}.
@@ -32,7 +37,10 @@ PROMPTS = [
     "The three laws of thermodynamics state that",
     "To make a cup of tea, first",
 ]
-VARIANTS = ("fp32", "fake", "int8")
+VARIANTS = ("fp32", "fake", "int8", "int8_pt", "fake_pt")
+TIMED = ("fp32", "fake", "int8", "int8_pt")
+# (int8 variant, its fake-quant reference)
+PAIRS = (("int8", "fake"), ("int8_pt", "fake_pt"))
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
 
 
@@ -59,14 +67,59 @@ def _load(variant: str, embedded: Path) -> tuple[Any, Any, dict]:
     if variant == "fp32":
         model, tok = load_reference(embedded)
         return model, tok, {"linear_bytes": linear_weight_bytes(model)}
-    model, tok = load_quantized(embedded, kernels="int8" if variant == "int8" else "fake")
+    if variant == "int8_pt":  # the runtime's own path: runtime.json says per_token
+        embedded = _with_runtime_json(embedded, sq_activations="per_token")
+    model, tok = load_quantized(embedded, kernels="int8" if variant.startswith("int8") else "fake")
     info: dict = {}
-    if variant == "int8":
+    if variant == "fake_pt":
+        info["per_token_quantizers"] = _per_token_reference(model)
+    if variant.startswith("int8"):
         info["kernels"] = model.kernel_report.summary()
         info["int8_linears"] = sorted(n for n, k in model.kernel_report.kernels.items() if k.startswith("int8"))
     fold_quantized_weights(model)  # what the served runtime does today
     info["linear_bytes"] = linear_weight_bytes(model)
     return model, tok, info
+
+
+def _with_runtime_json(embedded: Path, **changes: str) -> Path:
+    """A copy of the embedded folder (small: state and tokenizer; the base model is named by absolute path) whose
+    runtime.json carries ``changes``."""
+    import shutil
+    import tempfile
+
+    from llm_quant.runtime import base_model_path, read_runtime_json
+
+    meta = read_runtime_json(embedded)
+    meta["base_model"] = str(base_model_path(embedded, meta))
+    copy = Path(tempfile.mkdtemp(prefix="tq-bench-")) / "embedded"
+    shutil.copytree(embedded, copy)
+    atomic_write_json(copy / "runtime.json", {**meta, **changes})
+    return copy
+
+
+def _per_token_reference(model: Any) -> int:
+    """Switch every enabled 8-bit input quantizer of a W8A8 linear to the per-token formula in float32:
+    v = x * pre_quant_scale; amax per row; scale = 127 / amax (0 where amax <= 2**-24);
+    fake-quant = clamp(round(v * scale), -127, 127) / scale (0 where scale is 0). Returns how many were switched."""
+    import types
+
+    import torch
+
+    def forward(self: Any, x: Any) -> Any:
+        v = x.float() if self.pre_quant_scale is None else x.float() * self.pre_quant_scale.float()
+        amax = v.abs().amax(dim=-1, keepdim=True)
+        scale = torch.where(amax > 2.0 ** -24, 127.0 / amax.clamp_min(2.0 ** -24), torch.zeros_like(amax))
+        q = torch.round(v * scale).clamp(-127.0, 127.0)
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return torch.where(scale > 0, q / safe, torch.zeros_like(q)).to(x.dtype)
+
+    switched = 0
+    for module in model.modules():
+        inq, wq = getattr(module, "input_quantizer", None), getattr(module, "weight_quantizer", None)
+        if inq is not None and wq is not None and inq.is_enabled and wq.is_enabled and inq.num_bits == 8 == wq.num_bits:
+            inq.forward = types.MethodType(forward, inq)
+            switched += 1
+    return switched
 
 
 def _quantized_linear_bytes(model: Any, names: list[str]) -> int:
@@ -99,7 +152,7 @@ class _Worker:
     def prefill(self) -> float:
         with self.torch.inference_mode():
             t0 = time.perf_counter()
-            self.model(self.prefill_ids)
+            self.model(self.prefill_ids, logits_to_keep=1)
             return self.prefill_ids.shape[1] / (time.perf_counter() - t0)
 
     def decode(self, warmup: bool = False) -> float:
@@ -128,6 +181,8 @@ class _Worker:
         from llm_quant.evaluate import perplexity
 
         torch, model, windows = self.torch, self.model, self.windows
+        if len(self.info["greedy"]) < len(PROMPTS):  # an untimed variant: its greedy text once
+            self.decode()
         self.info["ppl"] = perplexity(model, windows, description="perplexity").ppl
         with torch.inference_mode():
             # plain numpy across the process boundary (torch tensors would travel as shared-memory handles)
@@ -181,44 +236,48 @@ def run(args: argparse.Namespace) -> dict:
     timings: dict[str, dict[str, list[float]]] = {v: {"prefill_tok_s": [], "decode_tok_s": [],
                                                       "decode_batch8_tok_s": []} for v in VARIANTS}
     for round_ in range(args.rounds):
-        order = VARIANTS[round_ % 3:] + VARIANTS[: round_ % 3]
+        shift = round_ % len(TIMED)
+        order = TIMED[shift:] + TIMED[:shift]
         for command, key in (("prefill", "prefill_tok_s"), ("decode", "decode_tok_s"),
                              ("batch8", "decode_batch8_tok_s")):
             for variant in order:
                 conns[variant].send(command)
                 timings[variant][key].append(conns[variant].recv())
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
-            f"{v} decode {timings[v]['decode_tok_s'][-1]:.2f} tok/s" for v in VARIANTS), flush=True)
+            f"{v} decode {timings[v]['decode_tok_s'][-1]:.2f} tok/s" for v in TIMED), flush=True)
     results: dict[str, dict] = {}
     for variant in VARIANTS:
         conns[variant].send("finish")
         results[variant] = conns[variant].recv()
-        results[variant].update({k: statistics.median(v) for k, v in timings[variant].items()})
+        results[variant].update({k: statistics.median(v) if v else float("nan") for k, v in timings[variant].items()})
         results[variant]["samples"] = timings[variant]
     for proc in procs:
         proc.join()
-    fake, int8, fp32 = results["fake"], results["int8"], results["fp32"]
-    agree = float((fake["argmax"] == int8["argmax"]).mean())
-    summary = {
+    fp32, int8 = results["fp32"], results["int8"]
+    summary: dict[str, Any] = {
         "cpu": cpu_flags(), "threads": args.threads, "prefill_tokens": args.prefill_tokens,
-        "new_tokens": args.new_tokens, "eval_tokens": int(windows.numel()),
-        "kernels": int8.get("kernels"),
-        "argmax_agreement_int8_vs_fake": agree,
-        "logits_max_abs_delta_int8_vs_fake": float(abs(fake["logits_head"] - int8["logits_head"]).max()),
-        "ppl_delta_pct_int8_vs_fake": 100 * (int8["ppl"] - fake["ppl"]) / fake["ppl"],
-        "greedy_equal_int8_vs_fake": sum(a == b for a, b in zip(fake["greedy"], int8["greedy"], strict=True)),
-        "prompts": len(PROMPTS),
-        "int8_vs_fp32": {"prefill": int8["prefill_tok_s"] / fp32["prefill_tok_s"],
-                         "decode": int8["decode_tok_s"] / fp32["decode_tok_s"],
-                         "decode_batch8": int8["decode_batch8_tok_s"] / fp32["decode_batch8_tok_s"]},
+        "new_tokens": args.new_tokens, "eval_tokens": int(windows.numel()), "prompts": len(PROMPTS),
+        "kernels": int8.get("kernels"), "kernels_per_token": results["int8_pt"].get("kernels"),
     }
+    for real_name, ref_name in PAIRS:
+        real, ref = results[real_name], results[ref_name]
+        summary[f"{real_name}_vs_{ref_name}"] = {
+            "argmax_agreement": float((ref["argmax"] == real["argmax"]).mean()),
+            "logits_max_abs_delta": float(abs(ref["logits_head"] - real["logits_head"]).max()),
+            "ppl_delta_pct": 100 * (real["ppl"] - ref["ppl"]) / ref["ppl"],
+            "greedy_equal": sum(a == b for a, b in zip(ref["greedy"], real["greedy"], strict=True)),
+        }
+    for real_name in ("int8", "int8_pt"):
+        real = results[real_name]
+        summary[f"{real_name}_vs_fp32"] = {key: real[f"{key}_tok_s"] / fp32[f"{key}_tok_s"]
+                                           for key in ("prefill", "decode", "decode_batch8")}
     names = int8.get("int8_linears") or []
     if names:
         fp32_bytes = _fp32_bytes_of(args.embedded, names)
         summary["quantized_linears_mb"] = {"int8": int8["quantized_linear_bytes"] / 2**20,
                                            "fp32": fp32_bytes / 2**20,
                                            "ratio": int8["quantized_linear_bytes"] / fp32_bytes}
-    rows = [{"variant": v, **{k: results[v][k] for k in ("prefill_tok_s", "decode_tok_s", "decode_batch8_tok_s",
+    rows = [{"variant": v, **{k: results[v].get(k) for k in ("prefill_tok_s", "decode_tok_s", "decode_batch8_tok_s",
                                                           "ppl", "rss_loaded_mb", "rss_peak_mb", "linear_bytes",
                                                           "samples")}}
             for v in VARIANTS]
@@ -244,23 +303,31 @@ def _fp32_bytes_of(embedded: Path, names: list[str]) -> int:
     return total
 
 
+def _fmt(value: float | None, digits: int) -> str:
+    return "—" if value is None or value != value else f"{value:.{digits}f}"  # NaN: untimed
+
+
 def table(result: dict) -> str:
     s = result["summary"]
-    lines = [f"CPU: {s['cpu']}; {s['threads']} threads; prefill {s['prefill_tokens']} tokens; "
-             f"decode {s['new_tokens']} new tokens x {s['prompts']} prompts (greedy)", "",
+    lines = [f"CPU: {s['cpu']}; {s['threads']} threads; prefill {s['prefill_tokens']} tokens (last-position "
+             f"logits); decode {s['new_tokens']} new tokens x {s['prompts']} prompts (greedy)", "",
              "| runtime | prefill tok/s | decode tok/s | decode tok/s, 8 batched | perplexity | RSS loaded MB | "
              "RSS peak MB |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['variant']} | {r['prefill_tok_s']:.1f} | {r['decode_tok_s']:.2f} | "
-                     f"{r['decode_batch8_tok_s']:.2f} | {r['ppl']:.4f} | {r['rss_loaded_mb']:.0f} | "
+        lines.append(f"| {r['variant']} | {_fmt(r['prefill_tok_s'], 1)} | {_fmt(r['decode_tok_s'], 2)} | "
+                     f"{_fmt(r['decode_batch8_tok_s'], 2)} | {r['ppl']:.4f} | {r['rss_loaded_mb']:.0f} | "
                      f"{r['rss_peak_mb']:.0f} |")
-    ratio = s["int8_vs_fp32"]
-    lines += ["", f"int8 / fp32: prefill {ratio['prefill']:.2f}x, decode {ratio['decode']:.2f}x, "
-              f"decode 8 batched {ratio['decode_batch8']:.2f}x",
-              f"int8 vs fake-quant: perplexity {s['ppl_delta_pct_int8_vs_fake']:+.4f} %, argmax agreement "
-              f"{100 * s['argmax_agreement_int8_vs_fake']:.2f} % of {s['eval_tokens']} tokens, logits max |delta| "
-              f"{s['logits_max_abs_delta_int8_vs_fake']:.4g}, greedy text equal {s['greedy_equal_int8_vs_fake']}/"
-              f"{s['prompts']}", f"kernels: {s['kernels']}"]
+    lines.append("")
+    for name in ("int8", "int8_pt"):
+        ratio = s[f"{name}_vs_fp32"]
+        lines.append(f"{name} / fp32: prefill {ratio['prefill']:.2f}x, decode {ratio['decode']:.2f}x, "
+                     f"decode 8 batched {ratio['decode_batch8']:.2f}x")
+    for real, ref in PAIRS:
+        e = s[f"{real}_vs_{ref}"]
+        lines.append(f"{real} vs {ref}: perplexity {e['ppl_delta_pct']:+.4f} %, argmax agreement "
+                     f"{100 * e['argmax_agreement']:.2f} % of {s['eval_tokens']} tokens, logits max |delta| "
+                     f"{e['logits_max_abs_delta']:.4g}, greedy text equal {e['greedy_equal']}/{s['prompts']}")
+    lines.append(f"kernels: {s['kernels']}; per-token: {s['kernels_per_token']}")
     if "quantized_linears_mb" in s:
         q = s["quantized_linears_mb"]
         lines.append(f"quantized linears: {q['int8']:.1f} MB int8 vs {q['fp32']:.1f} MB fp32 ({100 * q['ratio']:.1f} %)")
@@ -275,14 +342,14 @@ def plot(result: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if r["variant"] in TIMED]
     names = [r["variant"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, key, title in zip(axes, ("prefill_tok_s", "decode_tok_s", "decode_batch8_tok_s"),
                               ("prefill tok/s", "decode tok/s (1 request)", "decode tok/s (8 batched)"), strict=True):
-        ax.bar(names, [r[key] for r in rows], color=["#888888", "#d62728", "#2ca02c"])
+        ax.bar(names, [r[key] for r in rows], color=["#888888", "#d62728", "#2ca02c", "#1f77b4"][: len(rows)])
         ax.set_title(title)
-    fig.suptitle(result["summary"]["cpu"], fontsize=8)
+    fig.suptitle(result["summary"]["cpu"], fontsize=8)  # CPU flags next to every figure
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -10,6 +10,8 @@ Phases, all in this run on this machine, one after another (never overlapping):
      (``triton_backend.generation``) the served model runs, on the same prompts, sequentially.
 Overhead = Triton ÷ in-process, for latency (phase 1 vs 3) and tokens/s (phase 2 vs 3). Prints a table, writes
 ``serving.json`` and ``serving.png`` to ``--out``.
+``--compare`` adds, in the same run, N-client phases on Triton serving the fake-quant runtime (``kernels: fake``)
+and the int8 runtime with ``batch_requests`` flipped, each against its own server.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llm_runtime import cpu_flags  # the sibling benchmark (this script's folder is on sys.path)
+
 from llm_quant.runtime import load_quantized
 from llm_quant.tiny import tiny_build
 from quant_common.atomic import atomic_write_json, staged_file
 from quant_common.errors import QuantError
 from triton_backend.client import LLMClient
 from triton_backend.generation import Sampling, fold_quantized_weights, generate_ids
+from triton_backend.options import TritonOptions
 from triton_backend.repository import package_for_build
 from triton_backend.server import TritonServer, free_port
 
@@ -110,6 +115,29 @@ def run_clients(url: str, protocol: str, clients: int, seconds: float, max_token
     return phase
 
 
+def serve(args: argparse.Namespace, build: Path, work: Path, *, batch_requests: bool | None,
+          kernels: str | None = None, with_single: bool = False) -> tuple[Phase | None, Phase]:
+    """One Triton server on ``build``'s repository: the 1-client phase (optional), then N clients."""
+    options = None if batch_requests is None else {"batch_requests": batch_requests}
+    repo = package_for_build(build, options=options, out=work / "triton_repo").path
+    if kernels is not None:  # the python-backend model reads "kernels" (int8 or fake) from its parameters
+        config = repo / "tensorrt_llm" / "config.pbtxt"
+        config.write_text(config.read_text() + f'\nparameters {{ key: "kernels" value {{ string_value: "{kernels}" }} }}\n')
+    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                          log_file=work / "tritonserver.log")
+    print(f"starting Triton on {repo} (log {server.log_file})", file=sys.stderr)
+    single = None
+    with server:
+        url = server.http_url if args.protocol == "http" else server.grpc_url
+        run_clients(url, args.protocol, 1, 0.1, 4, args.stream)  # warm-up
+        if with_single:
+            single = run_clients(url, args.protocol, 1, args.single_duration, args.max_tokens, args.stream,
+                                 min_requests=args.greedy_prompts)
+            single.name = "triton x1"
+        loaded = run_clients(url, args.protocol, args.clients, args.duration, args.max_tokens, args.stream)
+    return single, loaded
+
+
 def run_in_process(embedded: Path, seconds: float, max_tokens: int, min_requests: int = 0) -> Phase:
     model, tokenizer = load_quantized(embedded)
     fold_quantized_weights(model)  # as the served model does
@@ -141,7 +169,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     names = [r["phase"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.bar(names, [r["tokens_per_s"] for r in rows], color=["#4c72b0", "#55a868", "#c44e52"][: len(rows)])
+    left.bar(names, [r["tokens_per_s"] for r in rows], color=["#4c72b0", "#55a868", "#c44e52", "#8172b2", "#937860"][: len(rows)])
     left.set_title("generated tokens/s")
     width = 0.38
     xs = range(len(rows))
@@ -171,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                         "Triton (1 client) and in-process, compared for equal greedy text")
     parser.add_argument("--batch-requests", choices=("true", "false"), default=None,
                         help="override triton.batch_requests (batch concurrent greedy requests)")
+    parser.add_argument("--compare", action="store_true", help="also serve the fake-quant runtime and the int8 "
+                        "runtime with batch_requests flipped (N-client phases, same run)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "benchmarks" / "serving")
     args = parser.parse_args(argv)
 
@@ -179,23 +209,22 @@ def main(argv: list[str] | None = None) -> int:
         build = tiny_build(work / "tiny")
     else:
         build = args.build_dir
-    options = None if args.batch_requests is None else {"batch_requests": args.batch_requests == "true"}
-    repo = package_for_build(build, options=options, out=work / "triton_repo").path
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                          log_file=work / "tritonserver.log")
-    print(f"starting Triton on {repo} (log {server.log_file})", file=sys.stderr)
-    with server:
-        url = server.http_url if args.protocol == "http" else server.grpc_url
-        run_clients(url, args.protocol, 1, 0.1, 4, args.stream)  # warm-up
-        single = run_clients(url, args.protocol, 1, args.single_duration, args.max_tokens, args.stream,
-                             min_requests=args.greedy_prompts)
-        single.name = "triton x1"
-        loaded = run_clients(url, args.protocol, args.clients, args.duration, args.max_tokens, args.stream)
+    batch = args.batch_requests == "true" if args.batch_requests is not None else None
+    single, loaded = serve(args, build, work / "int8", batch_requests=batch, with_single=True)
+    extra = []
+    if args.compare:
+        default_batch = TritonOptions().batch_requests if batch is None else batch
+        _, flipped = serve(args, build, work / "int8_flip", batch_requests=not default_batch)
+        flipped.name = f"batch {'on' if not default_batch else 'off'}"
+        _, fake = serve(args, build, work / "fake", batch_requests=batch, kernels="fake")
+        fake.name = "fake x" + str(args.clients)
+        extra = [flipped, fake]
     local = run_in_process(build / "embedded", args.single_duration, args.max_tokens,
                            min_requests=args.greedy_prompts)
     compared = sorted(set(single.texts) & set(local.texts))
     same = [p for p in compared if single.texts[p] == local.texts[p]]
 
+    assert single is not None
     rows = [single.summary(), loaded.summary(), local.summary()]
     overhead = {
         "latency_p50_ratio_1_client": round(rows[0]["p50_ms"] / rows[2]["p50_ms"], 3),  # type: ignore[operator]
@@ -212,6 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"overhead: Triton 1-client p50 latency = {overhead['latency_p50_ratio_1_client']}x in-process "
           f"(+{overhead['latency_p50_added_ms_1_client']} ms); {args.clients}-client tokens/s = "
           f"{overhead['tokens_per_s_ratio_n_clients']}x in-process")
+    for phase in extra:
+        row = phase.summary()
+        print(f"{row['phase']:<12} {row['clients']:>7} {row['seconds']:>6} {row['requests']:>5} {row['failed']:>4} "
+              f"{row['req_per_s']:>7} {row['tokens_per_s']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8}")
+        print(f"  int8 triton x{args.clients} / {row['phase']}: tokens/s "
+              f"{rows[1]['tokens_per_s'] / max(row['tokens_per_s'], 1e-9):.2f}x")  # type: ignore[operator]
+    print(f"CPU: {cpu_flags()}")
     print(f"greedy equality: {len(same)}/{len(compared)} prompts give identical text through Triton and "
           "in-process")
     for prompt in compared:
@@ -222,14 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "serving.json", {
         "model": str(build), "protocol": args.protocol, "stream": args.stream, "max_tokens": args.max_tokens,
-        "rows": rows, "overhead": overhead, "greedy_equal": len(same), "greedy_compared": len(compared),
+        "rows": rows, "compare": [p.summary() for p in extra], "cpu": cpu_flags(), "overhead": overhead, "greedy_equal": len(same), "greedy_compared": len(compared),
         "texts": {"triton": single.texts, "in_process": local.texts}, "settings": {k: str(v) for k, v in asdict(loaded).items()
                                                           if k in ("clients", "seconds")}})
     with staged_file(args.out / "serving.png") as tmp:
-        plot(rows, tmp.with_suffix(".png"))
+        plot(rows + [p.summary() for p in extra], tmp.with_suffix(".png"))
         tmp.with_suffix(".png").replace(tmp)
     print(f"wrote {args.out / 'serving.json'} and {args.out / 'serving.png'}")
-    return 1 if loaded.failed or len(same) != len(compared) else 0
+    return 1 if loaded.failed or any(p.failed for p in extra) or len(same) != len(compared) else 0
 
 
 if __name__ == "__main__":

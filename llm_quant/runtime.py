@@ -19,7 +19,6 @@ before relying on it.
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from importlib import metadata
@@ -117,16 +116,8 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
 
 def _announced_kernels(qformat: str, sq_activations: str = "per_tensor") -> str:
     """What ``load_quantized(kernels="int8")`` will run on CPU for ``qformat`` (runtime.json says so)."""
-    if sq_activations == "per_token":
-        if not _int8_per_token_available():
-            return "fake-quant per-token activations (this llm_quant.int8_linear has no per-token int8 kernel)"
-        return QFORMAT_KERNELS.get(f"{qformat}:per_token", "W8A8 per-token int8 kernel (int8_linear)")
-    return QFORMAT_KERNELS.get(qformat, "fake-quant")
-
-
-def _int8_per_token_available() -> bool:
-    """Whether ``int8_linear.convert_linears`` takes ``activations=`` (the per-token int8 kernel, issue 10)."""
-    return "activations" in inspect.signature(convert_linears).parameters
+    return QFORMAT_KERNELS.get(f"{qformat}:{sq_activations}" if sq_activations == "per_token" else qformat,
+                               "fake-quant")
 
 
 def sq_activations_of(meta: dict[str, Any]) -> str:
@@ -189,6 +180,16 @@ def _load_tokenizer(embedded_dir: str | Path) -> Any:
     return transformers.AutoTokenizer.from_pretrained(str(embedded_dir))
 
 
+def _own_memory(model: Any) -> None:
+    """Copy the parameters still backed by the base checkpoint's mmap (embeddings, norms) into memory of their
+    own, so the mapping, with the pages the replaced FP32 weights were read from, is released. Tied parameters
+    are one object, so they stay tied."""
+    torch = _torch()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+
+
 def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8") -> tuple[Any, Any]:
     """The quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``.
 
@@ -221,17 +222,26 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
         raise QuantError(f"{state_path} holds tensors the model lacks: {missing.unexpected_keys[:3]}",
                          "the base model changed since the build; rebuild")
     state = model.state_dict()
+    folded = set(payload["folded_weights"])
+
+    def fold(name: str, module: Any) -> None:
+        key = f"{name}.weight"
+        if key in folded:
+            folded.discard(key)
+            # a new tensor, not copy_: the base weights are a private mmap of the safetensors file, and writing
+            # into it turns its pages into anonymous memory that outlives the weight
+            module.weight.data = _fold(state[key], state[f"{name}.input_quantizer._pre_quant_scale"])
+
+    mode = sq_activations_of(meta)
     with torch.no_grad():
-        for key in payload["folded_weights"]:
-            pqs = state[f"{key.rsplit('.', 1)[0]}.input_quantizer._pre_quant_scale"]
-            state[key].copy_(_fold(state[key], pqs))
         for key, value in payload["weight_overrides"].items():
             state[key].copy_(value)
-    mode = sq_activations_of(meta)
-    # --- int8 kernels (issue 10) ---
-    if kernels == "int8" and device == "cpu" and (mode == "per_tensor" or _int8_per_token_available()):
-        extra: dict[str, Any] = {"activations": mode} if mode != "per_tensor" else {}
-        model.kernel_report = convert_linears(model, **extra)
+        if kernels == "int8" and device == "cpu":  # --- int8 kernels (issue 10): fold one layer, convert it ---
+            model.kernel_report = convert_linears(model, activations=mode, prepare=fold)
+        for key in sorted(folded):  # the rest (all of them for kernels="fake")
+            fold(key.rsplit(".", 1)[0], model.get_submodule(key.rsplit(".", 1)[0]))
+    state.clear()  # its tensors would keep every replaced FP32 weight alive
+    _own_memory(model)
     # --- end int8 kernels ---
     if mode == "per_token":  # linears left on the fake-quant path quantize their activations per token
         per_token.use_per_token_activations(model)

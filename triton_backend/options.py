@@ -41,7 +41,9 @@ class TritonOptions(BaseModel):
     max_input_len: int | None = Field(default=None, ge=1, description="default: engine/model limit")
     max_seq_len: int | None = Field(default=None, ge=2, description="prompt + generated tokens; default: model limit")
     default_max_tokens: int = Field(default=64, ge=1, description="used by the BLS model when max_tokens is absent")
-    # Off by default: on the 2-core CPU box a batch of 8 concurrent greedy requests ran slower than the same
-    # requests one by one (benchmarks/serving.py, SmolLM2-135M int8_sq: 0.46 vs 0.76 tokens/s). Turn on for GPUs.
-    batch_requests: bool = Field(default=False, description="pytorch runtime: batch concurrent greedy requests")
+    # On by default since the int8 kernels: 8 clients x 30 s on the (loaded) 2-core CPU served 5.04 tokens/s batched
+    # vs 4.63 one by one (benchmarks/serving.py --compare, SmolLM2-135M int8_sq), and in-process 8 batched greedy
+    # requests decode 6.8x the tokens/s of one at a time (benchmarks/llm_runtime.py). With fake quantization
+    # batching had been slower here (0.46 vs 0.76 tokens/s).
+    batch_requests: bool = Field(default=True, description="pytorch runtime: batch concurrent greedy requests")
     torch_threads: int = Field(default=0, ge=0, description="pytorch runtime: intra-op threads (0 = torch default)")

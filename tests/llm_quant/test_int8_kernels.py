@@ -81,6 +81,103 @@ def test_w8a8_layer_is_the_integer_gemm(sq_embedded):
     assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def _per_token_reference(x, pre_quant_scale):
+    """The per-token formula in plain torch float32: (integers, amax per row)."""
+    v = x.float() * pre_quant_scale.float() if pre_quant_scale is not None else x.float()
+    amax = v.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(amax <= 2.0 ** -24, torch.zeros_like(amax), 127.0 / amax)
+    return torch.round(v * scale).clamp(-127, 127), torch.where(amax <= 2.0 ** -24, torch.zeros_like(amax), amax)
+
+
+def test_w8a8_per_token_is_the_row_wise_formula(sq_embedded):
+    """activations="per_token": each row gets its own scale; the static amax is ignored; integers identical to the
+    float formula, output = exact integer GEMM x row scale x channel scale; an all-zero row gives the bias."""
+    from llm_quant.int8_linear import Int8Linear, _int8_scale, convert_linears
+    from llm_quant.runtime import load_quantized
+
+    fake, _ = load_quantized(sq_embedded, kernels="fake")
+    module = copy.deepcopy(fake.model.layers[0].mlp.down_proj)
+    module.bias = torch.nn.Parameter(torch.randn(module.out_features))
+    pre = module.input_quantizer.pre_quant_scale
+    assert pre is not None, "SmoothQuant pre-scale must be exercised"
+    # rows 1000x apart: one static scale would flatten the small rows to zero, per-token keeps them
+    x = torch.randn(6, module.in_features) * torch.tensor([1e-3, 1.0, 30.0, 1e3, 0.0, 5.0])[:, None]
+    with torch.no_grad():
+        w_ints = torch.round(module.weight.float() * _int8_scale(module.weight_quantizer.amax.float()).reshape(-1, 1))
+        w_dequant = module.weight_quantizer.amax.float().reshape(-1) / 127.0
+    q_ref, amax = _per_token_reference(x, pre)
+    expected = (q_ref.double() @ w_ints.clamp(-127, 127).double().T) * (amax.double() / 127) * w_dequant.double()
+    expected = expected + module.bias.detach().double()
+    holder = torch.nn.Module()
+    holder.proj = module
+    report = convert_linears(holder, activations="per_token")
+    assert report.kernels["proj"] == "int8 W8A8 _int_mm per-token"
+    layer = holder.proj
+    assert isinstance(layer, Int8Linear) and layer.per_token
+    with torch.no_grad():
+        got = layer(x).double()
+    assert torch.equal(got[4], module.bias.detach().double().float().double()), "an all-zero row gives the bias"
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    assert (got[0] - module.bias.detach().double()).abs().max() > 0, "a tiny row is not flattened to zero"
+
+
+def test_per_token_kernel_integers_match_torch():
+    """The compiled per-token quantizer gives the float formula's integers exactly, ties included."""
+    import numpy as np
+
+    from llm_quant import int8_kernels
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 300, generator=generator) * torch.logspace(-8, 4, 64)[:, None]
+    x[5] = 0.0
+    x[7, :4] = torch.tensor([2.5, -0.5, 1.5, 127.0])  # exact .5 ties after scaling (amax 127 -> scale 1)
+    x[7, 4:] = 0.0
+    pre = torch.rand(300, generator=generator) + 0.5
+    pre[:4] = 1.0
+    q = torch.empty(x.shape, dtype=torch.int8)
+    row_amax = torch.empty(64, 1)
+    int8_kernels.compiled().quantize_per_token(x.numpy(), pre.numpy(), q.numpy(), row_amax.numpy())
+    q_ref, amax_ref = _per_token_reference(x, pre)
+    assert torch.equal(q.float(), q_ref)
+    assert torch.equal(row_amax, amax_ref)
+    assert q[7, :4].tolist() == [2, 0, 2, 127]
+    assert np.all(q[5].numpy() == 0)
+
+
+def test_runtime_json_selects_per_token(sq_embedded, tmp_path):
+    """runtime.json's sq_activations reaches convert_linears; an unknown value is refused in one line."""
+    import json
+    import shutil
+
+    from llm_quant.int8_linear import Int8Linear
+    from llm_quant.runtime import load_quantized
+    from quant_common.errors import QuantError
+
+    for value in ("per_token", "per_row"):
+        folder = tmp_path / value
+        shutil.copytree(sq_embedded, folder)
+        meta = json.loads((folder / "runtime.json").read_text())
+        (folder / "runtime.json").write_text(json.dumps({**meta, "sq_activations": value}))
+        if value == "per_row":
+            with pytest.raises(QuantError) as info:
+                load_quantized(folder)
+            assert "per_row" in str(info.value) and "\n" not in str(info.value)
+            continue
+        model, _ = load_quantized(folder)
+        layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+        assert len(layers) == 14 and all(m.per_token for m in layers)
+    default, _ = load_quantized(sq_embedded)
+    assert not any(m.per_token for m in default.modules() if isinstance(m, Int8Linear))
+
+
+def test_unknown_activation_mode_refused(sq_embedded):
+    from llm_quant.int8_linear import convert_linears
+    from quant_common.errors import QuantError
+
+    with pytest.raises(QuantError, match="per_token"):
+        convert_linears(torch.nn.Linear(2, 2), activations="dynamic")
+
+
 def test_fake_kernels_stay_bit_identical(tiny_parts, sq_embedded):
     import modelopt.torch.quantization as mtq  # noqa: F401 - restores the quantized modules
 
@@ -179,3 +276,16 @@ def test_runtime_json_announces_kernels(tiny_parts, tmp_path):
         out = save_embedded(model, tokenizer, folder, tmp_path / qformat, qformat=qformat, dtype="float32",
                             kv_cache_dtype=None, exclude_modules=[])
         assert words in read_runtime_json(out)["kernels"]
+    out = save_embedded(model, tokenizer, folder, tmp_path / "per_token", qformat="int8_sq", dtype="float32",
+                        kv_cache_dtype=None, exclude_modules=[], sq_activations="per_token")
+    assert "dynamic per-token" in read_runtime_json(out)["kernels"]
+
+
+def test_cli_start_up_imports_neither_torch_nor_numba():
+    """`llm-quant --help` stays fast: the int8 runtime imports torch and numba on first use, not at import."""
+    import subprocess
+    import sys
+
+    code = "import sys, llm_quant.cli; print(sorted({'torch', 'numba'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llm_quant import calibrate, checkpoint, cli, per_token, smoothing, sq_checkpoint
-from llm_quant import pipeline
+from llm_quant import calibrate, checkpoint, cli, per_token, pipeline, smoothing, sq_checkpoint
 from llm_quant.pipeline import build, prepare, quantize_model
-from llm_quant.sensitivity import SearchResult
 from llm_quant.runtime import load_quantized, save_embedded, sq_activations_of
+from llm_quant.sensitivity import SearchResult
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
@@ -312,24 +311,17 @@ def test_eval_json_reports_mode_and_alphas(tiny_llama):
     assert len(report["smoothquant"]["alpha"]) == 8 and report["delta_pct"] is not None
 
 
-def test_int8_kernels_get_the_activation_mode(per_token_build, monkeypatch):
-    """The contract with llm_quant.int8_linear: convert_linears(model, activations="per_token") when it takes the
-    keyword; otherwise every W8A8 linear stays on the per-token fake-quant path."""
-    import inspect
-
-    from llm_quant import int8_linear, runtime
-
+def test_per_token_build_runs_on_int8_kernels_like_its_fake_reference(per_token_build):
+    """runtime.json's per_token reaches int8_linear: every W8A8 linear gets the per-token int8 kernel, and its
+    logits follow the per-token fake-quant model (same integers; only float summation order differs)."""
     _, out = per_token_build
-    if "activations" not in inspect.signature(int8_linear.convert_linears).parameters:
-        model, _ = load_quantized(out / "embedded", kernels="int8")
-        assert all(per_token.is_per_token(q) for _, q in per_token.w8a8_input_quantizers(model))
-        assert len(per_token.w8a8_input_quantizers(model)) == 14
-    calls = []
-
-    def convert_linears(model, weight_only=False, activations="per_tensor"):
-        calls.append(activations)
-        return int8_linear.KernelReport()
-
-    monkeypatch.setattr(runtime, "convert_linears", convert_linears)
-    load_quantized(out / "embedded", kernels="int8")
-    assert calls == ["per_token"]
+    int8_model, tokenizer = load_quantized(out / "embedded", kernels="int8")
+    kinds = {name: kind for name, kind in int8_model.kernel_report.kernels.items() if ".layers." in name}
+    assert len(kinds) == 14 and all(kind == "int8 W8A8 _int_mm per-token" for kind in kinds.values())
+    fake_model, _ = load_quantized(out / "embedded", kernels="fake")
+    assert all(per_token.is_per_token(q) for _, q in per_token.w8a8_input_quantizers(fake_model))
+    ids = torch.tensor([tokenizer("The capital of France is a city with many bridges.")["input_ids"]])
+    with torch.no_grad():
+        got, expected = int8_model(ids).logits, fake_model(ids).logits
+    assert (got - expected).abs().max() <= 1e-3 * expected.abs().max()
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))

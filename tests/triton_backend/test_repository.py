@@ -39,7 +39,7 @@ def test_pytorch_repository_shape(tiny_build, tmp_path):
             "runtime_top_k", "runtime_top_p", "seed", "streaming"} <= inputs
     assert {t.name for t in core.output} == {"output_ids", "sequence_length"}
     assert (result.path / "tensorrt_llm" / "1" / "model.py").is_file()
-    assert config_pbtxt.parameters_of(core)["batch_requests"] == "false"
+    assert config_pbtxt.parameters_of(core)["batch_requests"] == "true"
     # The model's limit (max_position_embeddings 256 of the tiny model) reaches the preprocessing model.
     pre = config_pbtxt.parameters_of(configs["preprocessing"])
     assert pre["max_input_len"] == "255" and result.max_seq_len == 256

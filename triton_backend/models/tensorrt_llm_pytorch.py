@@ -4,8 +4,9 @@ Same inputs/outputs and meaning as the TensorRT-LLM backend's ``tensorrt_llm`` m
 BLS model work unchanged. Needs this project installed on the server side (``llm_quant.runtime`` restores the
 quantized model from the build's ``embedded/`` folder; ``triton_backend.generation`` decodes).
 Quantized linears run real int8 kernels on CPU (``llm_quant.int8_linear``; the log line at load says which);
-parameter ``kernels: fake`` keeps modelopt's fake quantization. With ``batch_requests`` (off by default: slower on a 2-core CPU), concurrent greedy requests share one batched
-``generate`` call; otherwise requests run one after another.
+parameter ``kernels: fake`` keeps modelopt's fake quantization. With ``batch_requests`` (on by default: faster
+with the int8 kernels), concurrent greedy requests share one batched ``generate`` call; otherwise requests run
+one after another.
 """
 
 import importlib
@@ -97,7 +98,7 @@ class TritonPythonModel:
                 f"{torch.get_num_threads()} threads")
         logger = getattr(pb_utils, "Logger", None)
         logger.log_info(line) if logger is not None else print(line, flush=True)
-        self.batch_requests = params.get("batch_requests", "false").lower() == "true"
+        self.batch_requests = params.get("batch_requests", "true").lower() == "true"
         if params.get("fold_weights", "true").lower() == "true":
             fold_quantized_weights(self.model)
         self.max_seq_len = int(params.get("max_seq_len", "0")) or None
