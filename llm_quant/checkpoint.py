@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_quant import sq_checkpoint
+from llm_quant.exclusions import trtllm_patterns
 from llm_quant.formats import CHECKPOINT_TENSORS
 from quant_common.errors import QuantError, require
 
@@ -134,7 +135,6 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
 
 def _check_exclusions(folder: Path, config: dict[str, Any], excluded: list[str], weights: dict[str, Any],
                       expected: list[str]) -> None:
-    from llm_quant.exclusions import trtllm_patterns
 
     missing = [p for p in trtllm_patterns(expected) if p not in excluded]
     if missing:
