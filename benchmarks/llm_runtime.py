@@ -1,7 +1,8 @@
 """The embedded LLM runtime: full precision vs modelopt fake-quant vs real int8 kernels, in one run.
 
-Variants: fp32 (the base model), fake (modelopt fake-quant, the reference), int8 (int8 kernels, static per-tensor
-activations), and the per-token pair from the same build: int8_pt (``load_quantized`` with runtime.json's
+Variants: fp32 (the base model), fake (modelopt fake-quant, the reference), int8 (int8 kernels; activations as the
+build's runtime.json says: static per-tensor, or per-token for a default int8_sq build), and the per-token pair
+from the same build: int8_pt (``load_quantized`` with runtime.json's
 ``sq_activations: per_token``)
 and fake_pt (its float reference: fake-quant with each W8A8 input quantized per token by the same formula;
 untimed). Each variant runs in its own process (so peak RSS is its own), all three loaded at once and timed in turns (the
