@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llm_quant.per_token import fake_quant_per_token, w8a8_input_quantizers
+from llm_quant.per_token import AMAX_EPS, QMAX, fake_quant_per_token, w8a8_input_quantizers
 from quant_common.errors import require
 
 ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -120,19 +120,16 @@ def _pre_quant_scale(act_amax: Any, w_amax: Any, alpha: float) -> Any:
 
 
 def _fake_weight(w: Any) -> Any:
-    """Per-output-channel int8 fake quantization (modelopt's weight quantizer, axis 0)."""
-    torch = _torch()
-    amax = w.abs().amax(dim=1, keepdim=True)
-    scale = torch.where(amax > 2.0 ** -24, 127.0 / amax.clamp_min(2.0 ** -24), torch.zeros_like(amax))
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.round(w * scale).clamp(-127, 127) / safe
+    """Per-output-channel int8 fake quantization (modelopt's weight quantizer, axis 0): the per-row formula of
+    ``per_token`` applied to the weight's rows."""
+    return fake_quant_per_token(w, None)
 
 
 def _fake_per_tensor(x: Any, pqs: Any, act_amax: Any) -> Any:
     torch = _torch()
     amax = float((act_amax * pqs).amax())
     v = x * pqs
-    return torch.round(v * (127.0 / amax)).clamp(-127, 127) * (amax / 127.0) if amax > 2.0 ** -24 else v * 0
+    return torch.round(v * (QMAX / amax)).clamp(-QMAX, QMAX) * (amax / QMAX) if amax > AMAX_EPS else v * 0
 
 
 def group_error(rows: Any, weights: list[Any], act_amax: Any, alpha: float, activations: str,
