@@ -14,26 +14,33 @@ halves, each also read by another quantized Conv with its own scale, and the bot
 handling of a signed Q/DQ behind such a Concat is what goes wrong.
 
 OpenVINO's LPT runs a Conv in INT8 when its activation input comes through QuantizeLinear → DequantizeLinear and its
-weight through a per-output-channel DequantizeLinear. Everything else stays float: SiLU, Add, Concat, Split,
-MaxPool, Resize and the detection head run in OpenVINO's float kernels (it still fuses the next Conv's quantization
-into the previous Conv+SiLU). So this writer puts Q/DQ on exactly two places per Conv:
+weight through a per-output-channel DequantizeLinear; it fuses the SiLU and the next Conv's quantization into the
+Conv when that Conv+SiLU output has one quantization. So this writer quantizes:
 
-- the activation input: uint8, zero point 128, scale = the cache's scale (amax/127): the symmetric ±127·scale
-  range of the TensorRT cache (one Q/DQ pair per tensor, shared by every Conv reading it);
-- the weight: stored INT8, symmetric per output channel, scale = max|w_c|/127 (as TensorRT/modelopt quantize), DQ
-  on axis 0.
+- Conv activation inputs: uint8, zero point 128, scale = the cache's scale (amax/127): the symmetric ±127·scale
+  range of the TensorRT cache (one Q/DQ pair per tensor, shared by every op reading it);
+- Conv weights: stored INT8, symmetric per output channel, scale = max|w_c|/127 (as TensorRT/modelopt quantize),
+  DQ on axis 0;
+- the inputs of Split, MaxPool, Resize (nearest) and Concat instead of their outputs: they only move or pick values,
+  LPT moves the dequantization through them (its ConcatTransformation; "precision preserved" ops) and they run on
+  uint8, so the Convs behind them read their outputs without a Q/DQ of their own;
+- both inputs of a residual Add feeding a quantized Conv or Concat: LPT's AddTransformation then runs it on uint8.
+
+One scale per group of tensors joined by Split/MaxPool/Resize/Concat (a C2f's cv1 output, its Split halves,
+bottleneck outputs and Concat; SPPF's MaxPool chain; the neck's Resize + skip Concats): the largest calibrated scale
+in the group, all from the cache. With a scale per tensor OpenVINO requantized every Concat input to the Concat's
+scale in a kernel of its own, and a Conv whose output was read at two scales (a C2f output feeding the next Conv
+and a skip Concat) wrote float and quantized it twice. With groups the compiled YOLOv8n has no requantizing
+subgraph left, every Concat and residual Add runs on uint8 and 51 of 63 INT8 Convs write uint8 (the rest feed an
+Add or the head's float decode): the same compiled graph as NNCF's own INT8 of that model (MIXED preset, head
+ignored). Measured: a median 6 % faster than a scale per tensor (interleaved runs, loaded 2-core EPYC with
+AVX512-VNNI), at 0.07 mAP50-95 points (150 val images; a group's smaller tensors get a coarser scale, up to 2.5x).
+Without the Split/MaxPool/Resize input quantization OpenVINO had run every C2f Split in its reference f32 kernel
+(5 % of the INT8 model's time) and SPPF's MaxPools and the neck's Resize in f32.
+The detection head's Split, whose outputs are decoded in float, is left alone.
 
 Convs in ``nodes_to_exclude`` (the head, an accuracy budget) and Convs whose input has no calibrated scale stay
 float.
-
-Split, MaxPool and Resize (nearest) get their Q/DQ on their *input* instead: they only move or pick values, and
-OpenVINO's LPT carries the dequantization through them, so they run on uint8 and the Convs behind a C2f Split read
-it without a Q/DQ of their own. Without that OpenVINO ran every C2f Split in its reference f32 kernel (5 % of the
-INT8 model's time) and SPPF's MaxPools and the neck's Resize in f32; with it the same YOLOv8n ran a median 7 %
-faster (five interleaved runs, -6 % to +16 %, on a loaded 2-core EPYC with AVX512-VNNI). The halves of a Split then
-share the Split input's scale (its calibrated amax, which covers both halves' ranges): mAP50-95 -0.37 points vs FP32
-instead of -0.32 (150 val images).
-The detection head's Split, whose outputs are decoded in float, is left alone.
 
 CPUs without VNNI: OpenVINO's u8 x s8 kernels then add pairs of products in int16 (``vpmaddubsw``), which saturates
 (255 * 127 * 2 > 32767). With oneDNN limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) the 8-bit layout's class-score
@@ -64,8 +71,10 @@ WeightBits = Literal["auto", "8", "7"]
 _MIN_SCALE = float(np.finfo(np.float32).tiny)
 ACTIVATION_ZERO_POINT = 128  # uint8 storage: OpenVINO misreads int8 activations (see above)
 _QUANTIZED_OPS = frozenset({"Conv"})  # OpenVINO's integer kernels: Conv (with per-channel weights)
-# value-preserving ops that LPT runs on uint8 when their input is dequantized (see the module docstring)
-PASS_THROUGH_OPS = frozenset({"Split", "MaxPool", "Resize"})
+# ops quantized at their inputs so that LPT runs them on uint8 (see the module docstring): value-preserving ones,
+# whose outputs stay quantized, and residual Adds, whose output gets a Q/DQ of its own where it is read
+PASS_THROUGH_OPS = frozenset({"Split", "MaxPool", "Resize", "Concat", "Add"})
+_ELTWISE_OPS = frozenset({"Add"})
 
 
 def weight_scales(weight: np.ndarray, qmax: int = 127) -> np.ndarray:
@@ -95,10 +104,10 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
                        *, nodes_to_exclude: Sequence[str] = (), weight_bits: WeightBits = "auto",
                        label: str | None = None, pass_through: Collection[str] = PASS_THROUGH_OPS) -> QdqSummary:
     """Write ``out_path`` (atomically): the FP32 ``model`` (loaded, left unmodified, or a file; ``label`` names it in
-    messages) with INT8 Q/DQ on Conv inputs and weights only.
+    messages) with INT8 Q/DQ on Conv inputs and weights and on the inputs of the ``pass_through`` ops.
 
     ``weight_bits`` 8 or 7 (values within ±63, for CPUs without VNNI); ``auto`` picks by this CPU. ``pass_through``:
-    the op types quantized at their input and run on uint8 (empty: Q/DQ on Conv inputs only)."""
+    the op types quantized at their inputs and run on uint8 (empty: Q/DQ on Conv inputs only)."""
     bits = resolve_weight_bits(weight_bits)
     if isinstance(model, onnx.ModelProto):
         original, name = model, label or "the model"
@@ -121,26 +130,38 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
     dequantized: dict[str, str] = {}  # activation tensor -> its DQ output
     carried: set[str] = set()  # outputs of pass-through ops: already dequantized uint8 values
     leads_to_int8 = _leads_to_int8_conv(model, excluded, pass_through, set(inits))
+
+    def passes(node: onnx.NodeProto) -> bool:
+        return node.op_type in pass_through and node.op_type not in _ELTWISE_OPS and node.name not in excluded \
+            and bool(node.input) and leads_to_int8(node)
+
+    effective = {**scales, **_unified_scales(model, scales, passes, set(inits))}
+
+    def dequantize(x: str) -> str:
+        if x not in dequantized:
+            dequantized[x] = _insert_activation_qdq(model, new_nodes, x, effective[x])
+        return dequantized[x]
+
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        if node.op_type in pass_through and node.name not in excluded and node.input and leads_to_int8(node) \
-                and node.input[0] not in inits and (node.input[0] in carried or node.input[0] in scales):
-            x = node.input[0]
-            if x not in carried:
-                if x not in dequantized:
-                    dequantized[x] = _insert_activation_qdq(model, new_nodes, x, scales[x])
-                node.input[0] = dequantized[x]
+        data = _data_inputs(node, set(inits))
+        if passes(node) and data and all(x in carried or x in effective for x in data):
+            for index, x in enumerate(node.input):
+                if x in data and x not in carried:
+                    node.input[index] = dequantize(x)
             carried.update(node.output)
         elif node.op_type in _QUANTIZED_OPS and node.name not in excluded and len(node.input) >= 2 \
                 and node.input[1] in inits and node.input[0] not in inits and node.input[0] in carried:
             node.input[1] = _insert_weight_dq(model, new_nodes, inits[node.input[1]], node.name, bits)
         elif node.op_type in _QUANTIZED_OPS and node.name not in excluded and len(node.input) >= 2 \
-                and node.input[0] in scales and node.input[1] in inits and node.input[0] not in inits:
-            x, w = node.input[0], node.input[1]
-            if x not in dequantized:
-                dequantized[x] = _insert_activation_qdq(model, new_nodes, x, scales[x])
-            node.input[0] = dequantized[x]
-            node.input[1] = _insert_weight_dq(model, new_nodes, inits[w], node.name, bits)
+                and node.input[0] in effective and node.input[1] in inits and node.input[0] not in inits:
+            node.input[0] = dequantize(node.input[0])
+            node.input[1] = _insert_weight_dq(model, new_nodes, inits[node.input[1]], node.name, bits)
+        elif node.op_type in _ELTWISE_OPS and node.op_type in pass_through and node.name not in excluded \
+                and len(data) == 2 and leads_to_int8(node) and all(x in carried or x in effective for x in data):
+            for index, x in enumerate(node.input):  # both inputs on uint8: LPT runs the Add in low precision
+                if x in data and x not in carried:
+                    node.input[index] = dequantize(x)
         new_nodes.append(node)
     if not dequantized:
         raise QuantError(f"no Conv of {name} could be quantized (no calibrated input scale)",
@@ -148,7 +169,7 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     _drop_unused_initializers(model)  # the float weights now stored as INT8
-    check_scales(model, scales, summary, zero_point=ACTIVATION_ZERO_POINT)
+    check_scales(model, effective, summary, zero_point=ACTIVATION_ZERO_POINT)
     count_weight_granularity(model, summary)
     onnx.checker.check_model(model)
     with staged_file(out_path) as staged:
@@ -171,11 +192,45 @@ def _leads_to_int8_conv(model: onnx.ModelProto, excluded: set[str], pass_through
                 continue
             if user.op_type in _QUANTIZED_OPS and len(user.input) >= 2 and user.input[1] in initializers:
                 return True
-            if (user.op_type in pass_through or user.op_type == "Concat") and depth < 8 and reaches(user, depth + 1):
+            if (user.op_type in pass_through or user.op_type in _ELTWISE_OPS or user.op_type == "Concat") \
+                    and depth < 8 and reaches(user, depth + 1):
                 return True
         return False
 
     return reaches
+
+
+def _data_inputs(node: onnx.NodeProto, initializers: set[str]) -> list[str]:
+    """The activation inputs a pass-through op carries (all of a Concat's, the first of the others)."""
+    names = list(node.input) if node.op_type in ("Concat", *_ELTWISE_OPS) else list(node.input[:1])
+    return [x for x in names if x and x not in initializers]
+
+
+def _unified_scales(model: onnx.ModelProto, scales: Mapping[str, float], passes: Callable[[onnx.NodeProto], bool],
+                    initializers: set[str]) -> dict[str, float]:
+    """One scale per group of tensors joined by pass-through ops (a Concat's inputs and output, a Split's input and
+    halves, a MaxPool's or Resize's input and output): the largest calibrated scale in the group."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for node in model.graph.node:
+        if passes(node):
+            for x in [*_data_inputs(node, initializers), *node.output]:
+                parent[find(x)] = find(node.output[0])
+    groups: dict[str, list[str]] = {}
+    for x in parent:
+        groups.setdefault(find(x), []).append(x)
+    unified: dict[str, float] = {}
+    for members in groups.values():
+        known = [scales[x] for x in members if x in scales]
+        if known:
+            unified.update({x: max(known) for x in members})
+    return unified
 
 
 def _insert_activation_qdq(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, scale: float) -> str:
