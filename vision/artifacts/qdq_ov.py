@@ -70,6 +70,7 @@ from vision.model import read_onnx
 WeightBits = Literal["auto", "8", "7"]
 _MIN_SCALE = float(np.finfo(np.float32).tiny)
 ACTIVATION_ZERO_POINT = 128  # uint8 storage: OpenVINO misreads int8 activations (see above)
+SILU_MIN = -0.2784645  # min over x of x * sigmoid(x), at x = -1.2785: no SiLU output is lower, whatever the data
 _QUANTIZED_OPS = frozenset({"Conv"})  # OpenVINO's integer kernels: Conv (with per-channel weights)
 # ops quantized at their inputs so that LPT runs them on uint8 (see the module docstring): value-preserving ones,
 # whose outputs stay quantized, and residual Adds, whose output gets a Q/DQ of its own where it is read
@@ -135,11 +136,16 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
         return node.op_type in pass_through and node.op_type not in _ELTWISE_OPS and node.name not in excluded \
             and bool(node.input) and leads_to_int8(node)
 
-    effective = {**scales, **_unified_scales(model, scales, passes, set(inits))}
+    groups = _scale_groups(model, passes, set(inits))
+    effective = {**scales, **_largest_in_group(groups, scales)}
+    bounds = _lower_bounds(model)
+    written: dict[str, float] = {}  # tensor -> the scale its Q/DQ got
 
     def dequantize(x: str) -> str:
         if x not in dequantized:
-            dequantized[x] = _insert_activation_qdq(model, new_nodes, x, effective[x])
+            scale, zero_point = activation_quantization(effective[x], [bounds.get(m) for m in groups.get(x, [x])])
+            dequantized[x] = _insert_activation_qdq(model, new_nodes, x, scale, zero_point)
+            written[x] = scale
         return dequantized[x]
 
     new_nodes: list[onnx.NodeProto] = []
@@ -169,7 +175,7 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
     _drop_unused_initializers(model)  # the float weights now stored as INT8
-    check_scales(model, effective, summary, zero_point=ACTIVATION_ZERO_POINT)
+    check_scales(model, written, summary, zero_point=None)
     count_weight_granularity(model, summary)
     onnx.checker.check_model(model)
     with staged_file(out_path) as staged:
@@ -206,10 +212,10 @@ def _data_inputs(node: onnx.NodeProto, initializers: set[str]) -> list[str]:
     return [x for x in names if x and x not in initializers]
 
 
-def _unified_scales(model: onnx.ModelProto, scales: Mapping[str, float], passes: Callable[[onnx.NodeProto], bool],
-                    initializers: set[str]) -> dict[str, float]:
-    """One scale per group of tensors joined by pass-through ops (a Concat's inputs and output, a Split's input and
-    halves, a MaxPool's or Resize's input and output): the largest calibrated scale in the group."""
+def _scale_groups(model: onnx.ModelProto, passes: Callable[[onnx.NodeProto], bool],
+                  initializers: set[str]) -> dict[str, list[str]]:
+    """Tensor -> the tensors sharing its quantization: those joined by pass-through ops (a Concat's inputs and output,
+    a Split's input and halves, a MaxPool's or Resize's input and output)."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -222,22 +228,68 @@ def _unified_scales(model: onnx.ModelProto, scales: Mapping[str, float], passes:
         if passes(node):
             for x in [*_data_inputs(node, initializers), *node.output]:
                 parent[find(x)] = find(node.output[0])
-    groups: dict[str, list[str]] = {}
+    members: dict[str, list[str]] = {}
     for x in parent:
-        groups.setdefault(find(x), []).append(x)
+        members.setdefault(find(x), []).append(x)
+    return {x: members[find(x)] for x in parent}
+
+
+def _largest_in_group(groups: Mapping[str, list[str]], scales: Mapping[str, float]) -> dict[str, float]:
+    """Each grouped tensor's scale: the largest calibrated scale in its group (its amax covers every member)."""
     unified: dict[str, float] = {}
-    for members in groups.values():
-        known = [scales[x] for x in members if x in scales]
+    for x, members in groups.items():
+        known = [scales[m] for m in members if m in scales]
         if known:
-            unified.update({x: max(known) for x in members})
+            unified[x] = max(known)
     return unified
 
 
-def _insert_activation_qdq(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, scale: float) -> str:
+def _lower_bounds(model: onnx.ModelProto) -> dict[str, float]:
+    """Tensors with a lower bound that holds for any input, from the graph alone: SiLU (Mul(x, Sigmoid(x))) outputs,
+    ReLU and Sigmoid outputs, and what MaxPool/Resize/Split/Concat/Add make of them."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    bounds: dict[str, float] = {}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        found: float | None = None
+        ins = list(node.input)
+        if node.op_type == "Mul" and len(ins) == 2:
+            for x, gate in (ins, ins[::-1]):
+                source = producer.get(gate)
+                if source is not None and source.op_type == "Sigmoid" and source.input[0] == x:
+                    found = SILU_MIN
+        elif node.op_type in ("Relu", "Sigmoid"):
+            found = 0.0
+        elif node.op_type in ("MaxPool", "Resize", "Split", "Identity") and ins and ins[0] in bounds:
+            found = bounds[ins[0]]
+        elif node.op_type in ("Concat", "Add") and ins and all(x in bounds for x in ins):
+            found = min(bounds[x] for x in ins) if node.op_type == "Concat" else sum(bounds[x] for x in ins)
+        if found is not None:
+            bounds.update({out: found for out in node.output})
+    return bounds
+
+
+def activation_quantization(scale: float, lower_bounds: Sequence[float | None]) -> tuple[float, int]:
+    """``(scale, uint8 zero point)`` for a tensor whose calibrated range is ±127·``scale``.
+
+    Where every tensor sharing the quantization has a lower bound (``lower_bounds``, e.g. SiLU's -0.278) the 256
+    levels span [bound, amax] instead of [-amax, amax]: about twice the resolution for SiLU outputs, which the
+    symmetric range spends half of on negatives they never reach. Otherwise the cache's scale with zero point 128."""
+    amax = 127.0 * scale
+    if not lower_bounds or any(b is None for b in lower_bounds):
+        return scale, ACTIVATION_ZERO_POINT
+    low = max(min(b for b in lower_bounds if b is not None), -amax)
+    if low > 0:  # e.g. Sigmoid outputs: keep zero representable
+        low = 0.0
+    asymmetric = max((amax - low) / 255.0, _MIN_SCALE)
+    return asymmetric, int(np.clip(round(-low / asymmetric), 0, 255))
+
+
+def _insert_activation_qdq(model: onnx.ModelProto, nodes: list[onnx.NodeProto], tensor: str, scale: float,
+                           zero_point: int) -> str:
     base = tensor.strip("/").replace("/", "_")
     scale_name, zp_name = f"{base}_ovq_scale", f"{base}_ovq_zero_point"
     model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
-                                    numpy_helper.from_array(np.array(ACTIVATION_ZERO_POINT, dtype=np.uint8), zp_name)])
+                                    numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), zp_name)])
     quantized, dequantized = f"{base}_ovq", f"{base}_ovdq"
     nodes.append(helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [quantized], name=f"{base}_OvQ"))
     nodes.append(helper.make_node("DequantizeLinear", [quantized, scale_name, zp_name], [dequantized],
