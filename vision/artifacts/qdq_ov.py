@@ -37,7 +37,7 @@ scale in a kernel of its own, and a Conv whose output was read at two scales (a 
 and a skip Concat) wrote float and quantized it twice. With groups the compiled YOLOv8n has no requantizing
 subgraph left, every Concat and residual Add runs on uint8 and 51 of 63 INT8 Convs write uint8 (the rest feed an
 Add or the head's float decode): the same compiled graph as NNCF's own INT8 of that model (MIXED preset, head
-ignored). Measured: a median ~6 % faster than a scale per tensor (interleaved runs, loaded 2-core EPYC with
+ignored). Measured: a median 7–10 % faster than a scale per tensor (interleaved runs, loaded 2-core EPYC with
 AVX512-VNNI); a group's smaller tensors get a coarser scale (up to 2.5x), yet with the symmetric range it lost no
 accuracy (500 val images: -0.56 mAP50-95 points vs FP32, -0.60 with a scale per tensor).
 Without the Split/MaxPool/Resize input quantization OpenVINO had run every C2f Split in its reference f32 kernel
