@@ -11,7 +11,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant_common.errors import MissingDependencyError, QuantError
-from vision.artifacts.qdq_ov import ACTIVATION_ZERO_POINT, quantize_weight, write_openvino_qdq
+from vision.artifacts.qdq_ov import (
+    ACTIVATION_ZERO_POINT,
+    SILU_MIN,
+    activation_quantization,
+    quantize_weight,
+    write_openvino_qdq,
+)
 from vision.artifacts.qdq_verify import activation_q_scales
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.backends.select import load_runner
@@ -98,6 +104,18 @@ def test_weights_are_symmetric_per_output_channel() -> None:
     assert scales[1] > 0  # an all-zero channel still gets a usable scale
 
 
+def test_activation_range_starts_at_a_known_lower_bound() -> None:
+    amax = 12.7
+    assert activation_quantization(amax / 127, [None]) == (amax / 127, ACTIVATION_ZERO_POINT)  # unknown: symmetric
+    assert activation_quantization(amax / 127, [SILU_MIN, None]) == (amax / 127, ACTIVATION_ZERO_POINT)
+    scale, zero_point = activation_quantization(amax / 127, [SILU_MIN, 2 * SILU_MIN])  # a group: its lowest bound
+    assert np.isclose(scale, (amax - 2 * SILU_MIN) / 255) and zero_point == round(-2 * SILU_MIN / scale)
+    assert scale < 0.52 * amax / 127  # about twice the symmetric resolution
+    scale, zero_point = activation_quantization(0.1 / 127, [SILU_MIN])  # bound below -amax: no wider than symmetric
+    assert zero_point == 128 and np.isclose(scale, 0.2 / 255)
+    assert activation_quantization(amax / 127, [0.0]) == (amax / 255, 0)  # ReLU/Sigmoid outputs
+
+
 def test_layout_quantizes_conv_inputs_only_with_our_scales(tiny_detector: Path, tmp_path: Path) -> None:
     scales = _scales(tiny_detector, _feeds(64, 2))
     head = head_nodes(onnx.load(str(tiny_detector)))
@@ -110,7 +128,8 @@ def test_layout_quantizes_conv_inputs_only_with_our_scales(tiny_detector: Path, 
             consumers.setdefault(name, []).append(node)
     dq_outputs = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
     readers = {c.op_type for t in dq_outputs for c in consumers[t]}
-    assert readers == {"Conv", "Split", "MaxPool", "Resize"}, readers  # pass-through ops quantized at their input
+    # pass-through ops and residual Adds quantized at their inputs
+    assert readers == {"Conv", "Split", "MaxPool", "Resize", "Concat", "Add"}, readers
     assert not any(c.name in head for t in dq_outputs for c in consumers[t])
     # the C2f-like Split reads a DQ; the Conv behind it reads the Split's output as is (LPT carries the DQ through)
     by_output = {o: n for n in model.graph.node for o in n.output}
@@ -122,9 +141,34 @@ def test_layout_quantizes_conv_inputs_only_with_our_scales(tiny_detector: Path, 
     assert by_output[head_split.input[0]].op_type != "DequantizeLinear"
     found = activation_q_scales(model)
     assert summary.activation_tensors == len(found) == summary.matched_scales > 0
+    largest = 127 * max(scales.values())
+    silu_outputs = {n.output[0] for n in onnx.load(str(tiny_detector)).graph.node if n.op_type == "Mul"}
     for tensor, (scale, zero_point) in found.items():
-        assert np.float32(scale) == np.float32(scales[tensor])
-        assert zero_point is not None and zero_point.dtype == np.uint8 and int(zero_point) == ACTIVATION_ZERO_POINT
+        assert zero_point is not None and zero_point.dtype == np.uint8
+        scale, zero_point = float(scale), int(zero_point)
+        top, bottom = (255 - zero_point) * scale, -zero_point * scale
+        # the range reaches the tensor's own calibrated amax (a group may share a larger one), all from the cache
+        assert 127 * scales[tensor] - scale <= top <= largest + scale, tensor
+        if tensor in silu_outputs:  # SiLU never goes below -0.278: the levels start there (or at the lowest bound
+            # in its group, e.g. a residual Add's -0.557), not at -amax
+            assert zero_point < ACTIVATION_ZERO_POINT and 2 * SILU_MIN - scale <= bottom <= SILU_MIN + scale, tensor
+    assert found["images"][0] == np.float32(scales["images"]) and int(found["images"][1]) == ACTIVATION_ZERO_POINT
+    # one scale per Concat: every input and the Split halves feeding it carry the same quantization
+    q_scale = {n.output[0]: found[n.input[0]][0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    dq_scale = {n.output[0]: q_scale[n.input[0]] for n in model.graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in q_scale}
+
+    def carried_scale(tensor: str) -> float:
+        node = by_output[tensor]
+        return float(dq_scale[tensor]) if tensor in dq_scale else carried_scale(node.input[0])
+
+    concats = [n for n in model.graph.node if n.op_type == "Concat" and n.name not in head
+               and any(i in dq_scale for i in n.input)]
+    assert concats
+    for concat in concats:
+        assert len({carried_scale(i) for i in concat.input}) == 1, concat.name
+    shared = [t for t, (scale, zp) in found.items() if (255 - int(zp)) * float(scale) > 127 * scales[t] + scale]
+    assert shared, "no tensor takes a larger group range: the Concat groups are not unified"
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     assert weight_dq and all(inits[n.input[0]].dtype == np.int8 and inits[n.input[1]].size > 1 for n in weight_dq)
@@ -140,6 +184,30 @@ def test_layout_quantizes_conv_inputs_only_with_our_scales(tiny_detector: Path, 
             plain_consumers.setdefault(name, []).append(node)
     assert {c.op_type for n in plain.graph.node if n.op_type == "DequantizeLinear"
             for c in plain_consumers[n.output[0]]} == {"Conv"}
+
+
+def test_openvino_runs_concats_and_residual_adds_on_uint8(tiny_detector: Path, tmp_path: Path) -> None:
+    """What the layout is for: OpenVINO's compiled graph keeps every C2f Concat and residual Add on uint8 and has no
+    requantizing subgraph (uint8 in, uint8 out) in front of a Concat; each was a separate kernel call before the
+    Concat groups shared one scale."""
+    ov = pytest.importorskip("openvino")
+    scales = _scales(tiny_detector, _feeds(64, 2))
+    out = tmp_path / "model.int8.ov.onnx"
+    write_openvino_qdq(tiny_detector, scales, out, nodes_to_exclude=head_nodes(onnx.load(str(tiny_detector))))
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(out)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    layers = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        layers.append((str(info["layerType"].value), str(info["runtimePrecision"].value),
+                       str(info["outputPrecisions"].value), op.get_friendly_name()))
+    body = [layer for layer in layers if "/model.22/" not in layer[3] and layer[3] != "output0"]
+    concats = [layer for layer in body if layer[0] == "Concatenation"]
+    adds = [layer for layer in body if layer[0] in ("Eltwise", "Add") or layer[3].endswith("/Add")]
+    assert concats and all(layer[1] == "u8" for layer in concats), concats
+    assert adds and all(layer[1] == "u8" for layer in adds), adds
+    requantize = [layer for layer in body if layer[0] == "Subgraph" and layer[1] == "u8" and layer[2] == "u8"]
+    assert not requantize, requantize
 
 
 def test_openvino_runs_its_layout_as_onnxruntime_does(tiny_detector: Path, tmp_path: Path) -> None:
