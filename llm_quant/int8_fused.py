@@ -132,7 +132,7 @@ def fuse_shared_inputs(model: Any, int8_type: type) -> list[list[str]]:
     fused = []
     for parent_name, parent in model.named_modules():
         for names in SHARED_INPUT_GROUPS:
-            members = [getattr(parent, n, None) for n in names]
+            members: list[Any] = [getattr(parent, n, None) for n in names]
             if all(isinstance(m, int8_type) for m in members) and _fusable(members):
                 for member, child in zip(members, names, strict=True):
                     member.name = f"{parent_name}.{child}" if parent_name else child
