@@ -9,7 +9,8 @@
   activation scale x channel scale. The integers are the fake-quant model's integers; only the float
   accumulation order of the fake-quant matmul differs. ``activations="per_token"`` quantizes each token row with
   its own dynamic scale instead (see :func:`convert_linears`). Activations are quantized in one compiled pass
-  (``llm_quant.int8_kernels``).
+  and dequantized in one (``llm_quant.int8_kernels``); q/k/v and gate/up run as one GEMM each where they share
+  their quantizer (``llm_quant.int8_fused``), with the same integers and outputs as unfused.
 - int8 weight-only (int8_wo): :class:`Int8WeightOnlyLinear` on ``torch._weight_int8pack_mm`` (int8 weights,
   per-channel scales, float activations), only with ``weight_only=True``: on torch 2.13 CPU it measured slower
   than the FP32 GEMV it replaces (M=1, K=576, N=1536, one thread: 0.7-1.0 ms vs 0.1-0.35 ms), so by default
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llm_quant import int8_kernels
+from llm_quant import int8_fused, int8_kernels
 from quant_common.errors import QuantError, require
 
 if TYPE_CHECKING:
@@ -44,11 +45,7 @@ QFORMAT_KERNELS = {
     "w4a8_awq": "fake-quant (no CPU kernel for int4 x fp8)",
     "fp8": "fake-quant (fp8 stays as is on CPU)",
 }
-_AMAX_EPS = float(int8_kernels.AMAX_EPS)
-# Rows at or below this run the int8 GEMM on one thread. Measured here (torch 2.13, K=576, N=1536, 2 busy cores):
-# M=1 takes 16-20 us on one thread but 0.014-13 ms on two (OpenMP fork/join waits on the loaded core), against
-# 70-300 us for the FP32 GEMV; M=8 takes ~70 us on one thread. Switching the thread count costs < 1 us.
-SINGLE_THREAD_ROWS = 16  # modelopt treats amax at or below this as zero (quantizes to 0)
+_AMAX_EPS = float(int8_kernels.AMAX_EPS)  # modelopt treats amax at or below this as zero (quantizes to 0)
 
 
 @dataclass
@@ -56,12 +53,20 @@ class KernelReport:
     """Which kernel each linear got, for runtime logs and the benchmark."""
 
     kernels: dict[str, str] = field(default_factory=dict)
+    fused: list[list[str]] = field(default_factory=list)  # linears sharing one GEMM (int8_fused)
 
     def summary(self) -> str:
         counts: dict[str, int] = {}
         for kind in self.kernels.values():
             counts[kind] = counts.get(kind, 0) + 1
-        return ", ".join(f"{n} x {kind}" for kind, n in sorted(counts.items())) or "no quantized linears"
+        text = ", ".join(f"{n} x {kind}" for kind, n in sorted(counts.items())) or "no quantized linears"
+        if self.fused:
+            shapes: dict[str, int] = {}
+            for names in self.fused:
+                key = "+".join(n.rsplit(".", 1)[-1] for n in names)
+                shapes[key] = shapes.get(key, 0) + 1
+            text += "; fused GEMMs: " + ", ".join(f"{n} x {key}" for key, n in sorted(shapes.items()))
+        return text
 
 
 def _int8_scale(amax: torch.Tensor) -> torch.Tensor:
@@ -82,23 +87,6 @@ def _dequant_scale(amax: torch.Tensor) -> torch.Tensor:
 def _quantize(values: torch.Tensor, scale: torch.Tensor, qmin: float) -> torch.Tensor:
     torch = _torch()
     return torch.round(values.float() * scale).clamp_(qmin, 127.0).to(torch.int8)
-
-
-def _as_rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
-    return x.detach().reshape(-1, in_features).float().contiguous()
-
-
-def _int_mm(q: torch.Tensor, weight_q: torch.Tensor) -> torch.Tensor:
-    """int8 [M, K] x int8 [N, K].T -> int32 [M, N]; small M on one thread (see SINGLE_THREAD_ROWS)."""
-    torch = _torch()
-    threads = torch.get_num_threads()
-    if q.shape[0] > SINGLE_THREAD_ROWS or threads == 1:
-        return torch._int_mm(q, weight_q.t())
-    torch.set_num_threads(1)
-    try:
-        return torch._int_mm(q, weight_q.t())
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _torch() -> Any:
@@ -128,7 +116,6 @@ def _classes() -> dict[str, type]:
                      per_token: bool = False) -> None:
             super().__init__()
             self.out_features, self.in_features = weight_q.shape
-            # _int_mm wants [K, N]; the transposed view of the row-major weight ran fastest here.
             self.register_buffer("weight_q", weight_q.contiguous())
             self.register_buffer("out_scale", out_scale.float().contiguous())
             self.register_buffer("act_scale", act_scale.float().reshape(()))
@@ -139,27 +126,23 @@ def _classes() -> dict[str, type]:
             self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
             self.qmin = qmin
             self.per_token = per_token
+            self.group: Any = None  # an int8_fused.SharedInputGroup computing this linear with its siblings
+            self.group_index = 0
+            self.bounds = torch.tensor([0, self.out_features])
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             lead = x.shape[:-1]
-            flat = _as_rows(x, self.in_features)
-            q = torch.empty(flat.shape, dtype=torch.int8)
-            if self.per_token:
-                row_amax = torch.empty(flat.shape[0], 1)
-                int8_kernels.compiled().quantize_per_token(flat.numpy(), self.pre_scale.numpy(), q.numpy(), row_amax.numpy())
-                # amax / 127 per row (0 for an all-zero row, whose output is then the bias alone)
-                y = _int_mm(q, self.weight_q) * (row_amax / 127.0) * self.out_scale
-            else:
-                int8_kernels.compiled().quantize_static(flat.numpy(), self.pre_scale.numpy(), self.act_scale.numpy()[()],
-                                             self.qmin, q.numpy())
-                y = _int_mm(q, self.weight_q) * self.out_scale
-            if self.bias is not None:
-                y = y + self.bias
+            if self.group is not None:
+                y = self.group.output(self.group_index, x)
+            else:  # per token, amax / 127 per row (0 for an all-zero row, whose output is then the bias alone)
+                y = int8_fused.w8a8(x.detach().reshape(-1, self.in_features).float().contiguous(), self,
+                                    self.bounds)[0]
             return y.to(x.dtype).reshape(*lead, self.out_features)
 
         def extra_repr(self) -> str:
             return (f"in={self.in_features}, out={self.out_features}, smooth={self.smooth}, "
-                    f"activations={'per_token' if self.per_token else 'per_tensor'}")
+                    f"activations={'per_token' if self.per_token else 'per_tensor'}"
+                    + ("" if self.group is None else f", fused={'+'.join(self.group.names)}"))
 
 
     class Int8WeightOnlyLinear(nn.Module):
@@ -268,7 +251,7 @@ def _probe(kind: str, layer: Any) -> str:
 
 
 def convert_linears(model: nn.Module, weight_only: bool = False, activations: str = "per_tensor",
-                    prepare: Callable[[str, nn.Module], None] | None = None) -> KernelReport:
+                    prepare: Callable[[str, nn.Module], None] | None = None, fuse: bool = True) -> KernelReport:
     """Swap the model's quantized linears for integer kernels in place; returns which linear runs what.
 
     ``weight_only`` also moves int8 weight-only linears to the packed kernel (smaller, slower on CPU today).
@@ -278,7 +261,9 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
     -127, 127)`` (q = 0 where amax <= 2**-24); ``y = (q @ Wq.T) * (amax / 127) * (w_amax / 127) + bias``; the
     calibrated input amax is ignored.
     ``prepare(name, module)`` runs just before each quantized linear is converted (the runtime folds that one
-    weight there, so only one layer's FP32 copy exists at a time)."""
+    weight there, so only one layer's FP32 copy exists at a time).
+    ``fuse``: q/k/v and gate/up whose quantizers match run as one GEMM each (``llm_quant.int8_fused``; same
+    outputs bit for bit, fewer passes)."""
     torch = _torch()
     if activations not in ACTIVATIONS:
         raise QuantError(f"unknown activation quantization {activations!r}", f"use one of {', '.join(ACTIVATIONS)}")
@@ -307,6 +292,8 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
             # holder not found): drop its weight so only the int8 copy stays.
             module._parameters["weight"] = None
         report.kernels[name] = kind
+    if fuse:
+        report.fused = int8_fused.fuse_shared_inputs(model, _classes()["Int8Linear"])
     return report
 
 

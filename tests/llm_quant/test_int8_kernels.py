@@ -289,3 +289,89 @@ def test_cli_start_up_imports_neither_torch_nor_numba():
     code = "import sys, llm_quant.cli; print(sorted({'torch', 'numba'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _share_group_scales(model):
+    """What llm_quant.smoothing does for a build: q/k/v (gate/up) share one pre-scale and one input amax."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for parent, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj")),
+                                  (layer.mlp, ("gate_proj", "up_proj"))):
+                first = getattr(parent, names[0]).input_quantizer
+                for name in names[1:]:
+                    quantizer = getattr(parent, name).input_quantizer
+                    quantizer._pre_quant_scale.copy_(first._pre_quant_scale)
+                    quantizer.amax = first.amax.clone()
+
+
+@pytest.mark.parametrize("activations", ["per_token", "per_tensor"])
+def test_fused_qkv_and_gate_up_are_bit_identical_to_unfused(tiny_parts, sq_embedded, activations):
+    """Linears sharing their input and quantizer run as one GEMM (q/k/v, gate/up): the same logits bit for bit,
+    prefill and decode, and the same bytes of quantized weights."""
+    from llm_quant.int8_linear import Int8Linear, convert_linears, linear_weight_bytes
+    from llm_quant.runtime import load_quantized
+
+    _, _, ids = tiny_parts
+    fake, _ = load_quantized(sq_embedded, kernels="fake")
+    _share_group_scales(fake)
+    unfused, fused = copy.deepcopy(fake), copy.deepcopy(fake)
+    assert convert_linears(unfused, activations=activations, fuse=False).fused == []
+    report = convert_linears(fused, activations=activations)
+    assert len(report.fused) == 4 and report.fused[0] == [f"model.layers.0.self_attn.{n}_proj" for n in "qkv"]
+    assert "fused GEMMs: 2 x gate_proj+up_proj, 2 x q_proj+k_proj+v_proj" in report.summary()
+    q = fused.model.layers[0].self_attn.q_proj
+    assert isinstance(q, Int8Linear) and q.weight_q.untyped_storage().data_ptr() == \
+        fused.model.layers[0].self_attn.v_proj.weight_q.untyped_storage().data_ptr(), "members are views of one weight"
+    assert linear_weight_bytes(fused) == linear_weight_bytes(unfused)
+    with torch.no_grad():
+        a, b = unfused(ids).logits, fused(ids).logits
+        assert torch.equal(a, b)
+        a_gen = unfused.generate(ids[:, :20], max_new_tokens=6, do_sample=False)
+        b_gen = fused.generate(ids[:, :20], max_new_tokens=6, do_sample=False)
+    assert torch.equal(a_gen, b_gen)
+    x = torch.randn(3, 7, q.in_features)  # a member called on its own, twice: a fresh GEMM each time
+    with torch.no_grad():
+        for name in ("k_proj", "k_proj", "v_proj", "q_proj"):
+            assert torch.equal(getattr(fused.model.layers[1].self_attn, name)(x),
+                               getattr(unfused.model.layers[1].self_attn, name)(x))
+    with torch.no_grad():
+        assert torch.equal(copy.deepcopy(fused)(ids).logits, b), "a copy keeps its groups"
+
+
+def test_groups_with_different_scales_stay_unfused(sq_embedded):
+    """Linears whose pre-scales differ (each with its own SmoothQuant scale) quantize their input differently:
+    quantizing once would change integers, so they keep their own GEMMs."""
+    from llm_quant.int8_linear import convert_linears
+    from llm_quant.runtime import load_quantized
+
+    fake, _ = load_quantized(sq_embedded, kernels="fake")
+    with torch.no_grad():
+        fake.model.layers[0].self_attn.k_proj.input_quantizer._pre_quant_scale.mul_(2.0)
+    report = convert_linears(fake)
+    attn = fake.model.layers[0].self_attn
+    assert attn.q_proj.group is None and attn.k_proj.group is None and attn.v_proj.group is None
+    assert len(report.fused) == 3 and ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj",
+                                       "model.layers.1.self_attn.v_proj"] in report.fused
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_dequantize_epilogue_is_torchs_formula_bit_for_bit(per_row):
+    """int32 x (row_amax / 127) x column scale + bias in one pass == torch's three ops, in fused blocks."""
+    from llm_quant import int8_kernels
+
+    generator = torch.Generator().manual_seed(1)
+    acc = torch.randint(-2**22, 2**22, (37, 50), dtype=torch.int32, generator=generator)
+    row_amax = torch.rand(37, 1, generator=generator) * 40
+    row_amax[3] = 0.0
+    cols = torch.rand(50, generator=generator) / 127
+    bias = torch.randn(50, generator=generator)
+    bounds = torch.tensor([0, 20, 30, 50])
+    for with_bias in (True, False):
+        expected = acc * (row_amax / 127.0) * cols if per_row else acc * cols
+        if with_bias:
+            expected = expected + bias
+        out = torch.empty(37 * 50)
+        int8_kernels.compiled().dequantize(acc.numpy(), row_amax.numpy()[:, 0], per_row, cols.numpy(),
+                                           bias.numpy(), with_bias, bounds.numpy(), out.numpy())
+        for lo, hi in ((0, 20), (20, 30), (30, 50)):
+            assert torch.equal(out[37 * lo:37 * hi].view(37, hi - lo), expected[:, lo:hi])
