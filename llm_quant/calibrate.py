@@ -90,6 +90,8 @@ def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothqu
     mtq = require("modelopt.torch.quantization", purpose="LLM quantization", install=MODELOPT_INSTALL)
     cfg = copy.deepcopy(getattr(mtq, str(row.modelopt_cfg)))
     entries = cfg["quant_cfg"]  # modelopt's list form: later entries win
+    if row.algorithm is not None:
+        cfg["algorithm"] = copy.deepcopy(row.algorithm)
     if smoothquant_alpha is not None:
         cfg["algorithm"] = {"method": "smoothquant", "alpha": float(smoothquant_alpha)}
     if kv is not None:
@@ -115,7 +117,11 @@ def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
                     blocks[key] = block_size
 
 
-INT4_BLOCK_SIZES = (128, 64, 32)  # group sizes TensorRT-LLM's INT4 kernels take, largest first
+# Group sizes TensorRT-LLM's groupwise INT4 GEMMs take, largest first: the CUTLASS fpA_intB kernels throw "Only group
+# size 64 and 128 supported for fine grained kernels" and the batched GEMV dispatches 64 and 128 only
+# (cpp/tensorrt_llm/kernels/cutlass_kernels/fpA_intB_gemm/fpA_intB_gemm_template.h and
+# weightOnlyBatchedGemv/kernelDispatcher.h select_gs, TensorRT-LLM 0.17 and current main). 32 is not among them.
+INT4_BLOCK_SIZES = (128, 64)
 
 
 def int4_block_size(model: Any) -> int:
