@@ -90,8 +90,6 @@ def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothqu
     mtq = require("modelopt.torch.quantization", purpose="LLM quantization", install=MODELOPT_INSTALL)
     cfg = copy.deepcopy(getattr(mtq, str(row.modelopt_cfg)))
     entries = cfg["quant_cfg"]  # modelopt's list form: later entries win
-    if row.algorithm is not None:
-        cfg["algorithm"] = copy.deepcopy(row.algorithm)
     if smoothquant_alpha is not None:
         cfg["algorithm"] = {"method": "smoothquant", "alpha": float(smoothquant_alpha)}
     if kv is not None:

@@ -45,8 +45,6 @@ class QFormat(_Row):
     needs_cuda: bool = Field(default=False, description="modelopt's kernels for it are GPU-only")
     int4_blocks: bool = Field(default=False, description="INT4 weight blocks: the group size is fitted to the model")
     smoothquant: bool = Field(default=False, description="takes --smoothquant-alpha (the SmoothQuant algorithm)")
-    algorithm: dict[str, Any] | None = Field(
-        default=None, description="modelopt calibration algorithm replacing the preset's (None: the preset's own)")
 
     @property
     def quantized(self) -> bool:
