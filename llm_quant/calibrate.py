@@ -115,7 +115,11 @@ def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
                     blocks[key] = block_size
 
 
-INT4_BLOCK_SIZES = (128, 64, 32)  # group sizes TensorRT-LLM's INT4 kernels take, largest first
+# Group sizes TensorRT-LLM's groupwise INT4 GEMMs take, largest first: the CUTLASS fpA_intB kernels throw "Only group
+# size 64 and 128 supported for fine grained kernels" and the batched GEMV dispatches 64 and 128 only
+# (cpp/tensorrt_llm/kernels/cutlass_kernels/fpA_intB_gemm/fpA_intB_gemm_template.h and
+# weightOnlyBatchedGemv/kernelDispatcher.h select_gs, TensorRT-LLM 0.17 and current main). 32 is not among them.
+INT4_BLOCK_SIZES = (128, 64)
 
 
 def int4_block_size(model: Any) -> int:

@@ -4,7 +4,7 @@ Sensitivity on the ``search`` split (never an ``eval`` text): each precision uni
 o_proj, gate+up, down_proj of one layer) is quantized alone inside its full-precision layer, fed the full-precision
 model's own input, and the relative error it adds to the layer output is recorded (one capture pass plus one layer
 run per unit; a perplexity probe per unit would cost ~100x more on SmolLM2). Units are then kept in higher precision
-in that order, the smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the
+in order of that error per parameter (``rank_units``), the smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the
 reference, found by the ranked-prefix search shared with vision (``quant_common.search``: 1, 2, 4, ... units, then
 bisection). The margin leaves room for text the search never sees. Turning quantizers off keeps SmoothQuant/AWQ
 pre-quant scales applied, so each probe is an exact full-precision linear; the final model is re-calibrated with
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llm_quant.evaluate import perplexity
-from llm_quant.exclusions import decoder_layers, precision_units, quantized_weight_share
+from llm_quant.exclusions import decoder_layers, decoder_linears, precision_units, quantized_weight_share
 from quant_common.errors import require
 from quant_common.progress import track
 from quant_common.search import search_ranked_prefix
@@ -126,6 +126,15 @@ def layer_errors(quantized: Any, windows: Any, layers: list[str], batch_size: in
     return unit_errors(quantized, windows, {layer: [layer] for layer in layers}, batch_size)
 
 
+def rank_units(quantized: Any, units: dict[str, list[str]], unit_error: dict[str, float]) -> list[str]:
+    """Units by error per parameter, highest first: keeping the most error per weight kept in float maximizes the
+    quantized share a budget leaves (int4_awq on SmolLM2 at share 0.8: eval-split Δ +14.5 % vs +20.4 % ranked by
+    error alone, README)."""
+    linears = decoder_linears(quantized)
+    size = {unit: sum(linears[m].weight.numel() for m in members) for unit, members in units.items()}
+    return sorted(units, key=lambda unit: unit_error[unit] / max(size[unit], 1), reverse=True)
+
+
 def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: float,
                       batch_size: int = 1, may_exclude: bool = True) -> SearchResult:
     """Smallest set of most-sensitive precision units to keep in higher precision so search-split ppl meets the
@@ -157,7 +166,7 @@ def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: 
         return result
     result.unit_error = {k: round(v, 10) for k, v in unit_errors(quantized, windows, units, batch_size).items()}
     order = list(units)
-    ranked = sorted(order, key=lambda unit: result.unit_error[unit], reverse=True)
+    ranked = rank_units(quantized, units, result.unit_error)
     found = search_ranked_prefix(ranked, increase_pct, budget=target_pct, baseline=uniform_pct)
     result.excluded_units = sorted(found.excluded, key=order.index)
     result.excluded = members(result.excluded_units)

@@ -66,7 +66,7 @@ def test_linear_search_finds_smallest_set(tiny_llama):
         assert set(result.unit_error) == set(units) and all(v > 0 for v in result.unit_error.values())
         assert result.excluded == [n for u in result.excluded_units for n in units[u]]
         assert all(n.endswith("_proj") for n in result.excluded)
-        ranked = sorted(units, key=lambda u: result.unit_error[u], reverse=True)
+        ranked = sensitivity.rank_units(model, units, result.unit_error)
         assert set(result.excluded_units) == set(ranked[:len(result.excluded_units)])  # a prefix of the ranking
         with sensitivity.InFullPrecision(model, result.excluded):
             assert result.quantized_weight_share == exclusions.quantized_weight_share(model) < 1.0
@@ -101,3 +101,15 @@ def test_whole_layer_exclusions_still_reach_both_checkpoints(tiny_llama, tmp_pat
     assert manifest["search"]["excluded"] == result.exclude_modules
     runtime = json.loads((out / "embedded" / "runtime.json").read_text())
     assert runtime["exclude_modules"] == result.exclude_modules
+
+
+def test_units_are_ranked_by_error_per_parameter():
+    layer = torch.nn.Module()
+    layer.small = torch.nn.Linear(4, 4, bias=False)  # 16 weights
+    layer.big = torch.nn.Linear(4, 64, bias=False)  # 256 weights
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([layer])
+    units = {"small": ["layers.0.small"], "big": ["layers.0.big"]}
+    # the big unit adds twice the error but holds 16x the weights: keeping the small one first saves more share
+    assert sensitivity.rank_units(model, units, {"small": 1.0, "big": 2.0}) == ["small", "big"]
+    assert sensitivity.rank_units(model, units, {"small": 1.0, "big": 64.0}) == ["big", "small"]

@@ -79,3 +79,21 @@ def test_modelopt_config_from_the_rows():
     blocks = [c.get("block_sizes") for e in int4["quant_cfg"] for c in (
         e.get("cfg") if isinstance(e.get("cfg"), list) else [e.get("cfg") or {}])]
     assert any(b and (b.get(-1) == 64 or b.get("-1") == 64) for b in blocks)
+
+
+def _decoder_with_inputs(*in_features: int):
+    torch = pytest.importorskip("torch")
+    layer = torch.nn.Module()
+    for i, size in enumerate(in_features):
+        layer.add_module(f"proj{i}", torch.nn.Linear(size, 8))
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([layer])
+    return model
+
+
+def test_int4_group_size_is_one_tensorrt_llm_takes():
+    # TensorRT-LLM's groupwise INT4 GEMMs take 128 and 64: SmolLM2's 576 gets 64, and 96 (32 would divide it) is refused
+    assert calibrate.int4_block_size(_decoder_with_inputs(1536, 4096)) == 128
+    assert calibrate.int4_block_size(_decoder_with_inputs(576, 1536)) == 64
+    with pytest.raises(QuantError, match="no INT4 group size in"):
+        calibrate.int4_block_size(_decoder_with_inputs(96))
