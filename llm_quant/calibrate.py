@@ -120,18 +120,25 @@ def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
 # (cpp/tensorrt_llm/kernels/cutlass_kernels/fpA_intB_gemm/fpA_intB_gemm_template.h and
 # weightOnlyBatchedGemv/kernelDispatcher.h select_gs, TensorRT-LLM 0.17 and current main). 32 is not among them.
 INT4_BLOCK_SIZES = (128, 64)
+# W4A8_AWQ (FP8 activations) is narrower: TensorRT-LLM's validate_group_size (tensorrt_llm/quantization/
+# functional.py, 0.17-era source) raises "W4A8_AWQ with group_size = 64 is not implemented yet!".
+INT4_BLOCK_SIZES_BY_QFORMAT = {"w4a8_awq": (128,)}
 
 
-def int4_block_size(model: Any) -> int:
-    """Largest INT4 group size dividing every decoder linear's input size (SmolLM2's 576 needs 64)."""
+def int4_block_size(model: Any, qformat: str = "int4_awq") -> int:
+    """Largest INT4 group size TensorRT-LLM takes for ``qformat`` that divides every decoder linear's input size
+    (SmolLM2's 576 needs 64, so w4a8_awq is refused there)."""
     torch = require("torch", purpose="calibration")
     sizes = {m.in_features for n, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"}
-    for block in INT4_BLOCK_SIZES:
+    allowed = INT4_BLOCK_SIZES_BY_QFORMAT.get(qformat, INT4_BLOCK_SIZES)
+    for block in allowed:
         if all(size % block == 0 for size in sizes):
             return block
-    raise QuantError(f"no INT4 group size in {INT4_BLOCK_SIZES} divides the linear input sizes {sorted(sizes)}",
-                     f"choose {formats.cpu_alternatives(int4_blocks=False)} for this model")
+    raise QuantError(f"--qformat {qformat}: no INT4 group size TensorRT-LLM takes for it ({', '.join(map(str, allowed))})"
+                     f" divides the linear input sizes {sorted(sizes)}",
+                     f"choose {formats.cpu_alternatives(int4_blocks=False)}"
+                     + (" or int4_awq" if qformat != "int4_awq" and 64 not in allowed else "") + " for this model")
 
 
 def model_device(model: Any) -> Any:
@@ -170,7 +177,7 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
     if sq_activations != "per_tensor" and not formats.qformat(qformat).smoothquant:
         raise QuantError(f"--sq-activations {sq_activations} applies to --qformat int8_sq only", "drop it")
     alphas = smoothquant_alphas(qformat, sq_activations, smoothquant_alpha, alpha_search)
-    block = int4_block_size(model) if formats.qformat(qformat).int4_blocks else None
+    block = int4_block_size(model, qformat) if formats.qformat(qformat).int4_blocks else None
     cfg = modelopt_config(qformat, kv_cache_dtype=kv_cache_dtype, smoothquant_alpha=smoothquant_alpha,
                           exclude_layers=exclude_layers, block_size=block, exclude_modules=exclude_modules)
     if cfg is None:

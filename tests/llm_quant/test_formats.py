@@ -95,5 +95,13 @@ def test_int4_group_size_is_one_tensorrt_llm_takes():
     # TensorRT-LLM's groupwise INT4 GEMMs take 128 and 64: SmolLM2's 576 gets 64, and 96 (32 would divide it) is refused
     assert calibrate.int4_block_size(_decoder_with_inputs(1536, 4096)) == 128
     assert calibrate.int4_block_size(_decoder_with_inputs(576, 1536)) == 64
-    with pytest.raises(QuantError, match="no INT4 group size in"):
+    with pytest.raises(QuantError, match="no INT4 group size TensorRT-LLM takes"):
         calibrate.int4_block_size(_decoder_with_inputs(96))
+
+
+def test_w4a8_awq_group_size_is_128_only():
+    # TensorRT-LLM refuses W4A8_AWQ with group size 64: a 576-wide model is refused in one line, not exported
+    assert calibrate.int4_block_size(_decoder_with_inputs(1536, 4096), "w4a8_awq") == 128
+    with pytest.raises(QuantError, match="w4a8_awq.*128.*576") as refused:
+        calibrate.int4_block_size(_decoder_with_inputs(576, 1536), "w4a8_awq")
+    assert "int4_awq" in (refused.value.fix or "")
