@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.llm_runtime import PROMPTS, _eval_data, _load, cpu_flags  # noqa: E402
-from quant_common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from benchmarks.llm_runtime import PROMPTS, _eval_data, _load, cpu_flags, save_report  # noqa: E402
 
 VARIANTS = {  # name -> (kernels, threads: None = --threads, change)
     "fake, N threads": ("fake", None, None),
@@ -161,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     text = table(result)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "llm_reference_noise.json", result)
-    atomic_write_text(args.out / "llm_reference_noise.md", text + "\n")
-    atomic_write_bytes(args.out / "llm_reference_noise.png", plot(result))
+    save_report(args.out, "llm_reference_noise", result, text, plot(result))
     return 0
 
 

@@ -372,15 +372,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def save_report(out: Path, stem: str, result: dict, text: str, png: bytes) -> None:
+    """<out>/<stem>.json, .md and .png, each written whole or not at all."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", result)
+    atomic_write_text(out / f"{stem}.md", text + "\n")
+    atomic_write_bytes(out / f"{stem}.png", png)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     result = run(args)
     text = table(result)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "llm_runtime.json", result)
-    atomic_write_text(args.out / "llm_runtime.md", text + "\n")
-    atomic_write_bytes(args.out / "llm_runtime.png", plot(result))
+    save_report(args.out, "llm_runtime", result, text, plot(result))
     return 0
 
 
