@@ -12,6 +12,7 @@ from typing import Any
 
 from llm_quant import formats, per_token, smoothing
 from llm_quant.exclusions import modelopt_pattern
+from llm_quant.upstream import trtllm_facts
 from quant_common.errors import QuantError, require
 from quant_common.progress import track
 
@@ -115,14 +116,10 @@ def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
                     blocks[key] = block_size
 
 
-# Group sizes TensorRT-LLM's groupwise INT4 GEMMs take, largest first: the CUTLASS fpA_intB kernels throw "Only group
-# size 64 and 128 supported for fine grained kernels" and the batched GEMV dispatches 64 and 128 only
-# (cpp/tensorrt_llm/kernels/cutlass_kernels/fpA_intB_gemm/fpA_intB_gemm_template.h and
-# weightOnlyBatchedGemv/kernelDispatcher.h select_gs, TensorRT-LLM 0.17 and current main). 32 is not among them.
-INT4_BLOCK_SIZES = (128, 64)
-# W4A8_AWQ (FP8 activations) is narrower: TensorRT-LLM's validate_group_size (tensorrt_llm/quantization/
-# functional.py, 0.17-era source) raises "W4A8_AWQ with group_size = 64 is not implemented yet!".
-INT4_BLOCK_SIZES_BY_QFORMAT = {"w4a8_awq": (128,)}
+def int4_group_sizes(qformat: str) -> tuple[int, ...]:
+    """INT4 group sizes TensorRT-LLM takes for ``qformat``'s quant_algo, largest first (``trtllm_build.yaml``:
+    128/64 for W4A16_AWQ, 128 only for W4A8_AWQ; 32 is not among them)."""
+    return trtllm_facts().group_sizes_for(str(formats.qformat(qformat).quant_algo))
 
 
 def int4_block_size(model: Any, qformat: str = "int4_awq") -> int:
@@ -131,7 +128,7 @@ def int4_block_size(model: Any, qformat: str = "int4_awq") -> int:
     torch = require("torch", purpose="calibration")
     sizes = {m.in_features for n, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and ".layers." in f".{n}"}
-    allowed = INT4_BLOCK_SIZES_BY_QFORMAT.get(qformat, INT4_BLOCK_SIZES)
+    allowed = int4_group_sizes(qformat)
     for block in allowed:
         if all(size % block == 0 for size in sizes):
             return block

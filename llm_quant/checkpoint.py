@@ -16,6 +16,7 @@ from typing import Any
 from llm_quant import sq_checkpoint
 from llm_quant.exclusions import trtllm_patterns
 from llm_quant.formats import CHECKPOINT_TENSORS
+from llm_quant.upstream import trtllm_facts
 from quant_common.errors import QuantError, require
 
 REQUIRED_KEYS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -109,6 +110,7 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
         if quantized_layers == 0:
             raise _fail(folder, f"quant_algo {algo} but no quantized linear layer in rank0")
     elif algo in CHECKPOINT_TENSORS:
+        _check_group_size(folder, algo, quant.get("group_size"))
         dtype, scales = CHECKPOINT_TENSORS[algo].weight_dtype, CHECKPOINT_TENSORS[algo].scales
         if quant.get("pre_quant_scale"):  # TensorRT-LLM then creates (and requires) the AWQ pre-quant scales
             scales = (*scales, "prequant_scaling_factor")
@@ -150,6 +152,17 @@ def _check_exclusions(folder: Path, config: dict[str, Any], excluded: list[str],
             if got != config["dtype"] or scales:
                 raise _fail(folder, f"{name} is excluded from quantization but stored as {got}"
                             + (f" with {', '.join(scales)}" if scales else ""))
+
+
+def _check_group_size(folder: Path, algo: str, group_size: Any) -> None:
+    """INT4 formats: the group size must be one TensorRT-LLM's kernels take for ``algo`` (trtllm_build.yaml)."""
+    try:
+        allowed = trtllm_facts().group_sizes_for(algo)
+    except KeyError:  # not a groupwise INT4 quant_algo
+        return
+    if group_size not in allowed:
+        raise _fail(folder, f"quantization.group_size {group_size} for {algo}; TensorRT-LLM takes "
+                            f"{' or '.join(map(str, allowed))}")
 
 
 def _layers_in_rank(config: dict[str, Any]) -> int:

@@ -73,6 +73,11 @@ class QuantAlgos(Fact):
     kv_cache_quant_algo: list[str]
 
 
+class Int4GroupSizes(Fact):
+    quant_algos: list[str]
+    group_sizes: list[int]  # largest first
+
+
 class TrtllmFacts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,6 +85,13 @@ class TrtllmFacts(BaseModel):
     flags: list[Flag]
     paged_context_fmha: list[PagedContextFmha]
     quant_algos: list[QuantAlgos]
+    int4_group_sizes: list[Int4GroupSizes]
+
+    def group_sizes_for(self, quant_algo: str) -> tuple[int, ...]:
+        for row in self.int4_group_sizes:
+            if quant_algo in row.quant_algos:
+                return tuple(row.group_sizes)
+        raise KeyError(f"INT4 group sizes of {quant_algo} are not in {TABLE}")
 
     def release_for(self, version: str) -> Release:
         for release in self.releases:

@@ -128,6 +128,15 @@ def test_checkpoint_verifier_rejects_broken_checkpoints(int8_sq_build, tmp_path)
     save_file(weights, str(broken / "rank0.safetensors"))
     with pytest.raises(QuantError, match="layers.1.mlp.fc lacks activation_scaling_factor"):
         verify_trtllm_checkpoint(broken)
+    config = json.loads((out / "trtllm_checkpoint" / "config.json").read_text())
+    config["quantization"].update(quant_algo="W4A16_AWQ", group_size=32)  # TensorRT-LLM's INT4 kernels take 128/64
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(QuantError, match="group_size 32 for W4A16_AWQ; TensorRT-LLM takes 128 or 64"):
+        verify_trtllm_checkpoint(broken)
+    config["quantization"].update(quant_algo="W4A8_AWQ", group_size=64)
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(QuantError, match="group_size 64 for W4A8_AWQ; TensorRT-LLM takes 128"):
+        verify_trtllm_checkpoint(broken)
     (broken / "rank0.safetensors").unlink()
     with pytest.raises(QuantError, match="rank0"):
         verify_trtllm_checkpoint(broken)

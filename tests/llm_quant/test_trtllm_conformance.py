@@ -31,7 +31,7 @@ def _flags(argv: list[str]) -> dict[str, str]:
 
 
 def test_every_row_cites_upstream():
-    rows = [*FACTS.releases, *FACTS.flags, *FACTS.paged_context_fmha, *FACTS.quant_algos]
+    rows = [*FACTS.releases, *FACTS.flags, *FACTS.paged_context_fmha, *FACTS.quant_algos, *FACTS.int4_group_sizes]
     for row in rows:
         assert "/" in row.source.repo and row.source.path, row
         assert row.source.tag or row.source.commit, f"{row}: no tag or commit"
@@ -215,3 +215,13 @@ def test_per_token_int8_sq_build_matches_the_table(tiny_llama, tmp_path):
     assert not [k for k in weights if k.rsplit(".", 1)[-1] in static | set(sq_checkpoint.MODELOPT_SCALES)]
     # the engine step renders its argv for this algo like for any other (no extra SmoothQuant flag)
     assert "--checkpoint_dir" in result.engine_command
+
+
+def test_int4_group_sizes_cover_every_int4_qformat():
+    # every INT4 qformat's quant_algo has its group sizes in the table, and those are QuantAlgo names of every release
+    known = set.intersection(*(set(row.quant_algo) for row in FACTS.quant_algos))
+    assert {a for row in FACTS.int4_group_sizes for a in row.quant_algos} <= known
+    for row in formats.QFORMAT_ROWS:
+        if row.int4_blocks:
+            sizes = FACTS.group_sizes_for(str(row.quant_algo))
+            assert sizes and list(sizes) == sorted(sizes, reverse=True), row.name
