@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.llm_runtime import PROMPTS, _eval_data, _load, cpu_flags, save_report  # noqa: E402
+from benchmarks.llm_runtime import PROMPTS, _eval_data, _load, cpu_flags, png_bytes, save_report  # noqa: E402
 
 VARIANTS = {  # name -> (kernels, threads: None = --threads, change)
     "fake, N threads": ("fake", None, None),
@@ -112,7 +112,6 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict) -> bytes:
-    import io
 
     import matplotlib
 
@@ -131,11 +130,7 @@ def plot(result: dict) -> bytes:
         ax.set_title(title)
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"vs the fake-quant reference; grey: the reference perturbed; {result['summary']['cpu']}", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

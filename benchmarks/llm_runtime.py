@@ -336,7 +336,6 @@ def table(result: dict) -> str:
 
 
 def plot(result: dict) -> bytes:
-    import io
 
     import matplotlib
 
@@ -351,6 +350,15 @@ def plot(result: dict) -> bytes:
         ax.bar(names, [r[key] for r in rows], color=["#888888", "#d62728", "#2ca02c", "#1f77b4"][: len(rows)])
         ax.set_title(title)
     fig.suptitle(result["summary"]["cpu"], fontsize=8)  # CPU flags next to every figure
+    return png_bytes(fig)
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A laid-out matplotlib figure as PNG bytes; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
