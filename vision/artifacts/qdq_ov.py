@@ -129,19 +129,20 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
         raise QuantError(f"{name} uses ONNX opset < 13, which has no per-channel DequantizeLinear",
                          "re-export the model with opset >= 13")
     inits = {i.name: i for i in model.graph.initializer}
+    init_names = set(inits)
     excluded = set(nodes_to_exclude)
     summary = QdqSummary(path=out_path, layout="openvino", excluded_nodes=sorted(excluded),
                          weight_storage=f"int{bits}")
 
     dequantized: dict[str, str] = {}  # activation tensor -> its DQ output
     carried: set[str] = set()  # outputs of pass-through ops: already dequantized uint8 values
-    leads_to_int8 = _leads_to_int8_conv(model, excluded, pass_through, set(inits))
+    leads_to_int8 = _leads_to_int8_conv(model, excluded, pass_through, init_names)
 
     def passes(node: onnx.NodeProto) -> bool:
         return node.op_type in pass_through and node.op_type not in _ELTWISE_OPS and node.name not in excluded \
             and bool(node.input) and leads_to_int8(node)
 
-    groups = _scale_groups(model, passes, set(inits))
+    groups = _scale_groups(model, passes, init_names)
     effective = {**scales, **_largest_in_group(groups, scales)}
     bounds = _lower_bounds(model)
     written: dict[str, float] = {}  # tensor -> the scale its Q/DQ got
@@ -153,13 +154,17 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
             written[x] = scale
         return dequantized[x]
 
+    def dequantize_inputs(node: onnx.NodeProto, data: list[str]) -> None:
+        """Route the node's activation inputs not already carried on uint8 through their Q/DQ."""
+        for index, x in enumerate(node.input):
+            if x in data and x not in carried:
+                node.input[index] = dequantize(x)
+
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
-        data = _data_inputs(node, set(inits))
+        data = _data_inputs(node, init_names)
         if passes(node) and data and all(x in carried or x in effective for x in data):
-            for index, x in enumerate(node.input):
-                if x in data and x not in carried:
-                    node.input[index] = dequantize(x)
+            dequantize_inputs(node, data)
             carried.update(node.output)
         elif node.op_type in _QUANTIZED_OPS and node.name not in excluded and len(node.input) >= 2 \
                 and node.input[1] in inits and node.input[0] not in inits and node.input[0] in carried:
@@ -170,9 +175,7 @@ def write_openvino_qdq(model: onnx.ModelProto | str | os.PathLike[str], scales: 
             node.input[1] = _insert_weight_dq(model, new_nodes, inits[node.input[1]], node.name, bits)
         elif node.op_type in _ELTWISE_OPS and node.op_type in pass_through and node.name not in excluded \
                 and len(data) == 2 and leads_to_int8(node) and all(x in carried or x in effective for x in data):
-            for index, x in enumerate(node.input):  # both inputs on uint8: LPT runs the Add in low precision
-                if x in data and x not in carried:
-                    node.input[index] = dequantize(x)
+            dequantize_inputs(node, data)  # both inputs on uint8: LPT runs the Add in low precision
         new_nodes.append(node)
     if not dequantized:
         raise QuantError(f"no Conv of {name} could be quantized (no calibrated input scale)",
