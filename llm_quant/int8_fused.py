@@ -46,12 +46,13 @@ def int_mm(q: Any, weight_q: Any) -> Any:
         torch.set_num_threads(threads)
 
 
-def w8a8(flat: Any, layer: Any, bounds: Any) -> list[Any]:
-    """``flat`` float32 [M, K] contiguous through ``layer``'s quantizer, weights and scales (an ``Int8Linear`` or a
+def w8a8(x: Any, layer: Any, bounds: Any) -> list[Any]:
+    """``x`` [..., K] as float32 rows through ``layer``'s quantizer, weights and scales (an ``Int8Linear`` or a
     fused group: weight_q, out_scale, pre_scale, act_scale, qmin, per_token, bias); one [M, width] tensor per block
-    of ``bounds`` (column offsets into the output)."""
+    of ``bounds`` (column offsets into the output), M the rows of ``x``."""
     torch = _torch()
     kernels = int8_kernels.compiled()
+    flat = x.detach().reshape(-1, layer.weight_q.shape[1]).float().contiguous()
     rows = flat.shape[0]
     q = torch.empty(flat.shape, dtype=torch.int8)
     row_amax = torch.empty(rows if layer.per_token else 1)
@@ -101,8 +102,7 @@ class SharedInputGroup:
         local = self._local
         outs = getattr(local, "outs", None)
         if getattr(local, "x", None) is not x or outs is None or outs[index] is None:
-            flat = x.detach().reshape(-1, self.weight_q.shape[1]).float().contiguous()
-            outs = w8a8(flat, self, self.bounds)
+            outs = w8a8(x, self, self.bounds)
             local.x, local.outs = x, outs
         out = outs[index]
         outs[index] = None

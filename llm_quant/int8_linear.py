@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -56,15 +57,10 @@ class KernelReport:
     fused: list[list[str]] = field(default_factory=list)  # linears sharing one GEMM (int8_fused)
 
     def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for kind in self.kernels.values():
-            counts[kind] = counts.get(kind, 0) + 1
+        counts = Counter(self.kernels.values())
         text = ", ".join(f"{n} x {kind}" for kind, n in sorted(counts.items())) or "no quantized linears"
         if self.fused:
-            shapes: dict[str, int] = {}
-            for names in self.fused:
-                key = "+".join(n.rsplit(".", 1)[-1] for n in names)
-                shapes[key] = shapes.get(key, 0) + 1
+            shapes = Counter("+".join(n.rsplit(".", 1)[-1] for n in names) for names in self.fused)
             text += "; fused GEMMs: " + ", ".join(f"{n} x {key}" for key, n in sorted(shapes.items()))
         return text
 
@@ -134,9 +130,8 @@ def _classes() -> dict[str, type]:
             lead = x.shape[:-1]
             if self.group is not None:
                 y = self.group.output(self.group_index, x)
-            else:  # per token, amax / 127 per row (0 for an all-zero row, whose output is then the bias alone)
-                y = int8_fused.w8a8(x.detach().reshape(-1, self.in_features).float().contiguous(), self,
-                                    self.bounds)[0]
+            else:  # per token: an all-zero row (amax 0) gives the bias alone
+                y = int8_fused.w8a8(x, self, self.bounds)[0]
             return y.to(x.dtype).reshape(*lead, self.out_features)
 
         def extra_repr(self) -> str:
