@@ -52,7 +52,8 @@ _fold = fold_pre_quant_scale  # modelopt's SmoothQuant/AWQ fold, recomputed on l
 def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """Split weights changed by calibration into recomputable folds and stored overrides."""
     torch = _torch()
-    state = model.state_dict()
+    # base_state is read from the checkpoint on the CPU; a model calibrated on CUDA is compared there too
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     folded: list[str] = []
     overrides: dict[str, Any] = {}
     for key, value in state.items():
@@ -63,7 +64,7 @@ def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str],
         if key.endswith(".weight") and pqs is not None and torch.equal(_fold(base_state[key], pqs), value):
             folded.append(key)
         else:
-            overrides[key] = value.detach().cpu().contiguous()
+            overrides[key] = value.contiguous()
     return folded, overrides
 
 
