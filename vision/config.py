@@ -81,6 +81,10 @@ class VisionConfig(BaseModel):
     budget_max_images: int | None = Field(100, ge=1)
     class_map: Path | None = None  # model class -> category id for `annotations` (see vision-quant eval)
     sensitivity_images: int = Field(2, ge=1)
+    # A float-layer set meets the budget when the upper end of its mAP loss's 95 % interval (paired bootstrap over
+    # the budget images) does ("ci"), or when the measured loss does ("point"); quant_common.search.BUDGET_RULES.
+    budget_rule: Literal["ci", "point"] = "ci"
+    bootstrap_resamples: int = Field(1000, ge=10)  # resamples of every reported Δ mAP's interval
 
     trt_int8: Literal["auto", "implicit", "explicit"] = "auto"
     workspace_gb: float = Field(4, gt=0)

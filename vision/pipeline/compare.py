@@ -22,6 +22,8 @@ import onnx
 from quant_common.atomic import atomic_write_json, publish_files, staging_area
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings, utc_now
+from quant_common.search import DEFAULT_BUDGET_RULE
+from quant_common.uncertainty import DEFAULT_RESAMPLES
 from vision.artifacts.cache import amax_to_scale
 from vision.artifacts.qdq_ort import write_ort_qdq
 from vision.artifacts.qdq_ov import write_openvino_qdq
@@ -32,6 +34,7 @@ from vision.calibration.stats import ActivationCollector, TensorStats
 from vision.data.images import CalibrationSet
 from vision.evaluation.bench import benchmark, cpu_name
 from vision.evaluation.evaluate import EvalResult, evaluate
+from vision.evaluation.map_bootstrap import delta_fields
 from vision.evaluation.report import write_reports
 from vision.evaluation.results import CompareResult, Variant
 from vision.export_kinds import check_supported, end_to_end_tail, export_kind
@@ -59,6 +62,8 @@ class CompareOptions:
     imgsz: int = 640
     keep_head_fp32: bool = True  # as `vision-quant build` does by default (vision.graph.head_nodes)
     ort_weights: WeightStorage = "auto"  # vision.artifacts.qdq_weights
+    resamples: int = DEFAULT_RESAMPLES  # bootstrap resamples of the images for every Δ's 95 % interval
+    budget_rule: str = DEFAULT_BUDGET_RULE  # quant_common.search.BUDGET_RULES
 
 
 Progress = Callable[[Any, str, int], Any]
@@ -79,10 +84,11 @@ def _latency(model: Path, opts: CompareOptions, backend: str = "onnxruntime") ->
 
 
 def _variant(name: str, calibrator: str | None, model: Path, result: EvalResult, latency: float,
-             excluded: Sequence[str] = ()) -> Variant:
+             excluded: Sequence[str] = ()) -> tuple[Variant, EvalResult]:
+    """The table row, and the evaluation it came from (its per-image matches give the row's Δ interval)."""
     return Variant(name=name, calibrator=calibrator, model=model.name, map50_95=result.map50_95, map50=result.map50,
                    latency_ms=latency, excluded=list(excluded),
-                   per_class=[asdict(c) for c in result.per_class])
+                   per_class=[asdict(c) for c in result.per_class]), result
 
 
 def collect_statistics(info: ModelInfo, model: onnx.ModelProto, calib_data: Path, opts: CompareOptions,
@@ -128,10 +134,11 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
         raw_head, tail = end_to_end_tail(proto)
         with timings.measure("fp32"):
             fp32_eval = _evaluate(model_path, data_dir, ann_path, opts, progress)  # checks data before long work
-            fp32 = _variant("FP32", None, model_path, fp32_eval, _latency(model_path, opts))
+            fp32, _ = _variant("FP32", None, model_path, fp32_eval, _latency(model_path, opts))
         with timings.measure("statistics"):
             stats, sample, calib_images = collect_statistics(info, proto, Path(calib_data), opts)
         variants, amax_all, scales_all = [fp32], {}, {}
+        evaluations = [fp32_eval]
         head = head_nodes(proto, [raw_head] if raw_head else None) if opts.keep_head_fp32 else []
         head = list(dict.fromkeys([*head, *tail]))  # an end-to-end tail (NMS and its decode) stays float
         for method in opts.calibrators:
@@ -142,27 +149,34 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
                 write_ort_qdq(proto, scales, sample[:1], path, nodes_to_exclude=head,
                               weight_storage=opts.ort_weights, label=model_path.name)
                 result = _evaluate(path, data_dir, ann_path, opts, progress)
-                variants.append(_variant(f"INT8-{method}", method, path, result, _latency(path, opts), head))
+                _add(variants, evaluations, _variant(f"INT8-{method}", method, path, result, _latency(path, opts),
+                                                     head))
                 amax_all[method], scales_all[method] = amax, scales
-        best = max(variants[1:], key=lambda v: v.map50_95)
+        best_index = max(range(1, len(variants)), key=lambda i: variants[i].map50_95)
+        best = variants[best_index]
         with timings.measure("mixed_precision"):
             mixed = budgeted_mixed_precision(
                 info, proto, staging / best.model, scales_all[best.calibrator or ""], sample[:opts.sensitivity_images],
-                lambda path: _evaluate(path, data_dir, ann_path, opts, None).map50_95, opts.accuracy_budget,
-                staging / "model.int8.mixed.ort.onnx", fp32_map=fp32.map50_95, int8_map=best.map50_95,
+                lambda path: _evaluate(path, data_dir, ann_path, opts, None), opts.accuracy_budget,
+                staging / "model.int8.mixed.ort.onnx", fp32_result=fp32_eval, int8_result=evaluations[best_index],
                 threads=opts.threads, keep_head=opts.keep_head_fp32, int8_keeps_head=True,
-                weight_storage=opts.ort_weights)
+                weight_storage=opts.ort_weights, rule=opts.budget_rule, resamples=opts.resamples)
             mixed_eval = _evaluate(mixed.model, data_dir, ann_path, opts, progress)
-            variants.append(_variant("INT8-mixed", best.calibrator, mixed.model, mixed_eval,
-                                     _latency(mixed.model, opts), mixed.search.excluded))
+            _add(variants, evaluations, _variant("INT8-mixed", best.calibrator, mixed.model, mixed_eval,
+                                                 _latency(mixed.model, opts), mixed.search.excluded))
         with timings.measure("openvino"):
-            variants += _openvino_variants(proto, model_path, staging, scales_all[best.calibrator or ""],
-                                           best.calibrator, head, data_dir, ann_path, opts, progress)
+            for row in _openvino_variants(proto, model_path, staging, scales_all[best.calibrator or ""],
+                                          best.calibrator, head, data_dir, ann_path, opts, progress):
+                _add(variants, evaluations, row)
         ranked, search = mixed.layer_errors, mixed.search
-        for v in variants:
-            v.delta_map50_95 = 100.0 * (v.map50_95 - fp32.map50_95)
-            v.delta_map50 = 100.0 * (v.map50 - fp32.map50)
-            v.speedup = fp32.latency_ms / v.latency_ms if v.latency_ms > 0 else 0.0
+        with timings.measure("intervals"):
+            for v, evaluation in zip(variants, evaluations, strict=True):
+                v.delta_map50_95 = 100.0 * (v.map50_95 - fp32.map50_95)
+                v.delta_map50 = 100.0 * (v.map50 - fp32.map50)
+                v.speedup = fp32.latency_ms / v.latency_ms if v.latency_ms > 0 else 0.0
+                if fp32_eval.matches is not None and evaluation.matches is not None:
+                    deltas = delta_fields(fp32_eval.matches, evaluation.matches, resamples=opts.resamples)
+                    v.delta_map_ci95, v.delta_map50_ci95 = deltas["delta_map_ci95"], deltas["delta_map50_ci95"]
         result_obj = CompareResult(
             model=str(model_path), variants=variants, images=fp32_eval.images, calib_images=calib_images,
             amax=amax_all, layer_errors=[e.to_dict() for e in ranked],
@@ -180,9 +194,14 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
     return result_obj
 
 
+def _add(variants: list[Variant], evaluations: list[EvalResult], row: tuple[Variant, EvalResult]) -> None:
+    variants.append(row[0])
+    evaluations.append(row[1])
+
+
 def _openvino_variants(proto: onnx.ModelProto, model_path: Path, staging: Path, scales: Mapping[str, float],
                        calibrator: str | None, head: Sequence[str], data: Path, annotations: Path,
-                       opts: CompareOptions, progress: Progress | None) -> list[Variant]:
+                       opts: CompareOptions, progress: Progress | None) -> list[tuple[Variant, EvalResult]]:
     """FP32 (f32 hint) and the OpenVINO INT8 layout from the best calibrator's scales, run by OpenVINO; none where
     OpenVINO is not installed (ONNX Runtime stays the reference for every row)."""
     if not is_importable("openvino"):

@@ -43,7 +43,7 @@ from vision.evaluation.agreement import compare as compare_outputs
 from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo
 from vision.model_prep import cast_io
-from vision.pipeline.mixed_precision import build_budget_search, map50_95
+from vision.pipeline.mixed_precision import budget_evaluation, build_budget_search, map_loss
 
 
 @dataclass
@@ -58,6 +58,8 @@ class Int8Facts:
     agreement: dict[str, Any] | None = None
     qdq: dict[str, Any] = field(default_factory=dict)
     float_layers: list[str] = field(default_factory=list)  # ONNX nodes kept out of INT8 (head, budget)
+    # how many calibration images the source held, the seeded subset took and calibration actually consumed
+    calibration_images: dict[str, Any] = field(default_factory=dict)
     mixed_precision: dict[str, Any] | None = None  # the --accuracy-budget search, when asked for
 
 
@@ -128,6 +130,10 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
     else:
         facts.cache_reused = True
         facts.images = len(calib.paths)
+    unreadable = sum(1 for path in calib.paths if str(path) in facts.skipped_images)
+    facts.calibration_images = {"found": calib.found, "max_images": cfg.max_calib_images,
+                                "selected": len(calib.paths), "used": facts.images, "unreadable": unreadable,
+                                "listed_missing": len(facts.skipped_images) - unreadable}
     outputs = Int8Outputs(facts, calib, cache.header, {name: float(scale) for name, scale in cache.scales.items()})
     cache_file = staging / "calibration.cache"
     write_cache(cache_file, cache, provenance=expected)
@@ -141,7 +147,8 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
                fp16_target=tensorrt_facts().qdq_high_precision(trt_version) == "fp16")
     outputs.manifest = {
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
-                        "images_used": facts.images, "skipped": facts.skipped_images,
+                        "images_used": facts.images, "images_found": calib.found,
+                        "max_images": cfg.max_calib_images, "skipped": facts.skipped_images,
                         "fingerprint": expected.data_fingerprint, "batch": batch, "imgsz": list(hw)},
         "calibrator": {"method": cfg.calibrator, "options": options, "cache_header": cache.header,
                        "cache_reused": facts.cache_reused},
@@ -186,7 +193,8 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
     facts.float_layers = list(head)
     if cfg.accuracy_budget is not None:
         with timings.measure("accuracy_budget"):
-            facts.mixed_precision = build_budget_search(cfg, info, model, calib, scales, ort_path, smallest)
+            facts.mixed_precision, fp32_eval = build_budget_search(cfg, info, model, calib, scales, ort_path,
+                                                                    smallest)
         facts.float_layers = list(facts.mixed_precision["excluded_nodes"])
         with timings.measure("qdq_onnxruntime"):
             ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=facts.float_layers,
@@ -198,9 +206,11 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
-            trt_map = map50_95(cfg, info, trt_summary.path)
-        facts.mixed_precision["map_tensorrt_layout"] = trt_map
-        facts.mixed_precision["delta_tensorrt_layout"] = 100.0 * (facts.mixed_precision["map_fp32"] - trt_map)
+            trt_eval = budget_evaluation(cfg, info, trt_summary.path)
+            trt_loss = map_loss(fp32_eval, trt_eval, cfg.bootstrap_resamples)
+        facts.mixed_precision["map_tensorrt_layout"] = trt_eval.map50_95
+        facts.mixed_precision["delta_tensorrt_layout"] = trt_loss.value
+        facts.mixed_precision["delta_tensorrt_layout_ci95"] = trt_loss.ci_list()
     # OpenVINO layout (vision.artifacts.qdq_ov): same scales, Q/DQ on Conv inputs/weights only, uint8 activations
     with timings.measure("qdq_openvino"):
         ov_summary = write_openvino_qdq(model, scales, staging / "model.int8.ov.onnx",

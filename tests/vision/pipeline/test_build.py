@@ -242,6 +242,11 @@ def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
     mixed = manifest["mixed_precision"]
     assert mixed["met"] is True and mixed["budget"] == 100.0  # any drop is within 100 points: no search needed
     assert {"excluded_nodes", "map_fp32", "map_int8", "delta", "map_tensorrt_layout"} <= set(mixed)
+    # each Δ with its paired 95 % interval over the budget images, which brackets it
+    assert mixed["rule"] == "ci" and mixed["images"] == 2 and mixed["bootstrap"]["units"] == "images"
+    for key in ("delta", "delta_tensorrt_layout"):
+        lo, hi = mixed[f"{key}_ci95" if key != "delta" else "delta_map_ci95"]
+        assert lo - 1e-6 <= mixed[key] <= hi + 1e-6
     head = head_nodes(onnx.load(str(model)))
     assert head and mixed["excluded_nodes"] == head == manifest["float_layers"]
     assert result.summary()["mixed_precision"]["met"] is True
