@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quant_common.cli import handle_errors, print_json
+from quant_common.stability import summary_line
 from vision.calibration.calibrators import CALIBRATOR_NAMES
 from vision.config import load_config
 from vision.pipeline.build import build
@@ -60,6 +61,13 @@ def build_command(
     force: Annotated[bool, typer.Option("--force", help="Recalibrate even if the cache belongs elsewhere")] = False,
     simplify: Annotated[bool, typer.Option("--simplify", help="Run onnxslim on the model first")] = False,
     save_stats: Annotated[Path | None, typer.Option(help="Write the activation statistics to FILE.npz")] = None,
+    calib_stability: Annotated[int | None, typer.Option(
+        "--calib-stability", metavar="K",
+        help="Also calibrate on K seeded half-subsets of the calibration batches and report each tensor's amax "
+             "spread, flagging those moving more than --stability-threshold (the model still runs once per batch)")
+    ] = None,
+    stability_threshold: Annotated[float | None, typer.Option(
+        help="Flag a tensor whose amax moves by more than this fraction over the subsets (default 0.1)")] = None,
     accuracy_budget: Annotated[float | None, typer.Option(
         help="mAP50-95 points INT8 may lose against FP32 on --data; keeps sensitive layers in FP32")] = None,
     data: Annotated[Path | None, typer.Option(help="Labelled images for --accuracy-budget")] = None,
@@ -90,6 +98,7 @@ def build_command(
         "precision": precision, "backend": backend, "trt_version": trt_version, "trt_int8": trt_int8, "calib_cache": calib_cache,
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
         "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations, "class_map": class_map,
+        "calib_stability": calib_stability, "stability_threshold": stability_threshold,
         "budget_max_images": budget_max_images, "budget_rule": budget_rule, "keep_head_fp32": keep_head_fp32,
         "ort_weights": ort_weights,
         "ov_weight_bits": ov_weight_bits, "trt_high_precision": trt_high_precision,
@@ -119,6 +128,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         console.print(f"calibrator: {summary['calibrator']} {summary['calibrator_options']}; cache reused: "
                       f"{summary['cache_reused']}", markup=False)
         console.print(f"calibration images: {_calibration_text(summary)}", markup=False)
+    stability = summary.get("calib_stability")
+    if stability:
+        console.print(f"scale stability: {summary_line(stability, 'tensors', 'images')}", markup=False)
     agreement = summary.get("agreement")
     if agreement:
         det = agreement.get("detection_match")
@@ -169,3 +181,4 @@ def _calibration_text(summary: dict[str, Any]) -> str:
         if dropped > 0:
             text += f"; {dropped} left out to fill the model's fixed batch"
     return text
+

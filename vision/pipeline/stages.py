@@ -15,6 +15,7 @@ import onnx
 
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings
+from quant_common.stability import scale_spread
 from vision.artifacts.cache import (
     CacheProvenance,
     CalibrationCache,
@@ -60,6 +61,7 @@ class Int8Facts:
     float_layers: list[str] = field(default_factory=list)  # ONNX nodes kept out of INT8 (head, budget)
     # how many calibration images the source held, the seeded subset took and calibration actually consumed
     calibration_images: dict[str, Any] = field(default_factory=dict)
+    stability: dict[str, Any] | None = None  # --calib-stability: amax spread over subsets (quant_common.stability)
     mixed_precision: dict[str, Any] | None = None  # the --accuracy-budget search, when asked for
 
 
@@ -115,16 +117,26 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
                                calibrator=cfg.calibrator, options=options, trt_version=trt_version)
     header = make_header(trt_version, spec.trt_algorithm)
     cache = check_reusable(cfg.cache_path, expected, tensors, force=cfg.force)
+    if cfg.calib_stability:
+        cache = None  # the stability report needs the statistics pass (same data and options: the same scales)
     facts = Int8Facts(calibrator=cfg.calibrator, calibrator_options=options)
     stats = None
     if cache is None:
         with timings.measure("statistics"), ActivationCollector(model, tensors, histogram=cfg.histogram,
-                                                                 num_bins=cfg.num_bins) as collector:
+                                                                 num_bins=cfg.num_bins, subsets=cfg.calib_stability,
+                                                                 seed=cfg.seed) as collector:
             for feeds in calib:
                 collector.collect(feeds)
             stats = collector.result()
+            subset_stats = collector.subset_results() if cfg.calib_stability else []
+            subset_samples = [n for n in collector.subset_samples if n]
         with timings.measure("calibrate"):
             amax = compute_all(stats, cfg.calibrator, **spec.options_from(cfg))
+        if subset_stats:
+            with timings.measure("calib_stability"):
+                facts.stability = scale_spread(
+                    amax, [compute_all(sub, cfg.calibrator, **spec.options_from(cfg)) for sub in subset_stats],
+                    subset_samples, cfg.stability_threshold).to_dict()
         cache = CalibrationCache(header, {name: amax_to_scale(value) for name, value in amax.items()})
         facts.images, facts.skipped_images = calib.images_seen, dict(calib.skipped)
     else:
@@ -149,6 +161,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
                         "images_used": facts.images, "images_found": calib.found,
                         "max_images": cfg.max_calib_images, "skipped": facts.skipped_images,
+                        "stability": facts.stability,
                         "fingerprint": expected.data_fingerprint, "batch": batch, "imgsz": list(hw)},
         "calibrator": {"method": cfg.calibrator, "options": options, "cache_header": cache.header,
                        "cache_reused": facts.cache_reused},

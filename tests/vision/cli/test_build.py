@@ -154,7 +154,8 @@ def test_calibration_images_actually_used_are_reported(app, assets, tmp_path):
     counts = json.loads(stdout)["calibration_images"]
     assert counts == {"found": 7, "max_images": 512, "selected": 7, "used": 6, "unreadable": 1, "listed_missing": 0}
     code, stdout, stderr = _invoke(app, [model, "--calib-data", images, "--imgsz", 64, "--out", tmp_path / "b",
-                                         "--max-calib-images", 4])
+                                         "--max-calib-images", 4, "--calib-stability", 3])
     assert code == 0, stderr
-    assert "calibration images: 4 used of 4 selected from 6 found (seeded subset, --max-calib-images 4)" in \
-        " ".join(stdout.split())
+    text = " ".join(stdout.split())
+    assert "calibration images: 4 used of 4 selected from 6 found (seeded subset, --max-calib-images 4)" in text
+    assert "scale stability: " in text and "seeded half-subsets of" in text
