@@ -54,7 +54,7 @@ class EvalReport:
     heldout: dict[str, Any] | None = None  # the same on a domain neither calibration nor the search saw
     search: dict[str, Any] | None = None  # --accuracy-budget: its text, search-split Δ, units kept, probes, met
     sq_activations: str | None = None  # int8_sq: per_tensor or per_token
-    smoothquant: dict[str, Any] | None = None  # int8_sq: alpha per input group (llm_quant.smoothing)
+    smoothquant: dict[str, Any] | None = None  # int8_sq: alpha per input group (llm_quant.calibration.smoothing)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

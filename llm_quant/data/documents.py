@@ -4,7 +4,7 @@ Documents are assigned by index: every 10th goes to ``eval`` (held out from ever
 ``search`` (accuracy-budget search), the rest to ``calib``. Calibration therefore never sees the text perplexity is
 reported on, and the budget search never sees it either.
 
-The offline default, ``mixed`` (``llm_quant/corpus``, sources and licenses in its SOURCES.md), interleaves prose,
+The offline default, ``mixed`` (``llm_quant/data/corpus``, sources and licenses in its SOURCES.md), interleaves prose,
 Python code and technical documentation paragraph by paragraph, so every split and every calibration prefix holds
 all three; a fourth domain, dialogue, is in no split: it is the ``heldout`` text, a domain neither calibration nor
 the search saw, on which a budget is reported (searching and evaluating on one domain let budgets fail on others).
@@ -42,13 +42,13 @@ def search_slots(calib: CalibConfig) -> int:
 
 
 def corpus_domain(domain: str) -> list[str]:
-    """The paragraphs of one bundled domain file (``llm_quant/corpus/<domain>.txt``)."""
+    """The paragraphs of one bundled domain file (``llm_quant/data/corpus/<domain>.txt``)."""
     from importlib import resources
 
     try:
-        text = resources.files("llm_quant").joinpath("corpus", f"{domain}.txt").read_text(encoding="utf-8")
+        text = resources.files("llm_quant.data").joinpath("corpus", f"{domain}.txt").read_text(encoding="utf-8")
     except (FileNotFoundError, ModuleNotFoundError) as exc:
-        raise QuantError(f"the bundled text llm_quant/corpus/{domain}.txt is missing",
+        raise QuantError(f"the bundled text llm_quant/data/corpus/{domain}.txt is missing",
                          "reinstall tensorrt-quantization") from exc
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 

@@ -1,6 +1,6 @@
 """Model-family presets: one YAML per family in configs/llm/, validated as :class:`llm_quant.config.Preset`.
 
-Formats are data too, but live in ``llm_quant.formats``; a preset only names a model family's defaults.
+Formats are data too, but live in ``quant_common.qformats``; a preset only names a model family's defaults.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from llm_quant.config import Preset
 from llm_quant.upstream import refuse_unsupported
 from quant_common.errors import QuantError
 
-# configs/llm is the one source of truth; llm_quant/presets_yaml links to it so an installed wheel carries it too.
+# configs/llm is the one source of truth; llm_quant/model/presets_yaml links to it so an installed wheel carries it too.
 PRESET_DIR = Path(__file__).resolve().parent / "presets_yaml"
 
 

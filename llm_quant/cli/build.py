@@ -9,10 +9,10 @@ from typing import Any
 
 import typer
 
-from llm_quant import formats
 from llm_quant.config import DEVICES, BuildConfig
+from llm_quant.model.presets import available_presets
 from llm_quant.pipeline import build, evaluate, make_config
-from llm_quant.presets import available_presets
+from quant_common import qformats
 from quant_common.cli import handle_errors, print_json
 from quant_common.errors import QuantError
 
@@ -51,11 +51,11 @@ def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: st
             batch_size: int | None, eval_seq_len: int | None, eval_tokens: int | None, device: str,
             extra: dict[str, Any] | None = None, parallel: dict[str, Any] | None = None
             ) -> tuple[BuildConfig, Path, str]:
-    formats.qformat(qformat)
+    qformats.qformat(qformat)
     if kv_cache_dtype is not None:
-        formats.kv_format(kv_cache_dtype)
+        qformats.kv_format(kv_cache_dtype)
     if device not in DEVICES:
-        raise QuantError(f"unknown --device {device!r}", f"choose {formats.either(DEVICES)}")
+        raise QuantError(f"unknown --device {device!r}", f"choose {qformats.either(DEVICES)}")
     calib = {k: v for k, v in {"dataset": calib_dataset, "files": calib_file or None, "size": calib_size,
                                "seq_len": calib_seq_len, "batch_size": batch_size}.items() if v is not None}
     eval_opts = {k: v for k, v in {"seq_len": eval_seq_len, "max_tokens": eval_tokens}.items() if v is not None}
@@ -77,8 +77,8 @@ def _common(model: str, model_path: str | None, qformat: str, kv_cache_dtype: st
 _MODEL = typer.Option("llama", "--model", "-m",
                       help=f"preset name ({', '.join(_PRESETS)}), HF folder or hub id")
 _MODEL_PATH = typer.Option(None, "--model-path", help="HF folder or hub id replacing the preset's default model")
-_QFORMAT = typer.Option(formats.DEFAULT_QFORMAT, "--qformat", "-q", help=formats.qformat_help())
-_KV = typer.Option(None, "--kv-cache-dtype", help=formats.kv_help())
+_QFORMAT = typer.Option(qformats.DEFAULT_QFORMAT, "--qformat", "-q", help=qformats.qformat_help())
+_KV = typer.Option(None, "--kv-cache-dtype", help=qformats.kv_help())
 _ALPHA = typer.Option(None, "--smoothquant-alpha", help="SmoothQuant migration strength (int8_sq), 0-1")
 _SQ_ACT = typer.Option(None, "--sq-activations",
                        help="int8_sq activations: per_token (dynamic, one scale per token row) or per_tensor "

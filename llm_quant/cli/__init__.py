@@ -5,7 +5,7 @@ Each command group lives in a module of its own with a ``register(app)``; this f
 
 from __future__ import annotations
 
-from llm_quant import cli_build
+from llm_quant.cli import build
 from quant_common.cli import make_app
 from triton_backend import cli as triton_cli
 
@@ -19,12 +19,9 @@ HELP = (
 )
 
 app = make_app("llm-quant", HELP, "Quantize, package and serve Llama-family LLMs.",
-               [cli_build.register, triton_cli.register])
+               [build.register, triton_cli.register])
 
 
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,10 @@
 """The one table of LLM quantization formats: every ``--qformat`` and ``--kv-cache-dtype`` is one row here.
 
-Config types (``llm_quant.config``), CLI help and checks (``llm_quant.cli_build``), the modelopt config
-(``llm_quant.calibrate``), the expected exported algorithms (``llm_quant.pipeline``) and the checkpoint conformance
-checks (``llm_quant.checkpoint``) are all derived from these rows, so adding a format is one row plus its tests.
+Config types (``llm_quant.config``), CLI help and checks (``llm_quant.cli.build``), the modelopt config
+(``llm_quant.calibration.calibrate``), the expected exported algorithms (``llm_quant.upstream.expected_algorithms``),
+the checkpoint conformance checks (``llm_quant.export.verify``) and the LLM API's support rules
+(``triton_backend.llmapi_support``) are all derived from these rows, so adding a format is one row plus its tests.
+It sits in ``quant_common`` so that ``triton_backend`` reads it without importing ``llm_quant`` (which sits above).
 
 Where the values come from:
 - names: TensorRT-LLM's ``examples/quantization/quantize.py --qformat/--kv_cache_dtype`` (v1.2);
@@ -20,7 +22,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llm_quant import sq_checkpoint
 from quant_common.errors import QuantError
 
 
@@ -71,13 +72,13 @@ QFORMAT_ROWS: tuple[QFormat, ...] = (
             checkpoint=CheckpointTensors(weight_dtype="float8_e4m3fn",
                                          scales=("weights_scaling_factor", "activation_scaling_factor"))),
     # INT4 weights are packed two per int8; the AWQ pre-quant scales are checked when config.json says
-    # pre_quant_scale (llm_quant.checkpoint).
+    # pre_quant_scale (llm_quant.export.verify).
     QFormat(name="int4_awq", modelopt_cfg="INT4_AWQ_CFG", quant_algo="W4A16_AWQ", int4_blocks=True,
             checkpoint=_INT8_WEIGHTS),
     QFormat(name="w4a8_awq", modelopt_cfg="W4A8_AWQ_BETA_CFG", quant_algo="W4A8_AWQ", int4_blocks=True,
             checkpoint=_INT8_WEIGHTS),
     QFormat(name="int8_wo", modelopt_cfg="INT8_WEIGHT_ONLY_CFG", quant_algo="W8A16", checkpoint=_INT8_WEIGHTS),
-    # modelopt exports INT4 weight-only as W4A16_AWQ without pre-quant scales (llm_quant.export corrects the flag)
+    # modelopt exports INT4 weight-only as W4A16_AWQ without pre-quant scales (llm_quant.export.checkpoints corrects the flag)
     QFormat(name="int4_wo", modelopt_cfg="INT4_BLOCKWISE_WEIGHT_ONLY_CFG", quant_algo="W4A16_AWQ", int4_blocks=True,
             checkpoint=_INT8_WEIGHTS),
     QFormat(name="nvfp4", modelopt_cfg="NVFP4_DEFAULT_CFG", quant_algo="NVFP4", needs_cuda=True),
@@ -129,16 +130,6 @@ def kv_format(name: str) -> KVFormat:
     if name not in KV_FORMATS:
         raise QuantError(f"unknown --kv-cache-dtype {name!r}", f"choose {either(KV_NAMES)}")
     return KV_FORMATS[name]
-
-
-def expected_algorithms(qformat_name: str, kv_cache_dtype: str | None, sq_activations: str = "per_tensor"
-                        ) -> tuple[str | None, str | None]:
-    """(quant_algo, kv_cache_quant_algo) the exported TensorRT-LLM checkpoint must declare."""
-    kv = kv_format(kv_cache_dtype).kv_cache_quant_algo if kv_cache_dtype else None
-    row = qformat(qformat_name)
-    if row.smoothquant and sq_activations == "per_token":
-        return sq_checkpoint.quant_algo(), kv  # read from the fact table
-    return row.quant_algo, kv
 
 
 def cpu_alternatives(*, int4_blocks: bool = True) -> str:

@@ -1,6 +1,6 @@
 """Load a HF causal LM and calibrate it with modelopt: the only caller of ``mtq.quantize``.
 
-The modelopt config comes from the format table (``llm_quant.formats``): the qformat's preset, the KV-cache
+The modelopt config comes from the format table (``quant_common.qformats``): the qformat's preset, the KV-cache
 entries, the SmoothQuant alpha, the INT4 group size and the layers kept in higher precision.
 """
 
@@ -10,9 +10,10 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from llm_quant import formats, per_token, smoothing
-from llm_quant.exclusions import modelopt_pattern
+from llm_quant.calibration import per_token, smoothing
+from llm_quant.calibration.exclusions import modelopt_pattern
 from llm_quant.upstream import trtllm_facts
+from quant_common import qformats
 from quant_common.errors import QuantError, require
 from quant_common.progress import track
 
@@ -62,9 +63,9 @@ def load_tokenizer(path: Path) -> Any:
 
 
 def check_qformat_device(qformat: str, device: str) -> None:
-    if formats.qformat(qformat).needs_cuda and device != "cuda":
+    if qformats.qformat(qformat).needs_cuda and device != "cuda":
         raise QuantError(f"--qformat {qformat} needs a CUDA GPU (modelopt's {qformat} kernels are GPU-only) "
-                         "and none is visible", f"run on a GPU machine or choose {formats.cpu_alternatives()}")
+                         "and none is visible", f"run on a GPU machine or choose {qformats.cpu_alternatives()}")
 
 
 def layer_pattern(module: str) -> str:
@@ -79,15 +80,15 @@ def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothqu
     """The modelopt quantize config for ``qformat`` (a deep copy; None for full precision).
 
     ``exclude_modules`` (HF layer or linear names) and ``exclude_layers`` (its older name) stay unquantized."""
-    row = formats.qformat(qformat)
-    kv = formats.kv_format(kv_cache_dtype) if kv_cache_dtype is not None else None
+    row = qformats.qformat(qformat)
+    kv = qformats.kv_format(kv_cache_dtype) if kv_cache_dtype is not None else None
     if not row.quantized:
         if kv is not None:
             raise QuantError("--kv-cache-dtype needs a quantized --qformat", "drop it or choose a qformat")
         return None
     if smoothquant_alpha is not None and not row.smoothquant:
         raise QuantError(f"--smoothquant-alpha applies to --qformat "
-                         f"{formats.either([r.name for r in formats.QFORMAT_ROWS if r.smoothquant])} only", "drop it")
+                         f"{qformats.either([r.name for r in qformats.QFORMAT_ROWS if r.smoothquant])} only", "drop it")
     mtq = require("modelopt.torch.quantization", purpose="LLM quantization", install=MODELOPT_INSTALL)
     cfg = copy.deepcopy(getattr(mtq, str(row.modelopt_cfg)))
     entries = cfg["quant_cfg"]  # modelopt's list form: later entries win
@@ -119,7 +120,7 @@ def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
 def int4_group_sizes(qformat: str) -> tuple[int, ...]:
     """INT4 group sizes TensorRT-LLM takes for ``qformat``'s quant_algo, largest first (``trtllm_build.yaml``:
     128/64 for W4A16_AWQ, 128 only for W4A8_AWQ; 32 is not among them)."""
-    return trtllm_facts().group_sizes_for(str(formats.qformat(qformat).quant_algo))
+    return trtllm_facts().group_sizes_for(str(qformats.qformat(qformat).quant_algo))
 
 
 def int4_block_size(model: Any, qformat: str = "int4_awq") -> int:
@@ -134,7 +135,7 @@ def int4_block_size(model: Any, qformat: str = "int4_awq") -> int:
             return block
     raise QuantError(f"--qformat {qformat}: no INT4 group size TensorRT-LLM takes for it ({', '.join(map(str, allowed))})"
                      f" divides the linear input sizes {sorted(sizes)}",
-                     f"choose {formats.cpu_alternatives(int4_blocks=False)}"
+                     f"choose {qformats.cpu_alternatives(int4_blocks=False)}"
                      + (" or int4_awq" if qformat != "int4_awq" and 64 not in allowed else "") + " for this model")
 
 
@@ -148,7 +149,7 @@ def smoothquant_alphas(qformat: str, sq_activations: str, smoothquant_alpha: flo
 
     Per-token activations need one scale per fused input group (folded into the RMSNorm in TensorRT-LLM), so
     they always take our step; per-tensor takes it only for the per-layer search."""
-    if not formats.qformat(qformat).smoothquant:
+    if not qformats.qformat(qformat).smoothquant:
         return None
     if alpha_search and smoothquant_alpha is None:
         return smoothing.ALPHA_GRID
@@ -164,17 +165,17 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
     """Calibrate ``model`` in place on ``batches`` (token id tensors); returns the quantized model.
 
     int8_sq: with ``alpha_search`` (and no fixed ``smoothquant_alpha``) the SmoothQuant alpha is searched per input
-    group (``llm_quant.smoothing``); ``sq_activations="per_token"`` switches the activations to dynamic per-token
-    quantization (``llm_quant.per_token``). The chosen alphas are in ``model.smoothquant_report`` (None otherwise).
+    group (``llm_quant.calibration.smoothing``); ``sq_activations="per_token"`` switches the activations to dynamic per-token
+    quantization (``llm_quant.calibration.per_token``). The chosen alphas are in ``model.smoothquant_report`` (None otherwise).
     ``scale_dtype``: the exported checkpoint's dtype, which our SmoothQuant scales are rounded to.
     """
     if sq_activations not in per_token.SQ_ACTIVATIONS:
         raise QuantError(f"unknown --sq-activations {sq_activations!r}",
-                         f"choose {formats.either(per_token.SQ_ACTIVATIONS)}")
-    if sq_activations != "per_tensor" and not formats.qformat(qformat).smoothquant:
+                         f"choose {qformats.either(per_token.SQ_ACTIVATIONS)}")
+    if sq_activations != "per_tensor" and not qformats.qformat(qformat).smoothquant:
         raise QuantError(f"--sq-activations {sq_activations} applies to --qformat int8_sq only", "drop it")
     alphas = smoothquant_alphas(qformat, sq_activations, smoothquant_alpha, alpha_search)
-    block = int4_block_size(model, qformat) if formats.qformat(qformat).int4_blocks else None
+    block = int4_block_size(model, qformat) if qformats.qformat(qformat).int4_blocks else None
     cfg = modelopt_config(qformat, kv_cache_dtype=kv_cache_dtype, smoothquant_alpha=smoothquant_alpha,
                           exclude_layers=exclude_layers, block_size=block, exclude_modules=exclude_modules)
     if cfg is None:
@@ -213,7 +214,7 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
     if capture is not None and alphas is not None:
         report = smoothing.smooth(model, capture, activations=sq_activations, alphas=alphas, scale_dtype=scale_dtype)
         del capture
-    if formats.qformat(qformat).smoothquant and sq_activations == "per_token":
+    if qformats.qformat(qformat).smoothquant and sq_activations == "per_token":
         per_token.use_per_token_activations(model)
     model.smoothquant_report = report
     return model

@@ -1,4 +1,4 @@
-"""Compiled activation quantizers for ``llm_quant.int8_linear`` (numba, GIL released).
+"""Compiled activation quantizers for ``llm_quant.runtime.cpu.int8_linear`` (numba, GIL released).
 
 Why hand-written: quantizing a [256, 576] float32 activation with torch takes five passes (pre-scale multiply,
 scale multiply, round, clamp, cast; 46 us at 2 threads here) against 14 us for this one pass on one thread, and a

@@ -19,62 +19,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from llm_quant.upstream.smoothquant import facts, quant_algo
 from quant_common.atomic import atomic_write_json
 from quant_common.errors import QuantError, require
-from quant_common.facts import Fact, load_table
 
-TABLE = "trtllm_smoothquant.yaml"
 # column linears whose SmoothQuant scale TensorRT-LLM folds into the norm before them
 NORM_OF = {"attention.qkv": "input_layernorm", "mlp.fc": "post_layernorm", "mlp.gate": "post_layernorm"}
 ROW_LINEARS = ("attention.dense", "mlp.proj")
 MODELOPT_SCALES = ("weights_scaling_factor", "activation_scaling_factor", "prequant_scaling_factor")
-
-
-class QuantAlgoFact(Fact):
-    name: str
-    per_token: bool
-    per_channel: bool
-
-
-class TensorFact(Fact):
-    module: str
-    name: str
-    dtype: str
-    shape: list[str | int]
-    value: float | None = None
-
-
-class NamedFact(Fact):
-    module: str
-    name: str
-
-
-class SourcedFact(Fact):
-    pass
-
-
-class HfFact(Fact):
-    expressible: bool
-
-
-class SmoothQuantFacts(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    quant_algo: QuantAlgoFact
-    tensors: list[TensorFact]
-    static_only: list[NamedFact]
-    semantics: dict[str, SourcedFact]
-    hf_checkpoint: HfFact
-
-
-def facts() -> SmoothQuantFacts:
-    return load_table("llm_quant.upstream", TABLE, SmoothQuantFacts)
-
-
-def quant_algo() -> str:
-    return facts().quant_algo.name
 
 
 def _layer_ids(weights: dict[str, Any]) -> list[int]:

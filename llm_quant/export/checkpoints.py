@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llm_quant import checkpoint, sq_checkpoint
-from llm_quant.checkpoint import rope_scaling, rope_theta
-from llm_quant.exclusions import hf_pattern, trtllm_patterns
+from llm_quant.calibration.exclusions import hf_pattern, trtllm_patterns
+from llm_quant.export import sq_checkpoint, verify
+from llm_quant.export.verify import rope_scaling, rope_theta
 from quant_common.atomic import atomic_write_json, staged_dir
 from quant_common.errors import QuantError, require
 
@@ -44,7 +44,7 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_module
         config["architecture"] = architectures[0]
     quant = config.setdefault("quantization", {})
     if quant.get("quant_algo"):
-        excluded, glob_changes = checkpoint.fix_layer_globs(list(quant.get("exclude_modules") or []))
+        excluded, glob_changes = verify.fix_layer_globs(list(quant.get("exclude_modules") or []))
         changes.extend(glob_changes)
         for pattern in trtllm_patterns(exclude_modules):  # HF layers/linears -> TensorRT-LLM module names
             if pattern not in excluded:
@@ -57,7 +57,7 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_module
 def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: str, dtype: str, tp_size: int,
                   pp_size: int, exclude_modules: list[str], sq_activations: str = "per_tensor") -> dict[str, Any]:
     """modelopt's TensorRT-LLM export, corrected; ``sq_activations="per_token"`` rewrites its int8_sq output into
-    the per-token SmoothQuant checkpoint (``llm_quant.sq_checkpoint``)."""
+    the per-token SmoothQuant checkpoint (``llm_quant.export.sq_checkpoint``)."""
     torch = require("torch", purpose="exporting the TensorRT-LLM checkpoint")
     export = require("modelopt.torch.export", purpose="exporting the TensorRT-LLM checkpoint")
     with staged_dir(out_dir) as tmp:
@@ -84,7 +84,7 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
                 rank_config = json.loads(rank_cfg.read_text())
                 correct_trtllm_config(rank_config, hf_config, exclude_modules)
                 atomic_write_json(rank_cfg, rank_config)
-        checkpoint.verify_trtllm_checkpoint(tmp, hf_config=hf_config, expect_excluded=exclude_modules)
+        verify.verify_trtllm_checkpoint(tmp, hf_config=hf_config, expect_excluded=exclude_modules)
     return {"path": str(out_dir), "corrections": changes, "config": config}
 
 
@@ -127,7 +127,7 @@ def _hf_fix_ignore(folder: Path, exclude_modules: list[str]) -> list[str]:
     qc = config.get("quantization_config")
     if not isinstance(qc, dict):
         return []
-    ignore, _ = checkpoint.fix_layer_globs(list(qc.get("ignore") or []))
+    ignore, _ = verify.fix_layer_globs(list(qc.get("ignore") or []))
     for module in exclude_modules:
         if not any(_covers(p, module) for p in ignore):
             ignore.append(hf_pattern(module))
@@ -137,7 +137,7 @@ def _hf_fix_ignore(folder: Path, exclude_modules: list[str]) -> list[str]:
     if quant_path.is_file():
         hq = json.loads(quant_path.read_text())
         q = hq.get("quantization", {})
-        excl, _ = checkpoint.fix_layer_globs(list(q.get("exclude_modules") or []))
+        excl, _ = verify.fix_layer_globs(list(q.get("exclude_modules") or []))
         excl += [p for p in ignore if p not in excl]
         q["exclude_modules"] = excl
         atomic_write_json(quant_path, hq)

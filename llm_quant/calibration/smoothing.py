@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from llm_quant.per_token import AMAX_EPS, QMAX, fake_quant_per_token, w8a8_input_quantizers
+from llm_quant.calibration.per_token import AMAX_EPS, QMAX, fake_quant_per_token, w8a8_input_quantizers
 from quant_common.errors import require
 
 ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
