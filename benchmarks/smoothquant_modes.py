@@ -48,7 +48,8 @@ def run(model_name: str, prose: Path | None, prose_seq_len: int, only: list[str]
     prep = prepare(cfg)
     texts = {"eval split": prep.eval_windows}
     if prose is not None:
-        texts["prose"] = documents.tokenize_documents(documents.read_text_file(prose), prep.tokenizer).windows(prose_seq_len)
+        prose_docs = documents.read_text_file(prose)
+        texts["prose"] = documents.tokenize_documents(prose_docs, prep.tokenizer).windows(prose_seq_len)
     model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
     rows: list[dict[str, Any]] = [{"variant": "full precision", "greedy": greedy(model, prep.tokenizer),
                                    **{name: perplexity(model, w).ppl for name, w in texts.items()}}]

@@ -193,7 +193,8 @@ class BuildResult:
     triton_repo: str | None
     hf_checkpoint_skipped: str | None = None
     sq_activations: str | None = None  # int8_sq: per_tensor or per_token
-    smoothquant: dict[str, Any] | None = None  # int8_sq: the alpha chosen per input group (llm_quant.calibration.smoothing)
+    # int8_sq: the alpha chosen per input group (llm_quant.calibration.smoothing)
+    smoothquant: dict[str, Any] | None = None
     exclude_modules: list[str] = field(default_factory=list)  # HF layers/linears kept in higher precision
     linears_kept_high_precision: int = 0
     quantized_weight_share: float = 0.0  # of decoder-linear parameters (1.0: uniform; lm_head not counted)

@@ -1,10 +1,11 @@
 """The one table of LLM quantization formats: every ``--qformat`` and ``--kv-cache-dtype`` is one row here.
 
 Config types (``llm_quant.config``), CLI help and checks (``llm_quant.cli.build``), the modelopt config
-(``llm_quant.calibration.calibrate``), the expected exported algorithms (``llm_quant.upstream.expected_algorithms``),
-the checkpoint conformance checks (``llm_quant.export.verify``) and the LLM API's support rules
-(``triton_backend.llmapi_support``) are all derived from these rows, so adding a format is one row plus its tests.
-It sits in ``quant_common`` so that ``triton_backend`` reads it without importing ``llm_quant`` (which sits above).
+(``llm_quant.calibration.calibrate``), the expected exported algorithms
+(``llm_quant.upstream.expected_algorithms``), the checkpoint conformance checks (``llm_quant.export.verify``) and
+the LLM API's support rules (``triton_backend.llmapi_support``) are all derived from these rows, so adding a
+format is one row plus its tests. It sits in ``quant_common`` so that ``triton_backend`` reads it without
+importing ``llm_quant`` (which sits above).
 
 Where the values come from:
 - names: TensorRT-LLM's ``examples/quantization/quantize.py --qformat/--kv_cache_dtype`` (v1.2);
@@ -78,7 +79,8 @@ QFORMAT_ROWS: tuple[QFormat, ...] = (
     QFormat(name="w4a8_awq", modelopt_cfg="W4A8_AWQ_BETA_CFG", quant_algo="W4A8_AWQ", int4_blocks=True,
             checkpoint=_INT8_WEIGHTS),
     QFormat(name="int8_wo", modelopt_cfg="INT8_WEIGHT_ONLY_CFG", quant_algo="W8A16", checkpoint=_INT8_WEIGHTS),
-    # modelopt exports INT4 weight-only as W4A16_AWQ without pre-quant scales (llm_quant.export.checkpoints corrects the flag)
+    # modelopt exports INT4 weight-only as W4A16_AWQ without pre-quant scales (llm_quant.export.checkpoints
+    # corrects the flag)
     QFormat(name="int4_wo", modelopt_cfg="INT4_BLOCKWISE_WEIGHT_ONLY_CFG", quant_algo="W4A16_AWQ", int4_blocks=True,
             checkpoint=_INT8_WEIGHTS),
     QFormat(name="nvfp4", modelopt_cfg="NVFP4_DEFAULT_CFG", quant_algo="NVFP4", needs_cuda=True),

@@ -166,7 +166,8 @@ def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: st
 
     int8_sq: with ``alpha_search`` (and no fixed ``smoothquant_alpha``) the SmoothQuant alpha is searched per input
     group (``llm_quant.calibration.smoothing``); ``sq_activations="per_token"`` switches the activations to dynamic per-token
-    quantization (``llm_quant.calibration.per_token``). The chosen alphas are in ``model.smoothquant_report`` (None otherwise).
+    quantization (``llm_quant.calibration.per_token``). The chosen alphas are in ``model.smoothquant_report``
+    (None otherwise).
     ``scale_dtype``: the exported checkpoint's dtype, which our SmoothQuant scales are rounded to.
     """
     if sq_activations not in per_token.SQ_ACTIVATIONS:

@@ -4,7 +4,8 @@ modelopt cannot calibrate SmoothQuant with per-token activation quantizers (it a
 both set"), so the model is calibrated with modelopt's per-tensor SmoothQuant and each enabled W8A8 input quantizer
 is then switched to dynamic per-token quantization here. The weights stay modelopt's per-channel int8.
 
-The per-token math (TensorRT-LLM's ``quantize_per_token``; ``llm_quant.runtime.cpu.int8_linear`` computes the same in int8):
+The per-token math (TensorRT-LLM's ``quantize_per_token``; ``llm_quant.runtime.cpu.int8_linear`` computes the same
+in int8):
 
     v = x.float() * pre_quant_scale                       # SmoothQuant pre-scale, float32, separate multiply
     amax = v.abs().amax(dim=-1, keepdim=True)             # one amax per token row

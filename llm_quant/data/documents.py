@@ -4,10 +4,11 @@ Documents are assigned by index: every 10th goes to ``eval`` (held out from ever
 ``search`` (accuracy-budget search), the rest to ``calib``. Calibration therefore never sees the text perplexity is
 reported on, and the budget search never sees it either.
 
-The offline default, ``mixed`` (``llm_quant/data/corpus``, sources and licenses in its SOURCES.md), interleaves prose,
-Python code and technical documentation paragraph by paragraph, so every split and every calibration prefix holds
-all three; a fourth domain, dialogue, is in no split: it is the ``heldout`` text, a domain neither calibration nor
-the search saw, on which a budget is reported (searching and evaluating on one domain let budgets fail on others).
+The offline default, ``mixed`` (``llm_quant/data/corpus``, sources and licenses in its SOURCES.md), interleaves
+prose, Python code and technical documentation paragraph by paragraph, so every split and every calibration prefix
+holds all three; a fourth domain, dialogue, is in no split: it is the ``heldout`` text, a domain neither
+calibration nor the search saw, on which a budget is reported (searching and evaluating on one domain let budgets
+fail on others).
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Accuracy-budgeted mixed precision: keep the costliest linears in higher precision.
 
-Sensitivity on the ``search`` split (never an ``eval`` text): each precision unit (``llm_quant.calibration.exclusions``: qkv,
-o_proj, gate+up, down_proj of one layer) is quantized alone inside its full-precision layer, fed the full-precision
-model's own input, and the relative error it adds to the layer output is recorded (one capture pass plus one layer
-run per unit; a perplexity probe per unit would cost ~100x more on SmolLM2). Units are then kept in higher precision
-in order of that error per parameter (``rank_units``), the smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the
-reference, found by the ranked-prefix search shared with vision (``quant_common.search``: 1, 2, 4, ... units, then
-bisection). The margin leaves room for text the search never sees. Turning quantizers off keeps SmoothQuant/AWQ
-pre-quant scales applied, so each probe is an exact full-precision linear; the final model is re-calibrated with
-those linears excluded from the start.
+Sensitivity on the ``search`` split (never an ``eval`` text): each precision unit
+(``llm_quant.calibration.exclusions``: qkv, o_proj, gate+up, down_proj of one layer) is quantized alone inside its
+full-precision layer, fed the full-precision model's own input, and the relative error it adds to the layer output
+is recorded (one capture pass plus one layer run per unit; a perplexity probe per unit would cost ~100x more on
+SmolLM2). Units are then kept in higher precision in order of that error per parameter (``rank_units``), the
+smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the reference, found by the
+ranked-prefix search shared with vision (``quant_common.search``: 1, 2, 4, ... units, then bisection). The margin
+leaves room for text the search never sees. Turning quantizers off keeps SmoothQuant/AWQ pre-quant scales applied,
+so each probe is an exact full-precision linear; the final model is re-calibrated with those linears excluded from
+the start.
 """
 
 from __future__ import annotations

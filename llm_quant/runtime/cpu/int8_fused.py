@@ -1,16 +1,17 @@
 """The W8A8 GEMM path of ``llm_quant.runtime.cpu.int8_linear``, and one GEMM for linears that read the same input.
 
-``w8a8(...)``: quantize the rows once (``llm_quant.runtime.cpu.int8_kernels``), one ``torch._int_mm``, the dequantizing
-epilogue in one pass. With several output blocks (``bounds``) it returns one contiguous tensor per block.
+``w8a8(...)``: quantize the rows once (``llm_quant.runtime.cpu.int8_kernels``), one ``torch._int_mm``, the
+dequantizing epilogue in one pass. With several output blocks (``bounds``) it returns one contiguous tensor per
+block.
 
 ``fuse_shared_inputs(model)``: q/k/v and gate/up of each decoder layer read the same tensor and, in an
-``llm-quant build``, share one SmoothQuant pre-scale (``llm_quant.calibration.smoothing``), so their activation integers are
-the same: TensorRT-LLM fuses them into one GEMM (``attention.qkv``, ``mlp.fc`` + ``mlp.gate``) and so do we. The
-activation is quantized once per group and one int8 GEMM with the concatenated weights replaces three (two); every
-member keeps its own integers and scales, so each output is bit for bit the unfused one. The first member called
-computes the whole group; the others take their block if called with the same tensor object (the caller, HF's
-attention or MLP forward, is not changed). Groups whose scales differ (modelopt's own per-linear SmoothQuant)
-stay unfused.
+``llm-quant build``, share one SmoothQuant pre-scale (``llm_quant.calibration.smoothing``), so their activation
+integers are the same: TensorRT-LLM fuses them into one GEMM (``attention.qkv``, ``mlp.fc`` + ``mlp.gate``) and so
+do we. The activation is quantized once per group and one int8 GEMM with the concatenated weights replaces three
+(two); every member keeps its own integers and scales, so each output is bit for bit the unfused one. The first
+member called computes the whole group; the others take their block if called with the same tensor object (the
+caller, HF's attention or MLP forward, is not changed). Groups whose scales differ (modelopt's own per-linear
+SmoothQuant) stay unfused.
 """
 
 from __future__ import annotations

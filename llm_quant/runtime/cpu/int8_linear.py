@@ -9,8 +9,8 @@
   activation scale x channel scale. The integers are the fake-quant model's integers; only the float
   accumulation order of the fake-quant matmul differs. ``activations="per_token"`` quantizes each token row with
   its own dynamic scale instead (see :func:`convert_linears`). Activations are quantized in one compiled pass
-  and dequantized in one (``llm_quant.runtime.cpu.int8_kernels``); q/k/v and gate/up run as one GEMM each where they share
-  their quantizer (``llm_quant.runtime.cpu.int8_fused``), with the same integers and outputs as unfused.
+  and dequantized in one (``llm_quant.runtime.cpu.int8_kernels``); q/k/v and gate/up run as one GEMM each where
+  they share their quantizer (``llm_quant.runtime.cpu.int8_fused``), with the same integers and outputs as unfused.
 - int8 weight-only (int8_wo): :class:`Int8WeightOnlyLinear` on ``torch._weight_int8pack_mm`` (int8 weights,
   per-channel scales, float activations), only with ``weight_only=True``: on torch 2.13 CPU it measured slower
   than the FP32 GEMV it replaces (M=1, K=576, N=1536, one thread: 0.7-1.0 ms vs 0.1-0.35 ms), so by default
@@ -257,8 +257,8 @@ def convert_linears(model: nn.Module, weight_only: bool = False, activations: st
     calibrated input amax is ignored.
     ``prepare(name, module)`` runs just before each quantized linear is converted (the runtime folds that one
     weight there, so only one layer's FP32 copy exists at a time).
-    ``fuse``: q/k/v and gate/up whose quantizers match run as one GEMM each (``llm_quant.runtime.cpu.int8_fused``; same
-    outputs bit for bit, fewer passes)."""
+    ``fuse``: q/k/v and gate/up whose quantizers match run as one GEMM each (``llm_quant.runtime.cpu.int8_fused``;
+    same outputs bit for bit, fewer passes)."""
     torch = _torch()
     if activations not in ACTIVATIONS:
         raise QuantError(f"unknown activation quantization {activations!r}", f"use one of {', '.join(ACTIVATIONS)}")
