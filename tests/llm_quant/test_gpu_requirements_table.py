@@ -1,7 +1,6 @@
 """The GPU-requirements fact table (llm_quant/upstream/gpu_requirements.yaml): its shape, names and citations.
 
-The table is validated here with a model of its own, so that a typo in a row fails the suite before the package
-reads the table.
+The package's own model (llm_quant.preflight) validates it, strictly, so a typo in a row fails the suite.
 """
 
 from __future__ import annotations
@@ -12,47 +11,11 @@ from importlib import resources
 
 import pytest
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError
 
-from quant_common.facts import Source
+from llm_quant.preflight import GpuRequirements, GpuRule
 
-# Lowest and highest SM a row may name: Volta (70) is the oldest GPU TensorRT-LLM ever supported; 130 leaves room
-# for the next architecture without letting a typo like 1000 through.
-_SM_RANGE = range(70, 131)
 _LINE = re.compile(r"^\d+(-\d+)?$")
-
-
-class _Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    min_sm: int | None = None
-    refused_sm: tuple[int, int] | None = None
-    releases: str
-    upstream_message: str
-    source: Source
-
-    @field_validator("min_sm")
-    @classmethod
-    def _min_in_range(cls, value: int | None) -> int | None:
-        if value is not None and value not in _SM_RANGE:
-            raise ValueError(f"min_sm {value} is not an SM version between 70 and 130")
-        return value
-
-    @field_validator("refused_sm")
-    @classmethod
-    def _refused_half_open(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None:
-            lo, hi = value
-            if not (lo in _SM_RANGE and hi in _SM_RANGE and lo < hi):
-                raise ValueError(f"refused_sm {list(value)} is not a half-open [lo, hi) range of SM versions")
-        return value
-
-
-class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rules: tuple[_Rule, ...]
 
 
 def _known_names() -> tuple[set[str], set[str]]:
@@ -74,8 +37,8 @@ def _raw() -> object:
 
 
 @pytest.fixture(scope="module")
-def table() -> _Table:
-    return _Table.model_validate(_raw())
+def table() -> GpuRequirements:
+    return GpuRequirements.model_validate(_raw())
 
 
 def test_every_rule_names_a_known_format(table):
@@ -119,9 +82,9 @@ def test_every_rule_cites_a_line_at_a_tag_or_commit(table):
 
 
 def test_model_rejects_a_stray_key_and_a_backwards_range():
-    """The test model is strict: otherwise a misspelt key in the table would be ignored silently."""
+    """The table's model is strict: otherwise a misspelt key in the table would be ignored silently."""
     row = _raw()["rules"][0]
     with pytest.raises(ValidationError):
-        _Rule.model_validate({**row, "min_sm_typo": 80})
+        GpuRule.model_validate({**row, "min_sm_typo": 80})
     with pytest.raises(ValidationError):
-        _Rule.model_validate({**row, "refused_sm": [120, 100]})
+        GpuRule.model_validate({**row, "refused_sm": [120, 100]})
