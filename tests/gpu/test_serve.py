@@ -55,7 +55,9 @@ def server(gpu_build, tmp_path_factory):
     while b"ready:" not in log.read_bytes():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"llm-quant serve did not come up: {log.read_text()[-3000:]}")
+            server_log = gpu_build / "tritonserver.log"
+            detail = server_log.read_text(errors="replace")[-4000:] if server_log.is_file() else ""
+            pytest.fail(f"llm-quant serve did not come up: {log.read_text()[-2000:]}\n{detail}")
         time.sleep(0.5)
     yield {"http": f"127.0.0.1:{ports['http']}", "log": log, "repo": gpu_build / "triton_repo"}
     process.send_signal(signal.SIGTERM)
