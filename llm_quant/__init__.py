@@ -7,7 +7,8 @@ Stages, lowest first; each imports only its own stage or those listed before it 
   SmoothQuant plugin layout) and the algorithms an export must declare; the qformat table itself is
   ``quant_common.qformats``;
 - ``config``: the typed build configuration;
-- ``model/``: presets (configs/llm/*.yaml), ``--model`` resolution, the packaged GGUF default, a tiny random Llama;
+- ``model/``: presets (configs/llm/*.yaml), ``--model`` resolution, the packaged GGUF default, the GPU preflight,
+  random Llamas;
   ``data/``: calibration / search / eval documents and the bundled corpus;
 - ``calibration/``: modelopt calibration, SmoothQuant scales per input group, per-token activations, exclusions;
 - ``export/``: TensorRT-LLM and HF checkpoints, the per-token SmoothQuant plugin layout, checkpoint verification,

@@ -35,3 +35,4 @@ def tiny_build(out: Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
 
 if __name__ == "__main__":
     print(tiny_build(Path(sys.argv[1])))
+

@@ -49,22 +49,55 @@ def _is_quantizer_key(key: str) -> bool:
 _fold = fold_pre_quant_scale  # modelopt's SmoothQuant/AWQ fold, recomputed on load (llm_quant.calibration.smoothing)
 
 
-def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+class _BaseWeights:
+    """The base checkpoint's tensors at the runtime dtype, read one at a time on the device they are compared on
+    (an 8B model's weights are then never all in host memory at once, and nothing is copied off the GPU)."""
+
+    def __init__(self, folder: Path, dtype: str) -> None:
+        safetensors = require("safetensors", purpose="reading base weights")
+        self._dtype = getattr(_torch(), dtype)
+        self._shards: dict[str, Any] = {}
+        for shard in sorted(Path(folder).glob("*.safetensors")):
+            handle = safetensors.safe_open(str(shard), framework="pt")
+            self._shards.update(dict.fromkeys(handle.keys(), handle))
+        # Tied embeddings are saved once; the model's state dict holds both names.
+        self._alias = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def _name(self, key: str) -> str | None:
+        if key in self._shards:
+            return key
+        for suffix, tied in self._alias.items():
+            if key.endswith(suffix) and key.replace(suffix, tied) in self._shards:
+                return key.replace(suffix, tied)
+        return None
+
+    def __contains__(self, key: str) -> bool:
+        return self._name(key) is not None
+
+    def get(self, key: str, device: Any) -> Any:
+        name = self._name(key)
+        assert name is not None
+        return self._shards[name].get_tensor(name).to(device=device, dtype=self._dtype)
+
+
+def _changed_tensors(model: Any, base: _BaseWeights) -> tuple[list[str], dict[str, Any]]:
     """Split weights changed by calibration into recomputable folds and stored overrides."""
     torch = _torch()
-    # base_state is read from the checkpoint on the CPU; a model calibrated on CUDA is compared there too
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    state = model.state_dict()
     folded: list[str] = []
     overrides: dict[str, Any] = {}
     for key, value in state.items():
-        if _is_quantizer_key(key) or key not in base_state or torch.equal(value, base_state[key]):
+        if _is_quantizer_key(key) or key not in base:
+            continue
+        reference = base.get(key, value.device)
+        if torch.equal(value, reference):
             continue
         module_name = key.rsplit(".", 1)[0]
         pqs = state.get(f"{module_name}.input_quantizer._pre_quant_scale")
-        if key.endswith(".weight") and pqs is not None and torch.equal(_fold(base_state[key], pqs), value):
+        if key.endswith(".weight") and pqs is not None and torch.equal(_fold(reference, pqs), value):
             folded.append(key)
         else:
-            overrides[key] = value.contiguous()
+            overrides[key] = value.detach().cpu().contiguous()
     return folded, overrides
 
 
@@ -74,15 +107,7 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
     """Write ``out_dir`` (staged, then swapped in) for ``model`` quantized from ``base_model_dir``."""
     torch = _torch()
     mto = require("modelopt.torch.opt", purpose="saving the modelopt state")
-    safetensors_torch = require("safetensors.torch", purpose="reading base weights")
-    base_state: dict[str, Any] = {}
-    for shard in sorted(Path(base_model_dir).glob("*.safetensors")):
-        base_state.update(safetensors_torch.load_file(str(shard)))
-    # Tied embeddings are saved once; the model's state dict holds both names.
-    for key, value in model.state_dict().items():
-        if key not in base_state and not _is_quantizer_key(key) and key.endswith("lm_head.weight"):
-            base_state[key] = base_state.get(key.replace("lm_head", "model.embed_tokens"), value)
-    base_state = {k: v.to(getattr(torch, dtype)) for k, v in base_state.items()}
+    base_state = _BaseWeights(base_model_dir, dtype)
     folded, overrides = _changed_tensors(model, base_state)
     payload = {
         "format": FORMAT,

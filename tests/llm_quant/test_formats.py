@@ -43,7 +43,7 @@ def test_config_types_and_cli_help_derive_from_the_table():
     assert build._QFORMAT.help == qformats.qformat_help() and build._KV.help == qformats.kv_help()
     preset = load_preset("llama")
     base = {"preset": preset, "calibration": preset.calibration, "eval": preset.eval, "parallel": preset.parallel,
-            "dtype": preset.dtype}
+            "dtype": "float16"}
     for name in qformats.QFORMAT_NAMES:
         assert BuildConfig(**base, qformat=name).qformat == name
     with pytest.raises(ValidationError, match="int8_sq"):
