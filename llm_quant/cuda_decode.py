@@ -25,6 +25,19 @@ def _torch() -> Any:
     return require("torch", purpose="graph-captured decoding")
 
 
+def _rewind(cache: Any) -> None:
+    """Start the cache over. transformers 5 StaticCache layers write where their own ``cumulative_length`` (a
+    device tensor, advanced in place by each update, inside the graph too) points, not at ``cache_position``; the
+    positions we pass are then the same numbers, and older layers that read ``cache_position`` need nothing."""
+    torch = _torch()
+    for layer in getattr(cache, "layers", []):
+        length = getattr(layer, "cumulative_length", None)
+        if isinstance(length, torch.Tensor):
+            length.zero_()
+        elif length is not None:
+            layer.cumulative_length = 0
+
+
 @dataclass
 class _Graph:
     batch: int
@@ -124,6 +137,7 @@ class GraphDecoder:
         pad = torch.zeros(batch, dtype=torch.long, device=device) if pad_lengths is None else \
             pad_lengths.to(device=device, dtype=torch.long)
         state = self.graphs.get(batch) or self._new_graph(batch, device)
+        _rewind(state.cache)
         with torch.inference_mode():
             first = self._forward(input_ids, torch.zeros(1, dtype=torch.long, device=device), pad,
                                   state.cache).argmax(-1)
