@@ -137,8 +137,8 @@ class GraphDecoder:
         pad = torch.zeros(batch, dtype=torch.long, device=device) if pad_lengths is None else \
             pad_lengths.to(device=device, dtype=torch.long)
         state = self.graphs.get(batch) or self._new_graph(batch, device)
-        _rewind(state.cache)
-        with torch.inference_mode():
+        with torch.inference_mode():  # the cache's tensors are inference tensors: rewind them in here too
+            _rewind(state.cache)
             first = self._forward(input_ids, torch.zeros(1, dtype=torch.long, device=device), pad,
                                   state.cache).argmax(-1)
             state.pad.copy_(pad)
