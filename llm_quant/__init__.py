@@ -14,7 +14,7 @@ Stages, lowest first; each imports only its own stage or those listed before it 
 - ``export/``: TensorRT-LLM and HF checkpoints, the per-token SmoothQuant plugin layout, checkpoint verification,
   the trtllm-build step;
 - ``runtime/``: the embedded PyTorch artifact (``embedded``; ``llm_quant.runtime.load_quantized``) and its CPU int8
-  kernels (``cpu/``);
+  kernels (``cpu/``) and CUDA kernels and graph-captured decoding (``cuda/``);
 - ``evaluation/``: perplexity and the accuracy-budget layer search;
 - ``tiny``: a tiny quantized build for tests, benchmarks and demos (``python -m llm_quant.tiny OUT``);
 - ``pipeline`` (``build``/``evaluate``), then ``cli/`` (``llm-quant``).

@@ -29,6 +29,8 @@ from llm_quant.calibration import per_token
 from llm_quant.calibration.per_token import SQ_ACTIVATIONS
 from llm_quant.calibration.smoothing import fold_pre_quant_scale
 from llm_quant.runtime.cpu.int8_linear import QFORMAT_KERNELS, convert_linears
+from llm_quant.runtime.cuda.cuda_decode import GraphDecoder
+from llm_quant.runtime.cuda.cuda_linear import QFORMAT_CUDA_KERNELS, convert_linears_cuda
 from quant_common.atomic import atomic_write_json, staged_dir, staged_file
 from quant_common.errors import QuantError, require
 
@@ -129,6 +131,7 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
         "folded_weights": len(folded),
         "weight_overrides": len(overrides),
         "kernels": _announced_kernels(qformat, sq_activations),
+        "cuda_kernels": QFORMAT_CUDA_KERNELS.get(qformat, "fake-quant"),
         "sq_activations": sq_activations,
     }
     with staged_dir(out_dir) as tmp:
@@ -216,15 +219,19 @@ def _own_memory(model: Any) -> None:
             param.data = param.data.clone()
 
 
-def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8") -> tuple[Any, Any]:
+def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8",
+                   decode_max_len: int | None = None) -> tuple[Any, Any]:
     """The quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``.
 
-    ``kernels="int8"`` swaps the quantized linears for real integer kernels (``llm_quant.runtime.cpu.int8_linear``; the model's
-    ``kernel_report`` says which linear runs what); ``kernels="fake"`` keeps modelopt's fake quantization, the
-    numerical reference."""
+    ``kernels="int8"`` (or its name ``"real"``) swaps the quantized linears for real low-precision kernels: integer
+    kernels on the CPU (``llm_quant.runtime.cpu.int8_linear``), FP8 / INT8 / INT4 kernels on CUDA
+    (``llm_quant.runtime.cuda.cuda_linear``), and on CUDA the model gets ``graph_decoder``
+    (``llm_quant.runtime.cuda.cuda_decode``: static KV cache, graph-captured greedy steps, ``decode_max_len``
+    positions, default min(config, 2048)). The model's ``kernel_report`` says which linear runs what.
+    ``kernels="fake"`` keeps modelopt's fake quantization, the numerical reference."""
     torch = _torch()
-    if kernels not in ("int8", "fake"):
-        raise QuantError(f"unknown kernels {kernels!r}", "use kernels='int8' or kernels='fake'")
+    if kernels not in ("int8", "real", "fake"):
+        raise QuantError(f"unknown kernels {kernels!r}", "use kernels='real' (or 'int8') or kernels='fake'")
     mto = require("modelopt.torch.opt", purpose="restoring the quantized model")
     require("modelopt.torch.quantization", purpose="restoring the quantized model")
     meta = read_runtime_json(embedded_dir)
@@ -262,7 +269,7 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
     with torch.no_grad():
         for key, value in payload["weight_overrides"].items():
             state[key].copy_(value)
-        if kernels == "int8" and device == "cpu":  # --- int8 kernels (issue 10): fold one layer, convert it ---
+        if kernels != "fake" and device == "cpu":  # --- int8 kernels (issue 10): fold one layer, convert it ---
             model.kernel_report = convert_linears(model, activations=mode, prepare=fold)
         for key in sorted(folded):  # the rest (all of them for kernels="fake")
             fold(key.rsplit(".", 1)[0], model.get_submodule(key.rsplit(".", 1)[0]))
@@ -271,4 +278,9 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
     # --- end int8 kernels ---
     if mode == "per_token":  # linears left on the fake-quant path quantize their activations per token
         per_token.use_per_token_activations(model)
-    return model.to(device).eval(), _load_tokenizer(embedded_dir)
+    model = model.to(device).eval()
+    if kernels != "fake" and device != "cpu" and str(device).startswith("cuda"):
+        model.kernel_report = convert_linears_cuda(model, activations=mode)
+        limit = decode_max_len or min(int(getattr(model.config, "max_position_embeddings", 2048)), 2048)
+        model.graph_decoder = GraphDecoder(model, max_len=limit)
+    return model, _load_tokenizer(embedded_dir)

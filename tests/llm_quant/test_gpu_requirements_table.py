@@ -11,8 +11,9 @@ from importlib import resources
 
 import pytest
 import yaml
-from llm_quant.model.preflight import GpuRequirements, GpuRule
 from pydantic import ValidationError
+
+from llm_quant.model.preflight import GpuRequirements, GpuRule
 
 _LINE = re.compile(r"^\d+(-\d+)?$")
 

@@ -189,6 +189,7 @@ def test_fake_kernels_stay_bit_identical(tiny_parts, sq_embedded):
     from llm_quant.runtime import load_quantized
 
 
+
     _, _, ids = tiny_parts
     first, _ = load_quantized(sq_embedded, kernels="fake")
     second, _ = load_quantized(sq_embedded, kernels="fake")
@@ -230,6 +231,7 @@ def test_weight_only_int8_packed_kernel(tiny_parts, tmp_path):
 
 def test_fp8_stays_fake_quant(tiny_parts, tmp_path):
     from llm_quant.runtime import load_quantized
+
 
 
     out = _embedded(tiny_parts, tmp_path, "FP8_DEFAULT_CFG")
