@@ -129,6 +129,68 @@ def _quantized(model_dir: Path, qformat: str, args: argparse.Namespace) -> dict[
     return row
 
 
+def _kernel_us(fn: Any, repeats: int = 20) -> float:
+    """Microseconds per call, launch overhead removed: ``repeats`` calls captured in one CUDA graph."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        graph.replay()
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - start) / (5 * repeats) * 1e6, 1)
+
+
+def _gemm_row(k: int, n: int, m: int, ops: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from llm_quant import cuda_kernels
+
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    one = torch.ones((), device="cuda")
+    row: dict[str, Any] = {"K": k, "N": n, "M": m, "bf16_mm": _kernel_us(lambda: x @ ops["w"].t())}
+    row["fp8_scaled_mm"] = _kernel_us(lambda: torch._scaled_mm(
+        cuda_kernels.fp8_quantize(x, None, 1.0), ops["wf8"].t(), scale_a=one, scale_b=one,
+        out_dtype=torch.bfloat16))
+    if m <= 16:
+        row["int8_triton"] = _kernel_us(lambda: cuda_kernels.int8_weight_gemm(x, ops["w8"]))
+    else:
+        row["int8_int_mm"] = _kernel_us(lambda: torch._int_mm(x.to(torch.int8), ops["w8"].t()))
+    row["int8_dequant_mm"] = _kernel_us(lambda: x @ ops["w8"].to(torch.bfloat16).t())
+    row["int4_tinygemm"] = _kernel_us(lambda: torch._weight_int4pack_mm(x, ops["packed"], 128, ops["sz"]))
+    return row
+
+
+def kernels(shape: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each GEMM of one decoder layer of ``shape`` alone, per kernel the runtime could use, at M = 1, 8, 2048."""
+    import torch
+
+    from llm_quant import cuda_kernels
+
+    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
+    rows = []
+    for k, n in ((hidden, hidden), (hidden, inter), (inter, hidden)):
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        q4 = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int32)
+        packed, sz = cuda_kernels.int4_pack(q4, torch.full((n, k // 128), 0.01, device="cuda"))
+        ops = {"w": w, "wf8": w.to(torch.float8_e4m3fn), "packed": packed, "sz": sz,
+               "w8": torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)}
+        for m in (1, 8, 2048):
+            try:
+                rows.append(_gemm_row(k, n, m, ops))
+            except Exception as exc:  # noqa: BLE001 - a kernel that cannot run here is a finding, not a crash
+                rows.append({"K": k, "N": n, "M": m, "error": f"{exc.__class__.__name__}: {str(exc)[:120]}"})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -169,7 +231,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         for key in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s"):
             row[f"{key}_vs_bf16_graph"] = round(row[key] / ref[key], 3)
-    return {"environment": _environment(), "rows": rows, "prefill": args.prefill, "new_tokens": args.new}
+    micro = kernels(tiny.SHAPES[args.shapes.split(",")[-1]]) if args.kernels else []
+    return {"environment": _environment(), "rows": rows, "prefill": args.prefill, "new_tokens": args.new,
+            "kernels": micro}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -190,6 +254,13 @@ def table(result: dict[str, Any]) -> str:
             f"{r['decode_b1_tok_s']} | {r.get('decode_b1_tok_s_vs_bf16_graph', '')} | {r['decode_b8_tok_s']} | "
             f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {r['linear_gib']}{share} | {agree} | "
             f"{r.get('kernels', '')} |")
+    if result.get("kernels"):
+        names = ["bf16_mm", "fp8_scaled_mm", "int8_triton", "int8_int_mm", "int8_dequant_mm", "int4_tinygemm"]
+        lines += ["", "One GEMM alone (µs per call, launch overhead removed by a CUDA graph):", "",
+                  "| K | N | M | " + " | ".join(names) + " |", "|---|---|---|" + "---:|" * len(names)]
+        for r in result["kernels"]:
+            cells = [str(r.get(k, "")) for k in names] if "error" not in r else [r["error"]] + [""] * (len(names) - 1)
+            lines.append(f"| {r['K']} | {r['N']} | {r['M']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -222,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("out/benchmarks/llm_runtime_gpu"))
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time each GEMM alone per kernel (the last shape's layer)")
     args = parser.parse_args(argv)
     import torch
 

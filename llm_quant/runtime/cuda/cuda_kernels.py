@@ -4,6 +4,9 @@
   bound by reading the weights, and cuBLAS has no int8-weight x bf16 GEMM, so the int8 weights are read once and
   converted in registers (half the bytes of a bf16 weight). Products run on bf16 tensor cores with fp32
   accumulation: exact for int8 weights and for activations that are integers up to 127 (W8A8).
+- :func:`fp8_quantize`: ``e4m3(clamp(x * pre * 448 / amax))`` in one pass (Triton); the same operations in torch
+  took four kernels and an fp32 copy of the activation per linear group, which ate FP8's gain (measured on an
+  H100, 8B shape: FP8 decode 1.11x bf16, prefill 0.95x, with the torch version).
 - :func:`int4_pack` / :func:`int4_agrees`: symmetric INT4 blocks in tinygemm's layout for
   ``torch._weight_int4pack_mm`` and a one-off check of the packed product against the dequantized one.
 """
@@ -94,3 +97,37 @@ def int4_agrees(packed: Any, scales_and_zeros: Any, q: Any, scale: Any, block: i
         return bool(((got - want).abs().max() <= 2e-2 * want.abs().max().clamp_min(1e-3)).item())
     except (RuntimeError, ValueError):
         return False
+
+
+@functools.cache
+def _fp8_kernel() -> Any:
+    triton = require("triton", purpose="the FP8 activation kernel")
+    tl = triton.language
+
+    @triton.jit
+    def kernel(x_ptr, pre_ptr, y_ptr, n_cols, stride_x, stride_y, factor, HAS_PRE: tl.constexpr,
+               BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = cols < n_cols
+        x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+        if HAS_PRE:
+            x = x * tl.load(pre_ptr + cols, mask=ok, other=0.0)
+        x = tl.minimum(tl.maximum(x * factor, -448.0), 448.0)
+        tl.store(y_ptr + row * stride_y + cols, x.to(tl.float8e4nv), mask=ok)
+
+    return triton, kernel
+
+
+def fp8_quantize(x: Any, pre: Any, factor: float) -> Any:
+    """``e4m3(clamp(x * pre * factor, -448, 448))`` for ``x`` [M, K] (any float dtype; ``pre`` [K] fp32 or None),
+    with ``factor = 448 / amax`` as modelopt computes it (fp32)."""
+    torch = _torch()
+    triton, kernel = _fp8_kernel()
+    x = x.contiguous()
+    m, k = x.shape
+    y = torch.empty((m, k), device=x.device, dtype=torch.float8_e4m3fn)
+    block = 1024
+    kernel[(m, triton.cdiv(k, block))](x, pre if pre is not None else x, y, k, x.stride(0), y.stride(0), factor,
+                                       HAS_PRE=pre is not None, BLOCK=block)
+    return y
