@@ -151,7 +151,7 @@ def _kernel_us(fn: Any, repeats: int = 20) -> float:
 def _gemm_row(k: int, n: int, m: int, ops: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from llm_quant import cuda_kernels
+    from llm_quant.runtime.cuda import cuda_kernels
 
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     one = torch.ones((), device="cuda")
@@ -172,7 +172,7 @@ def kernels(shape: dict[str, Any]) -> list[dict[str, Any]]:
     """Each GEMM of one decoder layer of ``shape`` alone, per kernel the runtime could use, at M = 1, 8, 2048."""
     import torch
 
-    from llm_quant import cuda_kernels
+    from llm_quant.runtime.cuda import cuda_kernels
 
     hidden, inter = shape["hidden_size"], shape["intermediate_size"]
     rows = []

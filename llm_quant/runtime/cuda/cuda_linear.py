@@ -103,7 +103,7 @@ def _classes() -> dict[str, type]:
             self.shared = shared
 
         def _quantize(self, x: Any) -> Any:
-            if x.is_cuda:  # one fused pass (llm_quant.cuda_kernels.fp8_quantize)
+            if x.is_cuda:  # one fused pass (llm_quant.runtime.cuda.cuda_kernels.fp8_quantize)
                 return cuda_kernels.fp8_quantize(x, self.pre, self.factor)
             v = x.float() if self.pre is None else x.float() * self.pre
             return (v * (FP8_MAX / self.a_amax)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
