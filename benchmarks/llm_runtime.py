@@ -180,7 +180,7 @@ class _Worker:
         return sum(len(o) for o in outs) / (time.perf_counter() - t0)
 
     def finish(self) -> dict:
-        from llm_quant.evaluation.evaluate import perplexity
+        from llm_quant.evaluation.perplexity import perplexity
 
 
         torch, model, windows = self.torch, self.model, self.windows

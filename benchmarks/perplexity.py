@@ -24,7 +24,7 @@ from pathlib import Path
 from llm_quant.calibration import calibrate
 from llm_quant.calibration.exclusions import quantized_weight_share
 from llm_quant.data import documents
-from llm_quant.evaluation.evaluate import perplexity
+from llm_quant.evaluation.perplexity import perplexity
 from llm_quant.evaluation.sensitivity import search_exclusions
 from llm_quant.pipeline import make_config, prepare
 from quant_common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text

@@ -41,7 +41,7 @@ def greedy(model: Any, tokenizer: Any, prompt: str = PROMPT, tokens: int = 6) ->
 def run(model_name: str, prose: Path | None, prose_seq_len: int, only: list[str] | None) -> dict[str, Any]:
     from llm_quant.calibration import calibrate
     from llm_quant.data import documents
-    from llm_quant.evaluation.evaluate import perplexity
+    from llm_quant.evaluation.perplexity import perplexity
     from llm_quant.pipeline import make_config, prepare
 
     cfg, _, _ = make_config(model_name, overrides={"device": "cpu"})

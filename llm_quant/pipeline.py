@@ -17,7 +17,7 @@ from llm_quant.calibration import calibrate
 from llm_quant.calibration.exclusions import exclusions_ignored_by, quantized_weight_share
 from llm_quant.config import BuildConfig, CalibConfig, EvalConfig, ParallelConfig, Preset
 from llm_quant.data import documents
-from llm_quant.evaluation.evaluate import EvalReport, compare, perplexity
+from llm_quant.evaluation.perplexity import EvalReport, compare, perplexity
 from llm_quant.evaluation.sensitivity import SearchResult, search_exclusions
 from llm_quant.export import checkpoints, engine
 from llm_quant.model import preflight

@@ -23,7 +23,7 @@ from llm_quant.calibration.exclusions import (
     precision_units,
     quantized_weight_share,
 )
-from llm_quant.evaluation.evaluate import perplexity
+from llm_quant.evaluation.perplexity import perplexity
 from quant_common.errors import require
 from quant_common.progress import track
 from quant_common.search import search_ranked_prefix

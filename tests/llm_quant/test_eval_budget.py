@@ -13,7 +13,7 @@ from llm_quant.calibration import calibrate, exclusions
 from llm_quant.config import CalibConfig
 from llm_quant.data import documents
 from llm_quant.evaluation import sensitivity
-from llm_quant.evaluation.evaluate import perplexity
+from llm_quant.evaluation.perplexity import perplexity
 from llm_quant.evaluation.sensitivity import SearchResult
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
 

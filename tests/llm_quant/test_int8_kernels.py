@@ -40,7 +40,7 @@ def sq_embedded(tiny_parts, tmp_path_factory):
 
 
 def test_w8a8_matches_fake_quant(tiny_parts, sq_embedded):
-    from llm_quant.evaluation.evaluate import perplexity
+    from llm_quant.evaluation.perplexity import perplexity
     from llm_quant.runtime import load_quantized
     from llm_quant.runtime.cpu.int8_linear import Int8Linear
 
