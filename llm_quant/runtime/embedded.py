@@ -29,8 +29,8 @@ from llm_quant.calibration import per_token
 from llm_quant.calibration.per_token import SQ_ACTIVATIONS
 from llm_quant.calibration.smoothing import fold_pre_quant_scale
 from llm_quant.runtime.cpu.int8_linear import QFORMAT_KERNELS, convert_linears
-from llm_quant.runtime.cuda.cuda_decode import GraphDecoder
-from llm_quant.runtime.cuda.cuda_linear import QFORMAT_CUDA_KERNELS, convert_linears_cuda
+from llm_quant.runtime.cuda.decode import GraphDecoder
+from llm_quant.runtime.cuda.linear import QFORMAT_CUDA_KERNELS, convert_linears_cuda
 from quant_common.atomic import atomic_write_json, staged_dir, staged_file
 from quant_common.errors import QuantError, require
 
@@ -225,8 +225,8 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
 
     ``kernels="int8"`` (or its name ``"real"``) swaps the quantized linears for real low-precision kernels: integer
     kernels on the CPU (``llm_quant.runtime.cpu.int8_linear``), FP8 / INT8 / INT4 kernels on CUDA
-    (``llm_quant.runtime.cuda.cuda_linear``), and on CUDA the model gets ``graph_decoder``
-    (``llm_quant.runtime.cuda.cuda_decode``: static KV cache, graph-captured greedy steps, ``decode_max_len``
+    (``llm_quant.runtime.cuda.linear``), and on CUDA the model gets ``graph_decoder``
+    (``llm_quant.runtime.cuda.decode``: static KV cache, graph-captured greedy steps, ``decode_max_len``
     positions, default min(config, 2048)). The model's ``kernel_report`` says which linear runs what.
     ``kernels="fake"`` keeps modelopt's fake quantization, the numerical reference."""
     torch = _torch()

@@ -1,4 +1,4 @@
-"""GPU kernels the CUDA runtime (:mod:`llm_quant.runtime.cuda.cuda_linear`) needs beyond PyTorch's own.
+"""GPU kernels the CUDA runtime (:mod:`llm_quant.runtime.cuda.linear`) needs beyond PyTorch's own.
 
 - :func:`int8_weight_gemm`: ``x @ W.T`` for a few rows ``x`` (bf16) and int8 ``W``, written in Triton: decode is
   bound by reading the weights, and cuBLAS has no int8-weight x bf16 GEMM, so the int8 weights are read once and

@@ -11,7 +11,7 @@ so only the GEMM's accumulation order differs from the fake-quant reference.
   the same tensor with the same scale (q/k/v, gate/up).
 - INT8 weights (int8_sq W8A8, int8_wo W8A16): int8 weights with one scale per output channel. For up to
   ``SMALL_M`` rows (decode) a Triton kernel reads the int8 weights and multiplies on bf16 tensor cores with fp32
-  accumulation (:mod:`llm_quant.runtime.cuda.cuda_kernels`); W8A8 feeds it the activation's integers (exact in
+  accumulation (:mod:`llm_quant.runtime.cuda.kernels`); W8A8 feeds it the activation's integers (exact in
   bf16, |q| <= 127), so each product is the int8 x int8 product; larger inputs (prefill) dequantize the weight
   tile-free into bf16 and use cuBLAS. ``torch._int_mm`` is not used: on an H100 it measured 3-6x slower than a
   bf16 matmul (FACTS §7).
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llm_quant.runtime.cpu.int8_linear import KernelReport
-from llm_quant.runtime.cuda import cuda_kernels
+from llm_quant.runtime.cuda import kernels as cuda_kernels
 from quant_common.errors import QuantError, require
 
 FP8_MAX = 448.0
@@ -103,7 +103,7 @@ def _classes() -> dict[str, type]:
             self.shared = shared
 
         def _quantize(self, x: Any) -> Any:
-            if x.is_cuda:  # one fused pass (llm_quant.runtime.cuda.cuda_kernels.fp8_quantize)
+            if x.is_cuda:  # one fused pass (llm_quant.runtime.cuda.kernels.fp8_quantize)
                 return cuda_kernels.fp8_quantize(x, self.pre, self.factor)
             v = x.float() if self.pre is None else x.float() * self.pre
             return (v * (FP8_MAX / self.a_amax)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
