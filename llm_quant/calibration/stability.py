@@ -1,9 +1,10 @@
 """``--calib-stability K``: recalibrate on K seeded half-subsets of the calibration samples and report how far each
 modelopt quantizer's ``amax`` moves (``quant_common.stability``).
 
-Only calibrated (static) scales are compared: activation quantizers' ``amax`` from the calibration pass, and weight
-quantizers' ``amax``, which move only where calibration changes the weights (SmoothQuant's smoothing, AWQ's
-pre-quant scales). Dynamic quantizers (per-token int8_sq activations) have no ``amax`` and are left out.
+Only the scales inference uses are compared: static activation quantizers' ``amax`` from the calibration pass,
+weight quantizers' ``amax`` (they move only where calibration changes the weights: SmoothQuant's smoothing, AWQ's
+pre-quant scales) and those pre-quant scales themselves (``<quantizer>.pre_quant_scale``). Per-token int8_sq input
+quantizers compute their scale from each token at run time, so their stored ``amax`` is unused and left out.
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ from typing import Any
 
 import numpy as np
 
-from llm_quant.calibration import calibrate
+from llm_quant.calibration import calibrate, per_token
 from llm_quant.config import BuildConfig
 from quant_common.errors import QuantError, require
 from quant_common.stability import DEFAULT_THRESHOLD, StabilityReport, scale_spread
 
 
 def quantizer_amax(model: Any) -> dict[str, np.ndarray]:
-    """``amax`` of every enabled quantizer that holds one (modelopt ``TensorQuantizer``), by module name."""
+    """The calibrated scales of every enabled quantizer (modelopt ``TensorQuantizer``), by module name: its
+    ``amax`` (not for per-token activations) and its ``pre_quant_scale`` where it has one."""
     found = {}
     for name, module in model.named_modules():
         if not name.endswith("_quantizer") or not getattr(module, "is_enabled", False):
             continue
         amax = getattr(module, "amax", None)
-        if amax is not None:
+        if amax is not None and not per_token.is_per_token(module):
             found[name] = amax.detach().float().cpu().numpy()
+        pre = getattr(module, "pre_quant_scale", None)
+        if pre is not None:
+            found[f"{name}.pre_quant_scale"] = pre.detach().float().cpu().numpy()
     return found
 
 

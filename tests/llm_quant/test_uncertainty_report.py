@@ -88,6 +88,28 @@ def test_build_reports_calibration_stability_per_quantizer(tiny_llama, tmp_path)
     stability = json.loads((tmp_path / "out" / "build.json").read_text())["result"]["calib_stability"]
     assert stability == result.calib_stability
     assert stability["subsets"] == 2 and stability["tensors"] > 4 and stability["seconds_per_subset"] > 0
-    assert all(name.endswith("_quantizer") for name in (t["tensor"] for t in stability["most_unstable"]))
+    names = [t["tensor"] for t in stability["most_unstable"]]
+    assert all(name.endswith(("_quantizer", "_quantizer.pre_quant_scale")) for name in names)
     assert stability["plain_calibration_seconds"] > 0
     assert result.calibration["samples"] == 4 and result.calibration["tokens"] == 256
+
+
+def test_per_token_activations_have_no_amax_to_compare(tiny_llama):
+    """Per-token int8_sq inputs compute their scale per token at run time: only the weights' amax and the smoothing
+    scales depend on the calibration data."""
+    import transformers
+
+    from llm_quant.calibration import calibrate
+    from llm_quant.calibration.stability import quantizer_amax
+    from llm_quant.config import CalibConfig
+    from llm_quant.data import documents
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_llama))
+    stream = documents.tokenize_split(documents.mixed_corpus(), tok, "calib", 3)
+    batches = documents.calibration_batches(stream, CalibConfig(size=4, seq_len=64))
+    model = calibrate.quantize(calibrate.load_model(tiny_llama, dtype="float32", device="cpu"), "int8_sq", batches,
+                               sq_activations="per_token", smoothquant_alpha=0.5)
+    names = set(quantizer_amax(model))
+    assert not any(name.endswith("proj.input_quantizer") for name in names)
+    assert any(name.endswith("proj.weight_quantizer") for name in names)
+    assert any(name.endswith("proj.input_quantizer.pre_quant_scale") for name in names)
