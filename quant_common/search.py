@@ -5,6 +5,7 @@ Items are plain names ranked most-damaging first by the caller; ``measure(exclud
 accuracy probe (mAP points below FP32, perplexity increase in %, ...). Probes are expensive and noisy, so the
 search grows a prefix geometrically (1, 2, 4, ..., all) until one meets the budget, then bisects between the last
 failing and the first passing prefix: O(log n) probes, and small exclusion sets are tried first.
+``pareto_front`` then says which measured configurations are worth choosing when each also has a cost (latency).
 """
 
 from __future__ import annotations
@@ -84,3 +85,16 @@ def search_ranked_prefix(ranked: Sequence[str], measure: Callable[[list[str]], f
             return PrefixSearch(budget, list(ranked[:passing[0]]), passing[1], True, trials)
         failing = k
     return PrefixSearch(budget, best[1], best[0], False, trials)
+
+
+# -- comparing measured configurations ------------------------------------------------------------------------------
+# Kept apart from the budget search above: the search decides which candidates to measure, this says which of the
+# measured ones (from any source: uniform formats, runtimes, searched candidates) are worth choosing at all.
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, each point ``(loss, cost)`` with both to be minimised (e.g.
+    accuracy points below the reference and latency). A point is dominated by one that is no worse on both axes and
+    better on one; equal points are all kept. Indices are returned in input order."""
+    return [i for i, (loss, cost) in enumerate(points)
+            if not any((other_loss <= loss and other_cost <= cost) and (other_loss < loss or other_cost < cost)
+                       for other_loss, other_cost in points)]

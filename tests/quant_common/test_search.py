@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quant_common.errors import QuantError
-from quant_common.search import prefix_sizes, search_ranked_prefix
+from quant_common.search import pareto_front, prefix_sizes, search_ranked_prefix
 
 NAMES = [f"layer{i}" for i in range(20)]
 
@@ -59,3 +59,10 @@ def test_unmet_budget_returns_best_prefix_tried():
 def test_negative_budget_is_refused():
     with pytest.raises(QuantError, match="negative"):
         search_ranked_prefix(NAMES, lambda ex: 0.0, budget=-1)
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    # (loss, cost): the second is dominated by the first (worse loss, same cost), the fourth by the third
+    points = [(0.2, 10.0), (0.5, 10.0), (0.0, 30.0), (0.1, 31.0), (0.9, 5.0), (0.9, 5.0)]
+    assert pareto_front(points) == [0, 2, 4, 5]  # equal points are both kept
+    assert pareto_front([]) == [] and pareto_front([(1.0, 1.0)]) == [0]

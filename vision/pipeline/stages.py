@@ -43,7 +43,7 @@ from vision.evaluation.agreement import compare as compare_outputs
 from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo
 from vision.model_prep import cast_io
-from vision.pipeline.mixed_precision import build_budget_search, map50_95
+from vision.pipeline.budget import build_budget_search, map50_95
 
 
 @dataclass
@@ -179,33 +179,45 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
     sample = list(calib.first_images(smallest))
     head = head_nodes(model, [raw_head] if raw_head else None) if cfg.keep_head_fp32 else []
     head = list(dict.fromkeys([*head, *tail_nodes]))  # an end-to-end tail (NMS and its decode) is never INT8
-    ort_path = staging / "model.int8.ort.onnx"
+    ort_path, ov_path = staging / "model.int8.ort.onnx", staging / "model.int8.ov.onnx"
     with timings.measure("qdq_onnxruntime"):
         ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=head,
                                     weight_storage=cfg.ort_weights, label=info.path.name)
     facts.float_layers = list(head)
+    ov_float = list(head)
     if cfg.accuracy_budget is not None:
+        # the uniform OpenVINO model too: each CPU layout gets its own search on its own runtime
+        ov_summary = write_openvino_qdq(model, scales, ov_path, nodes_to_exclude=head,
+                                        weight_bits=cfg.ov_weight_bits, label=info.path.name)
+        uniform = {"onnxruntime": ort_path, **({"openvino": ov_path} if is_importable("openvino") else {})}
         with timings.measure("accuracy_budget"):
-            facts.mixed_precision = build_budget_search(cfg, info, model, calib, scales, ort_path, smallest)
+            facts.mixed_precision = build_budget_search(cfg, info, model, calib, scales, uniform, head, smallest,
+                                                        staging)
         facts.float_layers = list(facts.mixed_precision["excluded_nodes"])
+        ov_float = list(facts.mixed_precision.get("openvino", {}).get("excluded_nodes", facts.float_layers))
         with timings.measure("qdq_onnxruntime"):
             ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=facts.float_layers,
                                         weight_storage=cfg.ort_weights, label=info.path.name)
+    trt_precision = _trt_high_precision(cfg, half, fp16_target)
     with timings.measure("qdq_tensorrt"):
+        # the ONNX Runtime search's regions: whole blocks (TensorRT fuses Q/DQ around Conv-BN-SiLU, and a float
+        # island between INT8 layers costs two reformats), run in the layout's high-precision type
         trt_summary = write_trt_qdq(info.path, cache_file, scales, sample, staging / "model.int8.onnx",
-                                    nodes_to_exclude=facts.float_layers,
-                                    high_precision_dtype=_trt_high_precision(cfg, half, fp16_target))
+                                    nodes_to_exclude=facts.float_layers, high_precision_dtype=trt_precision)
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
             trt_map = map50_95(cfg, info, trt_summary.path)
         facts.mixed_precision["map_tensorrt_layout"] = trt_map
         facts.mixed_precision["delta_tensorrt_layout"] = 100.0 * (facts.mixed_precision["map_fp32"] - trt_map)
+        facts.mixed_precision["tensorrt"].update(
+            float_dtype=trt_summary.high_precision_dtype,
+            target_runs_fp16=fp16_target, note=None if trt_precision == "fp16" or not fp16_target else
+            "the target runs FP16 but the float regions are FP32: pass --trt-high-precision auto")
     # OpenVINO layout (vision.artifacts.qdq_ov): same scales, Q/DQ on Conv inputs/weights only, uint8 activations
     with timings.measure("qdq_openvino"):
-        ov_summary = write_openvino_qdq(model, scales, staging / "model.int8.ov.onnx",
-                                        nodes_to_exclude=facts.float_layers, weight_bits=cfg.ov_weight_bits,
-                                        label=info.path.name)
+        ov_summary = write_openvino_qdq(model, scales, ov_path, nodes_to_exclude=ov_float,
+                                        weight_bits=cfg.ov_weight_bits, label=info.path.name)
     for summary in (trt_summary, ort_summary, ov_summary):
         summary.io_dtype = io_dtype
         if io_dtype != "float32":  # the user's I/O type at the boundaries; inside, the calibrated FP32 graph
