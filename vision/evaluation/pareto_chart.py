@@ -72,9 +72,8 @@ def pareto_figure(points: Sequence[ChartPoint], title: str, budget_map: float | 
 def place_labels(fig: Figure, ax: Axes, points: Sequence[ChartPoint]) -> list[Annotation]:
     """One annotation per point at the first offset (nearest first) where it overlaps no placed label, no marker,
     the legend or the axes' edge; the last offset tried where none is free."""
-    from matplotlib.transforms import Bbox
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
 
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     renderer = canvas.get_renderer()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,7 @@ def bars_figure(result: CompareResult) -> tuple[Figure, Figure]:
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_title(f"Accuracy on {result.images} images")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a bar
     fig_map.tight_layout()
     fig_lat = Figure(figsize=(8, height))
     ax = fig_lat.subplots()
@@ -169,7 +170,7 @@ def _summary_lines(result: CompareResult) -> list[str]:
              "and candidate."]
     verdict = result.recommendation
     if verdict:
-        lines.append(f"**Recommended: {verdict['variant']}.** {verdict['reason']}.")
+        lines.append(f"**Recommended: {verdict['variant']}**: {verdict['reason']}.")
     for v in result.variants:
         if not v.name.startswith("INT8-mixed"):
             continue
@@ -182,6 +183,13 @@ def _summary_lines(result: CompareResult) -> list[str]:
     lines.append("The detection head's all-anchor part (DFL, box decode, class Sigmoid, Concat) stays float in every "
                  "INT8 variant (`head` above).")
     return lines
+
+
+def _inline_html(line: str) -> str:
+    """The markdown a summary line uses (``**bold**``, ```code```) as HTML, everything else escaped."""
+    text = html.escape(line)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 def write_reports(result: CompareResult, histograms: Mapping[str, TensorStats], out: Path) -> list[Path]:
@@ -210,13 +218,14 @@ def write_reports(result: CompareResult, histograms: Mapping[str, TensorStats], 
     paths.append(atomic_write_text(out / "report.md", "\n".join(md)))
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
-    summary = "".join(f"<p>{html.escape(line).replace('**', '')}</p>" for line in _summary_lines(result))
+    summary = "".join(f"<p>{_inline_html(line)}</p>" for line in _summary_lines(result))
     images = "".join(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' "
                      f"src='data:image/png;base64,{base64.b64encode(pictures[name]).decode()}'>"
                      for name, caption in captions.items())
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>FP32 vs INT8</title><style>"
             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+            "td:first-child,th:first-child{text-align:left;white-space:nowrap}"
             "img{max-width:100%}</style></head><body><h1>FP32 vs INT8 comparison</h1>"
             f"{table}{summary}{images}</body></html>")
     paths.append(atomic_write_text(out / "report.html", page))

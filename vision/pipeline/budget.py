@@ -75,10 +75,12 @@ def build_budget_search(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelPro
         for runtime, target in build_targets(cfg, model, scales, feeds[:1]).items():
             if runtime not in uniform:
                 continue
-            searches[runtime] = search_regions(
-                target, regions, head, uniform[runtime], map50_95(cfg, info, uniform[runtime], runtime),
-                fp32["onnxruntime"], lambda path, rt=runtime: map50_95(cfg, info, path, rt), cfg.accuracy_budget,
-                Path(tmp), reference, feeds, imgsz=hw[0])
+            def score(path: Path, rt: str = runtime) -> float:
+                return map50_95(cfg, info, path, rt)
+
+            searches[runtime] = search_regions(target, regions, head, uniform[runtime], score(uniform[runtime]),
+                                               fp32["onnxruntime"], score, cfg.accuracy_budget, Path(tmp), reference,
+                                               feeds, imgsz=hw[0])
         timed = [(info.path, runtime) for runtime in searches] + [
             (c.path, runtime) for runtime, s in searches.items() for c in s.candidates]
         runners = [load_runner(path, runtime, threads=None) for path, runtime in timed]

@@ -33,7 +33,7 @@ from vision.backends.select import load_runner
 from vision.calibration.calibrators import CALIBRATORS, COMPARED, calibrator_spec, compute_all
 from vision.calibration.stats import ActivationCollector, TensorStats
 from vision.data.images import CalibrationSet
-from vision.evaluation.bench import cpu_name, interleaved_latency
+from vision.evaluation.bench import cpu_flags, cpu_name, interleaved_latency
 from vision.evaluation.evaluate import EvalResult, evaluate
 from vision.evaluation.report import write_reports
 from vision.evaluation.results import CompareResult, Variant
@@ -178,7 +178,7 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
                    **{rt: s.to_dict() for rt, s in searches.items()}},
             recommendation=verdict, timings=dict(timings),
             device=f"{'onnxruntime + openvino' if any(v.runtime == 'openvino' for v in variants) else 'onnxruntime'}"
-                   f" cpu, {cpu_name()}", created=utc_now())
+                   f" cpu, {cpu_name()}, {' '.join(cpu_flags()) or 'flags unknown'}", created=utc_now())
         with timings.measure("report"):
             reports = write_reports(result_obj, _histograms(stats, amax_all), staging)
         result_obj.timings = dict(timings)

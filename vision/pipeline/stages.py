@@ -198,22 +198,22 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
         with timings.measure("qdq_onnxruntime"):
             ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=facts.float_layers,
                                         weight_storage=cfg.ort_weights, label=info.path.name)
-    trt_precision = _trt_high_precision(cfg, half, fp16_target)
     with timings.measure("qdq_tensorrt"):
-        # the ONNX Runtime search's regions: whole blocks (TensorRT fuses Q/DQ around Conv-BN-SiLU, and a float
-        # island between INT8 layers costs two reformats), run in the layout's high-precision type
         trt_summary = write_trt_qdq(info.path, cache_file, scales, sample, staging / "model.int8.onnx",
-                                    nodes_to_exclude=facts.float_layers, high_precision_dtype=trt_precision)
+                                    nodes_to_exclude=facts.float_layers,
+                                    high_precision_dtype=_trt_high_precision(cfg, half, fp16_target))
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
             trt_map = map50_95(cfg, info, trt_summary.path)
         facts.mixed_precision["map_tensorrt_layout"] = trt_map
         facts.mixed_precision["delta_tensorrt_layout"] = 100.0 * (facts.mixed_precision["map_fp32"] - trt_map)
+        # the TensorRT layout takes the ONNX Runtime search's regions (whole blocks: TensorRT fuses Q/DQ around
+        # Conv-BN-SiLU, a float island between INT8 layers costs two reformats) in its high-precision type
         facts.mixed_precision["tensorrt"].update(
-            float_dtype=trt_summary.high_precision_dtype,
-            target_runs_fp16=fp16_target, note=None if trt_precision == "fp16" or not fp16_target else
-            "the target runs FP16 but the float regions are FP32: pass --trt-high-precision auto")
+            float_dtype=trt_summary.high_precision_dtype, target_runs_fp16=fp16_target,
+            note="the target runs FP16 but the float regions are FP32 (--trt-high-precision fp32)"
+            if fp16_target and trt_summary.high_precision_dtype == "float32" else None)
     # OpenVINO layout (vision.artifacts.qdq_ov): same scales, Q/DQ on Conv inputs/weights only, uint8 activations
     with timings.measure("qdq_openvino"):
         ov_summary = write_openvino_qdq(model, scales, ov_path, nodes_to_exclude=ov_float,

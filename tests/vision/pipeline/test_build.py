@@ -242,6 +242,8 @@ def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
     mixed = manifest["mixed_precision"]
     assert mixed["met"] is True and mixed["budget"] == 100.0  # any drop is within 100 points: no search needed
     assert {"excluded_nodes", "map_fp32", "map_int8", "delta", "map_tensorrt_layout"} <= set(mixed)
+    assert mixed["float_regions"] == [] and mixed["regions"] and mixed["tensorrt"]["isolated_float_layers"] == []
+    assert mixed["recommendation"]["within_budget"] and mixed["float_by_region"] == {"head": len(mixed["excluded_nodes"])}
     head = head_nodes(onnx.load(str(model)))
     assert head and mixed["excluded_nodes"] == head == manifest["float_layers"]
     assert result.summary()["mixed_precision"]["met"] is True
