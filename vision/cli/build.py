@@ -131,6 +131,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         console.print(f"accuracy budget {mixed['budget']} mAP50-95 points: {'met' if mixed['met'] else 'NOT met'} "
                       f"(FP32 {mixed['map_fp32']:.4f}, INT8 {mixed['map_mixed']:.4f}, Δ {mixed['delta']:.2f} points, "
                       f"{len(mixed['excluded_nodes'])} layer(s) in float)")
+        console.print(f"float regions: {mixed.get('float_by_region')}")
+        verdict = mixed.get("recommendation")
+        if verdict:
+            console.print(f"recommended: {verdict['variant']}: {verdict['reason']}", highlight=False)
         if not mixed["met"]:
             console.print("warning: the budget was not met; the artifacts hold the most accurate INT8 found",
                           style="yellow")

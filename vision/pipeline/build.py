@@ -49,7 +49,8 @@ class BuildResult:
                 "agreement": int8.agreement if int8 else None, "qdq": int8.qdq if int8 else {},
                 "engine": self.engine, "timings": self.timings,
                 "float_layers": len(int8.float_layers) if int8 else 0,
-                "mixed_precision": {k: v for k, v in mixed.items() if k not in ("trials", "layer_errors")}
+                "mixed_precision": {k: v for k, v in mixed.items()
+                                    if k not in ("trials", "layer_errors", "search", "regions", "openvino")}
                 if mixed else None}
 
 
