@@ -27,7 +27,15 @@ from vision.data.images import CalibrationSet
 from vision.evaluation.bench import interleaved_latency
 from vision.evaluation.evaluate import evaluate
 from vision.model import ModelInfo, resolve_input_hw
-from vision.pipeline.mixed_precision import Measured, RegionSearch, Target, choose, recommend, search_regions
+from vision.pipeline.mixed_precision import (
+    PRICING_IMAGES,
+    Measured,
+    RegionSearch,
+    Target,
+    choose,
+    recommend,
+    search_regions,
+)
 from vision.regions import count_by_region, float_regions, isolated_float_layers
 
 RUNTIME_LABEL = {"onnxruntime": "ORT", "openvino": "OpenVINO"}
@@ -64,7 +72,7 @@ def build_budget_search(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelPro
     the Pareto verdict. A budget that cannot be met is not an error: the most accurate candidate is kept and
     ``met`` is false."""
     assert cfg.data is not None and cfg.annotations is not None and cfg.accuracy_budget is not None
-    feeds = list(calib.first_images(max(cfg.sensitivity_images, smallest)))
+    feeds = list(calib.first_images(max(PRICING_IMAGES, smallest)))
     with OnnxrtRunner(model) as runner:
         reference = [runner.infer(dict(f)) for f in feeds]
     regions = float_regions(model, head)
@@ -79,7 +87,7 @@ def build_budget_search(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelPro
                 return map50_95(cfg, info, path, rt)
 
             searches[runtime] = search_regions(target, regions, head, uniform[runtime], score(uniform[runtime]),
-                                               fp32["onnxruntime"], score, cfg.accuracy_budget, Path(tmp), reference,
+                                               info.path, fp32["onnxruntime"], score, cfg.accuracy_budget, Path(tmp), reference,
                                                feeds, imgsz=hw[0])
         timed = [(info.path, runtime) for runtime in searches] + [
             (c.path, runtime) for runtime, s in searches.items() for c in s.candidates]

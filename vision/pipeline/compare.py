@@ -42,7 +42,15 @@ from vision.export_kinds import check_supported, end_to_end_tail, export_kind
 from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo, load_model, resolve_input_hw
 from vision.model_prep import prepare_model
-from vision.pipeline.mixed_precision import Measured, RegionSearch, Target, choose, recommend, search_regions
+from vision.pipeline.mixed_precision import (
+    PRICING_IMAGES,
+    Measured,
+    RegionSearch,
+    Target,
+    choose,
+    recommend,
+    search_regions,
+)
 from vision.regions import float_regions
 
 DEFAULT_CALIBRATORS = COMPARED
@@ -96,7 +104,8 @@ def collect_statistics(info: ModelInfo, model: onnx.ModelProto, calib_data: Path
             collector.collect(feeds)
         stats = collector.result()
     used = calib.images_seen  # read before the sample pass below resets it
-    sample = list(calib.iter_batches(limit_images=max(opts.sensitivity_images, batch), progress=False))
+    sample = list(calib.iter_batches(limit_images=max(opts.sensitivity_images, batch, PRICING_IMAGES),
+                                     progress=False))
     return stats, sample, used
 
 
@@ -151,8 +160,8 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
         with timings.measure("mixed_precision"):
             ranked = layer_errors(proto, staging / best.model, sample[:opts.sensitivity_images], opts.threads)
             bases = {v.runtime: v for v in variants[::-1] if v.calibrator == best.calibrator}
-            searches = _mixed_searches(proto, staging, base_scales, sample, head, bases, fp32, data_dir, ann_path,
-                                       opts, evaluated)
+            searches = _mixed_searches(proto, staging, base_scales, sample, head, bases, fp32, model_path, data_dir,
+                                       ann_path, opts, evaluated)
         with timings.measure("latency"):
             _time_everything(variants, searches, model_path, staging, opts)
         mixed_rows = _mixed_variants(searches, best.calibrator, staging, evaluated)
@@ -195,10 +204,10 @@ RUNTIME_NAME = {"onnxruntime": "ORT", "openvino": "OpenVINO"}
 
 def _mixed_searches(proto: onnx.ModelProto, staging: Path, scales: Mapping[str, float],
                     sample: Sequence[Mapping[str, np.ndarray]], head: Sequence[str], bases: Mapping[str, Variant],
-                    fp32: Variant, data: Path, annotations: Path, opts: CompareOptions,
+                    fp32: Variant, fp32_path: Path, data: Path, annotations: Path, opts: CompareOptions,
                     evaluated: dict[Path, EvalResult]) -> dict[str, RegionSearch]:
     """The region search on each runtime with a uniform INT8 row of the best calibrator (``bases``), from it."""
-    feeds = list(sample[:max(opts.sensitivity_images, 1)])
+    feeds = list(sample[:PRICING_IMAGES])
     with OnnxrtRunner(proto, threads=opts.threads) as runner:
         reference = [runner.infer(dict(f)) for f in feeds]
     regions = float_regions(proto, head)
@@ -215,7 +224,7 @@ def _mixed_searches(proto: onnx.ModelProto, staging: Path, scales: Mapping[str, 
 
         base = bases[runtime]
         searches[runtime] = search_regions(target, regions, head, staging / base.model, base.map50_95,
-                                           fp32.map50_95, evaluate_map, opts.accuracy_budget, work, reference,
+                                           fp32_path, fp32.map50_95, evaluate_map, opts.accuracy_budget, work, reference,
                                            feeds, threads=opts.threads, imgsz=opts.imgsz)
     return searches
 

@@ -6,9 +6,10 @@
    target's layout (ONNX Runtime's ``model.int8.ort.onnx`` or OpenVINO's ``model.int8.ov.onnx``), timed round-robin
    against the uniform INT8 model (its extra latency, the *cost*) and run on a few images (the output SQNR against
    FP32 it gains, the *gain*).
-3. Regions are ranked by gain per cost (free regions first) and ``quant_common.search.search_ranked_prefix`` keeps
-   the shortest prefix of that ranking whose measured mAP50-95 loss meets the budget; every prefix it tries is a
-   candidate, evaluated on the labelled set on the target runtime.
+3. Regions are ranked by gain per cost (free regions first; none that gains nothing, none that would make the
+   model as slow as FP32 on that runtime) and ``quant_common.search.search_ranked_prefix`` keeps the shortest prefix
+   of that ranking whose measured mAP50-95 loss meets the budget; every prefix it tries is a candidate, evaluated
+   on the labelled set on the target runtime.
 4. The caller times every candidate with every other variant of the run in one interleaved loop; ``choose`` takes
    the fastest candidate within the budget and ``recommend`` checks it against the accuracy/latency Pareto front of
    everything measured. Where a uniform variant is as fast and as accurate, that one is recommended instead.
@@ -30,6 +31,7 @@ from vision.evaluation.bench import interleaved_latency
 from vision.evaluation.sensitivity import sqnr_db
 from vision.regions import Region, region_nodes
 
+PRICING_IMAGES = 8  # calibration images whose output SQNR prices each region
 WriteModel = Callable[[Sequence[str], Path], Any]  # (float nodes, out path): writes one INT8 model of a layout
 
 
@@ -75,11 +77,13 @@ class RegionSearch:
 
     runtime: str
     budget: float
-    prices: list[RegionPrice]  # in the order the search tried them
+    prices: list[RegionPrice]  # the regions the search may keep float, in the order it adds them
     candidates: list[Candidate]  # candidates[0]: the uniform INT8 model
     met: bool = False
     chosen: int = 0  # index into candidates, set by ``choose``
     trials: list[dict[str, Any]] = field(default_factory=list)
+    left_int8: dict[str, list[str]] = field(default_factory=dict)  # regions never tried, by reason
+    priced: dict[str, Any] = field(default_factory=dict)  # every region's price, the uniform and FP32 latencies
 
     @property
     def best(self) -> Candidate:
@@ -90,6 +94,7 @@ class RegionSearch:
         return {"runtime": self.runtime, "budget": self.budget, "met": self.met, "regions": best.regions,
                 "excluded": best.float_nodes, "delta": best.delta, "map50_95": best.map50_95,
                 "latency_ms": best.latency_ms, "prices": [p.to_dict() for p in self.prices],
+                "left_int8": self.left_int8, "priced": self.priced,
                 "candidates": [c.to_dict() for c in self.candidates], "chosen": self.chosen}
 
 
@@ -111,56 +116,72 @@ def _run(runner: Runner, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict
     return [runner.infer(dict(feed)) for feed in feeds]
 
 
-def price_regions(target: Target, regions: Sequence[Region], head: Sequence[str], base: Path,
+def price_regions(target: Target, regions: Sequence[Region], head: Sequence[str], base: Path, fp32: Path,
                   reference: Sequence[Mapping[str, np.ndarray]], feeds: Sequence[Mapping[str, np.ndarray]],
-                  work_dir: Path, *, threads: int | None = None, rounds: int = 7, imgsz: int = 640
-                  ) -> list[RegionPrice]:
-    """Write the INT8 model with each region float, time all of them against ``base`` (the uniform INT8 model)
-    round-robin, and measure each one's output SQNR on ``feeds`` against ``reference`` (FP32's outputs)."""
+                  work_dir: Path, *, threads: int | None = None, rounds: int = 10, imgsz: int = 640
+                  ) -> tuple[list[RegionPrice], float, float]:
+    """Write the INT8 model with each region float, time all of them round-robin with ``base`` (the uniform INT8
+    model) and ``fp32`` (the FP32 model, on the same runtime), and measure each one's output SQNR on ``feeds``
+    against ``reference`` (FP32's outputs). Returns the prices and the uniform and FP32 latencies (ms)."""
     paths = []
     for i, region in enumerate(regions):
         path = work_dir / f"price-{target.suffix}-{i}.onnx"
         target.write([*head, *region.nodes], path)
         paths.append(path)
-    runners = [load_runner(p, target.runtime, threads=threads) for p in [base, *paths]]
+    runners = [load_runner(p, target.runtime, threads=threads) for p in [base, fp32, *paths]]
     try:
         latencies = interleaved_latency(runners, rounds=rounds, warmup=1, imgsz=imgsz)
-        sqnrs = [output_sqnr(reference, _run(runner, feeds)) for runner in runners]
+        sqnrs = [output_sqnr(reference, _run(runner, feeds)) for runner in [runners[0], *runners[2:]]]
     finally:
         for runner in runners:
             runner.deactivate()
     for path in paths:
         path.unlink(missing_ok=True)
-    return [RegionPrice(r.name, r.layers, latencies[i + 1] - latencies[0], sqnrs[i + 1] - sqnrs[0])
-            for i, r in enumerate(regions)]
+    prices = [RegionPrice(r.name, r.layers, latencies[i + 2] - latencies[0], sqnrs[i + 1] - sqnrs[0])
+              for i, r in enumerate(regions)]
+    return prices, latencies[0], latencies[1]
 
 
-def rank_regions(prices: Sequence[RegionPrice], base_ms: float) -> list[RegionPrice]:
-    """Most gain per unit of cost first. Costs below 1 % of the INT8 latency are timing noise and count as that
-    1 %; regions that gain nothing go last, cheapest first."""
+def rank_regions(prices: Sequence[RegionPrice], base_ms: float, fp32_ms: float | None
+                 ) -> tuple[list[RegionPrice], dict[str, list[str]]]:
+    """The regions worth trying, most gain per unit of cost first, and why the others are left INT8.
+
+    Costs below 1 % of the INT8 latency are timing noise and count as that 1 %. A region that gains nothing is never
+    kept float; nor is one that would bring the prefix's estimated latency (the uniform model's plus the positive
+    costs before it) to FP32's on the same runtime (``fp32_ms``; None: no such limit): FP32 would then be as fast and
+    more accurate."""
     floor = max(0.01 * base_ms, 1e-3)
     useful = sorted((p for p in prices if p.gain_db > 0), key=lambda p: -p.gain_db / max(p.cost_ms, floor))
-    useless = sorted((p for p in prices if p.gain_db <= 0), key=lambda p: p.cost_ms)
-    return [*useful, *useless]
+    ranked, estimate = [], base_ms
+    for price in useful:
+        estimate += max(price.cost_ms, 0.0)
+        if fp32_ms is not None and estimate >= fp32_ms:
+            break
+        ranked.append(price)
+    left = {"no_gain": [p.region for p in prices if p.gain_db <= 0],
+            "as_slow_as_fp32": [p.region for p in useful[len(ranked):]]}
+    return ranked, left
 
 
 def search_regions(target: Target, regions: Sequence[Region], head: Sequence[str], base: Path, base_map: float,
-                   fp32_map: float, evaluate_map: Callable[[Path], float], budget: float, work_dir: Path,
-                   reference: Sequence[Mapping[str, np.ndarray]], feeds: Sequence[Mapping[str, np.ndarray]], *,
-                   threads: int | None = None, imgsz: int = 640, rounds: int = 7) -> RegionSearch:
-    """The region search on ``target``: ``base`` is the uniform INT8 model (``head`` float) scoring ``base_map``;
-    ``evaluate_map(file)`` the mAP50-95 on the labelled set, run by ``target.runtime``. Candidates are written to
-    ``work_dir``; call ``choose`` once they are timed."""
+                   fp32: Path, fp32_map: float, evaluate_map: Callable[[Path], float], budget: float,
+                   work_dir: Path, reference: Sequence[Mapping[str, np.ndarray]],
+                   feeds: Sequence[Mapping[str, np.ndarray]], *, threads: int | None = None, imgsz: int = 640,
+                   rounds: int = 10, cap_at_fp32: bool = True) -> RegionSearch:
+    """The region search on ``target``: ``base`` is the uniform INT8 model (``head`` float) scoring ``base_map``,
+    ``fp32`` the FP32 model; ``evaluate_map(file)`` the mAP50-95 on the labelled set, run by ``target.runtime``.
+    Candidates are written to ``work_dir``; call ``choose`` once they are timed. ``cap_at_fp32`` False: try regions
+    however slow their prefix would make the model (``rank_regions``)."""
     uniform = Candidate([], list(head), base, base_map, 100.0 * (fp32_map - base_map))
     search = RegionSearch(target.runtime, budget, [], [uniform])
     if uniform.delta <= budget or not regions:
         search.met = uniform.delta <= budget
         search.trials = [{"regions": 0, "delta": uniform.delta}]
         return search
-    with load_runner(base, target.runtime, threads=threads) as runner:
-        base_ms = interleaved_latency([runner], rounds=3, warmup=1, imgsz=imgsz)[0]
-    search.prices = rank_regions(price_regions(target, regions, head, base, reference, feeds, work_dir,
-                                               threads=threads, rounds=rounds, imgsz=imgsz), base_ms)
+    prices, base_ms, fp32_ms = price_regions(target, regions, head, base, fp32, reference, feeds, work_dir,
+                                             threads=threads, rounds=rounds, imgsz=imgsz)
+    search.prices, search.left_int8 = rank_regions(prices, base_ms, fp32_ms if cap_at_fp32 else None)
+    search.priced = {"uniform_ms": base_ms, "fp32_ms": fp32_ms, "all": [p.to_dict() for p in prices]}
     by_name = {r.name: r for r in regions}
 
     def measure(names: list[str]) -> float:

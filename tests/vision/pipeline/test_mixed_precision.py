@@ -15,7 +15,16 @@ from vision.artifacts.cache import amax_to_scale
 from vision.artifacts.qdq_ort import write_ort_qdq
 from vision.backends.onnxrt import OnnxrtRunner
 from vision.graph import head_nodes, quantizable_tensors, with_activations, with_outputs
-from vision.pipeline.mixed_precision import Measured, Target, choose, output_sqnr, recommend, search_regions
+from vision.pipeline.mixed_precision import (
+    Measured,
+    RegionPrice,
+    Target,
+    choose,
+    output_sqnr,
+    rank_regions,
+    recommend,
+    search_regions,
+)
 from vision.regions import count_by_region, float_regions, isolated_float_layers, region_nodes
 
 BUNDLED = Path(__file__).resolve().parents[3] / "vision" / "assets" / "yolov8n_shapes.onnx"
@@ -128,9 +137,12 @@ def test_search_keeps_a_whole_region_where_the_sqnr_ranking_picks_scattered_slow
     regions = float_regions(model)
     assert [r.name for r in regions] == ["model.0", "model.1"]
     budget = 60.0 - (uniform_db + scattered_db) / 2  # "delta" = 60 dB - SQNR: met by the scattered choice
-    search = search_regions(Target("onnxruntime", "ort", write), regions, [], uniform, uniform_db / 100, 0.60,
-                            sqnr_score, budget, tmp_path, reference, feeds, imgsz=SIZE, rounds=3)
-    assert search.prices[0].region == "model.0" and search.prices[0].gain_db > 3 > search.prices[1].gain_db
+    # no latency cap: whether INT8 beats FP32 at all on a model this small depends on the machine
+    search = search_regions(Target("onnxruntime", "ort", write), regions, [], uniform, uniform_db / 100,
+                            tmp_path / "chain.onnx", 0.60, sqnr_score, budget, tmp_path, reference, feeds, imgsz=SIZE,
+                            rounds=3, cap_at_fp32=False)
+    assert search.prices[0].region == "model.0" and search.prices[0].gain_db > 3
+    assert all(p.region == "model.0" or p.gain_db < 3 for p in search.prices)
     for candidate in search.candidates:
         candidate.latency_ms = float(len(candidate.float_nodes))  # timing is the caller's; any order will do here
     best = choose(search)
@@ -138,6 +150,16 @@ def test_search_keeps_a_whole_region_where_the_sqnr_ranking_picks_scattered_slow
     assert isolated_float_layers(model, best.float_nodes) == []
     # ...but costs more INT8<->float passes at run time than the whole region, as ONNX Runtime optimizes each
     assert _standalone_qdq(tmp_path / "scattered.onnx", tmp_path) > _standalone_qdq(best.path, tmp_path)
+
+
+def test_regions_that_gain_nothing_or_would_be_as_slow_as_fp32_are_never_tried() -> None:
+    prices = [RegionPrice("a", 2, 5.0, 1.0), RegionPrice("b", 4, -2.0, 0.4), RegionPrice("c", 3, 20.0, 2.0),
+              RegionPrice("d", 3, 1.0, -0.3), RegionPrice("e", 5, 30.0, 0.5)]
+    # gain per ms, a cost under 1 % of 50 ms counting as 0.5 ms: b 0.8, a 0.2, c 0.1, e 0.017; d gains nothing
+    ranked, left = rank_regions(prices, base_ms=50.0, fp32_ms=100.0)
+    assert [p.region for p in ranked] == ["b", "a", "c"]  # + e would reach 50 + 0 + 5 + 20 + 30 = 105 ms
+    assert left == {"no_gain": ["d"], "as_slow_as_fp32": ["e"]}
+    assert [p.region for p in rank_regions(prices, 50.0, None)[0]] == ["b", "a", "c", "e"]
 
 
 def test_recommend_prefers_a_uniform_row_that_beats_every_mixed_one() -> None:
@@ -164,6 +186,6 @@ def test_a_uniform_model_within_the_budget_needs_no_search(tmp_path: Path, budge
     model = onnx.load(str(two_module_chain(tmp_path / "chain.onnx")))
     calls: list[Path] = []
     search = search_regions(Target("onnxruntime", "ort", lambda nodes, path: calls.append(path)),
-                            float_regions(model), [], tmp_path / "uniform.onnx", 0.9, 0.9, lambda p: 0.0, budget,
-                            tmp_path, [], [])
+                            float_regions(model), [], tmp_path / "uniform.onnx", 0.9, tmp_path / "chain.onnx", 0.9,
+                            lambda p: 0.0, budget, tmp_path, [], [])
     assert search.met and len(search.candidates) == 1 and calls == [] and choose(search).regions == []
