@@ -3,8 +3,11 @@
 modelopt.onnx places Q/DQ where TensorRT wants them and takes the activation scales from our calibration cache;
 weights get per-channel scales. Layers left unquantized run in ``high_precision_dtype``: a strongly typed TensorRT
 network runs exactly the ONNX's types, so FP32 there would make the INT8 engine slower than the FP16 one
-(NVIDIA/TensorRT#993); FP16 is the default for a target with strongly typed networks (graph I/O stays FP32). TensorRT >= 10 (strongly typed) and ONNX Runtime both run it (ORT slower than FP32:
-72 ms against 50-56 ms on YOLOv8n 640; ``vision.artifacts.qdq_ort`` is the layout for ORT).
+(NVIDIA/TensorRT#993); FP16 is the default for a target with strongly typed networks (``trt_float_dtype``; graph I/O
+stays FP32). TensorRT >= 10 (strongly typed) and ONNX Runtime both run it (ORT slower than FP32: 72 ms against
+50-56 ms on YOLOv8n 640; ``vision.artifacts.qdq_ort`` is the layout for ORT; an FP16 one is evaluated with its FP16
+tensors emulated in FP32 arithmetic, ``vision.backends.fp16_onnx.emulate_fp16_storage``). modelopt drops the
+export's ``metadata_props`` (class names, imgsz, stride): they are copied back.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -27,6 +31,23 @@ import onnx
 from quant_common.atomic import staged_file
 from quant_common.errors import QuantError, is_importable, require
 from vision.artifacts.qdq_verify import QdqSummary, check_scales, count_weight_granularity
+from vision.backends.upstream import tensorrt_facts
+
+FloatDtype = Literal["fp16", "fp32"]
+
+
+def trt_float_dtype(choice: str, target_version: str, *, half: bool = False) -> FloatDtype:
+    """The float type of what a TensorRT-layout model leaves unquantized (modelopt's ``high_precision_dtype``; the
+    one decision every writer of TensorRT float regions uses, the mixed-precision search's included).
+
+    ``auto``: FP16 where the target builds the model as a strongly typed network (TensorRT >= 10), which runs the
+    ONNX's types as written, so FP32 there would make INT8 slower than FP16 (NVIDIA/TensorRT#993); FP16 also for an
+    FP16 export; else FP32 (TensorRT 8.6 builds Q/DQ models weakly typed, with its own --fp16)."""
+    if choice == "auto":
+        return "fp16" if half or tensorrt_facts().qdq_high_precision(target_version) == "fp16" else "fp32"
+    if choice not in ("fp16", "fp32"):
+        raise QuantError(f"unknown TensorRT float type '{choice}'", "use auto, fp16 or fp32")
+    return "fp16" if choice == "fp16" else "fp32"
 
 
 @contextlib.contextmanager
@@ -75,6 +96,8 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
             raise QuantError(f"modelopt.onnx wrote no quantized model for {model_path.name} (nothing to quantize?)",
                              "check that the model has Conv/Gemm/MatMul layers")
         quantized = onnx.load(str(tmp_out))
+        if carry_metadata(onnx.load(str(model_path), load_external_data=False), quantized):
+            onnx.save(quantized, str(tmp_out))
         check_scales(quantized, scales, summary, zero_point=0)
         count_weight_granularity(quantized, summary)
         summary.excluded_nodes = sorted(set(nodes_to_exclude))
@@ -82,6 +105,16 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         with staged_file(out_path) as staged:
             shutil.copyfile(tmp_out, staged)
     return summary
+
+
+def carry_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> bool:
+    """Copy ``source``'s ``metadata_props`` (an Ultralytics export's names, imgsz, stride, task) into ``target``
+    where it lacks them; True when anything was added."""
+    have = {prop.key for prop in target.metadata_props}
+    missing = [prop for prop in source.metadata_props if prop.key not in have]
+    for prop in missing:
+        target.metadata_props.add(key=prop.key, value=prop.value)
+    return bool(missing)
 
 
 def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path,
