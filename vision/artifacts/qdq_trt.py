@@ -32,6 +32,7 @@ from quant_common.atomic import staged_file
 from quant_common.errors import QuantError, is_importable, require
 from vision.artifacts.qdq_verify import QdqSummary, check_scales, count_weight_granularity
 from vision.backends.upstream import tensorrt_facts
+from vision.model import carry_metadata
 
 FloatDtype = Literal["fp16", "fp32"]
 
@@ -96,7 +97,11 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
             raise QuantError(f"modelopt.onnx wrote no quantized model for {model_path.name} (nothing to quantize?)",
                              "check that the model has Conv/Gemm/MatMul layers")
         quantized = onnx.load(str(tmp_out))
-        if carry_metadata(onnx.load(str(model_path), load_external_data=False), quantized):
+        changed = carry_metadata(onnx.load(str(model_path), load_external_data=False), quantized)
+        if high_precision_dtype == "fp16":
+            summary.fp16_casts_added = cast_mixed_float_inputs(quantized)
+            changed = changed or bool(summary.fp16_casts_added)
+        if changed:
             onnx.save(quantized, str(tmp_out))
         check_scales(quantized, scales, summary, zero_point=0)
         count_weight_granularity(quantized, summary)
@@ -107,14 +112,37 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
     return summary
 
 
-def carry_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> bool:
-    """Copy ``source``'s ``metadata_props`` (an Ultralytics export's names, imgsz, stride, task) into ``target``
-    where it lacks them; True when anything was added."""
-    have = {prop.key for prop in target.metadata_props}
-    missing = [prop for prop in source.metadata_props if prop.key not in have]
-    for prop in missing:
-        target.metadata_props.add(key=prop.key, value=prop.value)
-    return bool(missing)
+# Ops whose float inputs share one type parameter (T): an FP32 input among FP16 ones is a type error.
+_SAME_TYPE_OPS = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Equal", "Less",
+                            "Greater", "LessOrEqual", "GreaterOrEqual"})
+
+
+def cast_mixed_float_inputs(model: onnx.ModelProto) -> list[str]:
+    """Where modelopt's FP16 conversion left a same-type op with FP32 and FP16 inputs, cast the FP32 ones to FP16;
+    returns the nodes changed. Seen on end-to-end (NMS) exports: the class index Cast(to=FLOAT) feeding the final
+    Concat stays FP32 while boxes and scores become FP16, and ONNX Runtime (and TensorRT's parser) reject the
+    graph. Class indices are small integers, exact in FP16."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input,
+                                                               *inferred.graph.output]}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    changed: list[str] = []
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        kinds = {types.get(name) for name in node.input if name}
+        if node.op_type in _SAME_TYPE_OPS and f32 in kinds and f16 in kinds:
+            for index, name in enumerate(node.input):
+                if name and types.get(name) == f32:
+                    cast = f"{name}__to_fp16_for_{node.name or node.op_type}"
+                    nodes.append(onnx.helper.make_node("Cast", [name], [cast], to=f16, name=cast))
+                    node.input[index] = cast
+            changed.append(node.name)
+        nodes.append(node)
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return changed
 
 
 def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path,

@@ -92,6 +92,8 @@ def trtexec_lines(info: ModelInfo, hw: tuple[int, int], max_batch: int, *, onnx_
         notes.append(f"trtexec {trt_version}: --minShapes/--optShapes/--maxShapes not confirmed in the table; "
                      "add them as for 11.1 for a dynamic-batch engine")
         shape_options = []
+    if not has("--timingCacheFile"):
+        notes.append(f"trtexec {trt_version}: --timingCacheFile not confirmed in the table; left out")
     common = [*shape_options, *([f"--timingCacheFile={TIMING_CACHE}"] if has("--timingCacheFile") else [])]
 
     def line(onnx: str, options: list[str], engine: str, **extra: Any) -> TrtexecLine:

@@ -12,6 +12,8 @@ import onnx
 
 from quant_common.atomic import staged_file
 from quant_common.errors import QuantError, require
+from vision.model import carry_metadata
+from vision.model_prep import widen_fp16
 
 
 def write_fp16_onnx(model_path: Path, out_path: Path) -> Path:
@@ -19,12 +21,14 @@ def write_fp16_onnx(model_path: Path, out_path: Path) -> Path:
     from modelopt.onnx.autocast.convert import convert_to_f16
 
     logging.getLogger("modelopt").setLevel(logging.ERROR)
+    source = onnx.load(str(model_path))
     try:
-        converted = convert_to_f16(onnx.load(str(model_path)), low_precision_type="fp16", keep_io_types=True)
+        converted = convert_to_f16(source, low_precision_type="fp16", keep_io_types=True)
     except Exception as exc:  # noqa: BLE001 - modelopt raises assorted errors
         raise QuantError(f"modelopt could not convert {model_path.name} to FP16: "
                          f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}",
                          "check the model runs in ONNX Runtime, or use --precision fp32/int8") from exc
+    carry_metadata(source, converted)
     with staged_file(out_path) as staged:
         onnx.save(converted, str(staged))
     return out_path
@@ -44,8 +48,6 @@ def emulate_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
 
     The widened graph (``vision.model_prep.widen_fp16``) gets a Cast to FP16 and back after each node output that
     was FP16. Arithmetic inside a layer stays FP32, as in TensorRT's FP16 kernels that accumulate in FP32."""
-    from vision.model_prep import widen_fp16
-
     inferred = onnx.shape_inference.infer_shapes(model)
     graph = inferred.graph
     half = {vi.name for vi in [*graph.value_info, *graph.output]

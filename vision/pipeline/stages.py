@@ -216,6 +216,8 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
     facts.qdq[ort_summary.path.name]["weight_storage"] = ort_summary.weight_storage
     facts.qdq[ov_summary.path.name]["weight_storage"] = ov_summary.weight_storage
     # what the target TensorRT could run between Q/DQ (VisionConfig.trt_high_precision)
+    if trt_summary.fp16_casts_added:
+        facts.qdq[trt_summary.path.name]["fp16_casts_added"] = trt_summary.fp16_casts_added
     facts.qdq[trt_summary.path.name]["target_high_precision"] = "float16" if fp16_target else "float32"
     if cfg.agreement_images == 0:
         return

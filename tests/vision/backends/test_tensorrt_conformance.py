@@ -205,9 +205,13 @@ def test_build_targeting_tensorrt_11(tmp_path):
 
 def test_fp16_onnx_runs_and_agrees(tmp_path):
     model = tiny_detector_onnx(tmp_path, dynamic_batch=True)
+    proto = onnx.load(str(model))
+    proto.metadata_props.add(key="names", value="{0: 'a'}")
+    onnx.save(proto, model)
     fp16 = write_fp16_onnx(model, tmp_path / "model.fp16.onnx")
     converted = onnx.load(str(fp16))
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in converted.graph.initializer)
+    assert {p.key: p.value for p in converted.metadata_props}["names"] == "{0: 'a'}"  # issue 21 item 7
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     with OnnxrtRunner(model) as ref, OnnxrtRunner(fp16) as half:
         name = ref.input_specs()[0].name

@@ -195,3 +195,28 @@ def test_cache_retarget_relabels_without_recalibrating(default_build, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vision.cli", "cache", "retarget", str(out), "--trt-version", "11.4",
                           "--out", str(tmp_path / "x.cache")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "no calibration caches" in bad.stderr
+
+
+def test_fp16_layout_casts_an_fp32_input_left_among_fp16_ones(tmp_path):
+    """Seen on an unseen export (YOLO11n, Ultralytics 8.4 nms=True): modelopt's FP16 conversion left the class
+    index Cast(to=FLOAT) feeding the final Concat in FP32 beside FP16 boxes, and the model did not load."""
+    from vision.artifacts.qdq_trt import cast_mixed_float_inputs
+    from vision.artifacts.qdq_verify import check_loads_in_onnxruntime
+
+    boxes = helper.make_tensor_value_info("boxes", TensorProto.FLOAT16, [1, 3, 4])
+    classes = helper.make_tensor_value_info("classes", TensorProto.INT64, [1, 3, 1])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT16, [1, 3, 5])
+    nodes = [helper.make_node("Cast", ["classes"], ["cls_f"], to=TensorProto.FLOAT, name="/Cast"),
+             helper.make_node("Concat", ["boxes", "cls_f"], ["out"], axis=-1, name="/Concat_1")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [boxes, classes], [out]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "mixed.onnx"
+    onnx.save(model, path)
+    with pytest.raises(Exception, match="Concat_1"):
+        check_loads_in_onnxruntime(path, "tensorrt")
+    assert cast_mixed_float_inputs(model) == ["/Concat_1"]
+    onnx.save(model, path)
+    check_loads_in_onnxruntime(path, "tensorrt")
+    with OnnxrtRunner(path, fp16="native") as runner:
+        got = runner.infer({"boxes": np.ones((1, 3, 4), np.float16), "classes": np.array([[[7], [2], [79]]])})
+    assert got["out"][0, :, 4].tolist() == [7.0, 2.0, 79.0]
