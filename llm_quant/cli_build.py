@@ -125,7 +125,7 @@ def register(app: typer.Typer) -> None:
         device: str = _DEVICE,
         tp_size: int = typer.Option(None, "--tp-size", help="tensor parallelism of the checkpoint"),
         pp_size: int = typer.Option(None, "--pp-size", help="pipeline parallelism of the checkpoint"),
-        dtype: str = typer.Option(None, "--dtype", help="checkpoint dtype: float16, bfloat16 (preset default)"),
+        dtype: str = typer.Option(None, "--dtype", help="checkpoint dtype: float16, bfloat16, float32 (default: the model's own dtype; float32 models get float16, as in TensorRT-LLM)"),
         out: Path = _OUT,
         engine: bool = typer.Option(True, "--engine/--no-engine", help="run trtllm-build where available"),
         trtllm_version: str = typer.Option(None, "--trtllm-version",

@@ -66,7 +66,8 @@ class Preset(_Strict):
     source: str = Field(description="default model: package:<pkg>/<file.gguf>, a hub id, or a folder")
     decoder_type: str = Field(description="modelopt/TensorRT-LLM decoder type (llama, qwen, gemma, ...)")
     model_types: list[str] = Field(description="HF config model_type values this preset accepts")
-    dtype: CheckpointDType = "float16"
+    # auto: the model's own torch_dtype when float16/bfloat16, else float16 (TensorRT-LLM's --dtype auto rule)
+    dtype: CheckpointDType | Literal["auto"] = "auto"
     sq_activations: SqActivations = Field(DEFAULT_SQ_ACTIVATIONS, description="int8_sq activation quantization")
     # on by default: SmolLM2 per-token +1.24 % / -0.05 % (eval split / prose) vs +1.44 % / +0.13 % with alpha 0.5,
     # for ~15 % more calibration time (README "SmoothQuant activations")

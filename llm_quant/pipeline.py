@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_quant import calibrate, data, engine, export, formats, runtime
+from llm_quant import calibrate, data, engine, export, formats, preflight, runtime
 from llm_quant.config import BuildConfig, CalibConfig, EvalConfig, ParallelConfig, Preset
 from llm_quant.evaluate import EvalReport, compare, perplexity
 from llm_quant.exclusions import exclusions_ignored_by, quantized_weight_share
@@ -57,7 +57,8 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
         calibration=CalibConfig.model_validate({**preset.calibration.model_dump(), **(calib or {})}),
         eval=EvalConfig.model_validate({**preset.eval.model_dump(), **(eval_opts or {})}),
         parallel=ParallelConfig.model_validate({**preset.parallel.model_dump(), **(parallel or {})}),
-        dtype=overrides.pop("dtype", None) or preset.dtype,
+        # "auto" (the presets' default): the model's own dtype, as TensorRT-LLM's conversion picks it
+        dtype=_checkpoint_dtype(overrides.pop("dtype", None) or preset.dtype, Path(resolved.path)),
         # int8_sq choices the preset defaults; other qformats have no SmoothQuant activations to choose
         sq_activations=overrides.pop("sq_activations", None) or (preset.sq_activations if row.smoothquant
                                                                   else "per_tensor"),
@@ -66,6 +67,18 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
     )
     calibrate.check_qformat_device(cfg.qformat, calibrate.pick_device(cfg.device))
     return cfg, resolved.path, resolved.source
+
+
+def check_gpu(cfg: BuildConfig) -> preflight.PreflightReport:
+    """The visible GPU runs the formats and holds the model (``llm_quant.preflight``); before any weight loads."""
+    assert cfg.model_path is not None
+    device = calibrate.pick_device(cfg.device)
+    return preflight.preflight(cfg.model_path, cfg.qformat, cfg.kv_cache_dtype, device=device,
+                               load_dtype=calibrate.compute_dtype(device))
+
+
+def _checkpoint_dtype(requested: str, model_dir: Path) -> str:
+    return preflight.checkpoint_dtype(model_dir) if requested == "auto" else requested
 
 
 _PRESET_DEFAULTED = ("sq_activations", "sq_alpha_search")  # None from the CLI: the preset's value
@@ -213,6 +226,7 @@ def _check_out(out: Path) -> None:
 def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     assert cfg.model_path is not None
     out = Path(cfg.out).resolve()
+    checked = check_gpu(cfg)
     _check_out(out)
     timings = Timings()
     with timings.measure("data"):
@@ -268,6 +282,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             smoothquant=sq_report.to_dict() if sq_report is not None else None)
         manifest = {
             "created": utc_now(), "tool": "llm-quant build", "config": cfg.model_dump(mode="json"),
+            "preflight": checked.to_dict(),
             "result": result.to_dict(), "engine": eng.to_dict(), "engine_target": target_facts, "search": search.to_dict() if search else None,
             "hf_quantization_ignore": hf_export["ignore"], "texts": prep.texts,
             "expected_quant_algo": expected[0],
@@ -322,6 +337,7 @@ def package_triton(staging: Staging, cfg: BuildConfig, eng: engine.EngineResult,
 def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     """Perplexity of the full-precision and the quantized model on the same held-out token windows."""
     eval_docs = data.read_text_file(text_file) if text_file is not None else None
+    check_gpu(cfg)
     timings = Timings()
     prep = prepare(cfg, eval_docs=eval_docs, eval_label=f"{text_file} (--text)" if text_file else None)
     if len(prep.eval_windows) == 0:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from llm_quant import per_token
+from llm_quant.cuda_decode import GraphDecoder
+from llm_quant.cuda_linear import QFORMAT_CUDA_KERNELS, convert_linears_cuda
 from llm_quant.int8_linear import QFORMAT_KERNELS, convert_linears
 from llm_quant.per_token import SQ_ACTIVATIONS
 from llm_quant.smoothing import fold_pre_quant_scale
@@ -49,22 +51,55 @@ def _is_quantizer_key(key: str) -> bool:
 _fold = fold_pre_quant_scale  # modelopt's SmoothQuant/AWQ fold, recomputed on load (llm_quant.smoothing)
 
 
-def _changed_tensors(model: Any, base_state: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+class _BaseWeights:
+    """The base checkpoint's tensors at the runtime dtype, read one at a time on the device they are compared on
+    (an 8B model's weights are then never all in host memory at once, and nothing is copied off the GPU)."""
+
+    def __init__(self, folder: Path, dtype: str) -> None:
+        safetensors = require("safetensors", purpose="reading base weights")
+        self._dtype = getattr(_torch(), dtype)
+        self._shards: dict[str, Any] = {}
+        for shard in sorted(Path(folder).glob("*.safetensors")):
+            handle = safetensors.safe_open(str(shard), framework="pt")
+            self._shards.update(dict.fromkeys(handle.keys(), handle))
+        # Tied embeddings are saved once; the model's state dict holds both names.
+        self._alias = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def _name(self, key: str) -> str | None:
+        if key in self._shards:
+            return key
+        for suffix, tied in self._alias.items():
+            if key.endswith(suffix) and key.replace(suffix, tied) in self._shards:
+                return key.replace(suffix, tied)
+        return None
+
+    def __contains__(self, key: str) -> bool:
+        return self._name(key) is not None
+
+    def get(self, key: str, device: Any) -> Any:
+        name = self._name(key)
+        assert name is not None
+        return self._shards[name].get_tensor(name).to(device=device, dtype=self._dtype)
+
+
+def _changed_tensors(model: Any, base: _BaseWeights) -> tuple[list[str], dict[str, Any]]:
     """Split weights changed by calibration into recomputable folds and stored overrides."""
     torch = _torch()
-    # base_state is read from the checkpoint on the CPU; a model calibrated on CUDA is compared there too
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    state = model.state_dict()
     folded: list[str] = []
     overrides: dict[str, Any] = {}
     for key, value in state.items():
-        if _is_quantizer_key(key) or key not in base_state or torch.equal(value, base_state[key]):
+        if _is_quantizer_key(key) or key not in base:
+            continue
+        reference = base.get(key, value.device)
+        if torch.equal(value, reference):
             continue
         module_name = key.rsplit(".", 1)[0]
         pqs = state.get(f"{module_name}.input_quantizer._pre_quant_scale")
-        if key.endswith(".weight") and pqs is not None and torch.equal(_fold(base_state[key], pqs), value):
+        if key.endswith(".weight") and pqs is not None and torch.equal(_fold(reference, pqs), value):
             folded.append(key)
         else:
-            overrides[key] = value.contiguous()
+            overrides[key] = value.detach().cpu().contiguous()
     return folded, overrides
 
 
@@ -74,15 +109,7 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
     """Write ``out_dir`` (staged, then swapped in) for ``model`` quantized from ``base_model_dir``."""
     torch = _torch()
     mto = require("modelopt.torch.opt", purpose="saving the modelopt state")
-    safetensors_torch = require("safetensors.torch", purpose="reading base weights")
-    base_state: dict[str, Any] = {}
-    for shard in sorted(Path(base_model_dir).glob("*.safetensors")):
-        base_state.update(safetensors_torch.load_file(str(shard)))
-    # Tied embeddings are saved once; the model's state dict holds both names.
-    for key, value in model.state_dict().items():
-        if key not in base_state and not _is_quantizer_key(key) and key.endswith("lm_head.weight"):
-            base_state[key] = base_state.get(key.replace("lm_head", "model.embed_tokens"), value)
-    base_state = {k: v.to(getattr(torch, dtype)) for k, v in base_state.items()}
+    base_state = _BaseWeights(base_model_dir, dtype)
     folded, overrides = _changed_tensors(model, base_state)
     payload = {
         "format": FORMAT,
@@ -104,6 +131,7 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
         "folded_weights": len(folded),
         "weight_overrides": len(overrides),
         "kernels": _announced_kernels(qformat, sq_activations),
+        "cuda_kernels": QFORMAT_CUDA_KERNELS.get(qformat, "fake-quant"),
         "sq_activations": sq_activations,
     }
     with staged_dir(out_dir) as tmp:
@@ -191,15 +219,18 @@ def _own_memory(model: Any) -> None:
             param.data = param.data.clone()
 
 
-def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8") -> tuple[Any, Any]:
+def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str = "int8",
+                   decode_max_len: int | None = None) -> tuple[Any, Any]:
     """The quantized model (PyTorch) and its tokenizer, restored from ``embedded_dir``.
 
-    ``kernels="int8"`` swaps the quantized linears for real integer kernels (``llm_quant.int8_linear``; the model's
-    ``kernel_report`` says which linear runs what); ``kernels="fake"`` keeps modelopt's fake quantization, the
-    numerical reference."""
+    ``kernels="int8"`` (or its name ``"real"``) swaps the quantized linears for real low-precision kernels: integer
+    kernels on the CPU (``llm_quant.int8_linear``), FP8 / INT8 / INT4 kernels on CUDA (``llm_quant.cuda_linear``),
+    and on CUDA the model gets ``graph_decoder`` (``llm_quant.cuda_decode``: static KV cache, graph-captured greedy
+    steps, ``decode_max_len`` positions, default min(config, 2048)). The model's ``kernel_report`` says which
+    linear runs what. ``kernels="fake"`` keeps modelopt's fake quantization, the numerical reference."""
     torch = _torch()
-    if kernels not in ("int8", "fake"):
-        raise QuantError(f"unknown kernels {kernels!r}", "use kernels='int8' or kernels='fake'")
+    if kernels not in ("int8", "real", "fake"):
+        raise QuantError(f"unknown kernels {kernels!r}", "use kernels='real' (or 'int8') or kernels='fake'")
     mto = require("modelopt.torch.opt", purpose="restoring the quantized model")
     require("modelopt.torch.quantization", purpose="restoring the quantized model")
     meta = read_runtime_json(embedded_dir)
@@ -237,7 +268,7 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
     with torch.no_grad():
         for key, value in payload["weight_overrides"].items():
             state[key].copy_(value)
-        if kernels == "int8" and device == "cpu":  # --- int8 kernels (issue 10): fold one layer, convert it ---
+        if kernels != "fake" and device == "cpu":  # --- int8 kernels (issue 10): fold one layer, convert it ---
             model.kernel_report = convert_linears(model, activations=mode, prepare=fold)
         for key in sorted(folded):  # the rest (all of them for kernels="fake")
             fold(key.rsplit(".", 1)[0], model.get_submodule(key.rsplit(".", 1)[0]))
@@ -246,4 +277,9 @@ def load_quantized(embedded_dir: str | Path, device: str = "cpu", kernels: str =
     # --- end int8 kernels ---
     if mode == "per_token":  # linears left on the fake-quant path quantize their activations per token
         per_token.use_per_token_activations(model)
-    return model.to(device).eval(), _load_tokenizer(embedded_dir)
+    model = model.to(device).eval()
+    if kernels != "fake" and device != "cpu" and str(device).startswith("cuda"):
+        model.kernel_report = convert_linears_cuda(model, activations=mode)
+        limit = decode_max_len or min(int(getattr(model.config, "max_position_embeddings", 2048)), 2048)
+        model.graph_decoder = GraphDecoder(model, max_len=limit)
+    return model, _load_tokenizer(embedded_dir)

@@ -106,3 +106,41 @@ def tiny_build(out: Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
 
 if __name__ == "__main__":
     print(tiny_build(Path(sys.argv[1])))
+
+
+# Real dimensions for scale tests and benchmarks (random weights): HF config.json of each model.
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                     "tie_word_embeddings": False},
+    "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                     "tie_word_embeddings": True},
+}
+
+
+def random_llama(folder: Path, *, shape: dict[str, Any], device: str = "cuda", dtype: str = "bfloat16",
+                 seed: int = 0, max_positions: int = 8192, logit_scale: float = 1.0) -> Path:
+    """A random ``LlamaForCausalLM`` of ``shape`` (``SHAPES`` or any config fields), made on ``device`` in ``dtype``
+    (no download; an 8B model takes seconds on a GPU), saved as a HF folder with the tiny tokenizer, whose ids all
+    fall inside any real vocabulary."""
+    torch = require("torch", purpose="the random model")
+    transformers = require("transformers", purpose="the random model")
+    tokenizer = tiny_tokenizer(vocab_size=512, chat=True, corpus_docs=60)
+    fields = {"vocab_size": len(tokenizer), "max_position_embeddings": max_positions, "rope_theta": 500000.0,
+              **shape}
+    config = transformers.LlamaConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                      pad_token_id=tokenizer.pad_token_id, **fields)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = transformers.LlamaForCausalLM(config).to(getattr(torch, dtype))
+    if logit_scale != 1.0:  # near-uniform random logits make greedy decoding a coin toss
+        with torch.no_grad():
+            model.lm_head.weight.mul_(logit_scale)
+    model.config.architectures = ["LlamaForCausalLM"]
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return Path(folder)

@@ -39,7 +39,7 @@ def test_config_types_and_cli_help_derive_from_the_table():
     assert cli_build._QFORMAT.help == formats.qformat_help() and cli_build._KV.help == formats.kv_help()
     preset = load_preset("llama")
     base = {"preset": preset, "calibration": preset.calibration, "eval": preset.eval, "parallel": preset.parallel,
-            "dtype": preset.dtype}
+            "dtype": "float16"}
     for name in formats.QFORMAT_NAMES:
         assert BuildConfig(**base, qformat=name).qformat == name
     with pytest.raises(ValidationError, match="int8_sq"):
