@@ -184,8 +184,9 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
                                  "raise the budget, or use --sq-activations per_tensor to keep linears in higher "
                                  "precision (HF checkpoint and embedded runtime)")
             del model
-    with timings.measure("calibrate"):
+    with timings.measure("load"):
         model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+    with timings.measure("calibrate"):
         model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, exclude_modules=exclude, **kwargs)
     return model, search
 
