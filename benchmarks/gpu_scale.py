@@ -67,7 +67,7 @@ def child_modelopt(model: Path, work: Path, qformat: str, calib_size: int, seq_l
     import transformers
     from modelopt.torch.export import export_tensorrt_llm_checkpoint
 
-    from llm_quant import calibrate
+    from llm_quant.calibration import calibrate
     from llm_quant.pipeline import prepare
 
     stages: dict[str, float] = {}
@@ -176,7 +176,8 @@ def main() -> None:
         return
     import torch
 
-    from llm_quant import preflight, tiny
+    from llm_quant.model import preflight, tiny
+
 
     if not torch.cuda.is_available():
         raise SystemExit("gpu_scale: no CUDA GPU visible; run it on a GPU machine")

@@ -1,6 +1,6 @@
 """The embedded runtime on the GPU: bf16 eager (HF generate), bf16 with the same graph capture as the quantized
-models, and each quantized format on real kernels (``llm_quant.cuda_linear``) with graph-captured decode
-(``llm_quant.cuda_decode``), on random Llamas of real dimensions, side by side in one run.
+models, and each quantized format on real kernels (``llm_quant.runtime.cuda.linear``) with graph-captured decode
+(``llm_quant.runtime.cuda.decode``), on random Llamas of real dimensions, side by side in one run.
 
 Per row: prefill tok/s (one forward over ``--prefill`` tokens), decode tok/s at batch 1 and 8 (greedy, ``--new``
 tokens after a 32-token prompt), weights of the linear layers on the GPU (and their share of bf16), capture time,
@@ -59,7 +59,7 @@ def _linear_bytes(model: Any) -> int:
 def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, Any]:
     import torch
 
-    from llm_quant.cuda_decode import GraphDecoder
+    from llm_quant.runtime.cuda.decode import GraphDecoder
 
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -102,8 +102,8 @@ def _agreement(fake_logits: Any, model: Any, ids: Any) -> dict[str, float]:
 def _quantized(model_dir: Path, qformat: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from llm_quant import calibrate
-    from llm_quant.cuda_linear import convert_linears_cuda
+    from llm_quant.calibration import calibrate
+    from llm_quant.runtime.cuda.linear import convert_linears_cuda
 
     model = calibrate.load_model(model_dir, dtype="bfloat16", device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -151,7 +151,7 @@ def _kernel_us(fn: Any, repeats: int = 20) -> float:
 def _gemm_row(k: int, n: int, m: int, ops: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from llm_quant import cuda_kernels
+    from llm_quant.runtime.cuda import kernels as cuda_kernels
 
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     one = torch.ones((), device="cuda")
@@ -172,7 +172,7 @@ def kernels(shape: dict[str, Any]) -> list[dict[str, Any]]:
     """Each GEMM of one decoder layer of ``shape`` alone, per kernel the runtime could use, at M = 1, 8, 2048."""
     import torch
 
-    from llm_quant import cuda_kernels
+    from llm_quant.runtime.cuda import kernels as cuda_kernels
 
     hidden, inter = shape["hidden_size"], shape["intermediate_size"]
     rows = []
@@ -194,7 +194,10 @@ def kernels(shape: dict[str, Any]) -> list[dict[str, Any]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from llm_quant import calibrate, tiny
+    from llm_quant.calibration import calibrate
+    from llm_quant.model import tiny
+
+
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="llm_runtime_gpu-"))
     rows: list[dict[str, Any]] = []

@@ -2,7 +2,8 @@
 
 Used by the python-backend ``tensorrt_llm`` model inside Triton and by the in-process path of
 ``benchmarks/serving.py``, so both do the same work. Decoding is transformers' ``generate``, except plain greedy
-requests to a model with a ``graph_decoder`` (CUDA: ``llm_quant.cuda_decode``), which replay captured steps.
+requests to a model with a ``graph_decoder`` (CUDA: ``llm_quant.runtime.cuda.decode``), which replay captured
+steps.
 
 Semantics (as TensorRT-LLM): greedy unless ``top_k > 1`` or ``0 < top_p < 1``; ``top_k = 0`` means no top-k cut;
 ``temperature`` only matters when sampling; the end token is not part of the returned tokens.
@@ -72,8 +73,9 @@ def batchable(options: Sequence[Sampling]) -> bool:
 
 
 def graph_decoder(model: Any, options: Sequence[Sampling]) -> Any:
-    """The model's graph-captured greedy decoder (``llm_quant.cuda_decode``, attached on CUDA) when every request
-    is plain greedy decoding; None otherwise (sampling, penalties and word lists take transformers' generate)."""
+    """The model's graph-captured greedy decoder (``llm_quant.runtime.cuda.decode``, attached on CUDA) when
+    every request is plain greedy decoding; None otherwise (sampling, penalties and word lists take transformers'
+    generate)."""
     decoder = getattr(model, "graph_decoder", None)
     plain = all(not o.sampling and o.repetition_penalty == 1.0 and o.min_tokens == 0 and not o.stop_words
                 and not o.bad_words for o in options)

@@ -35,7 +35,8 @@ def sm():
 @pytest.fixture(scope="session")
 def gpu_llama(tmp_path_factory):
     """A random bfloat16 Llama (hidden 256, 4 layers, GQA 8/4 heads), made on the GPU, with a trained tokenizer."""
-    from llm_quant import tiny
+    from llm_quant.model import tiny
+
 
     shape = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
              "num_key_value_heads": 4, "tie_word_embeddings": False}

@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
-from llm_quant import formats, preflight
+from llm_quant.model import preflight
 from llm_quant.pipeline import build, evaluate, make_config
 from llm_quant.runtime import load_quantized
+from quant_common import qformats
 from quant_common.errors import QuantError
 
 CALIB = {"size": 8, "seq_len": 128, "batch_size": 4}
 EVAL = {"seq_len": 128, "max_tokens": 2048}
-COMBOS = [(q, kv) for q in formats.QFORMAT_NAMES for kv in (None, *formats.KV_NAMES)
+COMBOS = [(q, kv) for q in qformats.QFORMAT_NAMES for kv in (None, *qformats.KV_NAMES)
           if not (q == "full_prec" and kv is not None)]
 
 
@@ -45,7 +46,7 @@ def test_build_load_generate_on_cuda(qformat, kv, gpu_llama, sm, tmp_path):
     result = build(cfg)
     checkpoint = json.loads((out / "trtllm_checkpoint" / "config.json").read_text())
     assert checkpoint["dtype"] == "bfloat16"
-    assert (result.quant_algo, result.kv_cache_quant_algo) == formats.expected_algorithms(qformat, kv,
+    assert (result.quant_algo, result.kv_cache_quant_algo) == qformats.expected_algorithms(qformat, kv,
                                                                                           cfg.sq_activations)
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["preflight"]["device"] == "cuda" and manifest["preflight"]["sm"] == sm

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from llm_quant import calibrate, tiny
-from llm_quant.evaluate import perplexity
+from llm_quant.calibration import calibrate
+from llm_quant.evaluation.perplexity import perplexity
+from llm_quant.model import tiny
 from llm_quant.pipeline import make_config, prepare, quantize_model
 from quant_common.manifest import Timings
 

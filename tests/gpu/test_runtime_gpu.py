@@ -1,5 +1,5 @@
-"""The embedded runtime's real kernels on CUDA (``llm_quant.cuda_linear``) against modelopt's fake quantization,
-and graph-captured greedy decoding (``llm_quant.cuda_decode``) against transformers' generate."""
+"""The embedded runtime's real kernels on CUDA (``llm_quant.runtime.cuda.linear``) against modelopt's fake quantization,
+and graph-captured greedy decoding (``llm_quant.runtime.cuda.decode``) against transformers' generate."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The GPU-requirements fact table (llm_quant/upstream/gpu_requirements.yaml): its shape, names and citations.
 
-The package's own model (llm_quant.preflight) validates it, strictly, so a typo in a row fails the suite.
+The package's own model (llm_quant.model.preflight) validates it, strictly, so a typo in a row fails the suite.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from llm_quant.preflight import GpuRequirements, GpuRule
+from llm_quant.model.preflight import GpuRequirements, GpuRule
 
 _LINE = re.compile(r"^\d+(-\d+)?$")
 

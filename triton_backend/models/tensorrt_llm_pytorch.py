@@ -3,10 +3,10 @@
 Same inputs/outputs and meaning as the TensorRT-LLM backend's ``tensorrt_llm`` model, so the ensemble and the
 BLS model work unchanged. Needs this project installed on the server side (``llm_quant.runtime`` restores the
 quantized model from the build's ``embedded/`` folder; ``triton_backend.generation`` decodes).
-Quantized linears run real int8 kernels on CPU (``llm_quant.int8_linear``; the log line at load says which);
-parameter ``kernels: fake`` keeps modelopt's fake quantization. With ``batch_requests`` (on by default: faster
-with the int8 kernels), concurrent greedy requests share one batched ``generate`` call; otherwise requests run
-one after another.
+Quantized linears run real int8 kernels on CPU (``llm_quant.runtime.cpu.int8_linear``; the log line at load says
+which); parameter ``kernels: fake`` keeps modelopt's fake quantization. With ``batch_requests`` (on by default:
+faster with the int8 kernels), concurrent greedy requests share one batched ``generate`` call; otherwise requests
+run one after another.
 """
 
 import importlib
