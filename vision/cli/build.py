@@ -61,7 +61,8 @@ def build_command(
     simplify: Annotated[bool, typer.Option("--simplify", help="Run onnxslim on the model first")] = False,
     save_stats: Annotated[Path | None, typer.Option(help="Write the activation statistics to FILE.npz")] = None,
     accuracy_budget: Annotated[float | None, typer.Option(
-        help="mAP50-95 points INT8 may lose against FP32 on --data; keeps sensitive layers in FP32")] = None,
+        help="mAP50-95 points INT8 may lose against FP32 on --data; keeps whole regions float, chosen on mAP and "
+             "measured latency")] = None,
     data: Annotated[Path | None, typer.Option(help="Labelled images for --accuracy-budget")] = None,
     annotations: Annotated[Path | None, typer.Option(help="COCO json for --data")] = None,
     class_map: Annotated[Path | None, typer.Option(help="JSON/YAML model class -> category id for --annotations")] = None,

@@ -28,7 +28,6 @@ from vision.evaluation.bench import interleaved_latency
 from vision.evaluation.evaluate import evaluate
 from vision.model import ModelInfo, resolve_input_hw
 from vision.pipeline.mixed_precision import (
-    PRICING_IMAGES,
     Measured,
     RegionSearch,
     Target,
@@ -72,7 +71,7 @@ def build_budget_search(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelPro
     the Pareto verdict. A budget that cannot be met is not an error: the most accurate candidate is kept and
     ``met`` is false."""
     assert cfg.data is not None and cfg.annotations is not None and cfg.accuracy_budget is not None
-    feeds = list(calib.first_images(max(PRICING_IMAGES, smallest)))
+    feeds = list(calib.first_images(max(cfg.sensitivity_images, smallest)))
     with OnnxrtRunner(model) as runner:
         reference = [runner.infer(dict(f)) for f in feeds]
     regions = float_regions(model, head)

@@ -43,7 +43,6 @@ from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo, load_model, resolve_input_hw
 from vision.model_prep import prepare_model
 from vision.pipeline.mixed_precision import (
-    PRICING_IMAGES,
     Measured,
     RegionSearch,
     Target,
@@ -65,7 +64,7 @@ class CompareOptions:
     accuracy_budget: float = 0.5
     bench_iterations: int = 10
     bench_warmup: int = 3
-    sensitivity_images: int = 2
+    sensitivity_images: int = 8  # calibration images for the SQNR ranking and each region's output-SQNR gain
     threads: int | None = None
     class_map: Path | None = None
     seed: int = 0
@@ -104,8 +103,7 @@ def collect_statistics(info: ModelInfo, model: onnx.ModelProto, calib_data: Path
             collector.collect(feeds)
         stats = collector.result()
     used = calib.images_seen  # read before the sample pass below resets it
-    sample = list(calib.iter_batches(limit_images=max(opts.sensitivity_images, batch, PRICING_IMAGES),
-                                     progress=False))
+    sample = list(calib.iter_batches(limit_images=max(opts.sensitivity_images, batch), progress=False))
     return stats, sample, used
 
 
@@ -207,7 +205,7 @@ def _mixed_searches(proto: onnx.ModelProto, staging: Path, scales: Mapping[str, 
                     fp32: Variant, fp32_path: Path, data: Path, annotations: Path, opts: CompareOptions,
                     evaluated: dict[Path, EvalResult]) -> dict[str, RegionSearch]:
     """The region search on each runtime with a uniform INT8 row of the best calibrator (``bases``), from it."""
-    feeds = list(sample[:PRICING_IMAGES])
+    feeds = list(sample[:opts.sensitivity_images])
     with OnnxrtRunner(proto, threads=opts.threads) as runner:
         reference = [runner.infer(dict(f)) for f in feeds]
     regions = float_regions(proto, head)

@@ -31,7 +31,6 @@ from vision.evaluation.bench import interleaved_latency
 from vision.evaluation.sensitivity import sqnr_db
 from vision.regions import Region, region_nodes
 
-PRICING_IMAGES = 8  # calibration images whose output SQNR prices each region
 WriteModel = Callable[[Sequence[str], Path], Any]  # (float nodes, out path): writes one INT8 model of a layout
 
 
