@@ -65,13 +65,14 @@ def pareto_figure(points: Sequence[ChartPoint], title: str, budget_map: float | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    place_labels(fig, ax, [p for p in points if p.labelled])
+    place_labels(fig, ax, [p for p in points if p.labelled], [] if budget_map is None else [budget_map])
     return fig
 
 
-def place_labels(fig: Figure, ax: Axes, points: Sequence[ChartPoint]) -> list[Annotation]:
+def place_labels(fig: Figure, ax: Axes, points: Sequence[ChartPoint], lines_y: Sequence[float] = ()
+                 ) -> list[Annotation]:
     """One annotation per point at the first offset (nearest first) where it overlaps no placed label, no marker,
-    the legend or the axes' edge; the last offset tried where none is free."""
+    no horizontal line at ``lines_y``, the legend or the axes' edge; the last offset tried where none is free."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.transforms import Bbox
 
@@ -84,6 +85,9 @@ def place_labels(fig: Figure, ax: Axes, points: Sequence[ChartPoint]) -> list[An
     for p in points:
         x, y = ax.transData.transform((p.latency_ms, p.map50_95))
         blocked.append(Bbox.from_extents(x - 6 * dpi_scale, y - 6 * dpi_scale, x + 6 * dpi_scale, y + 6 * dpi_scale))
+    for y_line in lines_y:
+        y = ax.transData.transform((0.0, y_line))[1]
+        blocked.append(Bbox.from_extents(axes_box.x0, y - 1.5 * dpi_scale, axes_box.x1, y + 1.5 * dpi_scale))
     placed = []
     # crowded points first: they have the fewest free places
     span_x = max(max(p.latency_ms for p in points) - min(p.latency_ms for p in points), 1e-9) if points else 1.0
