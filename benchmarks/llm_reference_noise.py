@@ -43,7 +43,7 @@ def _measure(name: str, args: argparse.Namespace, windows: Any, conn: Any) -> No
     import torch
     import transformers
 
-    from llm_quant.evaluate import perplexity
+    from llm_quant.evaluation.perplexity import perplexity
     from triton_backend.generation import Sampling, generate_ids
 
     transformers.logging.set_verbosity_error()

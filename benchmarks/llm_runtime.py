@@ -61,8 +61,8 @@ def _rss_mb() -> float:
 
 
 def _load(variant: str, embedded: Path) -> tuple[Any, Any, dict]:
-    from llm_quant.int8_linear import linear_weight_bytes
-    from llm_quant.runtime import load_quantized, load_reference
+    from llm_quant.runtime.cpu.int8_linear import linear_weight_bytes
+    from llm_quant.runtime.embedded import load_quantized, load_reference
     from triton_backend.generation import fold_quantized_weights
 
     if variant == "fp32":
@@ -88,7 +88,8 @@ def _with_runtime_json(embedded: Path, **changes: str) -> Path:
     import shutil
     import tempfile
 
-    from llm_quant.runtime import base_model_path, read_runtime_json
+    from llm_quant.runtime.embedded import base_model_path, read_runtime_json
+
 
     meta = read_runtime_json(embedded)
     meta["base_model"] = str(base_model_path(embedded, meta))
@@ -179,7 +180,8 @@ class _Worker:
         return sum(len(o) for o in outs) / (time.perf_counter() - t0)
 
     def finish(self) -> dict:
-        from llm_quant.evaluate import perplexity
+        from llm_quant.evaluation.perplexity import perplexity
+
 
         torch, model, windows = self.torch, self.model, self.windows
         if len(self.info["greedy"]) < len(PROMPTS):  # an untimed variant: its greedy text once
@@ -208,7 +210,7 @@ def _serve(variant: str, args: argparse.Namespace, windows: Any, prefill_ids: An
 def _eval_data(args: argparse.Namespace) -> tuple[Any, Any]:
     import transformers
 
-    from llm_quant.data import builtin_corpus, tokenize_split
+    from llm_quant.data.documents import builtin_corpus, tokenize_split
     from llm_quant.runtime import load_quantized  # noqa: F401 - fail early on a missing runtime
 
     tok = transformers.AutoTokenizer.from_pretrained(str(args.embedded))
@@ -289,7 +291,8 @@ def _fp32_bytes_of(embedded: Path, names: list[str]) -> int:
     """Bytes the same linears take in float32, read from the base checkpoint's shapes."""
     from safetensors import safe_open
 
-    from llm_quant.runtime import base_model_path, read_runtime_json
+    from llm_quant.runtime.embedded import base_model_path, read_runtime_json
+
 
     base = base_model_path(embedded, read_runtime_json(embedded))
     total = 0

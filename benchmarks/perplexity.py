@@ -21,11 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-from llm_quant import calibrate, data
-from llm_quant.evaluate import perplexity
-from llm_quant.exclusions import quantized_weight_share
+from llm_quant.calibration import calibrate
+from llm_quant.calibration.exclusions import quantized_weight_share
+from llm_quant.data import documents
+from llm_quant.evaluation.perplexity import perplexity
+from llm_quant.evaluation.sensitivity import search_exclusions
 from llm_quant.pipeline import make_config, prepare
-from llm_quant.sensitivity import search_exclusions
 from quant_common.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from vision.evaluation.bench import cpu_flags, cpu_name
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
                                          calib={"dataset": args.calib_dataset, "size": args.calib_size,
                                                 "seq_len": args.calib_seq_len},
                                          eval_opts={"seq_len": args.eval_seq_len, "max_tokens": args.eval_tokens})
-    eval_docs = data.read_text_file(args.text) if args.text else None
+    eval_docs = documents.read_text_file(args.text) if args.text else None
     prep = prepare(cfg, eval_docs=eval_docs, eval_label=f"{args.text.name} (--text)" if args.text else None)
     texts = {"eval": prep.eval_windows}
     if prep.heldout_windows is not None and len(prep.heldout_windows):

@@ -39,15 +39,17 @@ def greedy(model: Any, tokenizer: Any, prompt: str = PROMPT, tokens: int = 6) ->
 
 
 def run(model_name: str, prose: Path | None, prose_seq_len: int, only: list[str] | None) -> dict[str, Any]:
-    from llm_quant import calibrate, data
-    from llm_quant.evaluate import perplexity
+    from llm_quant.calibration import calibrate
+    from llm_quant.data import documents
+    from llm_quant.evaluation.perplexity import perplexity
     from llm_quant.pipeline import make_config, prepare
 
     cfg, _, _ = make_config(model_name, overrides={"device": "cpu"})
     prep = prepare(cfg)
     texts = {"eval split": prep.eval_windows}
     if prose is not None:
-        texts["prose"] = data.tokenize_documents(data.read_text_file(prose), prep.tokenizer).windows(prose_seq_len)
+        prose_docs = documents.read_text_file(prose)
+        texts["prose"] = documents.tokenize_documents(prose_docs, prep.tokenizer).windows(prose_seq_len)
     model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
     rows: list[dict[str, Any]] = [{"variant": "full precision", "greedy": greedy(model, prep.tokenizer),
                                    **{name: perplexity(model, w).ppl for name, w in texts.items()}}]

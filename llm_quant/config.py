@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llm_quant.formats import DEFAULT_QFORMAT, KV_NAMES, QFORMAT_NAMES, expected_algorithms
+from llm_quant.upstream import expected_algorithms
+from quant_common.qformats import DEFAULT_QFORMAT, KV_NAMES, QFORMAT_NAMES
 from triton_backend.executor import engine_batching_problem
 from triton_backend.llmapi_support import runs_quant_algo, unsupported_message
 from triton_backend.options import RuntimeChoice, TritonOptions
@@ -15,12 +16,12 @@ from triton_backend.options import RuntimeChoice, TritonOptions
 if TYPE_CHECKING:
     QFormat = str
     KVCacheDType = str
-else:  # Literal types built from llm_quant.formats: pydantic lists the choices in its errors and JSON schema
+else:  # Literal types built from quant_common.qformats: pydantic lists the choices in its errors and JSON schema
     QFormat = Literal[QFORMAT_NAMES]
     KVCacheDType = Literal[KV_NAMES]
 CheckpointDType = Literal["float16", "bfloat16", "float32"]
 # int8_sq activation quantization: static per-tensor scale (modelopt's INT8_SMOOTHQUANT_CFG) or dynamic per token
-# (llm_quant.per_token); the default is chosen from measurements (README, "SmoothQuant activations").
+# (llm_quant.calibration.per_token); the default is chosen from measurements (README, "SmoothQuant activations").
 SqActivations = Literal["per_tensor", "per_token"]
 DEFAULT_SQ_ACTIVATIONS: SqActivations = "per_token"
 Device = Literal["auto", "cpu", "cuda"]
@@ -66,7 +67,8 @@ class Preset(_Strict):
     source: str = Field(description="default model: package:<pkg>/<file.gguf>, a hub id, or a folder")
     decoder_type: str = Field(description="modelopt/TensorRT-LLM decoder type (llama, qwen, gemma, ...)")
     model_types: list[str] = Field(description="HF config model_type values this preset accepts")
-    dtype: CheckpointDType = "float16"
+    # auto: the model's own torch_dtype when float16/bfloat16, else float16 (TensorRT-LLM's --dtype auto rule)
+    dtype: CheckpointDType | Literal["auto"] = "auto"
     sq_activations: SqActivations = Field(DEFAULT_SQ_ACTIVATIONS, description="int8_sq activation quantization")
     # on by default: SmolLM2 per-token +1.24 % / -0.05 % (eval split / prose) vs +1.44 % / +0.13 % with alpha 0.5,
     # for ~15 % more calibration time (README "SmoothQuant activations")

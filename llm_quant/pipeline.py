@@ -13,14 +13,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_quant import calibrate, data, engine, export, formats, runtime
+from llm_quant.calibration import calibrate
+from llm_quant.calibration.exclusions import exclusions_ignored_by, quantized_weight_share
 from llm_quant.config import BuildConfig, CalibConfig, EvalConfig, ParallelConfig, Preset
-from llm_quant.evaluate import EvalReport, compare, perplexity
-from llm_quant.exclusions import exclusions_ignored_by, quantized_weight_share
-from llm_quant.models import resolve_model
-from llm_quant.presets import available_presets, is_preset, load_preset, preset_for_model_type
-from llm_quant.sensitivity import SearchResult, search_exclusions
-from llm_quant.upstream import refuse_unsupported
+from llm_quant.data import documents
+from llm_quant.evaluation.perplexity import EvalReport, compare, perplexity
+from llm_quant.evaluation.sensitivity import SearchResult, search_exclusions
+from llm_quant.export import checkpoints, engine
+from llm_quant.model import preflight
+from llm_quant.model.presets import available_presets, is_preset, load_preset, preset_for_model_type
+from llm_quant.model.resolve import resolve_model
+from llm_quant.runtime import embedded
+from llm_quant.upstream import expected_algorithms, refuse_unsupported
+from quant_common import qformats
 from quant_common.atomic import Staging, atomic_write_json, ensure_output_dir, staged_dir
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings, package_versions, sha256_file, utc_now
@@ -35,7 +40,7 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
                 parallel: dict[str, Any] | None = None) -> tuple[BuildConfig, Path, str]:
     """Preset + flags -> (config, resolved local model folder, model source). Resolves/converts the model."""
     overrides = {k: v for k, v in (overrides or {}).items() if not (k in _PRESET_DEFAULTED and v is None)}
-    row = formats.qformat(overrides.get("qformat", formats.DEFAULT_QFORMAT))  # unknown qformat: fail before heavy work
+    row = qformats.qformat(overrides.get("qformat", qformats.DEFAULT_QFORMAT))  # unknown qformat: fail before heavy work
     if not row.smoothquant and overrides.get("sq_activations", "per_tensor") != "per_tensor":
         raise QuantError(f"--sq-activations {overrides['sq_activations']} applies to --qformat int8_sq only",
                          "drop --sq-activations")
@@ -57,7 +62,8 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
         calibration=CalibConfig.model_validate({**preset.calibration.model_dump(), **(calib or {})}),
         eval=EvalConfig.model_validate({**preset.eval.model_dump(), **(eval_opts or {})}),
         parallel=ParallelConfig.model_validate({**preset.parallel.model_dump(), **(parallel or {})}),
-        dtype=overrides.pop("dtype", None) or preset.dtype,
+        # "auto" (the presets' default): the model's own dtype, as TensorRT-LLM's conversion picks it
+        dtype=_checkpoint_dtype(overrides.pop("dtype", None) or preset.dtype, Path(resolved.path)),
         # int8_sq choices the preset defaults; other qformats have no SmoothQuant activations to choose
         sq_activations=overrides.pop("sq_activations", None) or (preset.sq_activations if row.smoothquant
                                                                   else "per_tensor"),
@@ -66,6 +72,18 @@ def make_config(model: str, *, model_path: str | None = None, overrides: dict[st
     )
     calibrate.check_qformat_device(cfg.qformat, calibrate.pick_device(cfg.device))
     return cfg, resolved.path, resolved.source
+
+
+def check_gpu(cfg: BuildConfig) -> preflight.PreflightReport:
+    """The visible GPU runs the formats and holds the model (``llm_quant.model.preflight``); before any weight loads."""
+    assert cfg.model_path is not None
+    device = calibrate.pick_device(cfg.device)
+    return preflight.preflight(cfg.model_path, cfg.qformat, cfg.kv_cache_dtype, device=device,
+                               load_dtype=calibrate.compute_dtype(device))
+
+
+def _checkpoint_dtype(requested: str, model_dir: Path) -> str:
+    return preflight.checkpoint_dtype(model_dir) if requested == "auto" else requested
 
 
 _PRESET_DEFAULTED = ("sq_activations", "sq_alpha_search")  # None from the CLI: the preset's value
@@ -100,22 +118,22 @@ def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None, eval_label:
     assert cfg.model_path is not None
     device = calibrate.pick_device(cfg.device)
     tokenizer = calibrate.load_tokenizer(cfg.model_path)
-    docs = data.load_documents(cfg.calibration)
-    slots = data.search_slots(cfg.calibration)
-    calib_stream = data.tokenize_split(docs, tokenizer, "calib", slots)
-    batches = data.calibration_batches(calib_stream, cfg.calibration)
-    search = data.tokenize_split(docs, tokenizer, "search", slots).windows(cfg.eval.seq_len,
+    docs = documents.load_documents(cfg.calibration)
+    slots = documents.search_slots(cfg.calibration)
+    calib_stream = documents.tokenize_split(docs, tokenizer, "calib", slots)
+    batches = documents.calibration_batches(calib_stream, cfg.calibration)
+    search = documents.tokenize_split(docs, tokenizer, "search", slots).windows(cfg.eval.seq_len,
                                                                            max_tokens=cfg.eval.max_tokens // 2)
     # eval --text FILE: the whole file is held out; otherwise the corpus' eval split
-    eval_stream = data.tokenize_documents(eval_docs, tokenizer) if eval_docs is not None else \
-        data.tokenize_split(docs, tokenizer, "eval", slots)
-    texts = {split: data.describe_split(cfg.calibration, split) for split in ("calib", "search", "eval")}
+    eval_stream = documents.tokenize_documents(eval_docs, tokenizer) if eval_docs is not None else \
+        documents.tokenize_split(docs, tokenizer, "eval", slots)
+    texts = {split: documents.describe_split(cfg.calibration, split) for split in ("calib", "search", "eval")}
     if eval_docs is not None:
         texts["eval"] = eval_label or "--text file"
-    heldout, heldout_windows = data.heldout_text(cfg.calibration), None
+    heldout, heldout_windows = documents.heldout_text(cfg.calibration), None
     if heldout is not None:
         texts["heldout"] = heldout[0]
-        heldout_windows = data.tokenize_documents(heldout[1], tokenizer).windows(cfg.eval.seq_len,
+        heldout_windows = documents.tokenize_documents(heldout[1], tokenizer).windows(cfg.eval.seq_len,
                                                                                  max_tokens=cfg.eval.max_tokens)
     return Prepared(cfg.model_path, device, calibrate.compute_dtype(device), tokenizer, batches, search,
                     eval_stream.windows(cfg.eval.seq_len, max_tokens=cfg.eval.max_tokens), texts, heldout_windows)
@@ -145,7 +163,7 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
     search = None
     exclude: list[str] = []
     # per-token int8_sq: the budget is checked on the uniform model only (no exclusions possible, see sq_checkpoint)
-    per_token = for_checkpoint and formats.qformat(cfg.qformat).smoothquant and cfg.sq_activations == "per_token"
+    per_token = for_checkpoint and qformats.qformat(cfg.qformat).smoothquant and cfg.sq_activations == "per_token"
     if cfg.accuracy_budget is not None and cfg.qformat != "full_prec":
         if len(prep.search_windows) == 0:
             raise QuantError("the calibration text has no held-out search split for --accuracy-budget",
@@ -166,8 +184,9 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
                                  "raise the budget, or use --sq-activations per_tensor to keep linears in higher "
                                  "precision (HF checkpoint and embedded runtime)")
             del model
-    with timings.measure("calibrate"):
+    with timings.measure("load"):
         model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+    with timings.measure("calibrate"):
         model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, exclude_modules=exclude, **kwargs)
     return model, search
 
@@ -189,7 +208,8 @@ class BuildResult:
     triton_repo: str | None
     hf_checkpoint_skipped: str | None = None
     sq_activations: str | None = None  # int8_sq: per_tensor or per_token
-    smoothquant: dict[str, Any] | None = None  # int8_sq: the alpha chosen per input group (llm_quant.smoothing)
+    # int8_sq: the alpha chosen per input group (llm_quant.calibration.smoothing)
+    smoothquant: dict[str, Any] | None = None
     exclude_modules: list[str] = field(default_factory=list)  # HF layers/linears kept in higher precision
     linears_kept_high_precision: int = 0
     quantized_weight_share: float = 0.0  # of decoder-linear parameters (1.0: uniform; lm_head not counted)
@@ -213,6 +233,7 @@ def _check_out(out: Path) -> None:
 def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     assert cfg.model_path is not None
     out = Path(cfg.out).resolve()
+    checked = check_gpu(cfg)
     _check_out(out)
     timings = Timings()
     with timings.measure("data"):
@@ -226,11 +247,11 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     with staged_dir(out) as tmp:
         staging = Staging(tmp, out)  # absolute paths written into artifacts name ``out``, not the staging folder
         with timings.measure("export_embedded"):
-            runtime.save_embedded(model, prep.tokenizer, prep.model_dir, tmp / "embedded", qformat=cfg.qformat,
+            embedded.save_embedded(model, prep.tokenizer, prep.model_dir, tmp / "embedded", qformat=cfg.qformat,
                                   dtype=prep.dtype, kv_cache_dtype=cfg.kv_cache_dtype, exclude_modules=exclude,
                                   sq_activations=cfg.sq_activations)
         with timings.measure("export_trtllm"):
-            trt = export.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
+            trt = checkpoints.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
                                        decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
                                        tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
                                        exclude_modules=exclude, sq_activations=cfg.sq_activations)
@@ -239,7 +260,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
         hf_export: dict[str, Any] = {"path": None, "ignore": [], "skipped": hf_skip}
         if hf_skip is None:
             with timings.measure("export_hf"):
-                hf_export = export.export_hf(model, prep.tokenizer, tmp / "hf_checkpoint", dtype=cfg.dtype,
+                hf_export = checkpoints.export_hf(model, prep.tokenizer, tmp / "hf_checkpoint", dtype=cfg.dtype,
                                              exclude_modules=exclude)
         target, target_facts = engine.resolve_target(trt["config"].get("quantization", {}),
                                                      requested_version=cfg.trtllm_version)
@@ -251,7 +272,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
         with timings.measure("triton"):
             triton_repo = package_triton(staging, cfg, eng, hf=hf_skip is None)
         quant = trt["config"].get("quantization", {})
-        expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype, cfg.sq_activations)
+        expected = expected_algorithms(cfg.qformat, cfg.kv_cache_dtype, cfg.sq_activations)
         sq_report = getattr(model, "smoothquant_report", None)
         result = BuildResult(
             out=str(out), model_source=model_source or str(cfg.model_path), qformat=cfg.qformat,
@@ -264,10 +285,11 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             linears_kept_high_precision=len(exclude), quantized_weight_share=round(quantized_weight_share(model), 6),
             held_out=held_out, exclusion_warning=_exclusion_warning(quant.get("quant_algo"), exclude),
             corrections=trt["corrections"], timings=dict(timings), manifest=str(out / MANIFEST),
-            sq_activations=cfg.sq_activations if formats.qformat(cfg.qformat).smoothquant else None,
+            sq_activations=cfg.sq_activations if qformats.qformat(cfg.qformat).smoothquant else None,
             smoothquant=sq_report.to_dict() if sq_report is not None else None)
         manifest = {
             "created": utc_now(), "tool": "llm-quant build", "config": cfg.model_dump(mode="json"),
+            "preflight": checked.to_dict(),
             "result": result.to_dict(), "engine": eng.to_dict(), "engine_target": target_facts, "search": search.to_dict() if search else None,
             "hf_quantization_ignore": hf_export["ignore"], "texts": prep.texts,
             "expected_quant_algo": expected[0],
@@ -289,7 +311,7 @@ def _exclusion_warning(quant_algo: str | None, exclude: list[str]) -> str | None
 
 def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
     quant = config.get("quantization", {})
-    expected = formats.expected_algorithms(cfg.qformat, cfg.kv_cache_dtype, cfg.sq_activations)
+    expected = expected_algorithms(cfg.qformat, cfg.kv_cache_dtype, cfg.sq_activations)
     got = (quant.get("quant_algo"), quant.get("kv_cache_quant_algo"))
     if got != expected:
         raise QuantError(f"modelopt exported quant_algo/kv_cache_quant_algo {got} for --qformat {cfg.qformat} "
@@ -299,10 +321,10 @@ def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
 
 def hf_skip_reason(cfg: BuildConfig) -> str | None:
     """Why the HF checkpoint is not written (None: it is): what modelopt cannot express is skipped, in one line."""
-    if formats.qformat(cfg.qformat).smoothquant and cfg.sq_activations == "per_token":
+    if qformats.qformat(cfg.qformat).smoothquant and cfg.sq_activations == "per_token":
         return ("HF checkpoint skipped: modelopt's HF format has no per-token INT8 activations (it writes int8_sq "
                 "only as W8A8_SQ_PER_CHANNEL with a static input_scale); the TensorRT-LLM checkpoint carries them")
-    if cfg.kv_cache_dtype is not None and not formats.kv_format(cfg.kv_cache_dtype).hf_checkpoint:
+    if cfg.kv_cache_dtype is not None and not qformats.kv_format(cfg.kv_cache_dtype).hf_checkpoint:
         return (f"HF checkpoint skipped: modelopt cannot export a {cfg.kv_cache_dtype.upper()} KV cache to it "
                 "(the TensorRT-LLM checkpoint carries it)")
     return None
@@ -321,7 +343,8 @@ def package_triton(staging: Staging, cfg: BuildConfig, eng: engine.EngineResult,
 
 def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     """Perplexity of the full-precision and the quantized model on the same held-out token windows."""
-    eval_docs = data.read_text_file(text_file) if text_file is not None else None
+    eval_docs = documents.read_text_file(text_file) if text_file is not None else None
+    check_gpu(cfg)
     timings = Timings()
     prep = prepare(cfg, eval_docs=eval_docs, eval_label=f"{text_file} (--text)" if text_file else None)
     if len(prep.eval_windows) == 0:
@@ -345,7 +368,7 @@ def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
                    text=prep.texts["eval"], quantized_weight_share=round(quantized_weight_share(model), 6),
                    linears_kept_high_precision=len(exclude), exclude_modules=exclude, heldout=heldout,
                    search=_search_summary(search, prep.texts["search"]) if search else None,
-                   sq_activations=cfg.sq_activations if formats.qformat(cfg.qformat).smoothquant else None,
+                   sq_activations=cfg.sq_activations if qformats.qformat(cfg.qformat).smoothquant else None,
                    smoothquant=sq_report.to_dict() if sq_report is not None else None)
 
 

@@ -1,7 +1,6 @@
-"""A tiny random Llama (hidden 64, 2 layers) with a byte-level BPE tokenizer trained in code on Python's own docs.
-
-Offline and quick (~1 s; ~5 s with the quantized build): for tests, ``benchmarks/serving.py --tiny`` and trying
-the pipeline without downloading a model. Never a quality model: its weights are random.
+"""A tiny quantized build: the tiny random Llama (``llm_quant.model.tiny``) calibrated with modelopt's INT8
+SmoothQuant and saved as the embedded runtime. Offline, ~5 s: for tests, ``benchmarks/serving.py --tiny`` and
+demos. It sits above the runtime stage (it writes an embedded artifact), hence outside ``model/``.
 
     python -m llm_quant.tiny OUT     # OUT/base (HF folder) + OUT/embedded (int8_sq, tq-embedded-v1)
 """
@@ -11,80 +10,10 @@ from __future__ import annotations
 import copy
 import sys
 from pathlib import Path
-from typing import Any
 
-from llm_quant.runtime import save_embedded
+from llm_quant.model.tiny import corpus, write_tiny_llama
+from llm_quant.runtime.embedded import save_embedded
 from quant_common.errors import require
-
-# ChatML-style tokens, as SmolLM2 uses; ``chat=True`` adds <|im_start|> (the BOS) and a chat template.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def corpus(limit: int) -> list[str]:
-    """The first ``limit`` topics of Python's bundled documentation (English prose and code)."""
-    import pydoc_data.topics as topics
-
-    return [topics.topics[key] for key in sorted(topics.topics)[:limit]]
-
-
-def tiny_tokenizer(*, vocab_size: int, chat: bool, corpus_docs: int) -> Any:
-    tokenizers = require("tokenizers", purpose="training the tiny tokenizer")
-    transformers = require("transformers", purpose="the tiny model")
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if chat else ["<|endoftext|>", "<|im_end|>"]
-    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
-    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
-                                             show_progress=False)
-    bpe.train_from_iterator(corpus(corpus_docs), trainer)
-    extra = {"bos_token": "<|im_start|>"} if chat else {}
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
-                                                pad_token="<|endoftext|>", unk_token="<|endoftext|>", **extra)
-    if chat:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def tiny_llama(folder: Path, *, vocab_size: int = 512, max_positions: int = 256, rope_theta: float | None = None,
-               chat: bool = False, corpus_docs: int = 80, logit_scale: float = 1.0, seed: int = 0,
-               save_tokenizer: bool = True) -> Path:
-    """Write a random ``LlamaForCausalLM`` (and its tokenizer) as a HF folder; return ``folder``.
-
-    ``logit_scale`` > 1 sharpens the head: random weights at init scale give near-uniform logits, and greedy
-    decoding is then decided by noise.
-    """
-    return _write_tiny_llama(folder, vocab_size=vocab_size, max_positions=max_positions, rope_theta=rope_theta,
-                             chat=chat, corpus_docs=corpus_docs, logit_scale=logit_scale, seed=seed,
-                             save_tokenizer=save_tokenizer)[0]
-
-
-def _write_tiny_llama(folder: Path, *, vocab_size: int, max_positions: int, rope_theta: float | None, chat: bool,
-                      corpus_docs: int, logit_scale: float, seed: int, save_tokenizer: bool) -> tuple[Path, Any]:
-    torch = require("torch", purpose="the tiny model")
-    transformers = require("transformers", purpose="the tiny model")
-    folder = Path(folder)
-    tokenizer = tiny_tokenizer(vocab_size=vocab_size, chat=chat, corpus_docs=corpus_docs)
-    extra: dict[str, Any] = {"bos_token_id": tokenizer.bos_token_id} if chat else {}
-    if rope_theta is not None:
-        extra["rope_theta"] = rope_theta
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=False,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
-    torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(config)
-    if logit_scale != 1.0:
-        with torch.no_grad():
-            model.lm_head.weight.mul_(logit_scale)
-    model.config.architectures = ["LlamaForCausalLM"]
-    model.save_pretrained(str(folder))
-    if save_tokenizer:
-        tokenizer.save_pretrained(str(folder))
-    return folder, tokenizer
 
 
 def tiny_build(out: Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
@@ -94,8 +23,8 @@ def tiny_build(out: Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
     transformers = require("transformers", purpose="the tiny model")
     mtq = require("modelopt.torch.quantization", purpose="quantizing the tiny model")
     out = Path(out)
-    base, tokenizer = _write_tiny_llama(out / "base", vocab_size=vocab_size, max_positions=256, rope_theta=None,
-                                        chat=False, corpus_docs=80, logit_scale=8.0, seed=seed, save_tokenizer=True)
+    base, tokenizer = write_tiny_llama(out / "base", vocab_size=vocab_size, max_positions=256, rope_theta=None,
+                                       chat=False, corpus_docs=80, logit_scale=8.0, seed=seed, save_tokenizer=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     calib = tokenizer("\n".join(corpus(8)), return_tensors="pt").input_ids[:, :128]
     quantized = mtq.quantize(model, copy.deepcopy(mtq.INT8_SMOOTHQUANT_CFG), lambda m: m(calib))
@@ -106,3 +35,4 @@ def tiny_build(out: Path, *, seed: int = 0, vocab_size: int = 512) -> Path:
 
 if __name__ == "__main__":
     print(tiny_build(Path(sys.argv[1])))
+

@@ -1,5 +1,5 @@
-"""The package's import graph: no cycles, our own modules imported at the top, vision's stages layered, and the
-optional NVIDIA runtimes never imported by merely importing our code."""
+"""The package's import graph: no cycles, our own modules imported at the top, the packages and vision's and
+llm_quant's stages layered, and the optional NVIDIA runtimes never imported by merely importing our code."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import ast
 import pathlib
 import subprocess
 import sys
+from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("vision", "llm_quant", "triton_backend", "quant_common")
@@ -20,6 +21,14 @@ LAZY_ALLOWED = {
 # vision's stage chain, lowest first: a module may import its own stage or one below it, never one above.
 VISION_RANK = {"model": 0, "graph": 0, "data": 1, "backends": 2, "calibration": 3, "artifacts": 4,
                "evaluation": 5, "serving": 6, "config": 7, "pipeline": 8, "cli": 9}
+# llm_quant's stage chain, lowest first. The fact tables (upstream) are read by every stage and the build
+# configuration by model, data and export, so both sit at the bottom; the runtime restores calibration's
+# per-token switch and SmoothQuant fold; tiny writes an embedded build, so it sits above the runtime.
+LLM_RANK = {"upstream": 0, "config": 1, "model": 2, "data": 2, "calibration": 3, "export": 4, "runtime": 5,
+            "evaluation": 6, "tiny": 7, "pipeline": 8, "cli": 9}
+# The packages a package may import besides itself: triton_backend sits below llm_quant and never imports it.
+PACKAGE_IMPORTS = {"quant_common": set(), "triton_backend": {"quant_common"},
+                   "llm_quant": {"quant_common", "triton_backend"}, "vision": {"quant_common", "triton_backend"}}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -145,20 +154,72 @@ def test_our_modules_are_imported_at_the_top():
     assert lazy == [], "import these at module level (lazy imports are for optional runtimes only)"
 
 
-def _vision_stage(module: str) -> str | None:
+def _stage(module: str, package: str, rank: dict[str, int]) -> str | None:
     parts = module.split(".")
-    return parts[1] if module.startswith("vision.") and parts[1] in VISION_RANK else None
+    return parts[1] if parts[0] == package and len(parts) > 1 and parts[1] in rank else None
+
+
+def _upward(package: str, rank: dict[str, int]) -> list[str]:
+    """Edges from a stage of ``package`` to a stage ranked above it."""
+    upward = []
+    for module, edges in GRAPH.items():
+        stage = _stage(module, package, rank)
+        for target, _ in edges:
+            other = _stage(target, package, rank)
+            if stage and other and rank[other] > rank[stage]:
+                upward.append(f"{module} -> {target}")
+    return upward
+
+
+def _foreign() -> list[str]:
+    """Edges from one package into another that it may not import."""
+    return [f"{module} -> {target}" for module, edges in GRAPH.items() for target, _ in edges
+            if target.split(".")[0] != module.split(".")[0]
+            and target.split(".")[0] not in PACKAGE_IMPORTS[module.split(".")[0]]]
+
+
+def _with_edge(source: str, target: str, check: Callable[[], list[str]]) -> list[str]:
+    """``check()`` run with one extra import edge in the graph (a synthetic violation)."""
+    GRAPH[source].append((target, True))
+    try:
+        return check()
+    finally:
+        GRAPH[source].pop()
 
 
 def test_vision_stages_import_only_downwards():
-    upward = []
-    for module, edges in GRAPH.items():
-        stage = _vision_stage(module)
-        for target, _ in edges:
-            other = _vision_stage(target)
-            if stage and other and VISION_RANK[other] > VISION_RANK[stage]:
-                upward.append(f"{module} -> {target}")
-    assert upward == []
+    assert _upward("vision", VISION_RANK) == []
+
+
+def test_llm_quant_stages_import_only_downwards():
+    assert _upward("llm_quant", LLM_RANK) == []
+
+
+def test_every_llm_quant_module_has_a_stage():
+    # a new top-level module or folder must be given its place in the chain, or the rule above would skip it
+    unranked = sorted(m for m in MODULES if m.startswith("llm_quant.") and not _stage(m, "llm_quant", LLM_RANK))
+    assert unranked == []
+
+
+def test_packages_import_only_the_packages_below_them():
+    assert _foreign() == []
+
+
+def test_an_upward_import_would_be_found():
+    def llm() -> list[str]:
+        return _upward("llm_quant", LLM_RANK)
+
+    assert _with_edge("llm_quant.export.verify", "llm_quant.pipeline", llm) == [
+        "llm_quant.export.verify -> llm_quant.pipeline"]
+    assert _with_edge("llm_quant.model.presets", "llm_quant.runtime.embedded", llm) == [
+        "llm_quant.model.presets -> llm_quant.runtime.embedded"]
+    assert _with_edge("vision.data.images", "vision.evaluation.evaluate",
+                      lambda: _upward("vision", VISION_RANK)) == ["vision.data.images -> vision.evaluation.evaluate"]
+
+
+def test_triton_backend_importing_llm_quant_would_be_found():
+    edge = "triton_backend.llmapi_support -> llm_quant.runtime.embedded"
+    assert _with_edge("triton_backend.llmapi_support", "llm_quant.runtime.embedded", _foreign) == [edge]
 
 
 def test_importing_everything_leaves_the_nvidia_runtimes_unimported():

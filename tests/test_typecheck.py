@@ -30,7 +30,7 @@ def flags(config: trt.IBuilderConfig) -> None:
 
 # Checked whether or not they import tensorrt: every backend (their contracts meet TensorRT's) and the modules
 # rendering TensorRT facts from the fact tables.
-ALWAYS = ("vision/backends", "vision/artifacts/trtexec.py", "vision/artifacts/cache.py", "llm_quant/engine.py",
+ALWAYS = ("vision/backends", "vision/artifacts/trtexec.py", "vision/artifacts/cache.py", "llm_quant/export/engine.py",
           "llm_quant/upstream")
 
 

@@ -1,7 +1,9 @@
 """Token generation for the embedded PyTorch runtime, with TensorRT-LLM's sampling semantics.
 
 Used by the python-backend ``tensorrt_llm`` model inside Triton and by the in-process path of
-``benchmarks/serving.py``, so both do the same work. Decoding itself is transformers' ``generate``.
+``benchmarks/serving.py``, so both do the same work. Decoding is transformers' ``generate``, except plain greedy
+requests to a model with a ``graph_decoder`` (CUDA: ``llm_quant.runtime.cuda.decode``), which replay captured
+steps.
 
 Semantics (as TensorRT-LLM): greedy unless ``top_k > 1`` or ``0 < top_p < 1``; ``top_k = 0`` means no top-k cut;
 ``temperature`` only matters when sampling; the end token is not part of the returned tokens.
@@ -73,6 +75,48 @@ def batchable(options: Sequence[Sampling]) -> bool:
                and (o.end_id, o.pad_id, o.repetition_penalty, o.min_tokens) == key for o in options)
 
 
+def graph_decoder(model: Any, options: Sequence[Sampling]) -> Any:
+    """The model's graph-captured greedy decoder (``llm_quant.runtime.cuda.decode``, attached on CUDA) when
+    every request is plain greedy decoding; None otherwise (sampling, penalties and word lists take transformers'
+    generate)."""
+    decoder = getattr(model, "graph_decoder", None)
+    plain = all(not o.sampling and o.repetition_penalty == 1.0 and o.min_tokens == 0 and not o.stop_words
+                and not o.bad_words for o in options)
+    return decoder if plain else None
+
+
+def _graph_generate(decoder: Any, prompts: Sequence[Sequence[int]], limits: Sequence[int], end_id: int, pad: int,
+                    on_token: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None = None
+                    ) -> list[list[int]]:
+    """Greedy rows through ``decoder``: left-padded, each row cut at its end token or its own limit."""
+    import torch
+
+    device = next(decoder.model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+    pad_lengths = torch.tensor([width - len(p) for p in prompts], dtype=torch.long)
+    done = [False] * len(prompts)
+    results: list[list[int]] = [[] for _ in prompts]
+
+    def step(tokens: Any) -> bool:
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            if token == end_id:
+                done[row] = True
+                continue
+            results[row].append(int(token))
+            done[row] = len(results[row]) >= limits[row]
+            if on_token is not None:
+                on_token(row, int(token))
+        return all(done) or bool(cancelled and cancelled())
+
+    decoder.generate(ids.to(device), max(limits), pad_lengths=pad_lengths.to(device), on_step=step)
+    return results
+
+
 def generate_batch(model: Any, prompts: Sequence[Sequence[int]], options: Sequence[Sampling],
                    on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Greedy generation for several prompts at once (left-padded, attention-masked): on a CPU one step for
@@ -83,6 +127,10 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]], options: Sequen
     from transformers.generation.streamers import BaseStreamer
 
     assert batchable(options), "generate_batch needs greedy requests with identical options"
+    decoder = graph_decoder(model, options)
+    if decoder is not None:
+        return _graph_generate(decoder, prompts, [o.max_new_tokens for o in options], options[0].end_id,
+                               options[0].pad_id, on_token)
     width = max(len(p) for p in prompts)
     pad = options[0].pad_id
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -192,6 +240,11 @@ def generate_ids(model: Any, prompt_ids: Sequence[int], opts: Sampling,
     from transformers import StoppingCriteria, StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
 
+    decoder = graph_decoder(model, [opts])
+    if decoder is not None:
+        stream = (lambda _row, token: on_token(token)) if on_token is not None else None
+        return _graph_generate(decoder, [prompt_ids], [opts.max_new_tokens], opts.end_id, opts.pad_id, stream,
+                               cancelled)[0]
     prompt_len = len(prompt_ids)
     stops = [list(w) for w in opts.stop_words if w]
 

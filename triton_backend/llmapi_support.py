@@ -13,9 +13,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from llm_quant.formats import QFORMAT_ROWS  # the qformat table alone: it imports nothing of triton_backend
 from quant_common.errors import QuantError
 from quant_common.facts import Fact, load_table
+from quant_common.qformats import (
+    QFORMAT_ROWS,  # the qformat table alone: it imports nothing of triton_backend
+)
 
 
 class QuantAlgos(Fact):

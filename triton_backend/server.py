@@ -10,6 +10,7 @@ this Python, ``triton_python_backend_utils.py``; this environment's ``bin`` firs
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -49,11 +50,12 @@ def _cache_dir() -> Path:
 
 
 def _pytriton_root() -> Path | None:
-    try:
-        import pytriton  # type: ignore[import-not-found]
-    except ImportError:
+    # Located, not imported: importing pytriton loads its own client stack (pyzmq, sh, ...), which the server
+    # binary does not need (the GPU box has the package's files but not those).
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
         return None
-    root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    root = Path(spec.origin).resolve().parent / "tritonserver"
     return root if (root / "bin" / "tritonserver").is_file() else None
 
 

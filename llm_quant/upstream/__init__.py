@@ -1,4 +1,6 @@
-"""TensorRT-LLM facts as data (``trtllm_build.yaml``): trtllm-build flags, paged context FMHA rules, QuantAlgo names.
+"""TensorRT-LLM facts as data (``trtllm_build.yaml``): trtllm-build flags, paged context FMHA rules, QuantAlgo names;
+``modelopt_export.yaml`` (what modelopt's export refuses and renames) and ``trtllm_smoothquant.yaml``
+(``llm_quant.upstream.smoothquant``). The lowest stage of ``llm_quant``: every stage may read these tables.
 
 Each row names the upstream repository, path and tag/commit it was read from (``quant_common.facts.Source``).
 The engine step renders its argv from these rows only; tests check the rendered argv against them per release.
@@ -15,6 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from llm_quant.upstream import smoothquant
+from quant_common import qformats
 from quant_common.errors import QuantError
 from quant_common.facts import Fact, Source, load_table
 
@@ -153,6 +157,17 @@ def refuse_unsupported(model_type: str) -> None:
 
 def trtllm_facts() -> TrtllmFacts:
     return load_table("llm_quant.upstream", TABLE, TrtllmFacts)
+
+
+def expected_algorithms(qformat_name: str, kv_cache_dtype: str | None, sq_activations: str = "per_tensor"
+                        ) -> tuple[str | None, str | None]:
+    """(quant_algo, kv_cache_quant_algo) the exported TensorRT-LLM checkpoint must declare: the qformat row's,
+    except per-token SmoothQuant, whose plugin quant_algo is read from ``trtllm_smoothquant.yaml``."""
+    kv = qformats.kv_format(kv_cache_dtype).kv_cache_quant_algo if kv_cache_dtype else None
+    row = qformats.qformat(qformat_name)
+    if row.smoothquant and sq_activations == "per_token":
+        return smoothquant.quant_algo(), kv
+    return row.quant_algo, kv
 
 
 def engine_config_version(engine_dir: Path) -> str | None:

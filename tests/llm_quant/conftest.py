@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_quant import tiny
+from llm_quant.model import tiny
 
 TINY_ROPE_THETA = 12345.0
 

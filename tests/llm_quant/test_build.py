@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llm_quant.checkpoint import fix_layer_globs, verify_trtllm_checkpoint
+from llm_quant.export.verify import fix_layer_globs, verify_trtllm_checkpoint
 from llm_quant.pipeline import build
 from quant_common.errors import QuantError
 from tests.llm_quant.conftest import TINY_ROPE_THETA

@@ -7,7 +7,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from llm_quant import calibrate, cli, presets
+from llm_quant import cli
+from llm_quant.calibration import calibrate
+from llm_quant.model import presets
 from quant_common.errors import QuantError
 from tests.llm_quant.conftest import build_tiny_llama
 

@@ -8,10 +8,13 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from llm_quant import calibrate, cli, data, exclusions, pipeline, sensitivity
+from llm_quant import cli, pipeline
+from llm_quant.calibration import calibrate, exclusions
 from llm_quant.config import CalibConfig
-from llm_quant.evaluate import perplexity
-from llm_quant.sensitivity import SearchResult
+from llm_quant.data import documents
+from llm_quant.evaluation import sensitivity
+from llm_quant.evaluation.perplexity import perplexity
+from llm_quant.evaluation.sensitivity import SearchResult
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
 
 torch = pytest.importorskip("torch")
@@ -39,9 +42,9 @@ def test_linear_search_finds_smallest_set(tiny_llama):
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(str(tiny_llama))
-    docs = data.mixed_corpus()
-    batches = data.calibration_batches(data.tokenize_split(docs, tok, "calib", 3), CalibConfig(size=4, seq_len=64))
-    windows = data.tokenize_split(docs, tok, "search", 3).windows(64, max_tokens=512)
+    docs = documents.mixed_corpus()
+    batches = documents.calibration_batches(documents.tokenize_split(docs, tok, "calib", 3), CalibConfig(size=4, seq_len=64))
+    windows = documents.tokenize_split(docs, tok, "search", 3).windows(64, max_tokens=512)
     model = calibrate.load_model(tiny_llama, dtype="float32", device="cpu")
     model = calibrate.quantize(model, "int4_wo", batches)
     layers = sensitivity.decoder_layers(model)

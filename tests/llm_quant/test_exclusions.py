@@ -6,8 +6,11 @@ import json
 
 import pytest
 
-from llm_quant import calibrate, checkpoint, exclusions, pipeline, runtime
-from llm_quant.sensitivity import InFullPrecision, SearchResult
+from llm_quant import pipeline
+from llm_quant.calibration import calibrate, exclusions
+from llm_quant.evaluation.sensitivity import InFullPrecision, SearchResult
+from llm_quant.export import verify
+from llm_quant.runtime import embedded
 from llm_quant.upstream import modelopt_export_facts
 from quant_common.errors import QuantError
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
@@ -104,7 +107,7 @@ def test_linear_exclusions_reach_every_artifact(tiny_llama, tmp_path, monkeypatc
     assert "model.layers.1.mlp.up_proj" not in hf["quantization_config"]["ignore"]
     # embedded runtime: recorded, and those quantizers are off when it is loaded
     assert json.loads((out / "embedded" / "runtime.json").read_text())["exclude_modules"] == KEPT
-    model, _ = runtime.load_quantized(out / "embedded", kernels="fake")
+    model, _ = embedded.load_quantized(out / "embedded", kernels="fake")
     linears = exclusions.decoder_linears(model)
     assert {n for n, m in linears.items() if not m.weight_quantizer.is_enabled} == set(KEPT)
     total = sum(m.weight.numel() for m in linears.values())
@@ -122,11 +125,11 @@ def test_verifier_rejects_a_quantized_excluded_linear(tiny_llama, tmp_path):
     pipeline.build(cfg, model_source=source)
     folder = out / "trtllm_checkpoint"
     config = json.loads((folder / "config.json").read_text())
-    checkpoint.verify_trtllm_checkpoint(folder)
+    verify.verify_trtllm_checkpoint(folder)
     with pytest.raises(QuantError, match="lacks transformer.layers.1.mlp.proj"):
-        checkpoint.verify_trtllm_checkpoint(folder, expect_excluded=["model.layers.1.mlp.down_proj"])
+        verify.verify_trtllm_checkpoint(folder, expect_excluded=["model.layers.1.mlp.down_proj"])
     config["quantization"]["exclude_modules"] = [*config["quantization"]["exclude_modules"],
                                                  "transformer.layers.1.mlp.proj"]
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(QuantError, match=r"transformer.layers.1.mlp.proj is excluded .* stored as int8"):
-        checkpoint.verify_trtllm_checkpoint(folder)
+        verify.verify_trtllm_checkpoint(folder)

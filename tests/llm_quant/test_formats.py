@@ -7,57 +7,61 @@ import typing
 import pytest
 from pydantic import ValidationError
 
-from llm_quant import calibrate, checkpoint, cli_build, formats
+from llm_quant.calibration import calibrate
+from llm_quant.cli import build
 from llm_quant.config import BuildConfig, KVCacheDType, QFormat
-from llm_quant.presets import load_preset
+from llm_quant.export import verify
+from llm_quant.model.presets import load_preset
+from llm_quant.upstream import expected_algorithms
+from quant_common import qformats
 from quant_common.errors import QuantError
 
 
 def test_rows_are_unique_and_consistent():
-    assert len(formats.QFORMATS) == len(formats.QFORMAT_ROWS) and len(formats.KV_FORMATS) == len(formats.KV_ROWS)
-    for row in formats.QFORMAT_ROWS:
+    assert len(qformats.QFORMATS) == len(qformats.QFORMAT_ROWS) and len(qformats.KV_FORMATS) == len(qformats.KV_ROWS)
+    for row in qformats.QFORMAT_ROWS:
         assert (row.modelopt_cfg is None) == (row.quant_algo is None), row.name  # quantized <=> exported algo
         if row.checkpoint is not None:
-            assert formats.CHECKPOINT_TENSORS[row.quant_algo] == row.checkpoint
+            assert qformats.CHECKPOINT_TENSORS[row.quant_algo] == row.checkpoint
     # quant_algos that modelopt writes for CPU formats are all checked in the exported checkpoint
-    assert {r.quant_algo for r in formats.QFORMAT_ROWS if r.quantized and not r.needs_cuda} <= set(
-        formats.CHECKPOINT_TENSORS)
+    assert {r.quant_algo for r in qformats.QFORMAT_ROWS if r.quantized and not r.needs_cuda} <= set(
+        qformats.CHECKPOINT_TENSORS)
 
 
 def test_every_row_names_a_config_of_the_installed_modelopt():
     mtq = pytest.importorskip("modelopt.torch.quantization")
-    for name in [r.modelopt_cfg for r in formats.QFORMAT_ROWS if r.modelopt_cfg] + [
-            r.modelopt_cfg for r in formats.KV_ROWS if r.modelopt_cfg]:
+    for name in [r.modelopt_cfg for r in qformats.QFORMAT_ROWS if r.modelopt_cfg] + [
+            r.modelopt_cfg for r in qformats.KV_ROWS if r.modelopt_cfg]:
         assert isinstance(getattr(mtq, name, None), dict), name
 
 
 def test_config_types_and_cli_help_derive_from_the_table():
-    assert typing.get_args(QFormat) == formats.QFORMAT_NAMES
-    assert typing.get_args(KVCacheDType) == formats.KV_NAMES
-    assert formats.qformat_help() == "int8_sq, fp8, int4_awq, w4a8_awq, int8_wo, int4_wo, nvfp4 (GPU), full_prec"
-    assert formats.kv_help() == "fp8 or int8 KV cache"
-    assert cli_build._QFORMAT.help == formats.qformat_help() and cli_build._KV.help == formats.kv_help()
+    assert typing.get_args(QFormat) == qformats.QFORMAT_NAMES
+    assert typing.get_args(KVCacheDType) == qformats.KV_NAMES
+    assert qformats.qformat_help() == "int8_sq, fp8, int4_awq, w4a8_awq, int8_wo, int4_wo, nvfp4 (GPU), full_prec"
+    assert qformats.kv_help() == "fp8 or int8 KV cache"
+    assert build._QFORMAT.help == qformats.qformat_help() and build._KV.help == qformats.kv_help()
     preset = load_preset("llama")
     base = {"preset": preset, "calibration": preset.calibration, "eval": preset.eval, "parallel": preset.parallel,
-            "dtype": preset.dtype}
-    for name in formats.QFORMAT_NAMES:
+            "dtype": "float16"}
+    for name in qformats.QFORMAT_NAMES:
         assert BuildConfig(**base, qformat=name).qformat == name
     with pytest.raises(ValidationError, match="int8_sq"):
         BuildConfig(**base, qformat="int3")
     with pytest.raises(ValidationError):
         BuildConfig(**base, kv_cache_dtype="fp4")
-    assert checkpoint.CHECKPOINT_TENSORS is formats.CHECKPOINT_TENSORS
+    assert verify.CHECKPOINT_TENSORS is qformats.CHECKPOINT_TENSORS
 
 
 def test_lookups_fail_with_the_choices():
     with pytest.raises(QuantError, match="unknown qformat 'int3' — choose one of int8_sq, fp8, .*full_prec"):
-        formats.qformat("int3")
+        qformats.qformat("int3")
     with pytest.raises(QuantError, match="unknown --kv-cache-dtype 'fp4' — choose fp8 or int8"):
-        formats.kv_format("fp4")
-    assert formats.expected_algorithms("int8_sq", None) == ("W8A8_SQ_PER_CHANNEL", None)
-    assert formats.expected_algorithms("fp8", "fp8") == ("FP8", "FP8")
-    assert formats.expected_algorithms("int4_wo", "int8") == ("W4A16_AWQ", "INT8")
-    assert formats.either(["a"]) == "a" and formats.either(["a", "b", "c"]) == "a, b or c"
+        qformats.kv_format("fp4")
+    assert expected_algorithms("int8_sq", None) == ("W8A8_SQ_PER_CHANNEL", None)
+    assert expected_algorithms("fp8", "fp8") == ("FP8", "FP8")
+    assert expected_algorithms("int4_wo", "int8") == ("W4A16_AWQ", "INT8")
+    assert qformats.either(["a"]) == "a" and qformats.either(["a", "b", "c"]) == "a, b or c"
 
 
 def test_modelopt_config_from_the_rows():
@@ -71,7 +75,7 @@ def test_modelopt_config_from_the_rows():
     assert sq["algorithm"] == {"method": "smoothquant", "alpha": 0.6}
     assert sq["quant_cfg"][-1] == {"quantizer_name": "*model.layers.3.*", "enable": False}
     plain = calibrate.modelopt_config("int8_sq")
-    for kv in formats.KV_ROWS:
+    for kv in qformats.KV_ROWS:
         with_kv = calibrate.modelopt_config("int8_sq", kv_cache_dtype=kv.name)
         added = with_kv["quant_cfg"][len(plain["quant_cfg"]):]
         assert added and all("bmm_quantizer" in str(entry.get("quantizer_name")) for entry in added), kv.name

@@ -1,4 +1,4 @@
-"""Real int8 kernels (llm_quant.int8_linear) against modelopt's fake-quant reference on a tiny Llama."""
+"""Real int8 kernels (llm_quant.runtime.cpu.int8_linear) against modelopt's fake-quant reference on a tiny Llama."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def _embedded(tiny_parts, tmp_path, cfg_name):
     import modelopt.torch.quantization as mtq
     import transformers
 
-    from llm_quant.runtime import save_embedded
+    from llm_quant.runtime.embedded import save_embedded
+
 
     folder, tokenizer, ids = tiny_parts
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -39,9 +40,10 @@ def sq_embedded(tiny_parts, tmp_path_factory):
 
 
 def test_w8a8_matches_fake_quant(tiny_parts, sq_embedded):
-    from llm_quant.evaluate import perplexity
-    from llm_quant.int8_linear import Int8Linear
+    from llm_quant.evaluation.perplexity import perplexity
     from llm_quant.runtime import load_quantized
+    from llm_quant.runtime.cpu.int8_linear import Int8Linear
+
 
     _, _, ids = tiny_parts
     fake, _ = load_quantized(sq_embedded, kernels="fake")
@@ -61,8 +63,9 @@ def test_w8a8_matches_fake_quant(tiny_parts, sq_embedded):
 
 def test_w8a8_layer_is_the_integer_gemm(sq_embedded):
     """Int8Linear == (fake-quantized x) @ (fake-quantized W).T computed in float64: same integers, exact sum."""
-    from llm_quant.int8_linear import convert_linears
     from llm_quant.runtime import load_quantized
+    from llm_quant.runtime.cpu.int8_linear import convert_linears
+
 
     fake, _ = load_quantized(sq_embedded, kernels="fake")
     module = copy.deepcopy(fake.model.layers[0].mlp.down_proj)
@@ -92,8 +95,9 @@ def _per_token_reference(x, pre_quant_scale):
 def test_w8a8_per_token_is_the_row_wise_formula(sq_embedded):
     """activations="per_token": each row gets its own scale; the static amax is ignored; integers identical to the
     float formula, output = exact integer GEMM x row scale x channel scale; an all-zero row gives the bias."""
-    from llm_quant.int8_linear import Int8Linear, _int8_scale, convert_linears
     from llm_quant.runtime import load_quantized
+    from llm_quant.runtime.cpu.int8_linear import Int8Linear, _int8_scale, convert_linears
+
 
     fake, _ = load_quantized(sq_embedded, kernels="fake")
     module = copy.deepcopy(fake.model.layers[0].mlp.down_proj)
@@ -125,7 +129,8 @@ def test_per_token_kernel_integers_match_torch():
     """The compiled per-token quantizer gives the float formula's integers exactly, ties included."""
     import numpy as np
 
-    from llm_quant import int8_kernels
+    from llm_quant.runtime.cpu import int8_kernels
+
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(64, 300, generator=generator) * torch.logspace(-8, 4, 64)[:, None]
@@ -149,8 +154,8 @@ def test_runtime_json_selects_per_token(sq_embedded, tmp_path):
     import json
     import shutil
 
-    from llm_quant.int8_linear import Int8Linear
     from llm_quant.runtime import load_quantized
+    from llm_quant.runtime.cpu.int8_linear import Int8Linear
     from quant_common.errors import QuantError
 
     for value in ("per_token", "per_row"):
@@ -171,7 +176,7 @@ def test_runtime_json_selects_per_token(sq_embedded, tmp_path):
 
 
 def test_unknown_activation_mode_refused(sq_embedded):
-    from llm_quant.int8_linear import convert_linears
+    from llm_quant.runtime.cpu.int8_linear import convert_linears
     from quant_common.errors import QuantError
 
     with pytest.raises(QuantError, match="per_token"):
@@ -183,6 +188,8 @@ def test_fake_kernels_stay_bit_identical(tiny_parts, sq_embedded):
 
     from llm_quant.runtime import load_quantized
 
+
+
     _, _, ids = tiny_parts
     first, _ = load_quantized(sq_embedded, kernels="fake")
     second, _ = load_quantized(sq_embedded, kernels="fake")
@@ -192,8 +199,9 @@ def test_fake_kernels_stay_bit_identical(tiny_parts, sq_embedded):
 
 
 def test_quantized_linears_take_a_quarter_of_fp32(sq_embedded):
-    from llm_quant.int8_linear import linear_weight_bytes
-    from llm_quant.runtime import load_quantized, load_reference
+    from llm_quant.runtime.cpu.int8_linear import linear_weight_bytes
+    from llm_quant.runtime.embedded import load_quantized, load_reference
+
 
     real, _ = load_quantized(sq_embedded)
     ref, _ = load_reference(sq_embedded)
@@ -202,8 +210,9 @@ def test_quantized_linears_take_a_quarter_of_fp32(sq_embedded):
 
 
 def test_weight_only_int8_packed_kernel(tiny_parts, tmp_path):
-    from llm_quant.int8_linear import Int8WeightOnlyLinear, convert_linears
     from llm_quant.runtime import load_quantized
+    from llm_quant.runtime.cpu.int8_linear import Int8WeightOnlyLinear, convert_linears
+
 
     _, _, ids = tiny_parts
     out = _embedded(tiny_parts, tmp_path, "INT8_WEIGHT_ONLY_CFG")
@@ -222,6 +231,8 @@ def test_weight_only_int8_packed_kernel(tiny_parts, tmp_path):
 
 def test_fp8_stays_fake_quant(tiny_parts, tmp_path):
     from llm_quant.runtime import load_quantized
+
+
 
     out = _embedded(tiny_parts, tmp_path, "FP8_DEFAULT_CFG")
     real, _ = load_quantized(out)
@@ -268,7 +279,8 @@ def test_unknown_kernels_refused(sq_embedded):
 def test_runtime_json_announces_kernels(tiny_parts, tmp_path):
     import transformers
 
-    from llm_quant.runtime import read_runtime_json, save_embedded
+    from llm_quant.runtime.embedded import read_runtime_json, save_embedded
+
 
     folder, tokenizer, _ = tiny_parts
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -292,7 +304,7 @@ def test_cli_start_up_imports_neither_torch_nor_numba():
 
 
 def _share_group_scales(model):
-    """What llm_quant.smoothing does for a build: q/k/v (gate/up) share one pre-scale and one input amax."""
+    """What llm_quant.calibration.smoothing does for a build: q/k/v (gate/up) share one pre-scale and one input amax."""
     with torch.no_grad():
         for layer in model.model.layers:
             for parent, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj")),
@@ -308,8 +320,9 @@ def _share_group_scales(model):
 def test_fused_qkv_and_gate_up_are_bit_identical_to_unfused(tiny_parts, sq_embedded, activations):
     """Linears sharing their input and quantizer run as one GEMM (q/k/v, gate/up): the same logits bit for bit,
     prefill and decode, and the same bytes of quantized weights."""
-    from llm_quant.int8_linear import Int8Linear, convert_linears, linear_weight_bytes
     from llm_quant.runtime import load_quantized
+    from llm_quant.runtime.cpu.int8_linear import Int8Linear, convert_linears, linear_weight_bytes
+
 
     _, _, ids = tiny_parts
     fake, _ = load_quantized(sq_embedded, kernels="fake")
@@ -341,8 +354,9 @@ def test_fused_qkv_and_gate_up_are_bit_identical_to_unfused(tiny_parts, sq_embed
 def test_groups_with_different_scales_stay_unfused(sq_embedded):
     """Linears whose pre-scales differ (each with its own SmoothQuant scale) quantize their input differently:
     quantizing once would change integers, so they keep their own GEMMs."""
-    from llm_quant.int8_linear import convert_linears
     from llm_quant.runtime import load_quantized
+    from llm_quant.runtime.cpu.int8_linear import convert_linears
+
 
     fake, _ = load_quantized(sq_embedded, kernels="fake")
     with torch.no_grad():
@@ -357,7 +371,8 @@ def test_groups_with_different_scales_stay_unfused(sq_embedded):
 @pytest.mark.parametrize("per_row", [True, False])
 def test_dequantize_epilogue_is_torchs_formula_bit_for_bit(per_row):
     """int32 x (row_amax / 127) x column scale + bias in one pass == torch's three ops, in fused blocks."""
-    from llm_quant import int8_kernels
+    from llm_quant.runtime.cpu import int8_kernels
+
 
     generator = torch.Generator().manual_seed(1)
     acc = torch.randint(-2**22, 2**22, (37, 50), dtype=torch.int32, generator=generator)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from llm_quant.runtime import load_quantized, load_reference, save_embedded
+from llm_quant.runtime.embedded import load_quantized, load_reference, save_embedded
 
 torch = pytest.importorskip("torch")
 

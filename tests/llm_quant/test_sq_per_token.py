@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from llm_quant import calibrate, checkpoint, cli, per_token, pipeline, smoothing, sq_checkpoint
+from llm_quant import cli, pipeline
+from llm_quant.calibration import calibrate, per_token, smoothing
+from llm_quant.evaluation.sensitivity import SearchResult
+from llm_quant.export import sq_checkpoint, verify
 from llm_quant.pipeline import build, prepare, quantize_model
-from llm_quant.runtime import load_quantized, save_embedded, sq_activations_of
-from llm_quant.sensitivity import SearchResult
+from llm_quant.runtime.embedded import load_quantized, save_embedded, sq_activations_of
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
@@ -132,7 +134,7 @@ def test_per_token_checkpoint_has_exactly_the_table_tensors(per_token_build):
     result, out = per_token_build
     config = trt_config(out)
     assert config["quantization"]["quant_algo"] == result.quant_algo == sq_checkpoint.quant_algo()
-    summary = checkpoint.verify_trtllm_checkpoint(out / "trtllm_checkpoint")
+    summary = verify.verify_trtllm_checkpoint(out / "trtllm_checkpoint")
     assert summary["quantized_linears_rank0"] == 2 * 5
     weights = rank_weights(out)
     table = {f"{t.module}.{t.name}" for t in sq_checkpoint.facts().tensors}
@@ -195,12 +197,12 @@ def test_verifier_rejects_a_per_token_checkpoint_missing_a_table_tensor(per_toke
     weights.pop("transformer.layers.1.mlp.proj.smoother")
     save_file(weights, str(broken / "rank0.safetensors"))
     with pytest.raises(QuantError, match="mlp.proj.smoother is missing"):
-        checkpoint.verify_trtllm_checkpoint(broken)
+        verify.verify_trtllm_checkpoint(broken)
     weights = rank_weights(out)
     weights["transformer.layers.0.attention.qkv.act_scale"] = torch.ones(1, 1)
     save_file(weights, str(broken / "rank0.safetensors"))
     with pytest.raises(QuantError, match="static-scale"):
-        checkpoint.verify_trtllm_checkpoint(broken)
+        verify.verify_trtllm_checkpoint(broken)
 
 
 def _cli(args):
@@ -268,7 +270,8 @@ def test_alpha_choice_rules():
 def test_preset_key_is_typed(tmp_path):
     import yaml
 
-    from llm_quant import presets
+    from llm_quant.model import presets
+
 
     data = yaml.safe_load((presets.PRESET_DIR / "llama.yaml").read_text())
     assert presets.load_preset("llama").sq_activations == data["sq_activations"] == "per_token"

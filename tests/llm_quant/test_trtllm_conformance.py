@@ -10,19 +10,20 @@ import json
 
 import pytest
 
-from llm_quant import engine, formats, sq_checkpoint
 from llm_quant.config import TrtllmBuildOptions
-from llm_quant.engine import Target, trtllm_build_argv
+from llm_quant.export import engine, sq_checkpoint
+from llm_quant.export.engine import Target, trtllm_build_argv
 from llm_quant.pipeline import build
 from llm_quant.upstream import target_version, trtllm_facts, version_key
+from quant_common import qformats
 from quant_common.errors import QuantError
 from tests.llm_quant.helpers import tiny_config, trt_config
 
 FACTS = trtllm_facts()
 RELEASES = [r.name for r in FACTS.releases]
 SQ_FACTS = sq_checkpoint.facts()
-QUANT_ALGOS = sorted({row.quant_algo for row in formats.QFORMAT_ROWS} | {SQ_FACTS.quant_algo.name}, key=str)
-KV_ALGOS = [None, *sorted({row.kv_cache_quant_algo for row in formats.KV_ROWS})]
+QUANT_ALGOS = sorted({row.quant_algo for row in qformats.QFORMAT_ROWS} | {SQ_FACTS.quant_algo.name}, key=str)
+KV_ALGOS = [None, *sorted({row.kv_cache_quant_algo for row in qformats.KV_ROWS})]
 PAGED = TrtllmBuildOptions(kv_cache_type="paged")
 
 
@@ -59,10 +60,10 @@ def test_argv_is_accepted_by_release(release, quant_algo, kv_algo):
 def test_release_of_each_quant_algo_is_known(release):
     rows = [r for r in FACTS.quant_algos if r.release == release]
     for row in rows:
-        for qformat in formats.QFORMAT_ROWS:
+        for qformat in qformats.QFORMAT_ROWS:
             if qformat.quant_algo is not None and qformat.name != "nvfp4":
                 assert qformat.quant_algo in row.quant_algo, (qformat.name, row.source.cite())
-        for kv in formats.KV_ROWS:
+        for kv in qformats.KV_ROWS:
             assert kv.kv_cache_quant_algo in row.kv_cache_quant_algo
 
 
@@ -127,8 +128,9 @@ def test_gemma2_is_refused_at_preset_resolution(tmp_path, via_preset):
     """Regression (issue 8 item 3): gemma.yaml mapped gemma2 to decoder_type gemma, which modelopt 0.47 cannot
     export (KeyError 'parallel_attn_mlp_res'); refused in one line before any calibration."""
     transformers = pytest.importorskip("transformers")
+    from llm_quant.model.presets import load_preset
     from llm_quant.pipeline import make_config
-    from llm_quant.presets import load_preset
+
 
     folder = tmp_path / "tiny-gemma2"
     config = transformers.Gemma2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -145,7 +147,7 @@ def test_gemma2_is_refused_at_preset_resolution(tmp_path, via_preset):
 
 
 def test_refused_model_types_cite_modelopt_and_have_no_preset():
-    from llm_quant.presets import available_presets, load_preset
+    from llm_quant.model.presets import available_presets, load_preset
     from llm_quant.upstream import ModeloptExportFacts
     from quant_common.facts import load_table
 
@@ -159,7 +161,8 @@ def test_refused_model_types_cite_modelopt_and_have_no_preset():
 def test_qwen2_checkpoint_gets_qwen_type():
     """modelopt 0.47 (no TensorRT-LLM installed) writes no qwen_type; TensorRT-LLM's QWenForCausalLM reads it."""
     transformers = pytest.importorskip("transformers")
-    from llm_quant.export import correct_trtllm_config
+    from llm_quant.export.checkpoints import correct_trtllm_config
+
 
     hf = transformers.Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                   num_attention_heads=2, num_key_value_heads=1)
@@ -221,7 +224,7 @@ def test_int4_group_sizes_cover_every_int4_qformat():
     # every INT4 qformat's quant_algo has its group sizes in the table, and those are QuantAlgo names of every release
     known = set.intersection(*(set(row.quant_algo) for row in FACTS.quant_algos))
     assert {a for row in FACTS.int4_group_sizes for a in row.quant_algos} <= known
-    for row in formats.QFORMAT_ROWS:
+    for row in qformats.QFORMAT_ROWS:
         if row.int4_blocks:
             sizes = FACTS.group_sizes_for(str(row.quant_algo))
             assert sizes and list(sizes) == sorted(sizes, reverse=True), row.name

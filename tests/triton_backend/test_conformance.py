@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_quant import formats
-from llm_quant.presets import available_presets, load_preset
+from llm_quant.model.presets import available_presets, load_preset
+from llm_quant.upstream import expected_algorithms
+from quant_common import qformats
 from quant_common.errors import QuantError
 from triton_backend import config_pbtxt, conformance, interface, target
 from triton_backend.repository import package_for_build
@@ -36,7 +37,7 @@ def _engine(tmp_path, qformat, kv, version=None):
     """What trtllm-build writes beside the engine: config.json with the build limits and quantization."""
     engine = tmp_path / f"engine-{qformat}-{kv}"
     engine.mkdir()
-    algo, kv_algo = formats.expected_algorithms(qformat, kv)
+    algo, kv_algo = expected_algorithms(qformat, kv)
     config = {"build_config": {"max_input_len": 100, "max_seq_len": 200},
               "pretrained_config": {"quantization": {"quant_algo": algo, "kv_cache_quant_algo": kv_algo}}}
     if version:
@@ -110,8 +111,8 @@ def test_every_qformat_and_kv_dtype_renders_the_same_interface(tiny_build, tmp_p
     """The engine's quantization (recorded in its config.json) does not change what the backend reads."""
     fam = interface.family(family_name)
     rendered = set()
-    for qformat in formats.QFORMAT_NAMES:
-        for kv in (None, *formats.KV_NAMES):
+    for qformat in qformats.QFORMAT_NAMES:
+        for kv in (None, *qformats.KV_NAMES):
             engine = _engine(tmp_path, qformat, kv, version=VERSION_OF[family_name])
             repo = package_for_build(tiny_build, engine_dir=engine, out=tmp_path / "trt").path
             core = (repo / "tensorrt_llm" / "config.pbtxt").read_text().replace(str(engine.resolve()), "ENGINE")

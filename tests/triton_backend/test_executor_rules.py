@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from llm_quant import presets
+from llm_quant.model import presets
 from quant_common.errors import QuantError
 from triton_backend import executor
 from triton_backend.options import TritonOptions

@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from llm_quant import cli
-from llm_quant.formats import QFORMATS
 from quant_common.errors import QuantError
+from quant_common.qformats import QFORMATS
 from triton_backend import config_pbtxt, llmapi_support
 from triton_backend.repository import MODELS_SOURCE, RepositorySpec, package
 

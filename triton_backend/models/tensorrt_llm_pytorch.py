@@ -3,16 +3,17 @@
 Same inputs/outputs and meaning as the TensorRT-LLM backend's ``tensorrt_llm`` model, so the ensemble and the
 BLS model work unchanged. Needs this project installed on the server side (``llm_quant.runtime`` restores the
 quantized model from the build's ``embedded/`` folder; ``triton_backend.generation`` decodes).
-Quantized linears run real int8 kernels on CPU (``llm_quant.int8_linear``; the log line at load says which);
-parameter ``kernels: fake`` keeps modelopt's fake quantization. With ``batch_requests`` (on by default: faster
-with the int8 kernels), concurrent greedy requests share one batched ``generate`` call; otherwise requests run
-one after another.
+Quantized linears run real int8 kernels on CPU (``llm_quant.runtime.cpu.int8_linear``; the log line at load says
+which); parameter ``kernels: fake`` keeps modelopt's fake quantization. With ``batch_requests`` (on by default:
+faster with the int8 kernels), concurrent greedy requests share one batched ``generate`` call; otherwise requests
+run one after another.
 """
 
 import importlib
 import json
 import locale
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -88,10 +89,15 @@ class TritonPythonModel:
         if threads > 0:
             torch.set_num_threads(threads)
         module_name, _, function = params.get("runtime_loader", "llm_quant.runtime:load_quantized").partition(":")
-        loader = getattr(importlib.import_module(module_name), function)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         extra = {"kernels": params["kernels"]} if params.get("kernels") else {}  # "int8" (default) or "fake"
-        self.model, tokenizer = loader(_resolve(params["embedded_dir"], args), device=device, **extra)
+        try:
+            loader = getattr(importlib.import_module(module_name), function)
+            self.model, tokenizer = loader(_resolve(params["embedded_dir"], args), device=device, **extra)
+        except Exception as exc:  # a package missing on the server side: say where this interpreter looked
+            if not isinstance(exc, ImportError) and "cannot be imported" not in str(exc):
+                raise
+            raise RuntimeError(f"{exc} [python {sys.version.split()[0]} at {sys.prefix}; sys.path {sys.path}]") from exc
         self.model.eval()
         report = getattr(self.model, "kernel_report", None)
         line = (f"tensorrt_llm (pytorch runtime): {report.summary() if report else 'fake-quant'} on {device}, "

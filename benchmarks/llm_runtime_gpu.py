@@ -1,0 +1,311 @@
+"""The embedded runtime on the GPU: bf16 eager (HF generate), bf16 with the same graph capture as the quantized
+models, and each quantized format on real kernels (``llm_quant.runtime.cuda.linear``) with graph-captured decode
+(``llm_quant.runtime.cuda.decode``), on random Llamas of real dimensions, side by side in one run.
+
+Per row: prefill tok/s (one forward over ``--prefill`` tokens), decode tok/s at batch 1 and 8 (greedy, ``--new``
+tokens after a 32-token prompt), weights of the linear layers on the GPU (and their share of bf16), capture time,
+and for quantized rows the agreement of the real kernels with modelopt's fake quantization on the same model
+(argmax over a window of random tokens, largest logit difference). Speed does not depend on the scales' values,
+so calibration here is short (``--calib`` sequences of 128 random tokens). Prints a table and writes
+``llm_runtime_gpu.json``, ``.md`` and ``.png``.
+
+    python benchmarks/llm_runtime_gpu.py --out benchmarks/results [--shapes llama-3.2-1b,llama-3.1-8b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.gpu_scale import _environment  # noqa: E402
+from benchmarks.llm_runtime import png_bytes, save_report  # noqa: E402
+
+
+def _timed(fn: Any, repeats: int = 3) -> float:
+    import torch
+
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _linear_bytes(model: Any) -> int:
+    import torch
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__.endswith("Linear"):
+            tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+            total += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+            packed = getattr(module, "packed", None)
+            if packed is not None:
+                total += packed.numel() * packed.element_size()
+    return total
+
+
+def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, Any]:
+    import torch
+
+    from llm_quant.runtime.cuda.decode import GraphDecoder
+
+    vocab = model.config.vocab_size
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    prefill_ids = torch.randint(0, min(vocab, 512), (1, args.prefill), device="cuda", generator=gen)
+    row: dict[str, Any] = {}
+    with torch.inference_mode():
+        seconds = _timed(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
+    row["prefill_tok_s"] = round(args.prefill / seconds)
+    decoder = GraphDecoder(model, max_len=args.prompt + args.new + 8) if graph else None
+    for batch in (1, 8):
+        prompt = torch.randint(0, min(vocab, 512), (batch, args.prompt), device="cuda", generator=gen)
+        if decoder is not None:
+            decoder.generate(prompt, args.new)  # capture (and its warm-up) happen here, not in the timing
+            seconds = _timed(lambda p=prompt: decoder.generate(p, args.new))
+        else:
+            with torch.inference_mode():
+                def run(p: Any = prompt) -> Any:
+                    return model.generate(input_ids=p, attention_mask=torch.ones_like(p), max_new_tokens=args.new,
+                                          min_new_tokens=args.new, do_sample=False, pad_token_id=0)
+                run()
+                seconds = _timed(run, repeats=2)
+        row[f"decode_b{batch}_tok_s"] = round(batch * args.new / seconds, 1)
+    if decoder is not None:
+        row["capture_s"] = decoder.capture_seconds
+    row["linear_gib"] = round(_linear_bytes(model) / 2**30, 3)
+    row["gpu_allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
+    return row
+
+
+def _agreement(fake_logits: Any, model: Any, ids: Any) -> dict[str, float]:
+    import torch
+
+    with torch.inference_mode():
+        real = model(input_ids=ids).logits.float()
+    return {"argmax_agree": round(float((real.argmax(-1) == fake_logits.argmax(-1)).float().mean()), 4),
+            "max_logit_diff": round(float((real - fake_logits).abs().max()), 4),
+            "logit_scale": round(float(fake_logits.abs().max()), 3)}
+
+
+def _quantized(model_dir: Path, qformat: str, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from llm_quant.calibration import calibrate
+    from llm_quant.runtime.cuda.linear import convert_linears_cuda
+
+    model = calibrate.load_model(model_dir, dtype="bfloat16", device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    batches = [torch.randint(0, 512, (4, 128), device="cuda", generator=gen) for _ in range(args.calib)]
+    start = time.perf_counter()
+    mode = "per_token" if qformat == "int8_sq" else "per_tensor"
+    model = calibrate.quantize(model, qformat, batches, sq_activations=mode, smoothquant_alpha=0.5
+                               if qformat == "int8_sq" else None, description=f"calibrating {qformat}")
+    calib_s = time.perf_counter() - start
+    ids = torch.randint(0, 512, (1, 256), device="cuda", generator=gen)
+    with torch.inference_mode():
+        fake = model(input_ids=ids).logits.float()
+    start = time.perf_counter()
+    report = convert_linears_cuda(model, activations=mode)
+    convert_s = time.perf_counter() - start
+    row = {"calibrate_s": round(calib_s, 1), "convert_s": round(convert_s, 1), "kernels": report.summary(),
+           **_agreement(fake, model, ids)}
+    del fake
+    row.update(_measure(model, args, graph=True))
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return row
+
+
+def _kernel_us(fn: Any, repeats: int = 20) -> float:
+    """Microseconds per call, launch overhead removed: ``repeats`` calls captured in one CUDA graph."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        graph.replay()
+    torch.cuda.synchronize()
+    return round((time.perf_counter() - start) / (5 * repeats) * 1e6, 1)
+
+
+def _gemm_row(k: int, n: int, m: int, ops: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from llm_quant.runtime.cuda import kernels as cuda_kernels
+
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    one = torch.ones((), device="cuda")
+    row: dict[str, Any] = {"K": k, "N": n, "M": m, "bf16_mm": _kernel_us(lambda: x @ ops["w"].t())}
+    row["fp8_scaled_mm"] = _kernel_us(lambda: torch._scaled_mm(
+        cuda_kernels.fp8_quantize(x, None, 1.0), ops["wf8"].t(), scale_a=one, scale_b=one,
+        out_dtype=torch.bfloat16))
+    if m <= 16:
+        row["int8_triton"] = _kernel_us(lambda: cuda_kernels.int8_weight_gemm(x, ops["w8"]))
+    else:
+        row["int8_int_mm"] = _kernel_us(lambda: torch._int_mm(x.to(torch.int8), ops["w8"].t()))
+    row["int8_dequant_mm"] = _kernel_us(lambda: x @ ops["w8"].to(torch.bfloat16).t())
+    row["int4_tinygemm"] = _kernel_us(lambda: torch._weight_int4pack_mm(x, ops["packed"], 128, ops["sz"]))
+    return row
+
+
+def kernels(shape: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each GEMM of one decoder layer of ``shape`` alone, per kernel the runtime could use, at M = 1, 8, 2048."""
+    import torch
+
+    from llm_quant.runtime.cuda import kernels as cuda_kernels
+
+    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
+    rows = []
+    for k, n in ((hidden, hidden), (hidden, inter), (inter, hidden)):
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        q4 = torch.randint(-8, 8, (n, k), device="cuda", dtype=torch.int32)
+        packed, sz = cuda_kernels.int4_pack(q4, torch.full((n, k // 128), 0.01, device="cuda"))
+        ops = {"w": w, "wf8": w.to(torch.float8_e4m3fn), "packed": packed, "sz": sz,
+               "w8": torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8)}
+        for m in (1, 8, 2048):
+            try:
+                rows.append(_gemm_row(k, n, m, ops))
+            except Exception as exc:  # noqa: BLE001 - a kernel that cannot run here is a finding, not a crash
+                rows.append({"K": k, "N": n, "M": m, "error": f"{exc.__class__.__name__}: {str(exc)[:120]}"})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from llm_quant.calibration import calibrate
+    from llm_quant.model import tiny
+
+
+
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="llm_runtime_gpu-"))
+    rows: list[dict[str, Any]] = []
+    for shape in args.shapes.split(","):
+        model_dir = root / shape
+        if not (model_dir / "config.json").is_file():
+            tiny.random_llama(model_dir, shape=tiny.SHAPES[shape], device="cuda", logit_scale=4.0)
+        model = calibrate.load_model(model_dir, dtype="bfloat16", device="cuda")
+        for name, graph in (("bf16 eager", False), ("bf16 graph", True)):
+            row = {"shape": shape, "runtime": name, **_measure(model, args, graph=graph)}
+            rows.append(row)
+            print(row, flush=True)
+        bf16_linear = rows[-1]["linear_gib"]
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        for qformat in args.formats.split(","):
+            try:
+                row = {"shape": shape, "runtime": qformat, **_quantized(model_dir, qformat, args)}
+            except Exception as exc:  # noqa: BLE001 - one failing format must not hide the others' numbers
+                row = {"shape": shape, "runtime": qformat, "error": f"{exc.__class__.__name__}: {str(exc)[:300]}"}
+                torch.cuda.empty_cache()
+            if "linear_gib" in row:
+                row["linear_share_of_bf16"] = round(row["linear_gib"] / bf16_linear, 3)
+            rows.append(row)
+            print(row, flush=True)
+    base = {(r["shape"]): r for r in rows if r["runtime"] == "bf16 graph"}
+    for row in rows:
+        ref = base.get(row["shape"])
+        if ref is None or "error" in row:
+            continue
+        for key in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s"):
+            row[f"{key}_vs_bf16_graph"] = round(row[key] / ref[key], 3)
+    micro = kernels(tiny.SHAPES[args.shapes.split(",")[-1]]) if args.kernels else []
+    return {"environment": _environment(), "rows": rows, "prefill": args.prefill, "new_tokens": args.new,
+            "kernels": micro}
+
+
+def table(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [f"llm_runtime_gpu: {env['gpu']}, driver {env['driver']}, torch {env['torch']}, modelopt "
+             f"{env['modelopt']}; prefill {result['prefill']} tokens, decode {result['new_tokens']} new tokens", "",
+             "| shape | runtime | prefill tok/s | x bf16-graph | decode b1 tok/s | x | decode b8 tok/s | x | "
+             "linear GiB (share) | argmax agree / max Δlogit | kernels |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['runtime']} | error: {r['error']} |")
+            continue
+        agree = f"{r['argmax_agree']} / {r['max_logit_diff']}" if "argmax_agree" in r else ""
+        share = f" ({r['linear_share_of_bf16']})" if "linear_share_of_bf16" in r else ""
+        lines.append(
+            f"| {r['shape']} | {r['runtime']} | {r['prefill_tok_s']} | {r.get('prefill_tok_s_vs_bf16_graph', '')} | "
+            f"{r['decode_b1_tok_s']} | {r.get('decode_b1_tok_s_vs_bf16_graph', '')} | {r['decode_b8_tok_s']} | "
+            f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {r['linear_gib']}{share} | {agree} | "
+            f"{r.get('kernels', '')} |")
+    if result.get("kernels"):
+        names = ["bf16_mm", "fp8_scaled_mm", "int8_triton", "int8_int_mm", "int8_dequant_mm", "int4_tinygemm"]
+        lines += ["", "One GEMM alone (µs per call, launch overhead removed by a CUDA graph):", "",
+                  "| K | N | M | " + " | ".join(names) + " |", "|---|---|---|" + "---:|" * len(names)]
+        for r in result["kernels"]:
+            cells = [str(r.get(k, "")) for k in names] if "error" not in r else [r["error"]] + [""] * (len(names) - 1)
+            lines.append(f"| {r['K']} | {r['N']} | {r['M']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(result: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if "error" not in r]
+    shapes = sorted({r["shape"] for r in rows})
+    fig, axes = plt.subplots(len(shapes), 3, figsize=(13, 3.4 * len(shapes)), squeeze=False)
+    for i, shape in enumerate(shapes):
+        mine = [r for r in rows if r["shape"] == shape]
+        for j, key in enumerate(("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s")):
+            ax = axes[i][j]
+            ax.bar([r["runtime"] for r in mine], [r[key] for r in mine], color="tab:blue")
+            ax.set_title(f"{shape}: {key.replace('_tok_s', '')} (tok/s)", fontsize=9)
+            ax.tick_params(axis="x", labelsize=7, rotation=30)
+    return png_bytes(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="llama-3.2-1b,llama-3.1-8b")
+    parser.add_argument("--formats", default="fp8,int8_sq,int4_awq")
+    parser.add_argument("--prefill", type=int, default=2048)
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--calib", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("out/benchmarks/llm_runtime_gpu"))
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time each GEMM alone per kernel (the last shape's layer)")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("llm_runtime_gpu: no CUDA GPU visible; run it on a GPU machine")
+    result = run(args)
+    text = table(result)
+    print(text)
+    save_report(args.out, "llm_runtime_gpu", result, text, chart(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Format conformance of a TensorRT-LLM checkpoint: config keys, rank files, quantized tensors and scales.
+
+Checks what ``trtllm-build`` will rely on, so a bad export fails here (with one line) rather than on a GPU box.
+Also the HF-config facts a checkpoint must carry over (``rope_theta`` -> ``rotary_base``, ``rotary_scaling``),
+which ``llm_quant.export.checkpoints`` writes and this module checks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from llm_quant.calibration.exclusions import trtllm_patterns
+from llm_quant.export import sq_checkpoint
+from llm_quant.upstream import trtllm_facts
+from quant_common.errors import QuantError, require
+from quant_common.qformats import CHECKPOINT_TENSORS
+
+REQUIRED_KEYS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "hidden_act", "max_position_embeddings", "mapping", "quantization")
+# Linear layers of a TensorRT-LLM decoder layer; the tensors each quant_algo gives them are in quant_common.qformats.
+LINEARS = ("attention.qkv", "attention.dense", "mlp.fc", "mlp.gate", "mlp.proj")
+KV_TENSOR = "attention.kv_cache_scaling_factor"
+
+
+def rope_theta(hf_config: Any) -> float | None:
+    """rope_theta from a transformers 4 (``rope_theta``) or 5 (``rope_parameters``) config."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    if isinstance(params, dict) and params.get("rope_theta") is not None:
+        return float(params["rope_theta"])
+    value = getattr(hf_config, "rope_theta", None)
+    return float(value) if value is not None else None
+
+
+def rope_scaling(hf_config: Any) -> dict[str, Any] | None:
+    """TensorRT-LLM's ``rotary_scaling`` (type + factors) for non-default RoPE, else None."""
+    params = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    if not isinstance(params, dict):
+        return None
+    kind = params.get("rope_type") or params.get("type")
+    if not kind or kind == "default":
+        return None
+    scaling = {"type": kind}
+    scaling.update({k: v for k, v in params.items() if k not in {"rope_type", "type", "rope_theta"}})
+    return scaling
+
+
+def fix_layer_globs(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """modelopt writes ``transformer.layers.1*``, which fnmatch also matches for layers 10-19: make it exact."""
+    fixed, changes = [], []
+    for pattern in patterns:
+        match = re.fullmatch(r"(.*layers\.\d+)\*", pattern)
+        new = f"{match.group(1)}.*" if match else pattern
+        if new != pattern:
+            changes.append(f"exclude_modules {pattern} -> {new}")
+        if new not in fixed:
+            fixed.append(new)
+    return fixed, changes
+
+
+def is_excluded(name: str, exclude_modules: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude_modules)
+
+
+def _fail(folder: Path, problem: str) -> QuantError:
+    return QuantError(f"TensorRT-LLM checkpoint {folder} is malformed: {problem}",
+                      "this is an export bug; rerun with QUANT_DEBUG=1 and report it")
+
+
+def load_rank(folder: Path, rank: int) -> dict[str, Any]:
+    safetensors_torch = require("safetensors.torch", purpose="reading checkpoint weights")
+    return dict(safetensors_torch.load_file(str(folder / f"rank{rank}.safetensors")))
+
+
+def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None,
+                             expect_excluded: list[str] | None = None) -> dict[str, Any]:
+    """Raise on any conformance problem; return a summary (quant_algo, ranks, quantized layer count).
+
+    Linears matched by ``exclude_modules`` must be stored unquantized (checkpoint dtype, no scales);
+    ``expect_excluded`` (HF layer/linear names kept in higher precision) must each be in ``exclude_modules``."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise _fail(folder, f"config.json unreadable ({exc})") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise _fail(folder, f"config.json lacks {', '.join(missing)}")
+    mapping = config["mapping"]
+    world = int(mapping.get("world_size", 0))
+    if world != int(mapping.get("tp_size", 1)) * int(mapping.get("pp_size", 1)):
+        raise _fail(folder, f"mapping {mapping} has world_size != tp_size * pp_size")
+    ranks = sorted(folder.glob("rank*.safetensors"))
+    if len(ranks) != world or any(not (folder / f"rank{r}.safetensors").is_file() for r in range(world)):
+        raise _fail(folder, f"expected rank0..rank{world - 1}.safetensors, found {[p.name for p in ranks]}")
+    if hf_config is not None:
+        _check_against_hf(folder, config, hf_config)
+    quant = config["quantization"]
+    algo = quant.get("quant_algo")
+    excluded = list(quant.get("exclude_modules") or [])
+    weights = load_rank(folder, 0)
+    if algo:
+        _check_exclusions(folder, config, excluded, weights, expect_excluded or [])
+    quantized_layers = 0
+    if algo == sq_checkpoint.quant_algo():  # per-token SmoothQuant: its own fact table
+        quantized_layers = sq_checkpoint.verify_per_token(weights, config, lambda problem: _fail(folder, problem))
+        if quantized_layers == 0:
+            raise _fail(folder, f"quant_algo {algo} but no quantized linear layer in rank0")
+    elif algo in CHECKPOINT_TENSORS:
+        _check_group_size(folder, algo, quant.get("group_size"))
+        dtype, scales = CHECKPOINT_TENSORS[algo].weight_dtype, CHECKPOINT_TENSORS[algo].scales
+        if quant.get("pre_quant_scale"):  # TensorRT-LLM then creates (and requires) the AWQ pre-quant scales
+            scales = (*scales, "prequant_scaling_factor")
+        for layer in range(_layers_in_rank(config)):
+            for linear in LINEARS:
+                name = f"transformer.layers.{layer}.{linear}"
+                if f"{name}.weight" not in weights or is_excluded(name, excluded):
+                    continue
+                got = str(weights[f"{name}.weight"].dtype).removeprefix("torch.")
+                if got != dtype:
+                    raise _fail(folder, f"{name}.weight is {got}, {algo} needs {dtype}")
+                absent = [s for s in scales if f"{name}.{s}" not in weights]
+                if absent:
+                    raise _fail(folder, f"{name} lacks {', '.join(absent)} for {algo}")
+                quantized_layers += 1
+        if quantized_layers == 0:
+            raise _fail(folder, f"quant_algo {algo} but no quantized linear layer in rank0")
+    kv_algo = quant.get("kv_cache_quant_algo")
+    if kv_algo and not any(k.endswith(KV_TENSOR) for k in weights):
+        raise _fail(folder, f"kv_cache_quant_algo {kv_algo} but no {KV_TENSOR} tensors")
+    return {"quant_algo": algo, "kv_cache_quant_algo": kv_algo, "world_size": world,
+            "quantized_linears_rank0": quantized_layers, "exclude_modules": excluded}
+
+
+def _check_exclusions(folder: Path, config: dict[str, Any], excluded: list[str], weights: dict[str, Any],
+                      expected: list[str]) -> None:
+
+    missing = [p for p in trtllm_patterns(expected) if p not in excluded]
+    if missing:
+        raise _fail(folder, f"exclude_modules lacks {', '.join(missing)} (kept in higher precision)")
+    scale_suffixes = {s for row in CHECKPOINT_TENSORS.values() for s in row.scales} | {"prequant_scaling_factor"}
+    for layer in range(_layers_in_rank(config)):
+        for linear in LINEARS:
+            name = f"transformer.layers.{layer}.{linear}"
+            if f"{name}.weight" not in weights or not is_excluded(name, excluded):
+                continue
+            got = str(weights[f"{name}.weight"].dtype).removeprefix("torch.")
+            scales = sorted(s for s in scale_suffixes if f"{name}.{s}" in weights)
+            if got != config["dtype"] or scales:
+                raise _fail(folder, f"{name} is excluded from quantization but stored as {got}"
+                            + (f" with {', '.join(scales)}" if scales else ""))
+
+
+def _check_group_size(folder: Path, algo: str, group_size: Any) -> None:
+    """INT4 formats: the group size must be one TensorRT-LLM's kernels take for ``algo`` (trtllm_build.yaml)."""
+    try:
+        allowed = trtllm_facts().group_sizes_for(algo)
+    except KeyError:  # not a groupwise INT4 quant_algo
+        return
+    if group_size not in allowed:
+        raise _fail(folder, f"quantization.group_size {group_size} for {algo}; TensorRT-LLM takes "
+                            f"{' or '.join(map(str, allowed))}")
+
+
+def _layers_in_rank(config: dict[str, Any]) -> int:
+    pp = int(config["mapping"].get("pp_size", 1))
+    return -(-int(config["num_hidden_layers"]) // pp)
+
+
+def _check_against_hf(folder: Path, config: dict[str, Any], hf_config: Any) -> None:
+    pairs = {"vocab_size": "vocab_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+             "num_attention_heads": "num_attention_heads"}
+    for key, hf_key in pairs.items():
+        if getattr(hf_config, hf_key, None) is not None and config[key] != getattr(hf_config, hf_key):
+            raise _fail(folder, f"{key} {config[key]} != model's {getattr(hf_config, hf_key)}")
+    kv_heads = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+    if config["num_key_value_heads"] != kv_heads:
+        raise _fail(folder, f"num_key_value_heads {config['num_key_value_heads']} != model's {kv_heads}")
+    theta = rope_theta(hf_config)
+    if theta is not None and config.get("rotary_base") != theta:
+        raise _fail(folder, f"rotary_base {config.get('rotary_base')} != model's rope_theta {theta}")
