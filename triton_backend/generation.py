@@ -77,11 +77,11 @@ def batchable(options: Sequence[Sampling]) -> bool:
 
 def graph_decoder(model: Any, options: Sequence[Sampling]) -> Any:
     """The model's graph-captured greedy decoder (``llm_quant.runtime.cuda.decode``, attached on CUDA) when
-    every request is plain greedy decoding; None otherwise (sampling, penalties and word lists take transformers'
-    generate)."""
+    every request is plain greedy decoding; None otherwise (sampling, penalties, word lists and an embedding bias
+    take transformers' generate)."""
     decoder = getattr(model, "graph_decoder", None)
     plain = all(not o.sampling and o.repetition_penalty == 1.0 and o.min_tokens == 0 and not o.stop_words
-                and not o.bad_words for o in options)
+                and not o.bad_words and o.embedding_bias is None for o in options)  # a replayed graph has no hooks
     return decoder if plain else None
 
 
