@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from llm_quant.config import TrtllmBuildOptions
-from llm_quant.engine import trtllm_build_argv
+from llm_quant.export.engine import trtllm_build_argv
 from quant_common.errors import QuantError
 from triton_backend import config_pbtxt, engine_facts
 from triton_backend.repository import package_for_build
@@ -128,3 +128,17 @@ def test_engine_facts_cite_upstream():
     assert set(facts.logits_dtype.runtime_accepts) == set(facts.backend_logits.data_types)
     assert engine_facts.command_limits("trtllm-build --max_input_len 7 --max_seq_len 9") == (7, 9)
     assert engine_facts.command_limits(["trtllm-build", "--max_input_len", "7"]) is None
+
+
+def test_preset_triton_limits_above_the_engine_are_refused(tmp_path):
+    """The one source is trtllm_build's: a preset asking preprocessing to pass longer prompts is refused."""
+    import yaml
+
+    from llm_quant.model import presets
+
+    data = yaml.safe_load((presets.PRESET_DIR / "llama.yaml").read_text())
+    data.setdefault("triton", {})["max_input_len"] = data.get("trtllm_build", {}).get("max_input_len", 1024) + 1
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(QuantError, match="triton.max_input_len 1025 is above trtllm_build.max_input_len 1024"):
+        presets.read_preset(path)
