@@ -7,10 +7,10 @@ lines are TensorRT-LLM 1.2's own pins (llm_quant/upstream/trtllm_install.yaml).
 from __future__ import annotations
 
 import importlib
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from llm_quant.upstream.install import check_environment, install_table
 from quant_common.errors import QuantError

@@ -17,10 +17,9 @@ from llm_quant.calibration import calibrate
 from llm_quant.export.checkpoints import export_trtllm
 from llm_quant.export.verify import verify_trtllm_checkpoint
 from llm_quant.model import tiny
-from llm_quant.pipeline import build
+from llm_quant.pipeline import build, make_config
 from llm_quant.upstream.loader import loader_facts
 from quant_common.errors import QuantError
-from llm_quant.pipeline import make_config
 from tests.llm_quant.helpers import TINY_CALIB, TINY_EVAL, rank_weights, trt_config
 
 torch = pytest.importorskip("torch")
