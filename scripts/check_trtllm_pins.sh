@@ -17,4 +17,4 @@ print(env.nvidia_modelopt, env.transformers)")
 "$VENV/bin/python" -c "import modelopt, transformers; print('nvidia-modelopt', modelopt.__version__, 'transformers', transformers.__version__)"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -rfs tests/llm_quant/test_build.py tests/llm_quant/test_weight_only.py \
   tests/llm_quant/test_formats.py tests/llm_quant/test_exclusions.py tests/llm_quant/test_sq_per_token.py \
-  tests/llm_quant/test_trtllm_conformance.py tests/llm_quant/test_runtime.py "${@:2}"
+  tests/llm_quant/test_trtllm_conformance.py tests/llm_quant/test_runtime.py tests/llm_quant/test_install.py "${@:2}"
