@@ -74,8 +74,8 @@ def build_command(
     ov_weight_bits: Annotated[str | None, typer.Option(
         help="model.int8.ov.onnx weight bits: auto | 8 (exact only with VNNI) | 7 (for CPUs without VNNI)")] = None,
     trt_high_precision: Annotated[str | None, typer.Option(
-        help="model.int8.onnx unquantized layers: fp32 (default) | fp16 | auto (fp16 where the target TensorRT "
-             "builds strongly typed; measured less accurate under ONNX Runtime, see build.json)")] = None,
+        help="model.int8.onnx unquantized layers: auto (default: fp16 for TensorRT >= 10 targets, which build it "
+             "strongly typed) | fp16 | fp32")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the image subset and generated images")] = None,
     config: Annotated[str | None, typer.Option(help="Preset name or YAML file (default: yolov8)")] = None,
