@@ -25,6 +25,7 @@ from llm_quant.model.presets import available_presets, is_preset, load_preset, p
 from llm_quant.model.resolve import resolve_model
 from llm_quant.runtime import embedded
 from llm_quant.upstream import expected_algorithms, refuse_unsupported
+from llm_quant.upstream.install import check_environment
 from quant_common import qformats
 from quant_common.atomic import Staging, atomic_write_json, ensure_output_dir, staged_dir
 from quant_common.errors import QuantError
@@ -215,6 +216,7 @@ class BuildResult:
     quantized_weight_share: float = 0.0  # of decoder-linear parameters (1.0: uniform; lm_head not counted)
     held_out: dict[str, dict[str, Any]] = field(default_factory=dict)  # with --accuracy-budget: Δ per text
     exclusion_warning: str | None = None
+    install_warning: str | None = None  # TensorRT-LLM installed next to a modelopt/transformers pair not tested
     corrections: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: str = ""
@@ -235,6 +237,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     out = Path(cfg.out).resolve()
     checked = check_gpu(cfg)
     _check_out(out)
+    install_warning = check_environment()  # refuses, before calibration, a modelopt its TensorRT-LLM excludes
     timings = Timings()
     with timings.measure("data"):
         prep = prepare(cfg)
@@ -254,7 +257,8 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             trt = checkpoints.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
                                        decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
                                        tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
-                                       exclude_modules=exclude, sq_activations=cfg.sq_activations)
+                                       exclude_modules=exclude, sq_activations=cfg.sq_activations,
+                                       quant_algo=expected_algorithms(cfg.qformat, None, cfg.sq_activations)[0])
             _check_algorithms(trt["config"], cfg)
         hf_skip = hf_skip_reason(cfg)
         hf_export: dict[str, Any] = {"path": None, "ignore": [], "skipped": hf_skip}
@@ -284,6 +288,7 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             triton_repo=str(staging.final_path(triton_repo.path)), exclude_modules=exclude,
             linears_kept_high_precision=len(exclude), quantized_weight_share=round(quantized_weight_share(model), 6),
             held_out=held_out, exclusion_warning=_exclusion_warning(quant.get("quant_algo"), exclude),
+            install_warning=install_warning,
             corrections=trt["corrections"], timings=dict(timings), manifest=str(out / MANIFEST),
             sq_activations=cfg.sq_activations if qformats.qformat(cfg.qformat).smoothquant else None,
             smoothquant=sq_report.to_dict() if sq_report is not None else None)

@@ -167,6 +167,8 @@ def register(app: typer.Typer) -> None:
                          f"({row['tokens']} tokens)")
         if result.exclusion_warning:
             lines.append(f"warning          {result.exclusion_warning}")
+        if result.install_warning:
+            lines.append(f"warning          {result.install_warning}")
         if result.engine_status == "built":
             lines.append(f"engine           {result.engine}")
         else:
