@@ -398,7 +398,8 @@ class TrtRunner(Runner):
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorrt as trt
 
-        engine, context, torch, stream = self._require_engine(), self._context, self._torch, self._stream
+        self._require_engine()  # inside the context manager
+        context, torch, stream = self._context, self._torch, self._stream
         assert context is not None and stream is not None
         keep: list[Any] = []
         with torch.cuda.stream(stream):

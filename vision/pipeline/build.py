@@ -19,8 +19,8 @@ from quant_common.errors import QuantError
 from quant_common.manifest import Timings, package_versions, utc_now
 from vision.artifacts.cache import CalibrationCache, cache_facts, retarget, sidecar_path, write_cache
 from vision.artifacts.trtexec import TRTEXEC_ALGORITHM, TRTEXEC_CACHE, trtexec_lines
-from vision.backends.upstream import tensorrt_facts
 from vision.backends.select import select_backend, target_source
+from vision.backends.upstream import tensorrt_facts
 from vision.config import BUNDLED_MODEL, VisionConfig
 from vision.export_kinds import check_supported, end_to_end_tail, export_kind
 from vision.graph import float_compute_nodes
