@@ -56,15 +56,24 @@ def main() -> int:
     fp32 = rows[0]
     print(f"\n{Path(args.model).name}: {result.images} val images, {result.calib_images} calibration images, "
           f"{result.device}, threads={args.threads or 'auto'}")
-    print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}")
-    print(f"{'variant':<18}{'mAP50-95':>10}{'mAP50':>9}{'Δ50-95':>9}{'p50 ms':>10}{'FP32/INT8':>11}{'FP32 kept':>11}")
+    print(f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}; latencies: medians of one interleaved loop over every "
+          f"row and searched candidate ({args.iterations} rounds)")
+    width = max(len(row["variant"]) for row in rows) + 2
+    print(f"{'variant':<{width}}{'runtime':<13}{'mAP50-95':>9}{'mAP50':>8}{'Δ50-95':>8}{'p50 ms':>9}{'×FP32':>7}"
+          f"{'float':>7}  front")
     for row in rows:
         ratio = fp32["latency_ms"] / row["latency_ms"] if row["latency_ms"] else float("nan")
-        print(f"{row['variant']:<18}{row['map50_95']:>10.4f}{row['map50']:>9.4f}{row['delta_map50_95']:>+9.2f}"
-              f"{row['latency_ms']:>10.2f}{ratio:>10.2f}×{row['excluded_layers']:>11}")
-    print(f"mixed: {result.mixed['base_calibrator']} + {len(result.mixed['excluded'])} FP32 layer(s), "
-          f"Δ {result.mixed['delta']:.2f} pts, budget {result.mixed['budget']} "
-          f"{'met' if result.mixed['met'] else 'NOT met'}")
+        mark = "recommended" if row["recommended"] else "yes" if row["pareto"] else ""
+        print(f"{row['variant']:<{width}}{row['runtime']:<13}{row['map50_95']:>9.4f}{row['map50']:>8.4f}"
+              f"{row['delta_map50_95']:>+8.2f}{row['latency_ms']:>9.2f}{ratio:>6.2f}×{row['excluded_layers']:>7}  {mark}")
+    for runtime in ("onnxruntime", "openvino"):
+        search = result.mixed.get(runtime)
+        if search:
+            print(f"mixed on {runtime}: regions {search['regions'] or 'none'}, Δ {search['delta']:.2f} pts, budget "
+                  f"{search['budget']} {'met' if search['met'] else 'NOT met'}, {len(search['candidates']) - 1} "
+                  f"candidate(s): " + ", ".join(f"{len(c['regions'])} region(s) {c['delta']:.2f} pts "
+                                                 f"{c['latency_ms']:.1f} ms" for c in search["candidates"]))
+    print(f"recommended: {result.recommendation['variant']}: {result.recommendation['reason']}")
     print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
           + f", data generation {generated:.1f}")
     return 0

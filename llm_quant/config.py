@@ -87,6 +87,13 @@ class Preset(_Strict):
                                           self.triton.batching_strategy)
         if problem:
             raise ValueError(problem)
+        # The engine enforces the trtllm-build limits; a Triton limit above them lets preprocessing pass prompts
+        # the executor rejects (triton_backend.repository takes the engine's limits otherwise).
+        for name in ("max_input_len", "max_seq_len"):
+            triton, engine = getattr(self.triton, name), getattr(self.trtllm_build, name)
+            if triton is not None and triton > engine:
+                raise ValueError(f"triton.{name} {triton} is above trtllm_build.{name} {engine}, the engine's limit: "
+                                 f"lower it or raise trtllm_build.{name}")
         return self
 
 

@@ -26,6 +26,7 @@ from llm_quant.model.presets import available_presets, is_preset, load_preset, p
 from llm_quant.model.resolve import resolve_model
 from llm_quant.runtime import embedded
 from llm_quant.upstream import expected_algorithms, refuse_unsupported
+from llm_quant.upstream.install import check_environment
 from quant_common import qformats
 from quant_common.atomic import Staging, atomic_write_json, ensure_output_dir, staged_dir
 from quant_common.errors import QuantError
@@ -199,8 +200,9 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
                                  "raise the budget, or use --sq-activations per_tensor to keep linears in higher "
                                  "precision (HF checkpoint and embedded runtime)")
             del model
-    with timings.measure("calibrate"):
+    with timings.measure("load"):
         model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+    with timings.measure("calibrate"):
         model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, exclude_modules=exclude, **kwargs)
     return model, search
 
@@ -235,6 +237,7 @@ class BuildResult:
     calibration: dict[str, Any] = field(default_factory=dict)  # samples/tokens calibration actually consumed
     calib_stability: dict[str, Any] | None = None  # --calib-stability: amax spread per quantizer
     exclusion_warning: str | None = None
+    install_warning: str | None = None  # TensorRT-LLM installed next to a modelopt/transformers pair not tested
     corrections: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     manifest: str = ""
@@ -256,6 +259,7 @@ def build(cfg: BuildConfig, *, model_source: str = "", text_file: Path | None = 
     out = Path(cfg.out).resolve()
     checked = check_gpu(cfg)
     _check_out(out)
+    install_warning = check_environment()  # refuses, before calibration, a modelopt its TensorRT-LLM excludes
     timings = Timings()
     with timings.measure("data"):
         prep = prepare(cfg, text_file=text_file)
@@ -280,7 +284,8 @@ def build(cfg: BuildConfig, *, model_source: str = "", text_file: Path | None = 
             trt = checkpoints.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
                                        decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
                                        tp_size=cfg.parallel.tp_size, pp_size=cfg.parallel.pp_size,
-                                       exclude_modules=exclude, sq_activations=cfg.sq_activations)
+                                       exclude_modules=exclude, sq_activations=cfg.sq_activations,
+                                       quant_algo=expected_algorithms(cfg.qformat, None, cfg.sq_activations)[0])
             _check_algorithms(trt["config"], cfg)
         hf_skip = hf_skip_reason(cfg)
         hf_export: dict[str, Any] = {"path": None, "ignore": [], "skipped": hf_skip}
@@ -314,6 +319,7 @@ def build(cfg: BuildConfig, *, model_source: str = "", text_file: Path | None = 
             cfg.accuracy_budget is not None else None,
             search=search.summary(prep.texts["search"]) if search else None,
             calibration=prep.calib_counts, calib_stability=stability,
+            install_warning=install_warning,
             corrections=trt["corrections"], timings=dict(timings), manifest=str(out / MANIFEST),
             sq_activations=cfg.sq_activations if qformats.qformat(cfg.qformat).smoothquant else None,
             smoothquant=sq_report.to_dict() if sq_report is not None else None)

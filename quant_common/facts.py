@@ -30,8 +30,12 @@ class Source(BaseModel):
     commit: str | None = None
     line: str | None = None  # "412" or "410-415"
     pinned: bool = True  # False: read at an index/main commit, not at the release tag itself
+    # a versioned documentation page, where the source tree at that version could not be read (then pinned: false)
+    url: str | None = None
 
     def cite(self) -> str:
+        if self.url:
+            return f"{self.url} ({self.repo} documentation, not the source tree)"
         at = self.tag or (self.commit or "?")[:12]
         where = f"{self.path}:{self.line}" if self.line else self.path
         return f"{self.repo}@{at}/{where}" + ("" if self.pinned else " (not tag-pinned)")

@@ -33,7 +33,7 @@ class _Row(BaseModel):
 class CheckpointTensors(_Row):
     """What every quantized linear of a TensorRT-LLM checkpoint holds for one ``quant_algo``."""
 
-    weight_dtype: str = Field(description="safetensors dtype of the quantized weight")
+    weight_dtype: str = Field(description="safetensors dtype of the quantized weight; 'model': the checkpoint dtype")
     scales: tuple[str, ...] = Field(description="scale tensors beside it ('<linear>.<scale>')")
 
 
@@ -78,9 +78,15 @@ QFORMAT_ROWS: tuple[QFormat, ...] = (
             checkpoint=_INT8_WEIGHTS),
     QFormat(name="w4a8_awq", modelopt_cfg="W4A8_AWQ_BETA_CFG", quant_algo="W4A8_AWQ", int4_blocks=True,
             checkpoint=_INT8_WEIGHTS),
-    QFormat(name="int8_wo", modelopt_cfg="INT8_WEIGHT_ONLY_CFG", quant_algo="W8A16", checkpoint=_INT8_WEIGHTS),
+    # TensorRT-LLM quantizes W8A16 weights itself while loading and skips weights that are already int8, so the
+    # checkpoint carries them unquantized (llm_quant/upstream/trtllm_loader.yaml); the embedded runtime keeps
+    # modelopt's INT8 weight-only model.
+    QFormat(name="int8_wo", modelopt_cfg="INT8_WEIGHT_ONLY_CFG", quant_algo="W8A16",
+            checkpoint=CheckpointTensors(weight_dtype="model", scales=())),
     # modelopt exports INT4 weight-only as W4A16_AWQ without pre-quant scales (llm_quant.export.checkpoints
-    # corrects the flag)
+    # corrects the flag), which TensorRT-LLM loads as group-wise INT4 with pre_quant_scale false. (TensorRT-LLM's
+    # own flow labels int4_wo W4A16: per-channel INT4 it quantizes itself, another quantization than modelopt's
+    # blocks that the embedded runtime runs.)
     QFormat(name="int4_wo", modelopt_cfg="INT4_BLOCKWISE_WEIGHT_ONLY_CFG", quant_algo="W4A16_AWQ", int4_blocks=True,
             checkpoint=_INT8_WEIGHTS),
     QFormat(name="nvfp4", modelopt_cfg="NVFP4_DEFAULT_CFG", quant_algo="NVFP4", needs_cuda=True),

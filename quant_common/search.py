@@ -10,6 +10,7 @@ Whether a probe meets the budget is a rule of its own (``BUDGET_RULES``). A prob
 ``Estimate`` (``quant_common.uncertainty``: the loss with its 95 % interval); ``"ci"`` accepts a prefix only when the
 interval's upper end is within the budget -- the loss could be that large on the search split itself -- and
 ``"point"`` when the measured value is.
+``pareto_front`` then says which measured configurations are worth choosing when each also has a cost (latency).
 """
 
 from __future__ import annotations
@@ -118,3 +119,16 @@ def search_ranked_prefix(ranked: Sequence[str], measure: Callable[[list[str]], L
             return result(passing, True)
         failing = k
     return result(best[1], False)
+
+
+# -- comparing measured configurations ------------------------------------------------------------------------------
+# Kept apart from the budget search above: the search decides which candidates to measure, this says which of the
+# measured ones (from any source: uniform formats, runtimes, searched candidates) are worth choosing at all.
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, each point ``(loss, cost)`` with both to be minimised (e.g.
+    accuracy points below the reference and latency). A point is dominated by one that is no worse on both axes and
+    better on one; equal points are all kept. Indices are returned in input order."""
+    return [i for i, (loss, cost) in enumerate(points)
+            if not any((other_loss <= loss and other_cost <= cost) and (other_loss < loss or other_cost < cost)
+                       for other_loss, other_cost in points)]

@@ -19,7 +19,7 @@ LAZY_ALLOWED = {
     ("vision.data.synthetic", "quant_common.progress"),
 }
 # vision's stage chain, lowest first: a module may import its own stage or one below it, never one above.
-VISION_RANK = {"model": 0, "graph": 0, "data": 1, "backends": 2, "calibration": 3, "artifacts": 4,
+VISION_RANK = {"model": 0, "graph": 0, "regions": 0, "data": 1, "backends": 2, "calibration": 3, "artifacts": 4,
                "evaluation": 5, "serving": 6, "config": 7, "pipeline": 8, "cli": 9}
 # llm_quant's stage chain, lowest first. The fact tables (upstream) are read by every stage and the build
 # configuration by model, data and export, so both sit at the bottom; the runtime restores calibration's

@@ -66,7 +66,15 @@ def _model_problems(name: str, config: Any, fam: Family, pb2: Any) -> list[str]:
     for want in upstream.outputs:
         if want.name in outputs:
             problems += _tensor_problems(name, "output", want, outputs[want.name], pb2)
+        elif name in CLIENT_FACING:
+            problems.append(f"{name}: missing output {want.name!r} ({want.data_type} {want.dims}): upstream's clients "
+                            "that request it are refused by the server")
     return problems
+
+
+# Models clients call directly: every output upstream's clients may request must be declared (Triton refuses a
+# request for an undeclared output); a declared one the runtime does not fill is left out of the response.
+CLIENT_FACING = ("ensemble", "tensorrt_llm_bls")
 
 
 def _parameter_problems(config: Any, fam: Family) -> list[str]:

@@ -11,7 +11,8 @@ Semantics (as TensorRT-LLM): greedy unless ``top_k > 1`` or ``0 < top_p < 1``; `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ class Sampling:
     seed: int | None = None
     stop_words: Sequence[Sequence[int]] = field(default_factory=list)
     bad_words: Sequence[Sequence[int]] = field(default_factory=list)
+    # [vocab] values added to the logits before any other processing, as TensorRT-LLM's embedding_bias
+    embedding_bias: Sequence[float] | None = None
 
     @property
     def sampling(self) -> bool:
@@ -68,17 +71,17 @@ def batchable(options: Sequence[Sampling]) -> bool:
         return False
     first = options[0]
     key = (first.end_id, first.pad_id, first.repetition_penalty, first.min_tokens)
-    return all(not o.sampling and not o.stop_words and not o.bad_words
+    return all(not o.sampling and not o.stop_words and not o.bad_words and o.embedding_bias is None
                and (o.end_id, o.pad_id, o.repetition_penalty, o.min_tokens) == key for o in options)
 
 
 def graph_decoder(model: Any, options: Sequence[Sampling]) -> Any:
     """The model's graph-captured greedy decoder (``llm_quant.runtime.cuda.decode``, attached on CUDA) when
-    every request is plain greedy decoding; None otherwise (sampling, penalties and word lists take transformers'
-    generate)."""
+    every request is plain greedy decoding; None otherwise (sampling, penalties, word lists and an embedding bias
+    take transformers' generate)."""
     decoder = getattr(model, "graph_decoder", None)
     plain = all(not o.sampling and o.repetition_penalty == 1.0 and o.min_tokens == 0 and not o.stop_words
-                and not o.bad_words for o in options)
+                and not o.bad_words and o.embedding_bias is None for o in options)  # a replayed graph has no hooks
     return decoder if plain else None
 
 
@@ -183,6 +186,26 @@ def generate_batch(model: Any, prompts: Sequence[Sequence[int]], options: Sequen
     return results
 
 
+@contextlib.contextmanager
+def _logits_bias(model: Any, bias: Sequence[float] | None) -> Iterator[None]:
+    """Add ``bias`` to the model's logits (the output embedding's output) while generating: before repetition
+    penalty, temperature and top-k/top-p, as TensorRT-LLM applies its embedding_bias."""
+    if bias is None:
+        yield
+        return
+    import torch
+
+    head = model.get_output_embeddings()
+    if len(bias) != head.out_features:
+        raise ValueError(f"embedding_bias has {len(bias)} values but the model's vocabulary has {head.out_features}")
+    values = torch.as_tensor(list(bias), dtype=head.weight.dtype, device=head.weight.device)
+    handle = head.register_forward_hook(lambda module, args, output: output + values)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _generation_config(opts: Sampling) -> Any:
     from transformers import GenerationConfig
 
@@ -251,7 +274,7 @@ def generate_ids(model: Any, prompt_ids: Sequence[int], opts: Sampling,
     input_ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     if opts.sampling and opts.seed is not None:
         torch.manual_seed(int(opts.seed))
-    with torch.inference_mode():
+    with torch.inference_mode(), _logits_bias(model, opts.embedding_bias):
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),

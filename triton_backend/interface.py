@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from quant_common.errors import QuantError
 from quant_common.facts import Fact, load_table
+from triton_backend import engine_facts
 from triton_backend.config_pbtxt import Tensor
 from triton_backend.options import TritonOptions
 
@@ -114,7 +115,7 @@ def family_for_version(version: str) -> Family:
 
 def tensors(facts: list[TensorFact], opts: TritonOptions) -> tuple[Tensor, ...]:
     """Upstream tensors as we render them: same name, dtype, dims, optionality, reshape; templates filled."""
-    fill = {"logits_datatype": opts.logits_datatype,
+    fill = {"logits_datatype": opts.logits_datatype or engine_facts.default_logits_datatype(),
             "encoder_input_features_data_type": opts.encoder_input_features_data_type,
             # the ensemble that feeds it declares this input TYPE_FP16 (no template there)
             "prompt_embedding_table_data_type": "TYPE_FP16"}
@@ -138,15 +139,18 @@ NO_EFFECT_AT_BEAM_1 = ("len_penalty", "length_penalty", "early_stopping", "beam_
 # Inputs our python models implement, by model (our names; sampling names are mapped per family).
 HONOURED = {
     "tensorrt_llm": ("input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
-                     "bad_words_list", "temperature", "runtime_top_k", "runtime_top_p", "repetition_penalty",
-                     "min_tokens", "seed", "exclude_input_in_output", "streaming"),
-    "preprocessing": ("QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "END_ID", "PAD_ID"),
+                     "bad_words_list", "embedding_bias", "temperature", "runtime_top_k", "runtime_top_p",
+                     "repetition_penalty", "min_tokens", "seed", "exclude_input_in_output", "streaming"),
+    "preprocessing": ("QUERY", "REQUEST_OUTPUT_LEN", "BAD_WORDS_DICT", "STOP_WORDS_DICT", "EMBEDDING_BIAS_WORDS",
+                      "EMBEDDING_BIAS_WEIGHTS", "END_ID", "PAD_ID"),
 }
 
-# Our core model's outputs (the python runtime): upstream's first two, same dtype/dims.
-CORE_OUTPUTS = (Tensor("output_ids", I32, (-1, -1)), Tensor("sequence_length", I32, (-1,)))
+# Outputs of the core model that our python runtime fills; it declares all of upstream's (so the ensemble and BLS
+# expose them as upstream does) and, like the C++ backend for an output whose return_* flag is off, leaves the
+# others out of its responses. The flags that would ask for them are refused by name (NEUTRAL).
+PRODUCED_BY_PYTHON_CORE = ("output_ids", "sequence_length")
+TEXT_OUTPUT = "text_output"
 # The ensemble also returns how many tokens each response carries (tokens/s without re-tokenizing text).
-ENSEMBLE_OUTPUTS = (Tensor("text_output", BYTES, (-1,)),)
 ENSEMBLE_EXTRA_OUTPUTS = (Tensor("sequence_length", I32, (-1,)),)
 
 

@@ -11,11 +11,10 @@ import json
 
 from triton_backend.config_pbtxt import EnsembleStep, ModelSpec
 from triton_backend.interface import (
-    CORE_OUTPUTS,
     ENSEMBLE_EXTRA_OUTPUTS,
-    ENSEMBLE_OUTPUTS,
     LLMAPI_INPUTS,
     LLMAPI_OUTPUTS,
+    TEXT_OUTPUT,
     Family,
     tensors,
     unsupported_inputs,
@@ -25,7 +24,15 @@ from triton_backend.options import TritonOptions
 # Our preprocessing's outputs, as the core model's inputs (the ensemble's internal tensors).
 PRE_TO_CORE = {"INPUT_ID": "input_ids", "REQUEST_INPUT_LEN": "input_lengths",
                "REQUEST_OUTPUT_LEN": "request_output_len", "BAD_WORDS_IDS": "bad_words_list",
-               "STOP_WORDS_IDS": "stop_words_list", "OUT_END_ID": "end_id", "OUT_PAD_ID": "pad_id"}
+               "STOP_WORDS_IDS": "stop_words_list", "EMBEDDING_BIAS": "embedding_bias", "OUT_END_ID": "end_id",
+               "OUT_PAD_ID": "pad_id"}
+
+
+def passed_through(fam: Family, model: str) -> list[str]:
+    """Outputs of upstream's ``model`` (ensemble or BLS) that upstream takes from the core model's output of the
+    same name (log-probs, logits, indices, KV-cache and timing figures): everything but the text."""
+    core = {t.name for t in fam.models["tensorrt_llm"].outputs}
+    return [t.name for t in fam.models[model].outputs if t.name != TEXT_OUTPUT and t.name in core]
 
 
 def _json(value: object) -> str:
@@ -53,13 +60,14 @@ def tensorrt_llm_core(opts: TritonOptions, fam: Family, *, backend: str, paramet
         max_queue_delay_microseconds=opts.max_queue_delay_microseconds,
         max_queue_size=opts.max_queue_size,
         inputs=tensors(upstream.inputs, opts),
-        outputs=tensors(upstream.outputs, opts) if full else CORE_OUTPUTS,
+        outputs=tensors(upstream.outputs, opts),  # the python runtime leaves out what it cannot fill
         instance_count=1 if full else opts.model_instance_count,
         parameters=parameters,
     )
 
 
-def preprocessing(opts: TritonOptions, fam: Family, tokenizer_dir: str, max_input_len: int) -> ModelSpec:
+def preprocessing(opts: TritonOptions, fam: Family, tokenizer_dir: str, max_input_len: int,
+                  vocab_size: int | None = None) -> ModelSpec:
     outputs = {t.name: t for t in tensors(fam.models["preprocessing"].outputs, opts)}
     return ModelSpec(
         name="preprocessing",
@@ -72,7 +80,7 @@ def preprocessing(opts: TritonOptions, fam: Family, tokenizer_dir: str, max_inpu
         outputs=tuple(outputs[name] for name in PRE_TO_CORE),  # the ones we produce, as upstream declares them
         instance_count=opts.preprocessing_instance_count,
         parameters={"tokenizer_dir": tokenizer_dir, "add_special_tokens": opts.add_special_tokens,
-                    "max_input_len": max_input_len,
+                    "max_input_len": max_input_len, "vocab_size": vocab_size or 0,  # embedding_bias row length
                     "unsupported_inputs": _json(unsupported_inputs(fam, "preprocessing"))},
     )
 
@@ -98,18 +106,23 @@ def ensemble(opts: TritonOptions, fam: Family) -> ModelSpec:
     to_core = {step_input: name for name, (model, step_input) in upstream.routes.items() if model == "tensorrt_llm"}
     pre = EnsembleStep("preprocessing", input_map=to_pre,
                        output_map={out: f"_{out}" for out in PRE_TO_CORE})
+    through = passed_through(fam, "ensemble")
     core = EnsembleStep(
         "tensorrt_llm",
         input_map={**{core_input: f"_{out}" for out, core_input in PRE_TO_CORE.items()}, **to_core},
-        output_map={"output_ids": "_TOKENS_BATCH", "sequence_length": "sequence_length"},
+        output_map={"output_ids": "_TOKENS_BATCH", "sequence_length": "sequence_length",
+                    **{name: name for name in through}},
     )
     post = EnsembleStep(
         "postprocessing",
         input_map={"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "sequence_length"},
-        output_map={"OUTPUT": "text_output"},
+        output_map={"OUTPUT": TEXT_OUTPUT},
     )
+    # Upstream's outputs, routed as upstream routes them: the core's log-probs/logits/... reach the client whenever
+    # the core returns them (a step that leaves one out simply omits it from the ensemble's response).
+    outputs = tuple(t for t in tensors(upstream.outputs, opts) if t.name == TEXT_OUTPUT or t.name in through)
     return ModelSpec(name="ensemble", platform="ensemble", max_batch_size=opts.max_batch_size,
-                     inputs=tensors(upstream.inputs, opts), outputs=ENSEMBLE_OUTPUTS + ENSEMBLE_EXTRA_OUTPUTS,
+                     inputs=tensors(upstream.inputs, opts), outputs=outputs + ENSEMBLE_EXTRA_OUTPUTS,
                      steps=(pre, core, post))
 
 
@@ -125,11 +138,13 @@ def bls(opts: TritonOptions, fam: Family) -> ModelSpec:
         max_batch_size=opts.max_batch_size,
         decoupled=opts.decoupled,
         inputs=tensors(upstream.inputs, opts),
-        outputs=ENSEMBLE_OUTPUTS,
+        outputs=tuple(t for t in tensors(upstream.outputs, opts)
+                      if t.name == TEXT_OUTPUT or t.name in passed_through(fam, "tensorrt_llm_bls")),
         instance_count=opts.bls_instance_count,
         parameters={"default_max_tokens": opts.default_max_tokens, "logits_datatype": opts.logits_datatype,
                     "routes": _json({name: list(routes[name]) for name in names if name in routes}),
-                    "pre_to_core": _json(PRE_TO_CORE), "unsupported_inputs": _json(neutral)},
+                    "pre_to_core": _json(PRE_TO_CORE), "unsupported_inputs": _json(neutral),
+                    "passed_through": _json(passed_through(fam, "tensorrt_llm_bls"))},
     )
 
 

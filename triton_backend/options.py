@@ -30,7 +30,8 @@ class TritonOptions(BaseModel):
     enable_chunked_context: bool = False
     max_beam_width: int = Field(default=1, ge=1)
     exclude_input_in_output: bool = True
-    logits_datatype: DataType = "TYPE_FP32"
+    # None: the engine's logits dtype (the backend checks the two are equal, triton_backend.engine_facts)
+    logits_datatype: DataType | None = None
     encoder_input_features_data_type: DataType = "TYPE_FP16"
     preprocessing_instance_count: int = Field(default=1, ge=1)
     postprocessing_instance_count: int = Field(default=1, ge=1)

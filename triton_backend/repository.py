@@ -20,13 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from quant_common.atomic import Staging, atomic_write_json, atomic_write_text, staged_dir
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import package_versions, utc_now
-from triton_backend import config_pbtxt, executor, interface, layout, llmapi_support
+from triton_backend import config_pbtxt, engine_facts, executor, interface, layout, llmapi_support
 from triton_backend.options import RUNTIMES, Runtime, RuntimeChoice, TritonOptions
 from triton_backend.target import Target, choose_target
 
 MODELS_SOURCE = Path(__file__).resolve().parent / "models"
 EMBEDDED_FORMAT = "tq-embedded-v1"
 MANIFEST = "repository.json"  # beside the model folders; Triton only loads sub-directories
+BUILD_MANIFEST = "build.json"  # what llm-quant build writes into its output folder (the trtllm-build command)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "generation_config.json")
 
@@ -45,6 +46,9 @@ class RepositorySpec(BaseModel):
     trtllm_checkpoint_dir: Path | None = None  # recorded for provenance
     runtime_loader: str = "llm_quant.runtime:load_quantized"  # pytorch runtime: "module:function"
     trtllm_version: str | None = None  # --trtllm-version: the backend to render for (triton_backend.target)
+    # (max_input_len, max_seq_len) of the trtllm-build command that will build the engine: the limits the
+    # repository enforces for the tensorrtllm runtime while engine_dir has no config.json yet.
+    planned_engine_limits: tuple[int, int] | None = None
     # A build writes into a staging folder that is renamed when complete: absolute paths written into the
     # repository (engine_dir, the llmapi checkpoint) must name the final place, not the staging one.
     staging_root: Path | None = None
@@ -81,11 +85,8 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _model_limit(spec: RepositorySpec) -> tuple[int | None, int | None]:
-    """(max_input_len, max_seq_len) the model/engine itself allows, where it says."""
-    if spec.engine_dir is not None and (spec.engine_dir / "config.json").is_file():
-        build = _read_json(spec.engine_dir / "config.json", "engine config").get("build_config", {})
-        return build.get("max_input_len"), build.get("max_seq_len")
+def _model_config(spec: RepositorySpec) -> dict[str, Any] | None:
+    """The model's own config.json (the embedded runtime's base model, the HF or TensorRT-LLM checkpoint)."""
     candidates: list[Path] = []
     if spec.embedded_dir is not None:
         runtime = _read_json(spec.embedded_dir / "runtime.json", "embedded runtime description")
@@ -97,11 +98,36 @@ def _model_limit(spec: RepositorySpec) -> tuple[int | None, int | None]:
             candidates.append(folder / "config.json")
     for candidate in candidates:
         if candidate.is_file():
-            config = _read_json(candidate, "model config")
-            limit = config.get("max_position_embeddings")
-            if isinstance(limit, int) and limit > 1:
-                return None, limit
-    return None, None
+            return _read_json(candidate, "model config")
+    return None
+
+
+def _limits(spec: RepositorySpec) -> tuple[int, int]:
+    """(max_input_len, max_seq_len) the repository enforces: one source per runtime.
+
+    tensorrtllm: the engine's build_config, or before it is built the trtllm-build command that will build it (the
+    model's position limit is not it: the executor rejects what the engine was not built for). Other runtimes: the
+    model's ``max_position_embeddings``. Triton options may lower them, never raise them above an engine's."""
+    opts = spec.options
+    if spec.runtime == "tensorrtllm":
+        built = engine_facts.engine_limits(spec.engine_dir)
+        engine = built or spec.planned_engine_limits
+        if engine is None:
+            raise QuantError(f"engine directory {spec.engine_dir} has no config.json and no trtllm-build command is "
+                             "recorded for it, so the engine's max_input_len/max_seq_len are unknown",
+                             "build the engine first, or package the llm-quant build folder whose build.json "
+                             "prints its trtllm-build command")
+        where = "the engine" if built else "the trtllm-build command that will build the engine"
+        for name, value, limit in (("max_input_len", opts.max_input_len, engine[0]),
+                                   ("max_seq_len", opts.max_seq_len, engine[1])):
+            if value is not None and value > limit:
+                raise QuantError(f"triton.{name} {value} is above {where}'s {name} {limit}: the executor would "
+                                 "reject what preprocessing lets through", f"lower triton.{name} to at most {limit}")
+        max_seq_len = opts.max_seq_len or engine[1]
+        return opts.max_input_len or min(engine[0], max_seq_len - 1), max_seq_len
+    limit = (_model_config(spec) or {}).get("max_position_embeddings")
+    max_seq_len = opts.max_seq_len or (limit if isinstance(limit, int) and limit > 1 else 2048)
+    return opts.max_input_len or max_seq_len - 1, max_seq_len
 
 
 def _check_inputs(spec: RepositorySpec) -> list[str]:
@@ -177,10 +203,12 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
     """Write the repository for ``spec`` at ``out`` (replacing any previous one only when complete)."""
     out_path = Path(out)
     warnings = _check_inputs(spec)
-    opts = spec.options
-    model_input, model_seq = _model_limit(spec)
-    max_seq_len = opts.max_seq_len or model_seq or 2048
-    max_input_len = opts.max_input_len or model_input or max_seq_len - 1
+    max_input_len, max_seq_len = _limits(spec)
+    if spec.runtime == "tensorrtllm":
+        logits = engine_facts.logits_datatype(spec.engine_dir, spec.trtllm_checkpoint_dir, spec.options.logits_datatype)
+    else:  # no logits are returned by the other runtimes: the option, or the backend's default
+        logits = spec.options.logits_datatype or engine_facts.default_logits_datatype()
+    opts = spec.options.model_copy(update={"logits_datatype": logits})
     if max_input_len >= max_seq_len:
         raise QuantError(f"max_input_len {max_input_len} leaves no room to generate within max_seq_len {max_seq_len}",
                          "lower triton.max_input_len or raise triton.max_seq_len")
@@ -209,7 +237,9 @@ def package(spec: RepositorySpec, out: str | os.PathLike[str]) -> RepositoryResu
                 "batch_requests": opts.batch_requests,
             })
             code["tensorrt_llm"] = "tensorrt_llm_pytorch.py"
-        specs += [layout.preprocessing(opts, fam, tokenizer, max_input_len), core,
+        vocab = engine_facts.vocab_size(spec.engine_dir if spec.runtime == "tensorrtllm" else None,
+                                        spec.trtllm_checkpoint_dir, _model_config(spec))
+        specs += [layout.preprocessing(opts, fam, tokenizer, max_input_len, vocab), core,
                   layout.postprocessing(opts, fam, tokenizer), layout.ensemble(opts, fam), layout.bls(opts, fam)]
         code.update(preprocessing="preprocessing.py", postprocessing="postprocessing.py",
                     tensorrt_llm_bls="tensorrt_llm_bls.py")
@@ -274,6 +304,7 @@ def package_for_build(
     out: str | os.PathLike[str] | None = None,
     final_build_dir: str | os.PathLike[str] | None = None,
     trtllm_version: str | None = None,
+    planned_engine_limits: tuple[int, int] | None = None,
 ) -> RepositoryResult:
     """Package a ``llm-quant build`` output folder as ``<build_dir>/triton_repo`` (or ``out``).
 
@@ -282,7 +313,8 @@ def package_for_build(
     when ``engine_dir`` holds a built engine, else ``pytorch``. ``final_build_dir``: where ``build_dir`` will be
     once a build swaps its staging folder in (``llm-quant build`` passes it); absolute paths in the configs point
     there. ``trtllm_version``: the TensorRT-LLM backend to render for when none is installed or recorded in the
-    engine (``triton_backend.target``).
+    engine (``triton_backend.target``). ``planned_engine_limits``: (max_input_len, max_seq_len) of the trtllm-build
+    command that will build ``engine_dir`` (default: the command ``build.json`` records for that folder).
     """
     build = Path(build_dir)
     if not build.is_dir():
@@ -309,7 +341,23 @@ def package_for_build(
     )
     if final_build_dir is not None:
         spec.staging_root, spec.final_root = build, Path(final_build_dir)
+    if engine is not None:
+        spec.planned_engine_limits = planned_engine_limits or recorded_engine_limits(build, engine)
     return package(spec, Path(out) if out is not None else build / "triton_repo")
+
+
+def recorded_engine_limits(build_dir: Path, engine_dir: Path) -> tuple[int, int] | None:
+    """(max_input_len, max_seq_len) of the trtllm-build command ``llm-quant build`` recorded in ``build.json`` for
+    ``engine_dir`` (None: no build.json, or its command writes another folder)."""
+    path = build_dir / BUILD_MANIFEST
+    if not path.is_file():
+        return None
+    command = (_read_json(path, "build manifest").get("engine") or {}).get("command") or []
+    if not isinstance(command, list) or "--output_dir" not in command[:-1]:
+        return None
+    if Path(str(command[command.index("--output_dir") + 1])).resolve() != engine_dir.resolve():
+        return None
+    return engine_facts.command_limits([str(arg) for arg in command])
 
 
 def read_manifest(repo: str | os.PathLike[str]) -> dict[str, Any]:

@@ -70,21 +70,20 @@ class VisionConfig(BaseModel):
     # OpenVINO layout weight bits: 8 (exact with VNNI), 7 (u8 x s8 pairs stay below int16 on CPUs without VNNI,
     # where 8-bit weights saturate), auto = by this CPU (vision.artifacts.qdq_ov).
     ov_weight_bits: Literal["auto", "8", "7"] = "auto"
-    # TensorRT layout: the type of its unquantized layers. fp16 is what a strongly typed TensorRT >= 10 build needs
-    # to run them in FP16 (else FP32: INT8 slower than FP16, NVIDIA/TensorRT#993); auto = fp16 where the target
-    # builds strongly typed or the export is FP16. Default fp32: under ONNX Runtime the fp16 variant measured 69.7
-    # instead of 89.2 mAP50-95 on the bundled detector; the same model widened to FP32 arithmetic scored 89.7 (and no
-    # activation nears FP16's range), so the loss is ONNX Runtime's CPU FP16 arithmetic, but TensorRT's FP16 cannot be
-    # measured here. For TensorRT >= 10 deployments `auto` is the faster choice.
-    trt_high_precision: Literal["fp32", "fp16", "auto"] = "fp32"
-    # Accuracy-budgeted mixed precision: keep the most damaging layers in float until FP32 mAP50-95 minus INT8
-    # mAP50-95 (points) on `data`/`annotations` is within the budget.
+    # TensorRT layout: the type of its unquantized layers (vision.artifacts.qdq_trt.trt_float_dtype decides `auto`):
+    # fp16 where the target TensorRT builds it strongly typed (>= 10: FP32 there makes INT8 slower than FP16,
+    # NVIDIA/TensorRT#993) or the export is FP16, else fp32. Its accuracy is measured with the FP16 tensors emulated
+    # in FP32 arithmetic: ONNX Runtime's CPU FP16 kernels cost it ~20 mAP50-95 points that TensorRT's do not
+    # (docs/vision.md). fp32 keeps the float parts FP32.
+    trt_high_precision: Literal["fp32", "fp16", "auto"] = "auto"
+    # Accuracy-budgeted mixed precision: keep whole regions in float, chosen on mAP50-95 on `data`/`annotations` and
+    # on latency measured on each layout's runtime, until FP32 minus INT8 (points) is within the budget.
     accuracy_budget: float | None = Field(None, ge=0)
     data: Path | None = None
     annotations: Path | None = None
     budget_max_images: int | None = Field(100, ge=1)
     class_map: Path | None = None  # model class -> category id for `annotations` (see vision-quant eval)
-    sensitivity_images: int = Field(2, ge=1)
+    sensitivity_images: int = Field(8, ge=1)  # calibration images whose output SQNR prices each float region
     # A float-layer set meets the budget when the upper end of its mAP loss's 95 % interval (paired bootstrap over
     # the budget images) does ("ci"), or when the measured loss does ("point"); quant_common.search.BUDGET_RULES.
     budget_rule: Literal["ci", "point"] = "ci"

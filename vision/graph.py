@@ -185,3 +185,28 @@ def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto | None:
     del copy.graph.node[:]
     copy.graph.node.extend(ordered)
     return copy
+
+
+def float_compute_nodes(model: onnx.ModelProto, names: Iterable[str]) -> list[str]:
+    """The nodes of ``names`` that become a float-computing TensorRT layer, which precision constraints may pin to
+    FP32: not Constant nodes (the ONNX parser adds no layer for them: onnx-tensorrt ``ImporterContext::registerLayer``),
+    and only nodes reading a float tensor and writing float tensors. Integer and bool layers (shape math, an NMS
+    tail's indices and masks) are left alone: under OBEY a forced FP32 there fails the build or changes the result.
+    A tensor whose type cannot be inferred counts as not float."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = inferred.graph
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in [*graph.input, *graph.output, *graph.value_info] if vi.type.HasField("tensor_type")}
+    types.update({init.name: init.data_type for init in graph.initializer})
+    wanted = set(names)
+    result = []
+    for node in graph.node:
+        if node.name not in wanted or node.op_type == "Constant":
+            continue
+        outputs = [o for o in node.output if o]
+        if not outputs or any(types.get(o) not in _FLOAT_TYPES for o in outputs):
+            continue
+        if not any(types.get(i) in _FLOAT_TYPES for i in node.input if i):
+            continue
+        result.append(node.name)
+    return result

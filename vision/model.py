@@ -62,6 +62,16 @@ def read_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
                          "re-export the model or copy it again") from exc
 
 
+def carry_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> bool:
+    """Copy ``source``'s ``metadata_props`` (an Ultralytics export's names, imgsz, stride, task) into ``target``
+    where it lacks them (modelopt's writers drop them); True when anything was added."""
+    have = {prop.key for prop in target.metadata_props}
+    missing = [prop for prop in source.metadata_props if prop.key not in have]
+    for prop in missing:
+        target.metadata_props.add(key=prop.key, value=prop.value)
+    return bool(missing)
+
+
 def load_model(path: str | os.PathLike[str]) -> tuple[ModelInfo, onnx.ModelProto]:
     """Read ``path`` and check it is a complete ONNX model with exactly one NCHW image input.
 

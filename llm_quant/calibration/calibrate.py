@@ -91,25 +91,56 @@ def modelopt_config(qformat: str, *, kv_cache_dtype: str | None = None, smoothqu
         raise QuantError(f"--smoothquant-alpha applies to --qformat "
                          f"{qformats.either([r.name for r in qformats.QFORMAT_ROWS if r.smoothquant])} only", "drop it")
     mtq = require("modelopt.torch.quantization", purpose="LLM quantization", install=MODELOPT_INSTALL)
-    cfg = copy.deepcopy(getattr(mtq, str(row.modelopt_cfg)))
-    entries = cfg["quant_cfg"]  # modelopt's list form: later entries win
+    cfg = copy.deepcopy(_preset(mtq, str(row.modelopt_cfg), f"--qformat {qformat}"))
+    # modelopt 0.47 keeps quant_cfg as a list of {"quantizer_name", "cfg" | "enable"} entries; 0.37 (the one
+    # TensorRT-LLM 1.2 pins) as a {pattern: attributes} dict. Later entries win in both.
+    entries = cfg["quant_cfg"]
     if smoothquant_alpha is not None:
         cfg["algorithm"] = {"method": "smoothquant", "alpha": float(smoothquant_alpha)}
     if kv is not None:
         if kv.modelopt_cfg is not None:
-            entries.extend(copy.deepcopy(getattr(mtq, kv.modelopt_cfg)["quant_cfg"]))
-        entries.extend(copy.deepcopy(list(kv.quant_cfg)))
+            _add(entries, copy.deepcopy(_preset(mtq, kv.modelopt_cfg, f"--kv-cache-dtype {kv.name}")["quant_cfg"]))
+        _add(entries, copy.deepcopy(list(kv.quant_cfg)))
     if block_size is not None:
         _set_block_size(entries, block_size)
     for module in dict.fromkeys([*exclude_layers, *exclude_modules]):
-        entries.append({"quantizer_name": layer_pattern(module), "enable": False})
+        _add(entries, [{"quantizer_name": layer_pattern(module), "enable": False}])
     return cfg
 
 
-def _set_block_size(entries: list[dict[str, Any]], block_size: int) -> None:
+def _preset(mtq: Any, name: str, what: str) -> Any:
+    if not hasattr(mtq, name):
+        version = getattr(require("modelopt", purpose="LLM quantization"), "__version__", "?")
+        raise QuantError(f"{what} needs modelopt's {name}, which nvidia-modelopt {version} does not have",
+                         "choose another format or install a nvidia-modelopt that has it (0.47 does)")
+    return getattr(mtq, name)
+
+
+def _add(entries: list[dict[str, Any]] | dict[str, Any], new: list[dict[str, Any]] | dict[str, Any]) -> None:
+    """Append quant_cfg entries, whichever form (list or dict) modelopt uses for ``entries`` and ``new``."""
+    items = list(new.items()) if isinstance(new, dict) else [
+        (e["quantizer_name"], e["cfg"] if "cfg" in e else {"enable": e["enable"]}) for e in new]
+    for pattern, attributes in items:
+        if isinstance(entries, dict):
+            entries[pattern] = attributes
+        elif isinstance(attributes, dict) and set(attributes) == {"enable"}:
+            entries.append({"quantizer_name": pattern, "enable": attributes["enable"]})
+        else:
+            entries.append({"quantizer_name": pattern, "cfg": attributes})
+
+
+def quant_cfg_entries(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``cfg["quant_cfg"]`` as (pattern, attributes) pairs in order, whichever form this modelopt uses."""
+    entries = cfg["quant_cfg"]
+    if isinstance(entries, dict):
+        return list(entries.items())
+    return [(e["quantizer_name"], e["cfg"] if "cfg" in e else {"enable": e["enable"]}) for e in entries]
+
+
+def _set_block_size(entries: list[dict[str, Any]] | dict[str, Any], block_size: int) -> None:
     """INT4 group size along the input dimension (modelopt's default 128 does not divide e.g. hidden 576)."""
-    for entry in entries:
-        cfgs = entry.get("cfg")
+    attributes = list(entries.values()) if isinstance(entries, dict) else [e.get("cfg") for e in entries]
+    for cfgs in attributes:
         for cfg in cfgs if isinstance(cfgs, list) else [cfgs] if isinstance(cfgs, dict) else []:
             blocks = cfg.get("block_sizes")
             if isinstance(blocks, dict):

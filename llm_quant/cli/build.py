@@ -191,6 +191,8 @@ def register(app: typer.Typer) -> None:
                          f"{stab['plain_calibration_seconds']:.0f} s)")
         if result.exclusion_warning:
             lines.append(f"warning          {result.exclusion_warning}")
+        if result.install_warning:
+            lines.append(f"warning          {result.install_warning}")
         if result.engine_status == "built":
             lines.append(f"engine           {result.engine}")
         else:

@@ -9,16 +9,20 @@ staged and swapped in whole.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llm_quant.calibration.exclusions import hf_pattern, trtllm_patterns
 from llm_quant.export import sq_checkpoint, verify
 from llm_quant.export.verify import rope_scaling, rope_theta
+from llm_quant.upstream.loader import loader_exclude_modules, loader_quantizes
 from quant_common.atomic import atomic_write_json, staged_dir
 from quant_common.errors import QuantError, require
+from triton_backend.engine_facts import table as engine_table
 
 
 def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_modules: list[str]) -> list[str]:
@@ -38,6 +42,12 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_module
         # from_hugging_face sets; modelopt's export without TensorRT-LLM installed leaves it out.
         changes.append(f"qwen_type -> {model_type}")
         config["qwen_type"] = model_type
+    logits = engine_table().logits_dtype
+    if config.get("logits_dtype", logits.default) not in logits.runtime_accepts:
+        # modelopt writes the checkpoint dtype; TensorRT-LLM's runtime refuses to load bfloat16 logits
+        # (triton_backend/upstream/engine.yaml): its own default instead
+        changes.append(f"logits_dtype {config['logits_dtype']} -> {logits.default}")
+        config["logits_dtype"] = logits.default
     architectures = getattr(hf_config, "architectures", None) or []
     if not config.get("architecture") and architectures:
         changes.append(f"architecture -> {architectures[0]}")
@@ -54,17 +64,50 @@ def correct_trtllm_config(config: dict[str, Any], hf_config: Any, exclude_module
     return changes
 
 
+@contextlib.contextmanager
+def _weights_unquantized(model: Any, enabled: bool) -> Iterator[None]:
+    """While exporting, the weight quantizers that are on are switched off (the model itself is unchanged after)."""
+    switched = [module for name, module in model.named_modules()
+                if enabled and name.endswith("weight_quantizer") and getattr(module, "is_enabled", False)]
+    for quantizer in switched:
+        quantizer.disable()
+    try:
+        yield
+    finally:
+        for quantizer in switched:
+            quantizer.enable()
+
+
+def label_loader_quantized(config: dict[str, Any], quant_algo: str, exclude_modules: list[str]) -> list[str]:
+    """Label an unquantized export ``quant_algo`` (W8A16): TensorRT-LLM quantizes such weights while loading.
+    ``exclude_modules`` keeps TensorRT-LLM's defaults (a listed value replaces them) and names each linear kept in
+    higher precision by module and by weight (``llm_quant/upstream/trtllm_loader.yaml``)."""
+    quant = config.setdefault("quantization", {})
+    before = dict(quant)
+    quant["quant_algo"] = quant_algo
+    quant["exclude_modules"] = loader_exclude_modules(trtllm_patterns(exclude_modules))
+    for key in ("group_size", "has_zero_point", "pre_quant_scale"):
+        quant.pop(key, None)
+    return [f"quantization {before} -> {quant} (weights exported unquantized; TensorRT-LLM quantizes {quant_algo} "
+            "weights while loading)"]
+
+
 def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: str, dtype: str, tp_size: int,
-                  pp_size: int, exclude_modules: list[str], sq_activations: str = "per_tensor") -> dict[str, Any]:
+                  pp_size: int, exclude_modules: list[str], sq_activations: str = "per_tensor",
+                  quant_algo: str | None = None) -> dict[str, Any]:
     """modelopt's TensorRT-LLM export, corrected; ``sq_activations="per_token"`` rewrites its int8_sq output into
-    the per-token SmoothQuant checkpoint (``llm_quant.export.sq_checkpoint``)."""
+    the per-token SmoothQuant checkpoint (``llm_quant.export.sq_checkpoint``). ``quant_algo``: the qformat's; one
+    TensorRT-LLM quantizes itself while loading (W8A16) is exported with the weights unquantized and labelled so,
+    as TensorRT-LLM's own modelopt flow does ("Workaround for wo quantization")."""
     torch = require("torch", purpose="exporting the TensorRT-LLM checkpoint")
     export = require("modelopt.torch.export", purpose="exporting the TensorRT-LLM checkpoint")
+    by_loader = loader_quantizes(quant_algo)
     with staged_dir(out_dir) as tmp:
         try:
-            export.export_tensorrt_llm_checkpoint(model, decoder_type, getattr(torch, dtype), str(tmp),
-                                                  inference_tensor_parallel=tp_size,
-                                                  inference_pipeline_parallel=pp_size)
+            with _weights_unquantized(model, by_loader):
+                export.export_tensorrt_llm_checkpoint(model, decoder_type, getattr(torch, dtype), str(tmp),
+                                                      inference_tensor_parallel=tp_size,
+                                                      inference_pipeline_parallel=pp_size)
         except Exception as exc:  # noqa: BLE001 - unsupported decoder/parallel layout: one line
             raise QuantError(f"modelopt could not export a TensorRT-LLM checkpoint (decoder {decoder_type!r}, "
                              f"tp {tp_size}, pp {pp_size}): {exc.__class__.__name__}: "
@@ -74,6 +117,9 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
         config = json.loads(config_path.read_text())
         changes = correct_trtllm_config(config, hf_config, exclude_modules)
         changes += _correct_pre_quant_scale(config, tmp)
+        if by_loader:
+            assert quant_algo is not None
+            changes += label_loader_quantized(config, quant_algo, exclude_modules)
         atomic_write_json(config_path, config)
         if sq_activations == "per_token":
             changes += sq_checkpoint.to_per_token(tmp)
@@ -83,6 +129,9 @@ def export_trtllm(model: Any, hf_config: Any, out_dir: Path, *, decoder_type: st
             if rank_cfg.is_file():
                 rank_config = json.loads(rank_cfg.read_text())
                 correct_trtllm_config(rank_config, hf_config, exclude_modules)
+                if by_loader:
+                    assert quant_algo is not None
+                    label_loader_quantized(rank_config, quant_algo, exclude_modules)
                 atomic_write_json(rank_cfg, rank_config)
         verify.verify_trtllm_checkpoint(tmp, hf_config=hf_config, expect_excluded=exclude_modules)
     return {"path": str(out_dir), "corrections": changes, "config": config}

@@ -16,8 +16,10 @@ from typing import Any
 from llm_quant.calibration.exclusions import trtllm_patterns
 from llm_quant.export import sq_checkpoint
 from llm_quant.upstream import trtllm_facts
+from llm_quant.upstream.loader import loader_facts
 from quant_common.errors import QuantError, require
 from quant_common.qformats import CHECKPOINT_TENSORS
+from triton_backend.engine_facts import table as engine_table
 
 REQUIRED_KEYS = ("architecture", "dtype", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "hidden_act", "max_position_embeddings", "mapping", "quantization")
@@ -98,6 +100,10 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
         raise _fail(folder, f"expected rank0..rank{world - 1}.safetensors, found {[p.name for p in ranks]}")
     if hf_config is not None:
         _check_against_hf(folder, config, hf_config)
+    logits = engine_table().logits_dtype
+    if config.get("logits_dtype", logits.default) not in logits.runtime_accepts:
+        raise _fail(folder, f"logits_dtype {config['logits_dtype']}: TensorRT-LLM's runtime loads only "
+                            f"{' or '.join(logits.runtime_accepts)} logits ({logits.source.cite()})")
     quant = config["quantization"]
     algo = quant.get("quant_algo")
     excluded = list(quant.get("exclude_modules") or [])
@@ -112,8 +118,13 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
     elif algo in CHECKPOINT_TENSORS:
         _check_group_size(folder, algo, quant.get("group_size"))
         dtype, scales = CHECKPOINT_TENSORS[algo].weight_dtype, CHECKPOINT_TENSORS[algo].scales
+        dtype = config["dtype"] if dtype == "model" else dtype
         if quant.get("pre_quant_scale"):  # TensorRT-LLM then creates (and requires) the AWQ pre-quant scales
             scales = (*scales, "prequant_scaling_factor")
+        loader = loader_facts()
+        by_loader = algo in loader.loader_quantized.quant_algos
+        if by_loader:
+            _check_loader_exclusions(folder, algo, excluded)
         for layer in range(_layers_in_rank(config)):
             for linear in LINEARS:
                 name = f"transformer.layers.{layer}.{linear}"
@@ -121,10 +132,17 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
                     continue
                 got = str(weights[f"{name}.weight"].dtype).removeprefix("torch.")
                 if got != dtype:
-                    raise _fail(folder, f"{name}.weight is {got}, {algo} needs {dtype}")
+                    why = (" (TensorRT-LLM quantizes these weights itself while loading and skips int8 ones, "
+                           f"{loader.loader_quantized.source.cite()})" if by_loader else "")
+                    raise _fail(folder, f"{name}.weight is {got}, {algo} needs {dtype}{why}")
                 absent = [s for s in scales if f"{name}.{s}" not in weights]
                 if absent:
                     raise _fail(folder, f"{name} lacks {', '.join(absent)} for {algo}")
+                stray = [s for s in loader.loader_quantized.absent if by_loader and f"{name}.{s}" in weights]
+                if stray:
+                    raise _fail(folder, f"{name} carries {', '.join(stray)}, which {algo} does not take")
+                if algo in loader.groupwise.quant_algos:
+                    _check_groupwise(folder, name, weights, int(quant.get("group_size") or 0))
                 quantized_layers += 1
         if quantized_layers == 0:
             raise _fail(folder, f"quant_algo {algo} but no quantized linear layer in rank0")
@@ -152,6 +170,37 @@ def _check_exclusions(folder: Path, config: dict[str, Any], excluded: list[str],
             if got != config["dtype"] or scales:
                 raise _fail(folder, f"{name} is excluded from quantization but stored as {got}"
                             + (f" with {', '.join(scales)}" if scales else ""))
+
+
+def _check_loader_exclusions(folder: Path, algo: str, excluded: list[str]) -> None:
+    """A listed exclude_modules replaces TensorRT-LLM's defaults (the vocab embedding would be weight-only
+    quantized, wanting a per_token_scale nobody writes), and the loader matches weight names: a linear kept in
+    higher precision needs its ``.weight`` pattern too."""
+    facts = loader_facts().loader_quantized
+    if excluded:
+        lacking = [p for p in facts.exclude_modules_kept if p not in excluded]
+        if lacking:
+            raise _fail(folder, f"{algo} exclude_modules lacks {', '.join(lacking)}, which TensorRT-LLM's defaults "
+                                f"keep in higher precision ({facts.exclude_source.cite()})")
+    for pattern in excluded:
+        if re.search(r"layers\.\d+\.", pattern) and not pattern.endswith(("*", facts.weight_name_suffix)) and \
+                pattern + facts.weight_name_suffix not in excluded:
+            raise _fail(folder, f"{algo} exclude_modules has {pattern} but not {pattern}{facts.weight_name_suffix}: "
+                                f"TensorRT-LLM would quantize that weight ({facts.weight_name_source.cite()})")
+
+
+def _check_groupwise(folder: Path, name: str, weights: dict[str, Any], group_size: int) -> None:
+    """INT4 blocks as TensorRT-LLM's loader takes them: int8 [out/2, in] (two values per byte along the output),
+    scales [out, in/group] with out > in/group (the loader transposes them only then)."""
+    facts = loader_facts().groupwise
+    weight, scale = weights[f"{name}.weight"], weights[f"{name}.{facts.scale}"]
+    if scale.dim() != 2 or weight.dim() != 2 or group_size <= 0:
+        raise _fail(folder, f"{name}: weight {tuple(weight.shape)} / {facts.scale} {tuple(scale.shape)} are not 2-D")
+    out, groups = scale.shape
+    if tuple(weight.shape) != (out // 2, groups * group_size) or out % 2 or out <= groups:
+        raise _fail(folder, f"{name}: weight {tuple(weight.shape)} and {facts.scale} {tuple(scale.shape)} are not "
+                            f"[out/2, in] and [out, in/{group_size}] with out > in/{group_size} "
+                            f"({facts.source.cite()})")
 
 
 def _check_group_size(folder: Path, algo: str, group_size: Any) -> None:

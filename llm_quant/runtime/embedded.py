@@ -19,6 +19,7 @@ before relying on it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from importlib import metadata
@@ -103,6 +104,17 @@ def _changed_tensors(model: Any, base: _BaseWeights) -> tuple[list[str], dict[st
     return folded, overrides
 
 
+def _without_bound_methods(state: Any) -> Any:
+    """nvidia-modelopt 0.37 (TensorRT-LLM 1.2's pin) records a quantizer's instance attributes, the per-token
+    ``forward`` switch among them (``llm_quant.calibration.per_token``), which ``torch.load(weights_only=True)``
+    then refuses; 0.47 leaves it out. It is re-applied on load from runtime.json, so it is dropped here."""
+    if isinstance(state, dict):
+        return {k: _without_bound_methods(v) for k, v in state.items() if not inspect.ismethod(v)}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_without_bound_methods(v) for v in state)
+    return state
+
+
 def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Path, *, qformat: str,
                   dtype: str, kv_cache_dtype: str | None, exclude_modules: list[str],
                   sq_activations: str = "per_tensor") -> Path:
@@ -113,7 +125,7 @@ def save_embedded(model: Any, tokenizer: Any, base_model_dir: Path, out_dir: Pat
     folded, overrides = _changed_tensors(model, base_state)
     payload = {
         "format": FORMAT,
-        "modelopt_state": mto.modelopt_state(model),
+        "modelopt_state": _without_bound_methods(mto.modelopt_state(model)),
         "quantizer_tensors": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
                               if _is_quantizer_key(k)},
         "folded_weights": folded,

@@ -58,6 +58,8 @@ def test_trtllm_names_come_from_the_fact_table():
 
 
 def test_quantized_weight_share_counts_parameters(tiny_llama):
+    if not hasattr(pytest.importorskip("modelopt.torch.quantization"), "INT8_WEIGHT_ONLY_CFG"):
+        pytest.skip("this nvidia-modelopt has no INT8_WEIGHT_ONLY_CFG (0.37: int8_wo is refused in one line)")
     model = calibrate.quantize(calibrate.load_model(tiny_llama, dtype="float32", device="cpu"), "int8_wo",
                                _batches(tiny_llama))
     linears = exclusions.decoder_linears(model)
@@ -80,8 +82,8 @@ def test_quantized_weight_share_counts_parameters(tiny_llama):
 
 def test_modelopt_config_takes_linear_names():
     cfg = calibrate.modelopt_config("int8_sq", exclude_modules=[KEPT[-1]], exclude_layers=["model.layers.3"])
-    assert cfg["quant_cfg"][-2:] == [{"quantizer_name": "*model.layers.3.*", "enable": False},
-                                     {"quantizer_name": "*model.layers.1.mlp.down_proj.*", "enable": False}]
+    assert calibrate.quant_cfg_entries(cfg)[-2:] == [("*model.layers.3.*", {"enable": False}),
+                                                     ("*model.layers.1.mlp.down_proj.*", {"enable": False})]
 
 
 def test_linear_exclusions_reach_every_artifact(tiny_llama, tmp_path, monkeypatch):

@@ -29,9 +29,16 @@ def test_rows_are_unique_and_consistent():
 
 
 def test_every_row_names_a_config_of_the_installed_modelopt():
+    """Each row's config exists in the installed modelopt, or the format is refused in one line naming the version
+    (nvidia-modelopt 0.37, TensorRT-LLM 1.2's pin, has no INT8_WEIGHT_ONLY_CFG)."""
     mtq = pytest.importorskip("modelopt.torch.quantization")
-    for name in [r.modelopt_cfg for r in qformats.QFORMAT_ROWS if r.modelopt_cfg] + [
-            r.modelopt_cfg for r in qformats.KV_ROWS if r.modelopt_cfg]:
+    for row in qformats.QFORMAT_ROWS:
+        if row.modelopt_cfg and not hasattr(mtq, row.modelopt_cfg):
+            with pytest.raises(QuantError, match=f"needs modelopt's {row.modelopt_cfg}, which nvidia-modelopt"):
+                calibrate.modelopt_config(row.name)
+            continue
+        assert row.modelopt_cfg is None or isinstance(getattr(mtq, row.modelopt_cfg), dict), row.name
+    for name in [r.modelopt_cfg for r in qformats.KV_ROWS if r.modelopt_cfg]:
         assert isinstance(getattr(mtq, name, None), dict), name
 
 
@@ -73,15 +80,15 @@ def test_modelopt_config_from_the_rows():
         calibrate.modelopt_config("fp8", smoothquant_alpha=0.5)
     sq = calibrate.modelopt_config("int8_sq", smoothquant_alpha=0.6, exclude_layers=["model.layers.3"])
     assert sq["algorithm"] == {"method": "smoothquant", "alpha": 0.6}
-    assert sq["quant_cfg"][-1] == {"quantizer_name": "*model.layers.3.*", "enable": False}
-    plain = calibrate.modelopt_config("int8_sq")
+    assert calibrate.quant_cfg_entries(sq)[-1] == ("*model.layers.3.*", {"enable": False})
+    plain = calibrate.quant_cfg_entries(calibrate.modelopt_config("int8_sq"))
     for kv in qformats.KV_ROWS:
-        with_kv = calibrate.modelopt_config("int8_sq", kv_cache_dtype=kv.name)
-        added = with_kv["quant_cfg"][len(plain["quant_cfg"]):]
-        assert added and all("bmm_quantizer" in str(entry.get("quantizer_name")) for entry in added), kv.name
+        with_kv = calibrate.quant_cfg_entries(calibrate.modelopt_config("int8_sq", kv_cache_dtype=kv.name))
+        added = [entry for entry in with_kv if entry not in plain]
+        assert added and all("bmm_quantizer" in pattern for pattern, _ in added), kv.name
     int4 = calibrate.modelopt_config("int4_wo", block_size=64)
-    blocks = [c.get("block_sizes") for e in int4["quant_cfg"] for c in (
-        e.get("cfg") if isinstance(e.get("cfg"), list) else [e.get("cfg") or {}])]
+    blocks = [c.get("block_sizes") for _, attrs in calibrate.quant_cfg_entries(int4)
+              for c in (attrs if isinstance(attrs, list) else [attrs or {}])]
     assert any(b and (b.get(-1) == 64 or b.get("-1") == 64) for b in blocks)
 
 

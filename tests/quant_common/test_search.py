@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quant_common.errors import QuantError
-from quant_common.search import prefix_sizes, search_ranked_prefix, within_budget
+from quant_common.search import pareto_front, prefix_sizes, search_ranked_prefix, within_budget
 from quant_common.uncertainty import Estimate
 
 NAMES = [f"layer{i}" for i in range(20)]
@@ -99,3 +99,10 @@ def test_unknown_rule_is_refused_before_any_probe():
     with pytest.raises(QuantError, match="budget rule"):
         search_ranked_prefix(NAMES, measure, budget=1.0, rule="mean")
     assert calls == []
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    # (loss, cost): the second is dominated by the first (worse loss, same cost), the fourth by the third
+    points = [(0.2, 10.0), (0.5, 10.0), (0.0, 30.0), (0.1, 31.0), (0.9, 5.0), (0.9, 5.0)]
+    assert pareto_front(points) == [0, 2, 4, 5]  # equal points are both kept
+    assert pareto_front([]) == [] and pareto_front([(1.0, 1.0)]) == [0]

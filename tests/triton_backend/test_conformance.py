@@ -61,6 +61,11 @@ def _assert_satisfies(repo, fam, tokenizer):
             assert list(got.dims) == want.dims, (name, want.name)
             assert got.optional == want.optional, (name, want.name)
             assert (list(got.reshape.shape) if got.HasField("reshape") else None) == want.reshape, (name, want.name)
+    for name in conformance.CLIENT_FACING:  # item 21.12: a client may ask for any of upstream's outputs
+        outputs = {t.name: t for t in configs[name].output}
+        for want in fam.models[name].outputs:
+            assert want.name in outputs, (name, want.name)
+            assert list(outputs[want.name].dims) == want.dims, (name, want.name)
     core = configs["tensorrt_llm"]
     if core.backend == "tensorrtllm":
         params = config_pbtxt.parameters_of(core)

@@ -49,7 +49,7 @@ def test_v1_batching_is_flagged_when_packaged(tmp_path):
     engine = tmp_path / "engine"
     engine.mkdir()
     spec = RepositorySpec(runtime="tensorrtllm", tokenizer_dir=tokenizer, engine_dir=engine,
-                          options=TritonOptions(batching_strategy="V1"))
+                          options=TritonOptions(batching_strategy="V1"), planned_engine_limits=(100, 200))
     result = package(spec, tmp_path / "repo")
     assert any("Static batching type is deprecated" in w and "inflight_fused_batching" in w for w in result.warnings)
     spec.options = TritonOptions()

@@ -11,6 +11,7 @@ import yaml
 
 from quant_common.errors import QuantError
 from triton_backend import config_pbtxt
+from triton_backend.interface import default_family
 from triton_backend.options import TritonOptions
 from triton_backend.repository import package_for_build
 
@@ -19,11 +20,14 @@ def _configs(repo):
     return {p.parent.name: config_pbtxt.load(p) for p in sorted(repo.glob("*/config.pbtxt"))}
 
 
-def _engine_dir(tmp_path):
-    # What trtllm-build writes next to the engine files: config.json with the build limits.
+def _engine_dir(tmp_path, logits_dtype=None):
+    # What trtllm-build writes next to the engine files: config.json with the build limits (and logits dtype).
     engine = tmp_path / "engine"
     engine.mkdir()
-    (engine / "config.json").write_text(json.dumps({"build_config": {"max_input_len": 100, "max_seq_len": 200}}))
+    config = {"build_config": {"max_input_len": 100, "max_seq_len": 200}, "pretrained_config": {"vocab_size": 384}}
+    if logits_dtype:
+        config["pretrained_config"]["logits_dtype"] = logits_dtype
+    (engine / "config.json").write_text(json.dumps(config))
     return engine
 
 
@@ -37,7 +41,8 @@ def test_pytorch_repository_shape(tiny_build, tmp_path):
     inputs = {t.name for t in core.input}
     assert {"input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "temperature",
             "runtime_top_k", "runtime_top_p", "seed", "streaming"} <= inputs
-    assert {t.name for t in core.output} == {"output_ids", "sequence_length"}
+    # upstream's outputs, so the ensemble routes them as upstream does; this runtime fills the first two
+    assert {t.name for t in core.output} == {t.name for t in default_family().models["tensorrt_llm"].outputs}
     assert (result.path / "tensorrt_llm" / "1" / "model.py").is_file()
     assert config_pbtxt.parameters_of(core)["batch_requests"] == "true"
     # The model's limit (max_position_embeddings 256 of the tiny model) reaches the preprocessing model.
@@ -53,9 +58,9 @@ def test_pytorch_repository_shape(tiny_build, tmp_path):
 
 
 def test_tensorrtllm_config_has_every_mandatory_parameter(tiny_build, tmp_path):
-    engine = _engine_dir(tmp_path)
+    engine = _engine_dir(tmp_path, logits_dtype="float16")
     opts = TritonOptions(max_batch_size=16, max_queue_delay_microseconds=100, max_queue_size=32,
-                         kv_cache_free_gpu_mem_fraction=0.8, logits_datatype="TYPE_FP16")
+                         kv_cache_free_gpu_mem_fraction=0.8)
     result = package_for_build(tiny_build, options=opts, engine_dir=engine, out=tmp_path / "repo")
     assert result.runtime == "tensorrtllm"  # auto: an engine is there
     assert (result.max_input_len, result.max_seq_len) == (100, 200)
@@ -72,7 +77,7 @@ def test_tensorrtllm_config_has_every_mandatory_parameter(tiny_build, tmp_path):
     from tritonclient.grpc import model_config_pb2 as pb
 
     assert types["encoder_input_features"] == pb.TYPE_FP16  # encoder_input_features_data_type
-    assert types["context_logits"] == types["generation_logits"] == pb.TYPE_FP16  # logits_datatype
+    assert types["context_logits"] == types["generation_logits"] == pb.TYPE_FP16  # logits_datatype: the engine's
     assert params["kv_cache_free_gpu_mem_fraction"] == "0.8"
     assert params["max_beam_width"] == "1" and params["exclude_input_in_output"] == "true"
     assert not (result.path / "tensorrt_llm" / "1" / "model.py").exists()  # the C++ backend runs it

@@ -184,7 +184,7 @@ def test_serve_rejects_taken_port(server, tiny_repo):
     assert server["process"].poll() is None and os.path.exists(tiny_repo)
 
 
-def _upstream_client_request(url, model, prompt, max_tokens, *, stream, **extra):
+def _upstream_client_request(url, model, prompt, max_tokens, *, stream, outputs=("text_output",), **extra):
     """What tensorrtllm_backend v0.19.0's end_to_end_grpc_client.py sends (prepare_inputs: text_input, max_tokens,
     stream, beam_width, temperature, exclude_input_in_output always) over the gRPC stream; returns its replies."""
     import queue
@@ -197,7 +197,8 @@ def _upstream_client_request(url, model, prompt, max_tokens, *, stream, **extra)
               "max_tokens": np.array([[max_tokens]], dtype=np.int32), "stream": np.array([[stream]], dtype=bool),
               "beam_width": np.array([[1]], dtype=np.int32), "temperature": np.array([[1.0]], dtype=np.float32),
               "exclude_input_in_output": np.array([[True]], dtype=bool)}
-    values.update({name: np.array([[value]], dtype=type(value) if not isinstance(value, int) else np.int32)
+    values.update({name: value if isinstance(value, np.ndarray) else
+                   np.array([[value]], dtype=type(value) if not isinstance(value, int) else np.int32)
                    for name, value in extra.items()})
     inputs = []
     for name, array in values.items():
@@ -208,7 +209,7 @@ def _upstream_client_request(url, model, prompt, max_tokens, *, stream, **extra)
     replies: queue.Queue = queue.Queue()
     client = grpcclient.InferenceServerClient(url)
     client.start_stream(callback=lambda result, error: replies.put(error or result))
-    client.async_stream_infer(model, inputs, outputs=[grpcclient.InferRequestedOutput("text_output")])
+    client.async_stream_infer(model, inputs, outputs=[grpcclient.InferRequestedOutput(name) for name in outputs])
     client.stop_stream()
     client.close()
     return [replies.get() for _ in range(replies.qsize())]
@@ -229,4 +230,74 @@ def test_upstream_client_inputs_get_text_or_one_clear_line(server, reference):
         refused = _upstream_client_request(server["grpc"], model, PROMPTS[1], 6, stream=False,
                                            num_return_sequences=3)
         assert "num_return_sequences=3 is not supported" in str(refused[0])
+    _still_serving(server)
+
+
+@pytest.fixture(scope="module")
+def biased_reference(tiny_repo):
+    """Greedy generation with a bias added to every step's logits through transformers' own logits-processor
+    hook (not the runtime's code): what TensorRT-LLM's embedding_bias does."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    model, tokenizer = load_quantized(tiny_repo.parent / "embedded")
+
+    class AddBias(LogitsProcessor):
+        def __init__(self, bias):
+            self.bias = bias
+
+        def __call__(self, input_ids, scores):
+            return scores + self.bias
+
+    def complete(prompt, max_tokens, word, weight):
+        bias = torch.zeros(model.config.vocab_size)
+        bias[tokenizer.encode(word, add_special_tokens=False)] += weight
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                 do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id, logits_processor=LogitsProcessorList([AddBias(bias)]))
+        new = out[0, ids.shape[1]:].tolist()
+        if tokenizer.eos_token_id in new:
+            new = new[: new.index(tokenizer.eos_token_id)]
+        return tokenizer.decode(new, skip_special_tokens=True)
+
+    return complete
+
+
+def test_upstream_outputs_and_embedding_bias(server, reference, biased_reference):
+    """Item 21.12: the ensemble and BLS declare upstream's outputs (a client asking for cum_log_probs is served;
+    the output is left out, as upstream's backend does while return_log_probs is off); asking this runtime to
+    fill them is refused by name; embedding_bias_words/weights reach the runtime."""
+    import numpy as np
+
+    expected, _ = reference(PROMPTS[1], 6)
+    for model in ("ensemble", "tensorrt_llm_bls"):
+        replies = _upstream_client_request(server["grpc"], model, PROMPTS[1], 6, stream=False,
+                                           outputs=("text_output", "cum_log_probs", "output_log_probs",
+                                                    "context_logits", "generation_logits"))
+        texts = [r.as_numpy("text_output") for r in replies if not isinstance(r, Exception)
+                 and r.as_numpy("text_output") is not None]
+        assert "".join(t[0].decode() for t in texts) == expected, (model, replies)
+        assert all(r.as_numpy("cum_log_probs") is None for r in replies)
+        refused = _upstream_client_request(server["grpc"], model, PROMPTS[1], 6, stream=False,
+                                           return_log_probs=np.array([[True]]))
+        assert "input return_log_probs=True is not supported by" in str(refused[0])
+    word, weight = "class", 40.0
+    biased = biased_reference(PROMPTS[0], 8, word, weight)
+    assert biased != reference(PROMPTS[0], 8)[0]  # the bias changes the answer
+    reply = requests.post(f"http://{server['http']}/v2/models/ensemble/generate", timeout=60, json={
+        "text_input": PROMPTS[0], "max_tokens": 8, "embedding_bias_words": [word], "embedding_bias_weights": [weight]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["text_output"] == biased
+    replies = _upstream_client_request(server["grpc"], "tensorrt_llm_bls", PROMPTS[0], 8, stream=True,
+                                       embedding_bias_words=np.array([[word.encode()]], dtype=object),
+                                       embedding_bias_weights=np.array([[weight]], dtype=np.float32))
+    assert "".join(r.as_numpy("text_output")[0].decode() for r in replies
+                   if r.as_numpy("text_output") is not None) == biased
+    mismatched = requests.post(f"http://{server['http']}/v2/models/ensemble/generate", timeout=60, json={
+        "text_input": PROMPTS[0], "max_tokens": 4, "embedding_bias_words": [word, "def"],
+        "embedding_bias_weights": [weight]})
+    assert mismatched.status_code >= 400
+    assert "embedding_bias_words has 2 entries but embedding_bias_weights has 1" in mismatched.json()["error"]
     _still_serving(server)

@@ -56,6 +56,8 @@ class TritonPythonModel:
         self.tokenizer = AutoTokenizer.from_pretrained(_resolve(params["tokenizer_dir"], args))
         self.add_special_tokens = params.get("add_special_tokens", "true").lower() == "true"
         self.max_input_len = int(params.get("max_input_len", "0")) or None
+        # an embedding_bias row must be as long as the model's vocabulary (the engine checks it)
+        self.vocab_size = int(params.get("vocab_size", "0")) or len(self.tokenizer)
         self.unsupported = json.loads(params.get("unsupported_inputs", "{}"))
         self.end_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
@@ -91,6 +93,33 @@ class TritonPythonModel:
             out[index, 1, : len(offsets)] = offsets
         return out
 
+    def _embedding_bias(self, words, weights, batch):
+        """EMBEDDING_BIAS_WORDS/WEIGHTS -> [batch, vocab] float32: every token of each word gets += its weight (as
+        upstream's preprocessing; words are tokenized without special tokens). None of them: [batch, 0], which the
+        backend reads as no bias."""
+        if words is not None and weights is None and all(_text(v) == "" for v in np.asarray(words).reshape(-1)):
+            words = None  # empty strings, as clients send for "no words"
+        if words is None and weights is None:
+            return np.zeros((batch, 0), dtype=np.float32)
+        if words is None or weights is None:
+            given, missing = ("embedding_bias_words", "embedding_bias_weights") if weights is None else (
+                "embedding_bias_weights", "embedding_bias_words")
+            raise ValueError(f"{given} needs {missing}: send one weight per word")
+        bias = np.zeros((batch, self.vocab_size), dtype=np.float32)
+        for row in range(batch):
+            row_words = [_text(v) for v in np.asarray(words[row]).reshape(-1)]
+            row_weights = [float(v) for v in np.asarray(weights[row]).reshape(-1)]
+            if len(row_words) != len(row_weights):
+                raise ValueError(f"embedding_bias_words has {len(row_words)} entries but embedding_bias_weights has "
+                                 f"{len(row_weights)}: send one weight per word")
+            for word, weight in zip(row_words, row_weights, strict=True):
+                for token in self.tokenizer.encode(word, add_special_tokens=False) if word else []:
+                    if token >= self.vocab_size:
+                        raise ValueError(f"embedding bias word {word!r} has token {token}, outside the model's "
+                                         f"vocabulary of {self.vocab_size}")
+                    bias[row, token] += weight
+        return bias
+
     def _one(self, request):
         _refuse_unsupported(request, self.unsupported, "this repository's preprocessing")
         query = pb_utils.get_input_tensor_by_name(request, "QUERY").as_numpy()
@@ -123,6 +152,8 @@ class TritonPythonModel:
             pb_utils.Tensor("REQUEST_INPUT_LEN", lengths),
             pb_utils.Tensor("BAD_WORDS_IDS", self._words(_optional(request, "BAD_WORDS_DICT"), batch)),
             pb_utils.Tensor("STOP_WORDS_IDS", self._words(_optional(request, "STOP_WORDS_DICT"), batch)),
+            pb_utils.Tensor("EMBEDDING_BIAS", self._embedding_bias(_optional(request, "EMBEDDING_BIAS_WORDS"),
+                                                                   _optional(request, "EMBEDDING_BIAS_WEIGHTS"), batch)),
             pb_utils.Tensor("REQUEST_OUTPUT_LEN", output_len.astype(np.int32)),
             pb_utils.Tensor("OUT_END_ID", end),
             pb_utils.Tensor("OUT_PAD_ID", pad),

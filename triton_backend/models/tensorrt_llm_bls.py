@@ -40,16 +40,18 @@ class TritonPythonModel:
         self.pre_to_core = json.loads(params["pre_to_core"])
         self.unsupported = json.loads(params.get("unsupported_inputs", "{}"))
         self.stream_input = next(name for name, (model, target) in self.routes.items() if target == "streaming")
+        # core outputs upstream's BLS returns under the same name (log-probs, logits, ...): forwarded when present
+        self.passed_through = json.loads(params.get("passed_through", "[]"))
 
     def execute(self, requests):
         responses = []
         for request in requests:
             sender = request.get_response_sender() if self.decoupled else None
             try:
-                texts = self._run(request, sender)
-                response = pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("text_output", np.array(["".join(texts).encode("utf-8")], dtype=object))
-                ]) if texts is not None else None
+                result = self._run(request, sender)
+                response = None if result is None else pb_utils.InferenceResponse(output_tensors=[
+                    pb_utils.Tensor("text_output", np.array(["".join(result[0]).encode("utf-8")], dtype=object)),
+                    *result[1]])
             except Exception as exc:  # noqa: BLE001 - report to the client, keep serving
                 response = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
             if sender is None:
@@ -87,9 +89,10 @@ class TritonPythonModel:
         if streaming and sender is None:
             raise ValueError("streaming needs the decoupled model: repackage with triton.decoupled true")
         core = pb_utils.InferenceRequest(model_name="tensorrt_llm", inputs=core_inputs,
-                                         requested_output_names=["output_ids", "sequence_length"])
+                                         requested_output_names=["output_ids", "sequence_length",
+                                                                 *self.passed_through])
         replies = core.exec(decoupled=True) if self.decoupled else [core.exec()]
-        texts = []
+        texts, extra = [], {}
         for reply in replies:
             if reply.has_error():
                 raise ValueError(reply.error().message())
@@ -98,12 +101,17 @@ class TritonPythonModel:
                 continue
             lengths = pb_utils.get_output_tensor_by_name(reply, "sequence_length").as_numpy()
             text = self._detokenize(ids.as_numpy(), lengths)
+            # what the core returned of upstream's other outputs (absent when their return_* flag is off)
+            present = {name: pb_utils.get_output_tensor_by_name(reply, name) for name in self.passed_through}
+            present = {name: pb_utils.Tensor(name, t.as_numpy()) for name, t in present.items() if t is not None}
             if streaming:
                 sender.send(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=object))]))
+                    pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=object)),
+                    *present.values()]))
             else:
                 texts.append(text)
-        return None if streaming else texts
+                extra.update(present)
+        return None if streaming else (texts, list(extra.values()))
 
     @staticmethod
     def _detokenize(ids, lengths):

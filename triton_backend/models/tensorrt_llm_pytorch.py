@@ -169,6 +169,9 @@ class TritonPythonModel:
         stop = pb_utils.get_input_tensor_by_name(request, "stop_words_list")
         bad = pb_utils.get_input_tensor_by_name(request, "bad_words_list")
         seed = pb_utils.get_input_tensor_by_name(request, self.names.get("seed", "seed"))
+        bias = pb_utils.get_input_tensor_by_name(request, "embedding_bias")
+        bias = None if bias is None else bias.as_numpy()
+        bias = bias.reshape(bias.shape[0], -1)[row] if bias is not None and bias.size else None  # [batch, 0]: none
         return self._sampling(
             max_new_tokens=max_new,
             end_id=_scalar(request, "end_id", row, self.default_end_id, int),
@@ -181,6 +184,7 @@ class TritonPythonModel:
             seed=None if seed is None else int(seed.as_numpy().reshape(-1)[row]),
             stop_words=self._words(stop.as_numpy()[row]) if stop is not None else [],
             bad_words=self._words(bad.as_numpy()[row]) if bad is not None else [],
+            embedding_bias=None if bias is None else bias.astype(np.float32).tolist(),
         )
 
     def _parse(self, request):

@@ -4,6 +4,9 @@ Format (TensorRT 7–10, trtexec ``--calib``, ONNX Runtime's TensorRT EP, ``mode
 first line ``TRT-<version code>-<Algorithm>``, then one ``<tensor>: <8 hex digits>`` line per tensor, the big-endian
 IEEE-754 bits of the float32 scale (dynamic range = ±127 × scale). TensorRT silently ignores a cache whose header
 does not match its version and calibrator (NVIDIA/TensorRT#1378); we refuse a mismatch loudly instead.
+
+The header names one exact TensorRT version and one calibrator; the scales depend on neither, so a cache can be
+re-labelled for another TensorRT or for trtexec's calibrator (``retarget``) without recalibrating.
 """
 
 from __future__ import annotations
@@ -153,6 +156,37 @@ def parse_cache(data: bytes, source: str = "<bytes>") -> CalibrationCache:
     return CalibrationCache(lines[0].strip(), scales)
 
 
+def retarget(cache: CalibrationCache, *, trt_version: str | None = None,
+             algorithm: str | None = None) -> CalibrationCache:
+    """The same scales under another header: ``trt_version`` (the exact TensorRT that will read it) and/or
+    ``algorithm`` (the calibrator that will read it; trtexec's is EntropyCalibration2)."""
+    return CalibrationCache(make_header(trt_version or cache.trt_version, algorithm or cache.algorithm),
+                            dict(cache.scales))
+
+
+def cache_facts(cache: CalibrationCache, read_by: str) -> dict[str, Any]:
+    """What build.json says about one cache file: the exact TensorRT version and calibrator it serves."""
+    return {"header": cache.header, "tensorrt_version": cache.trt_version, "algorithm": cache.algorithm,
+            "tensors": len(cache.scales), "read_by": read_by,
+            "note": f"TensorRT uses it only at exactly {cache.trt_version}; for another version run "
+                    "`vision-quant cache retarget FILE --trt-version X.Y.Z` (same scales, new header)"}
+
+
+def load_for_tensorrt(path: str | os.PathLike[str], expected_header: str) -> bytes:
+    """The cache bytes to hand TensorRT's ``read_calibration_cache``, validated before TensorRT sees them.
+
+    TensorRT's Python binding catches any exception raised inside ``read_calibration_cache``, prints it and treats
+    the cache as absent (``python/src/infer/pyInt8.cpp``), then calibrates and writes over the cache: checks made
+    there would never stop a build. So the file is parsed and its header compared here, and TensorRT gets bytes."""
+    cache = read_cache(path)
+    if cache.header != expected_header:
+        raise QuantError(f"calibration cache {path} has header '{cache.header}', the TensorRT here reads "
+                         f"'{expected_header}' (it would ignore the cache and calibrate itself)",
+                         f"re-label it: vision-quant cache retarget {path} --trt-version "
+                         f"{CalibrationCache(expected_header).trt_version} --out NEW.cache, or rebuild with --force")
+    return serialize_cache(cache)
+
+
 @dataclass
 class CacheProvenance:
     """What a cache was computed from; written next to it as ``<cache>.json``."""
@@ -259,6 +293,24 @@ def check_reusable(cache_path: str | os.PathLike[str], expected: CacheProvenance
     if force:
         return None
     raise QuantError(f"calibration cache {path} was made for {'; '.join(problems)}", fix)
+
+
+def retarget_file(source: str | os.PathLike[str], out: str | os.PathLike[str], *, trt_version: str | None = None,
+                  algorithm: str | None = None) -> CalibrationCache:
+    """``vision-quant cache retarget``: write ``source``'s scales under a new header to ``out`` (atomically), with
+    its provenance sidecar carried over (TensorRT version updated, the original header recorded)."""
+    src, dst = Path(source), Path(out)
+    if dst.resolve() == src.resolve():
+        raise QuantError(f"--out {dst} is the cache being re-labelled", "write the re-labelled cache to another file")
+    cache = read_cache(src)
+    new = retarget(cache, trt_version=trt_version, algorithm=algorithm)
+    provenance = read_provenance(src)
+    if provenance is not None:
+        provenance = CacheProvenance(**{**provenance.to_json(), "trt_version": new.trt_version})
+    write_cache(dst, new, provenance)
+    if provenance is not None:  # say where the scales came from, next to the provenance the build compares
+        atomic_write_json(sidecar_path(dst), {**provenance.to_json(), "retargeted_from": cache.header})
+    return new
 
 
 def data_fingerprint(paths: Sequence[str | os.PathLike[str]], options: Mapping[str, Any]) -> str:

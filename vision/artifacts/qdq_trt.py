@@ -3,8 +3,11 @@
 modelopt.onnx places Q/DQ where TensorRT wants them and takes the activation scales from our calibration cache;
 weights get per-channel scales. Layers left unquantized run in ``high_precision_dtype``: a strongly typed TensorRT
 network runs exactly the ONNX's types, so FP32 there would make the INT8 engine slower than the FP16 one
-(NVIDIA/TensorRT#993); FP16 is the default for a target with strongly typed networks (graph I/O stays FP32). TensorRT >= 10 (strongly typed) and ONNX Runtime both run it (ORT slower than FP32:
-72 ms against 50-56 ms on YOLOv8n 640; ``vision.artifacts.qdq_ort`` is the layout for ORT).
+(NVIDIA/TensorRT#993); FP16 is the default for a target with strongly typed networks (``trt_float_dtype``; graph I/O
+stays FP32). TensorRT >= 10 (strongly typed) and ONNX Runtime both run it (ORT slower than FP32: 72 ms against
+50-56 ms on YOLOv8n 640; ``vision.artifacts.qdq_ort`` is the layout for ORT; an FP16 one is evaluated with its FP16
+tensors emulated in FP32 arithmetic, ``vision.backends.fp16_onnx.emulate_fp16_storage``). modelopt drops the
+export's ``metadata_props`` (class names, imgsz, stride): they are copied back.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -27,6 +31,24 @@ import onnx
 from quant_common.atomic import staged_file
 from quant_common.errors import QuantError, is_importable, require
 from vision.artifacts.qdq_verify import QdqSummary, check_scales, count_weight_granularity
+from vision.backends.upstream import tensorrt_facts
+from vision.model import carry_metadata
+
+FloatDtype = Literal["fp16", "fp32"]
+
+
+def trt_float_dtype(choice: str, target_version: str, *, half: bool = False) -> FloatDtype:
+    """The float type of what a TensorRT-layout model leaves unquantized (modelopt's ``high_precision_dtype``; the
+    one decision every writer of TensorRT float regions uses, the mixed-precision search's included).
+
+    ``auto``: FP16 where the target builds the model as a strongly typed network (TensorRT >= 10), which runs the
+    ONNX's types as written, so FP32 there would make INT8 slower than FP16 (NVIDIA/TensorRT#993); FP16 also for an
+    FP16 export; else FP32 (TensorRT 8.6 builds Q/DQ models weakly typed, with its own --fp16)."""
+    if choice == "auto":
+        return "fp16" if half or tensorrt_facts().qdq_high_precision(target_version) == "fp16" else "fp32"
+    if choice not in ("fp16", "fp32"):
+        raise QuantError(f"unknown TensorRT float type '{choice}'", "use auto, fp16 or fp32")
+    return "fp16" if choice == "fp16" else "fp32"
 
 
 @contextlib.contextmanager
@@ -75,6 +97,12 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
             raise QuantError(f"modelopt.onnx wrote no quantized model for {model_path.name} (nothing to quantize?)",
                              "check that the model has Conv/Gemm/MatMul layers")
         quantized = onnx.load(str(tmp_out))
+        changed = carry_metadata(onnx.load(str(model_path), load_external_data=False), quantized)
+        if high_precision_dtype == "fp16":
+            summary.fp16_casts_added = cast_mixed_float_inputs(quantized)
+            changed = changed or bool(summary.fp16_casts_added)
+        if changed:
+            onnx.save(quantized, str(tmp_out))
         check_scales(quantized, scales, summary, zero_point=0)
         count_weight_granularity(quantized, summary)
         summary.excluded_nodes = sorted(set(nodes_to_exclude))
@@ -82,6 +110,39 @@ def write_trt_qdq(model_path: Path, cache_path: Path, scales: Mapping[str, float
         with staged_file(out_path) as staged:
             shutil.copyfile(tmp_out, staged)
     return summary
+
+
+# Ops whose float inputs share one type parameter (T): an FP32 input among FP16 ones is a type error.
+_SAME_TYPE_OPS = frozenset({"Concat", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Equal", "Less",
+                            "Greater", "LessOrEqual", "GreaterOrEqual"})
+
+
+def cast_mixed_float_inputs(model: onnx.ModelProto) -> list[str]:
+    """Where modelopt's FP16 conversion left a same-type op with FP32 and FP16 inputs, cast the FP32 ones to FP16;
+    returns the nodes changed. Seen on end-to-end (NMS) exports: the class index Cast(to=FLOAT) feeding the final
+    Concat stays FP32 while boxes and scores become FP16, and ONNX Runtime (and TensorRT's parser) reject the
+    graph. Class indices are small integers, exact in FP16."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input,
+                                                               *inferred.graph.output]}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    changed: list[str] = []
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        kinds = {types.get(name) for name in node.input if name}
+        if node.op_type in _SAME_TYPE_OPS and f32 in kinds and f16 in kinds:
+            for index, name in enumerate(node.input):
+                if name and types.get(name) == f32:
+                    cast = f"{name}__to_fp16_for_{node.name or node.op_type}"
+                    nodes.append(onnx.helper.make_node("Cast", [name], [cast], to=f16, name=cast))
+                    node.input[index] = cast
+            changed.append(node.name)
+        nodes.append(node)
+    if changed:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return changed
 
 
 def _run_modelopt_child(src: Path, cache: Path, data: Path, out: Path, exclude: Path,

@@ -34,6 +34,7 @@ class QdqSummary:
     mismatched: list[str] = field(default_factory=list)
     io_dtype: str = "float32"  # what the model takes and returns
     high_precision_dtype: str = "float32"  # the type of its unquantized tensors
+    fp16_casts_added: list[str] = field(default_factory=list)  # nodes whose FP32 inputs were cast to FP16
 
 
 def check_loads_in_onnxruntime(path: Path, layout: str) -> None:

@@ -39,7 +39,9 @@ class EngineRequest:
     workspace_gb: float = 4.0
     max_batch: int = 8
     qdq_model: Path | None = None  # model.int8.onnx, for explicit INT8
-    cache: Path | None = None  # calibration.cache, for implicit INT8
+    # calibration.cache's bytes for implicit INT8, validated by the caller (vision.artifacts.cache.load_for_tensorrt):
+    # checks inside the calibrator would be swallowed by TensorRT's binding, which then calibrates on its own
+    cache: bytes | None = None
     cache_header: str = ""
     calibration: CalibrationSet | None = None  # batches, should TensorRT calibrate anyway
     float_layers: tuple[str, ...] = ()  # ONNX nodes kept out of INT8 (head, accuracy budget)
@@ -73,16 +75,23 @@ def build_trt_engine(request: EngineRequest) -> EngineResult:
                       dynamic_hw=info.fixed_hw is None, workspace_gb=request.workspace_gb,
                       timing_cache_path=request.out_dir / "model.timing.cache", int8_mode=mode,
                       strongly_typed=fp16_onnx or (int8 and mode == "explicit"), float_layers=request.float_layers)
-    calibrator = None
+    calibrator = feed = None
     if int8 and mode == "implicit":
         if request.cache is None:
             raise QuantError("implicit INT8 needs the calibration cache", "run the INT8 stages first")
         calib = request.calibration
-        # TensorRT reads our cache (header checked) and skips its own calibration; the batches are there
-        # should it calibrate anyway.
-        feed = CalibrationFeed(calib or [], calib.batch if calib else 1, request.cache, request.cache_header)
+        # Given a cache it accepts, TensorRT asks for no data: no batches are handed over, so a cache it refuses
+        # fails the build by name (CalibrationFeed.check) instead of TensorRT calibrating and writing its own.
+        feed = CalibrationFeed([], calib.batch if calib else 1, request.cache)
         calibrator = make_calibrator(feed, request.cache_header.rsplit("-", 1)[-1])
-    facts = build_engine(spec, calibrator)
+    try:
+        facts = build_engine(spec, calibrator)
+    except QuantError:
+        if feed is not None:
+            feed.check(trt.__version__)  # what TensorRT swallowed explains the failure better
+        raise
+    if feed is not None:
+        facts["calibration"] = feed.check(trt.__version__)
     assert spec.timing_cache_path is not None
     staged.update({f"engine_{request.precision}": spec.engine_path, "timing_cache": spec.timing_cache_path})
     return EngineResult(spec.engine_path, staged, facts)

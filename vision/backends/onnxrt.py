@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 
 from quant_common.errors import QuantError
 from vision.backends.base import Runner, TensorSpec
+from vision.backends.fp16_onnx import emulate_fp16_storage, has_fp16_qdq
 from vision.graph import with_outputs
 from vision.model import read_onnx
 
@@ -56,29 +57,48 @@ class OnnxrtRunner(Runner):
 
     ``extra_outputs``: intermediate tensors returned by ``infer`` next to the model's outputs (statistics, per-layer
     SQNR); the session is built from ``vision.graph.with_outputs``, the model itself is left untouched.
+
+    ``fp16``: how a Q/DQ model with FP16 float parts (the TensorRT layout for TensorRT >= 10) runs. ``auto`` and
+    ``emulated``: FP32 arithmetic with every FP16 tensor rounded to FP16 (``emulate_fp16_storage``), because ONNX
+    Runtime's CPU FP16 kernels are not TensorRT's; ``native``: ONNX Runtime's FP16 kernels. ``backend`` says which.
     """
 
     name = "onnxruntime"
 
     def __init__(self, model: str | os.PathLike[str] | onnx.ModelProto, threads: int | None = None,
-                 providers: Sequence[str] | None = None, extra_outputs: Sequence[str] = ()) -> None:
+                 providers: Sequence[str] | None = None, extra_outputs: Sequence[str] = (),
+                 fp16: Literal["auto", "native", "emulated"] = "auto") -> None:
         super().__init__()
         self.model = model if isinstance(model, onnx.ModelProto) else Path(model)
         self.threads = threads
         self.providers = providers
         self.extra_outputs = tuple(extra_outputs)
+        self.fp16 = fp16
+        self.fp16_emulated = False
         self.session: Any = None
 
     def activate_impl(self) -> None:
         source: Path | bytes
+        loaded = self.model if isinstance(self.model, onnx.ModelProto) else None
+        proto = loaded
+        if self.fp16 != "native":
+            loaded = loaded if loaded is not None else read_onnx(self.model)
+            self.fp16_emulated = self.fp16 == "emulated" or has_fp16_qdq(loaded)
+            if self.fp16_emulated:
+                proto = emulate_fp16_storage(loaded)
         if self.extra_outputs:
-            proto = self.model if isinstance(self.model, onnx.ModelProto) else read_onnx(self.model)
-            source = with_outputs(proto, self.extra_outputs).SerializeToString()
-        elif isinstance(self.model, onnx.ModelProto):
-            source = self.model.SerializeToString()
+            base = proto if proto is not None else (loaded if loaded is not None else read_onnx(self.model))
+            source = with_outputs(base, self.extra_outputs).SerializeToString()
+        elif proto is not None:
+            source = proto.SerializeToString()
         else:
+            assert isinstance(self.model, Path)
             source = self.model
         self.session = create_session(source, self.threads, self.providers)
+
+    @property
+    def backend(self) -> str:
+        return f"{self.name}[fp16 emulated]" if self.fp16_emulated else self.name
 
     def deactivate_impl(self) -> None:
         self.session = None

@@ -93,14 +93,27 @@ class BuildBackend(ABC):
         """The engine for ``request``, or None where this backend runs the ONNX models themselves."""
 
 
+def installed_tensorrt() -> str | None:
+    """MAJOR.MINOR.PATCH of the TensorRT installed here, or None (tensorrt-stubs alone is not TensorRT)."""
+    if not is_importable("tensorrt"):
+        return None
+    return ".".join(import_tensorrt().__version__.split(".")[:3])
+
+
+def target_source(requested: str | None) -> str:
+    """Where the target TensorRT version comes from, for build.json."""
+    return "--trt-version" if requested else ("installed" if installed_tensorrt() else "default")
+
+
 class OnnxruntimeBuild(BuildBackend):
-    """ONNX Runtime runs the Q/DQ ONNX models as written: no engine. The cache is for TensorRT elsewhere."""
+    """ONNX Runtime runs the Q/DQ ONNX models as written: no engine. The cache is for TensorRT elsewhere: the
+    version asked for, else the TensorRT installed here, else the default."""
 
     name = "onnxruntime"
     makes_engine = False
 
     def target_version(self, requested: str | None) -> str:
-        return requested or DEFAULT_TRT_VERSION
+        return requested or installed_tensorrt() or DEFAULT_TRT_VERSION
 
     def build_engine(self, request: EngineRequest) -> EngineResult | None:
         return None

@@ -13,6 +13,7 @@ Device buffers come from PyTorch's CUDA allocator (torch is already a dependency
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,50 +85,66 @@ def _torch_cuda() -> Any:
 
 
 class CalibrationFeed:
-    """Hands TensorRT device pointers to successive calibration batches and serves/stores the cache.
+    """Serves TensorRT's calibrator callbacks: our cache (validated before the build), batches, the cache TensorRT
+    writes back.
 
-    Hardened Polygraphy ``Calibrator``: a cache with the wrong header is refused loudly (TensorRT would ignore it
-    silently, NVIDIA/TensorRT#1378) and a cache TensorRT writes is replaced atomically.
+    Hardened Polygraphy ``Calibrator``. TensorRT's Python binding catches every exception raised in
+    ``get_batch``/``read_calibration_cache``/``write_calibration_cache``, prints it and carries on
+    (``python/src/infer/pyInt8.cpp``: a failed read means "no cache", so TensorRT calibrates and writes over it).
+    Nothing here raises into TensorRT: the cache is checked beforehand (``vision.artifacts.cache.load_for_tensorrt``)
+    and handed over as bytes, problems are recorded and raised by ``check`` after the build, and a cache TensorRT
+    writes is kept in memory, never written over a published file.
     """
 
-    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]], batch_size: int, cache_path: Path | None,
-                 expected_header: str) -> None:
+    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]], batch_size: int, cache: bytes | None) -> None:
         self.batch_size = batch_size
-        self.cache_path = cache_path
-        self.expected_header = expected_header
+        self.cache = cache
         self._batches: Iterator[Mapping[str, np.ndarray]] = iter(batches)
         self._device: dict[str, Any] = {}
         self.batches_fed = 0
+        self.batch_requests = 0
+        self.written: bytes | None = None
+        self.error: str | None = None
 
     def next_pointers(self, names: list[str]) -> list[int]:
-        batch = next(self._batches, None)
-        if batch is None:
-            return []  # an empty list tells TensorRT the data is exhausted
-        torch = _torch_cuda()
-        pointers = []
-        for name in names:
-            if name not in batch:
-                raise QuantError(f"TensorRT asked for calibration input '{name}', which the data does not provide",
-                                 "calibrate a model with a single image input")
-            self._device[name] = torch.from_numpy(np.ascontiguousarray(batch[name])).cuda()
-            pointers.append(int(self._device[name].data_ptr()))
+        self.batch_requests += 1
+        try:
+            batch = next(self._batches, None)
+            if batch is None:
+                return []  # an empty list tells TensorRT the data is exhausted
+            torch = _torch_cuda()
+            pointers = []
+            for name in names:
+                if name not in batch:
+                    raise QuantError(f"TensorRT asked for calibration input '{name}', which the data does not "
+                                     "provide", "calibrate a model with a single image input")
+                self._device[name] = torch.from_numpy(np.ascontiguousarray(batch[name])).cuda()
+                pointers.append(int(self._device[name].data_ptr()))
+        except Exception as exc:  # noqa: BLE001 - TensorRT would swallow it: keep it for check()
+            self.error = self.error or str(exc) or exc.__class__.__name__
+            return []
         self.batches_fed += 1
         return pointers
 
     def read_cache(self) -> bytes | None:
-        if self.cache_path is None or not self.cache_path.is_file():
-            return None
-        data = self.cache_path.read_bytes()
-        header = data.split(b"\n", 1)[0].decode("ascii", "replace").strip()
-        if header != self.expected_header:
-            raise QuantError(f"calibration cache {self.cache_path} has header '{header}', TensorRT here expects "
-                             f"'{self.expected_header}' (it would silently ignore the cache)",
-                             "rebuild the cache with --trt-version matching the installed TensorRT, or --force")
-        return data
+        return self.cache
 
     def write_cache(self, data: bytes) -> None:
-        if self.cache_path is not None:
-            atomic_write_bytes(self.cache_path, data)
+        self.written = bytes(data)
+
+    def check(self, version: str) -> dict[str, Any]:
+        """After the build: raise what TensorRT swallowed; facts for build.json otherwise."""
+        if self.error is not None:
+            raise QuantError(f"INT8 calibration failed inside TensorRT's calibrator: {self.error}",
+                             "check the calibration images and the model input")
+        if self.cache is not None and self.batch_requests:
+            raise QuantError(f"TensorRT {version} did not use the calibration cache (it asked for calibration data: "
+                             "the cache's header or tensors do not match this TensorRT)",
+                             "re-label the cache with `vision-quant cache retarget CACHE --trt-version "
+                             f"{version}` or rebuild it with --force")
+        return {"cache_used": self.cache is not None, "batches_fed": self.batches_fed,
+                "tensorrt_wrote_cache": None if self.written is None else
+                ("same" if self.written == self.cache else "different (not saved)")}
 
 
 class _FeedCalibrator:
@@ -214,7 +231,8 @@ def _parse_onnx(trt_mod: Any, builder: trt.Builder, spec: EngineSpec, logger: tr
     if spec.strongly_typed:
         if not facts.strongly_typed(version):
             raise QuantError(f"TensorRT {version} has no strongly typed networks", "install tensorrt>=10")
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        if facts.strong_typing_flag(version):  # 11.x: every network is strongly typed, the flag is deprecated
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(spec.onnx_path)):
@@ -224,23 +242,34 @@ def _parse_onnx(trt_mod: Any, builder: trt.Builder, spec: EngineSpec, logger: tr
     return network
 
 
-def constrain_float_layers(network: trt.INetworkDefinition, names: Iterable[str]) -> int:
-    """Pin the layers named after ``names`` (ONNX node names; the parser names a layer after its node) to FP32,
-    inputs and outputs included. Returns how many layers were constrained."""
+def constrain_float_layers(network: trt.INetworkDefinition, names: Iterable[str]) -> tuple[int, int]:
+    """Pin the layers named after ``names`` (ONNX node names; the parser names a node's layer after it) to FP32,
+    outputs included. Returns (constrained, skipped).
+
+    Skipped: Constant layers (no arithmetic; their weights keep their type) and layers that are not float
+    arithmetic: an integer or bool output, or a shape-tensor input (shape math, an NMS tail's indices). Under
+    OBEY_PRECISION_CONSTRAINTS a forced FP32 there fails the build or changes what the layer computes."""
     import tensorrt as trt
 
+    float_types = (trt.float32, trt.float16)
     wanted = set(names)
-    constrained = 0
+    constrained = skipped = 0
     for index in range(network.num_layers):
         layer = network.get_layer(index)
         if layer.name not in wanted:
             continue
+        outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
+        inputs = [layer.get_input(i) for i in range(layer.num_inputs)]
+        if (layer.type == trt.LayerType.CONSTANT or not outputs
+                or any(out.dtype not in float_types for out in outputs)
+                or any(inp is not None and inp.is_shape_tensor for inp in inputs)):
+            skipped += 1
+            continue
         layer.precision = trt.float32
         for output in range(layer.num_outputs):
-            if layer.get_output(output).dtype in (trt.float32, trt.float16, trt.int8):
-                layer.set_output_type(output, trt.float32)
+            layer.set_output_type(output, trt.float32)
         constrained += 1
-    return constrained
+    return constrained, skipped
 
 
 def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
@@ -253,7 +282,7 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
     network = _parse_onnx(trt_mod, builder, spec, logger)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec.workspace_gb * (1 << 30)))
-    constrained = 0
+    constrained = skipped = 0
     flag_names = () if spec.strongly_typed else builder_flags(trt_mod.__version__, spec.precision, spec.int8_mode,
                                                                  bool(spec.float_layers))
     if spec.precision == "fp16" and not flag_names and not spec.strongly_typed:
@@ -265,7 +294,7 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
             raise QuantError("implicit INT8 needs a calibrator", "pass the calibration cache")
         config.int8_calibrator = calibrator
         if spec.float_layers:
-            constrained = constrain_float_layers(network, spec.float_layers)
+            constrained, skipped = constrain_float_layers(network, spec.float_layers)
 
     h, w = spec.input_hw
     if spec.dynamic_batch or spec.dynamic_hw:
@@ -291,13 +320,19 @@ def build_engine(spec: EngineSpec, calibrator: Any = None) -> dict[str, Any]:
     return {"engine": str(spec.engine_path), "tensorrt": trt_mod.__version__, "precision": spec.precision,
             "int8_mode": spec.int8_mode if spec.precision == "int8" else None,
             "strongly_typed": spec.strongly_typed, "builder_flags": list(flag_names),
-            "float_layers": constrained,
+            "float_layers": constrained, "float_layers_skipped": skipped,
             "timing_cache": str(spec.timing_cache_path) if spec.timing_cache_path else None}
 
 
 # -- runner ----------------------------------------------------------------------------------------------------
 class TrtRunner(Runner):
-    """Runs a serialized engine (``model.<precision>.engine``) with name→ndarray dicts, like ``OnnxrtRunner``."""
+    """Runs a serialized engine (``model.<precision>.engine``) with name→ndarray dicts, like ``OnnxrtRunner``.
+
+    Work goes to a stream of its own (not the legacy default stream, which synchronizes with all other work on the
+    device). ``inference_time`` is the enqueue and its synchronization only: host-to-device copies, allocation
+    and the copies back are done outside it. I/O types come from the fact table (``engine_io_dtypes``):
+    ``tensorrt.nptype`` has no numpy type for BF16/FP8, so those travel as torch tensors and reach the host
+    widened to float32."""
 
     name = "tensorrt"
 
@@ -307,6 +342,7 @@ class TrtRunner(Runner):
         self._engine: trt.ICudaEngine | None = None
         self._context: trt.IExecutionContext | None = None
         self._torch: Any = None
+        self._stream: Any = None
 
     def activate_impl(self) -> None:
         import_tensorrt()
@@ -322,10 +358,12 @@ class TrtRunner(Runner):
                              "rebuild the engine on this machine")
         self._engine = engine
         self._context = engine.create_execution_context()
+        self._stream = self._torch.cuda.Stream()
 
     def deactivate_impl(self) -> None:
         self._context = None
         self._engine = None
+        self._stream = None
 
     def _io_names(self, mode_input: bool) -> list[str]:
         import tensorrt as trt
@@ -340,13 +378,16 @@ class TrtRunner(Runner):
             raise QuantError("the TensorRT runner is not active", "use it as a context manager")
         return self._engine
 
-    def _spec(self, name: str) -> TensorSpec:
-        import tensorrt as trt
+    def _dtype(self, name: str) -> tuple[str, np.dtype]:
+        """(torch dtype name on the device, numpy dtype on the host) of an I/O tensor."""
+        row = tensorrt_facts().io_dtype(self._require_engine().get_tensor_dtype(name).name)
+        return row.torch, np.dtype(row.numpy or np.float32)
 
+    def _spec(self, name: str) -> TensorSpec:
         engine = self._require_engine()
         dims = engine.get_tensor_shape(name)
         shape = tuple(int(dims[i]) if int(dims[i]) >= 0 else None for i in range(len(dims)))
-        return TensorSpec(name, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+        return TensorSpec(name, shape, self._dtype(name)[1])
 
     def input_specs_impl(self) -> list[TensorSpec]:
         return [self._spec(n) for n in self._io_names(True)]
@@ -357,30 +398,39 @@ class TrtRunner(Runner):
     def infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorrt as trt
 
-        engine, context, torch = self._require_engine(), self._context, self._torch
-        assert context is not None
+        self._require_engine()  # inside the context manager
+        context, torch, stream = self._context, self._torch, self._stream
+        assert context is not None and stream is not None
         keep: list[Any] = []
-        for name in self._io_names(True):
-            array = np.ascontiguousarray(feeds[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
-            if not context.set_input_shape(name, trt.Dims(list(array.shape))):
-                # outside the engine's profile: TensorRT would report -1 output dims (a negative-size buffer)
-                raise QuantError(f"input '{name}' of shape {list(array.shape)} is outside {self.engine_path.name}'s "
-                                 "optimization profile", "rebuild the engine with a larger --max-batch")
-            device = torch.from_numpy(array).cuda()
-            keep.append(device)
-            context.set_tensor_address(name, int(device.data_ptr()))
-        outputs: dict[str, Any] = {}
-        for name in self._io_names(False):
-            dims = context.get_tensor_shape(name)
-            shape = tuple(int(dims[i]) for i in range(len(dims)))
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
-            outputs[name] = torch.empty(shape, dtype=getattr(torch, dtype.name), device="cuda")
-            context.set_tensor_address(name, int(outputs[name].data_ptr()))
-        stream = torch.cuda.current_stream()
+        with torch.cuda.stream(stream):
+            for name in self._io_names(True):
+                device_dtype, _ = self._dtype(name)
+                host = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+                if not context.set_input_shape(name, trt.Dims(list(host.shape))):
+                    # outside the engine's profile: TensorRT would report -1 output dims (a negative-size buffer)
+                    raise QuantError(f"input '{name}' of shape {list(host.shape)} is outside "
+                                     f"{self.engine_path.name}'s optimization profile",
+                                     "rebuild the engine with a larger --max-batch")
+                device = host.to(device="cuda", non_blocking=False).to(getattr(torch, device_dtype))
+                keep.append(device)
+                context.set_tensor_address(name, int(device.data_ptr()))
+            outputs: dict[str, Any] = {}
+            for name in self._io_names(False):
+                dims = context.get_tensor_shape(name)
+                shape = tuple(int(dims[i]) for i in range(len(dims)))
+                outputs[name] = torch.empty(shape, dtype=getattr(torch, self._dtype(name)[0]), device="cuda")
+                context.set_tensor_address(name, int(outputs[name].data_ptr()))
+        stream.synchronize()  # inputs on the device before the clock starts
+        start = time.perf_counter()
         if not context.execute_async_v3(int(stream.cuda_stream)):
             raise QuantError("TensorRT inference failed", "rerun with QUANT_DEBUG=1 and read TensorRT's log")
         stream.synchronize()
-        return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}
+        self.timed_seconds = time.perf_counter() - start
+        result = {}
+        for name, tensor in outputs.items():
+            host_dtype = self._dtype(name)[1]
+            result[name] = tensor.to(getattr(torch, host_dtype.name)).cpu().numpy()
+        return result
 
     @property
     def device(self) -> str:

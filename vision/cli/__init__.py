@@ -7,7 +7,7 @@ only assembles them.
 from __future__ import annotations
 
 from quant_common.cli import make_app
-from vision.cli import analysis, build, serving
+from vision.cli import analysis, build, cache, serving
 
 app = make_app(
     "vision-quant",
@@ -19,7 +19,7 @@ app = make_app(
         "  vision-quant package build/ && vision-quant serve build/triton_repo"
     ),
     summary="INT8 post-training quantization of YOLOv8 ONNX models.",
-    registrars=[build.register, analysis.register, serving.register],
+    registrars=[build.register, analysis.register, serving.register, cache.register],
 )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +21,7 @@ from vision.evaluation.map_bootstrap import delta_fields, map_estimates
 from vision.evaluation.plots import per_class_chart
 from vision.evaluation.predict import class_names_from_onnx, predict
 from vision.evaluation.report import delta_text
+from vision.evaluation.results import CompareResult
 from vision.pipeline.compare import DEFAULT_CALIBRATORS, CompareOptions, compare
 
 EVAL_HELP = """
@@ -68,11 +70,14 @@ Resamples = Annotated[int, typer.Option(help="Bootstrap resamples of the images 
 
 _VARIANTS = " | ".join(["FP32", *(f"INT8-{name}" for name in DEFAULT_CALIBRATORS), "INT8-mixed"])
 COMPARE_HELP = f"""
-One table {_VARIANTS} (mAP50-95, mAP50, Δ vs FP32, latency
-under ONNX Runtime), plus report.md and report.html with activation histograms and each calibrator's threshold,
-per-layer SQNR ranked, and mAP and latency bars. INT8-mixed keeps the layers adding the most quantization error
-in FP32, as few as --accuracy-budget (mAP50-95 points) allows. Where OpenVINO is installed, two more rows:
-FP32 and the best calibrator's INT8 (its own layout, model.int8.<calibrator>.ov.onnx) run by OpenVINO (f32 hint).
+One table {_VARIANTS} (mAP50-95, Δ vs FP32, latency under ONNX
+Runtime), plus report.md and report.html with a mAP-vs-latency Pareto chart, activation histograms and each
+calibrator's threshold, per-layer SQNR ranked, and mAP and latency bars. Where OpenVINO is installed, FP32, the
+best calibrator's INT8 (its own layout, model.int8.<calibrator>.ov.onnx) and INT8-mixed-openvino run by OpenVINO
+(f32 hint). INT8-mixed keeps whole regions (C2f modules, head branches) in float, chosen on the mAP and the latency
+measured on its runtime, within --accuracy-budget (mAP50-95 points). Every row and every searched candidate is
+timed in one interleaved loop; the table marks the Pareto front and recommends the fastest row within the budget
+(a uniform INT8 row where no mixed one beats it).
 
 Examples:
 
@@ -260,31 +265,34 @@ def compare_command(
     result = compare(model, calib_data, data, annotations, out, opts,
                      progress=None if json_output else _progress())
     if json_output:
-        print_json({"table": result.table(), "mixed": result.mixed, "artifacts": result.artifacts,
-                    "images": result.images, "timings": result.timings})
+        print_json({"table": result.table(), "recommendation": result.recommendation, "mixed": result.mixed,
+                    "artifacts": result.artifacts, "images": result.images, "timings": result.timings})
         return
-    table = Table(title=f"{model.name}: {result.images} images ({result.device})")
-    rows = [_compare_cells(row) for row in result.table()]
-    for column in rows[0]:
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for row in rows:
-        table.add_row(*row.values())
     console = Console()
-    console.print(table)
-    console.print(f"Δ: mAP points against FP32 with the 95 % interval of a seeded paired bootstrap over the "
-                  f"{result.images} images ({resamples} resamples)", markup=False)
+    console.print(compare_table(result))
+    verdict = result.recommendation
+    if verdict:
+        console.print(f"recommended: [bold]{verdict['variant']}[/bold]: {verdict['reason']}", highlight=False)
+    console.print(f"Δ pts: mAP50-95 points against FP32 with the 95 % interval of a seeded paired bootstrap over "
+                  f"the {result.images} images ({resamples} resamples)", markup=False)
     console.print(f"reports: {result.artifacts.get('report.html')}  {result.artifacts.get('report.md')}")
 
 
-def _compare_cells(row: dict[str, Any]) -> dict[str, str]:
-    """One compare table row as text, each Δ beside its 95 % interval."""
-    cells: dict[str, str] = {}
-    for key, value in row.items():
-        if key.endswith("_ci95"):
-            continue
-        if key.startswith("delta_map"):
-            ci = row.get("delta_map_ci95" if key == "delta_map50_95" else f"{key}_ci95")
-            cells[key] = delta_text(value, ci)
-        else:
-            cells[key] = f"{value:.4f}" if isinstance(value, float) and key.startswith("map") else str(value)
-    return cells
+def compare_table(result: CompareResult) -> Table:
+    """compare's terminal table, readable at 80 columns: every variant's full name (the column never wraps or
+    truncates, the others are short), the runtime, mAP50-95 with its Δ and the Δ's 95 % interval, p50 latency and
+    speed-up, float layers, and
+    ★ for the recommended row / • for the rest of the Pareto front."""
+    table = Table(title=f"{Path(result.model).name}: {result.images} images", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="★ recommended  • Pareto front (mAP vs latency)", caption_justify="left")
+    width = max(len(v.name) for v in result.variants)
+    table.add_column("variant", no_wrap=True, min_width=width)
+    for column in ("rt", "mAP50-95", "Δ pts [95 %]", "ms", "×FP32", "float", ""):
+        table.add_column(column, justify="left" if column in ("rt", "") else "right", no_wrap=True)
+    for row in result.table():
+        mark = "★" if row["recommended"] else "•" if row["pareto"] else ""
+        table.add_row(row["variant"], "OV" if row["runtime"] == "openvino" else "ORT", f"{row['map50_95']:.4f}",
+                      delta_text(row["delta_map50_95"], row["delta_map_ci95"], compact=True), f"{row['latency_ms']:.1f}",
+                      f"{row['speedup']:.2f}",
+                      str(row["excluded_layers"]), mark)
+    return table

@@ -69,7 +69,8 @@ def build_command(
     stability_threshold: Annotated[float | None, typer.Option(
         help="Flag a tensor whose amax moves by more than this fraction over the subsets (default 0.1)")] = None,
     accuracy_budget: Annotated[float | None, typer.Option(
-        help="mAP50-95 points INT8 may lose against FP32 on --data; keeps sensitive layers in FP32")] = None,
+        help="mAP50-95 points INT8 may lose against FP32 on --data; keeps whole regions float, chosen on mAP and "
+             "measured latency")] = None,
     data: Annotated[Path | None, typer.Option(help="Labelled images for --accuracy-budget")] = None,
     annotations: Annotated[Path | None, typer.Option(help="COCO json for --data")] = None,
     class_map: Annotated[Path | None, typer.Option(help="JSON/YAML model class -> category id for --annotations")] = None,
@@ -85,8 +86,8 @@ def build_command(
     ov_weight_bits: Annotated[str | None, typer.Option(
         help="model.int8.ov.onnx weight bits: auto | 8 (exact only with VNNI) | 7 (for CPUs without VNNI)")] = None,
     trt_high_precision: Annotated[str | None, typer.Option(
-        help="model.int8.onnx unquantized layers: fp32 (default) | fp16 | auto (fp16 where the target TensorRT "
-             "builds strongly typed; measured less accurate under ONNX Runtime, see build.json)")] = None,
+        help="model.int8.onnx unquantized layers: auto (default: fp16 for TensorRT >= 10 targets, which build it "
+             "strongly typed) | fp16 | fp32")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the image subset and generated images")] = None,
     config: Annotated[str | None, typer.Option(help="Preset name or YAML file (default: yolov8)")] = None,
@@ -152,6 +153,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if "delta_tensorrt_layout" in mixed:
             console.print(f"  model.int8.onnx (TensorRT layout, run by ONNX Runtime): loss "
                           f"{_loss_text(mixed, 'delta_tensorrt_layout')} points", markup=False)
+        console.print(f"float regions: {mixed.get('float_by_region')}")
+        verdict = mixed.get("recommendation")
+        if verdict:
+            console.print(f"recommended: {verdict['variant']}: {verdict['reason']}", highlight=False)
         if not mixed["met"]:
             console.print("warning: the budget was not met; the artifacts hold the most accurate INT8 found",
                           style="yellow")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -105,3 +106,25 @@ def benchmark(runner: Runner, *, batch: int = 1, warmup: int = 10, iterations: i
         input_shape=list(next(iter(feeds.values())).shape), warmup=warmup, iterations=iterations,
         latency_ms={k: round(v, 3) for k, v in latency.items()},
         throughput_ips=round(batch / (latency["mean"] / 1e3), 2) if latency["mean"] > 0 else 0.0)
+
+
+def interleaved_latency(runners: Sequence[Runner], *, rounds: int = 10, warmup: int = 2, imgsz: int = 640,
+                        seed: int = 0) -> list[float]:
+    """Median ms of one batch-1 inference for each runner, timed round-robin (one inference of each per round): a
+    machine whose load drifts slows every runner alike, so the ratios between them hold. Activates each runner;
+    the caller deactivates them."""
+    if rounds < 1 or warmup < 0:
+        raise QuantError(f"rounds {rounds} and warmup {warmup} must be positive", "pass rounds >= 1, warmup >= 0")
+    feeds = []
+    for runner in runners:
+        runner.activate()
+        feeds.append(bench_input(runner, 1, imgsz, seed))
+    for _ in range(warmup):
+        for runner, feed in zip(runners, feeds, strict=True):
+            runner.infer(feed)
+    times = np.empty((rounds, len(runners)))
+    for r in range(rounds):
+        for i, (runner, feed) in enumerate(zip(runners, feeds, strict=True)):
+            runner.infer(feed)
+            times[r, i] = runner.inference_time or 0.0
+    return [float(v) for v in np.median(times, axis=0) * 1e3]

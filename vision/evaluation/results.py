@@ -22,6 +22,9 @@ class Variant:
     speedup: float = 1.0  # FP32 p50 / this p50
     excluded: list[str] = field(default_factory=list)
     per_class: list[dict[str, Any]] = field(default_factory=list)
+    runtime: str = "onnxruntime"  # what ran it: onnxruntime | openvino
+    regions: list[str] = field(default_factory=list)  # float regions of a mixed variant (vision.regions)
+    pareto: bool = False  # on the accuracy/latency Pareto front of everything the run measured
 
 
 @dataclass
@@ -33,6 +36,7 @@ class CompareResult:
     amax: dict[str, dict[str, float]]  # calibrator -> tensor -> amax
     layer_errors: list[dict[str, Any]]
     mixed: dict[str, Any]
+    recommendation: dict[str, Any] = field(default_factory=dict)  # vision.pipeline.mixed_precision.recommend
     artifacts: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     device: str = ""
@@ -42,12 +46,15 @@ class CompareResult:
         return asdict(self)
 
     def table(self) -> list[dict[str, Any]]:
-        """The rows people read: variant, mAP50-95, mAP50, Δ vs FP32 with its 95 % interval, latency, speed-up."""
-        return [{"variant": v.name, "map50_95": round(v.map50_95, 4), "map50": round(v.map50, 4),
+        """The rows people read: variant, runtime, mAP50-95, mAP50, Δ vs FP32 with its 95 % interval, latency,
+        speed-up, float layers, and whether the row is on the Pareto front / the recommended one."""
+        pick = self.recommendation.get("variant")
+        return [{"variant": v.name, "runtime": v.runtime, "map50_95": round(v.map50_95, 4), "map50": round(v.map50, 4),
                  "delta_map50_95": round(v.delta_map50_95, 2), "delta_map_ci95": _ci(v.delta_map_ci95),
                  "delta_map50": round(v.delta_map50, 2), "delta_map50_ci95": _ci(v.delta_map50_ci95),
                  "latency_ms": round(v.latency_ms, 2), "speedup": round(v.speedup, 2),
-                 "excluded_layers": len(v.excluded)} for v in self.variants]
+                 "excluded_layers": len(v.excluded), "pareto": v.pareto, "recommended": v.name == pick}
+                for v in self.variants]
 
 
 def _ci(ci: list[float] | None) -> list[float] | None:

@@ -6,19 +6,24 @@ succeeded, so a failure leaves ``--out`` as it was (an ``--out`` created by this
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from quant_common.atomic import atomic_write_json, publish_files, staging_area
 from quant_common.errors import QuantError
 from quant_common.manifest import Timings, package_versions, utc_now
-from vision.artifacts.cache import sidecar_path
-from vision.artifacts.trtexec import trtexec_commands
-from vision.backends.select import select_backend
+from vision.artifacts.cache import CalibrationCache, cache_facts, retarget, sidecar_path, write_cache
+from vision.artifacts.trtexec import TRTEXEC_ALGORITHM, TRTEXEC_CACHE, trtexec_lines
+from vision.backends.select import select_backend, target_source
+from vision.backends.upstream import tensorrt_facts
 from vision.config import BUNDLED_MODEL, VisionConfig
 from vision.export_kinds import check_supported, end_to_end_tail, export_kind
+from vision.graph import float_compute_nodes
 from vision.model import ModelInfo, load_model, resolve_batch, resolve_input_hw, simplify
 from vision.model_prep import prepare_model
 from vision.pipeline.stages import Int8Facts, Int8Outputs, engine_stage, quantize_int8
@@ -51,7 +56,8 @@ class BuildResult:
                 "agreement": int8.agreement if int8 else None, "qdq": int8.qdq if int8 else {},
                 "engine": self.engine, "timings": self.timings,
                 "float_layers": len(int8.float_layers) if int8 else 0,
-                "mixed_precision": {k: v for k, v in mixed.items() if k not in ("trials", "layer_errors")}
+                "mixed_precision": {k: v for k, v in mixed.items()
+                                    if k not in ("trials", "layer_errors", "search", "regions", "openvino")}
                 if mixed else None}
 
 
@@ -132,8 +138,7 @@ def build(cfg: VisionConfig) -> BuildResult:
         int8: Int8Outputs | None = None
         target = backend.target_version(cfg.trt_version)
         manifest["tensorrt_target"] = {"version": target, "cache_header_version": backend.cache_header_version(
-            cfg.trt_version), "from": "installed" if backend.makes_engine else
-            ("--trt-version" if cfg.trt_version else "default")}
+            cfg.trt_version), "from": "installed" if backend.makes_engine else target_source(cfg.trt_version)}
         if cfg.precision == "int8":
             with timings.measure("prepare_model"):
                 prepared = prepare_model(info, model, staging)
@@ -156,10 +161,7 @@ def build(cfg: VisionConfig) -> BuildResult:
                 result.engine = engine.facts
                 staged.update(engine.staged)
                 manifest["engine"] = engine.facts
-        manifest["trtexec"] = trtexec_commands(info, hw, cfg.max_batch, "calibration.cache" if "cache" in staged
-                                               else None, "model.int8.onnx" if "qdq_trt" in staged else None,
-                                               trt_version=target,
-                                               fp16_name="model.fp16.onnx" if "fp16_onnx" in staged else None)
+        _trtexec_stage(cfg, info, model, hw, staging, staged, manifest, int8, target)
         manifest["packages"] = package_versions(PACKAGES)
         manifest["timings"] = dict(timings)
         atomic_write_json(staging / "build.json", manifest)
@@ -170,3 +172,45 @@ def build(cfg: VisionConfig) -> BuildResult:
                                                        "stats": cfg.save_stats})
         result.timings = dict(timings)
     return result
+
+
+def _published_onnx(info: ModelInfo, staging: Path, out: Path, staged: dict[str, Path]) -> str:
+    """The name under which the model the artifacts belong to lies in ``--out``: a model from elsewhere is
+    published as ``model.onnx`` so that every trtexec line names a file in the output directory."""
+    if info.path.parent == staging or info.path.resolve().parent == out.resolve():
+        return info.path.name
+    staged["model"] = staging / "model.onnx"
+    shutil.copyfile(info.path, staged["model"])
+    return "model.onnx"
+
+
+def _trtexec_stage(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw: tuple[int, int], staging: Path,
+                   staged: dict[str, Path], manifest: dict[str, Any], int8: Int8Outputs | None, target: str) -> None:
+    """build.json's trtexec lines for the target TensorRT, the files they read, and what each cache serves."""
+    facts = tensorrt_facts()
+    onnx_name = _published_onnx(info, staging, cfg.out, staged)
+    caches: dict[str, Any] = {}
+    trtexec_cache = None
+    if int8 is not None:
+        cache = CalibrationCache(int8.header, dict(int8.scales))
+        readers = facts.calibrator_classes(cache.trt_version)
+        in_out = cfg.cache_path.resolve().parent == cfg.out.resolve()
+        reader = readers.get(cache.algorithm)
+        caches[cfg.cache_path.name if in_out else str(cfg.cache_path)] = cache_facts(
+            cache, (f"a TensorRT {cache.trt_version} {reader} (vision-quant build's engine step)" if reader else
+                    "no TensorRT calibrator (11.x has none)") + "; modelopt.onnx reads its scales")
+        if facts.calibrator_classes(target) and facts.trtexec_parses(target, "--calib"):
+            # trtexec reads caches only through its IInt8EntropyCalibrator2: the same scales under that header
+            trtexec_cache = staging / TRTEXEC_CACHE
+            relabelled = retarget(cache, algorithm=TRTEXEC_ALGORITHM)
+            write_cache(trtexec_cache, relabelled)
+            staged["trtexec_cache"] = trtexec_cache
+            caches[TRTEXEC_CACHE] = cache_facts(relabelled, f"trtexec {relabelled.trt_version} --calib "
+                                                "(IInt8EntropyCalibrator2, samples/common/sampleEngines.cpp)")
+    float_layers = float_compute_nodes(model, int8.facts.float_layers) if int8 is not None else []
+    plan = trtexec_lines(info, hw, cfg.max_batch, onnx_name=onnx_name, trt_version=target,
+                         cache_name=TRTEXEC_CACHE if trtexec_cache else None,
+                         qdq_name="model.int8.onnx" if "qdq_trt" in staged else None,
+                         fp16_name="model.fp16.onnx" if "fp16_onnx" in staged else None, float_layers=float_layers)
+    manifest["trtexec"] = plan.to_json()
+    manifest["caches"] = caches

@@ -22,13 +22,16 @@ from vision.artifacts.cache import (
     amax_to_scale,
     check_reusable,
     data_fingerprint,
+    load_for_tensorrt,
     make_header,
     sidecar_path,
+    trt_version_code,
+    version_from_code,
     write_cache,
 )
 from vision.artifacts.qdq_ort import write_ort_qdq
 from vision.artifacts.qdq_ov import write_openvino_qdq
-from vision.artifacts.qdq_trt import write_trt_qdq
+from vision.artifacts.qdq_trt import trt_float_dtype, write_trt_qdq
 from vision.artifacts.qdq_verify import QdqSummary, check_loads_in_onnxruntime
 from vision.backends.engine import EngineRequest, EngineResult
 from vision.backends.onnxrt import OnnxrtRunner
@@ -44,7 +47,8 @@ from vision.evaluation.agreement import compare as compare_outputs
 from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo
 from vision.model_prep import cast_io
-from vision.pipeline.mixed_precision import budget_evaluation, build_budget_search, map_loss
+from vision.pipeline.budget import budget_evaluation, build_budget_search
+from vision.pipeline.mixed_precision import map_loss
 
 
 @dataclass
@@ -97,6 +101,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
     export (``vision.export_kinds.end_to_end_tail``): ``raw_head`` is the head output before its NMS, ``tail_nodes``
     what follows it; calibration stops at the raw head and the tail stays float."""
     spec = calibrator_spec(cfg.calibrator)
+    trt_version = version_from_code(trt_version_code(trt_version))  # "10.13" and "10.13.0" are one cache
     source, origin = calibration_source(cfg, staging)
     calib = CalibrationSet.from_source(source, info.input_name, hw, batch, max_images=cfg.max_calib_images,
                                        seed=cfg.seed, fixed_batch=info.fixed_batch is not None,
@@ -156,7 +161,7 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
         outputs.staged["stats"] = staging / "stats.npz"
 
     _write_qdq(cfg, info, model, cache_file, outputs, staging, timings, io_dtype, half, raw_head, tail_nodes,
-               fp16_target=tensorrt_facts().qdq_high_precision(trt_version) == "fp16")
+               trt_version=trt_version)
     outputs.manifest = {
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
                         "images_used": facts.images, "images_found": calib.found,
@@ -181,41 +186,40 @@ def _qdq_facts(summary: QdqSummary) -> dict[str, Any]:
             "io_dtype": summary.io_dtype, "high_precision_dtype": summary.high_precision_dtype}
 
 
-def _trt_high_precision(cfg: VisionConfig, half: bool, fp16_target: bool) -> str:
-    """modelopt's high_precision_dtype for the TensorRT layout (``VisionConfig.trt_high_precision`` says why fp32
-    is the default: ONNX Runtime's CPU FP16 arithmetic costs the fp16 variant 20 mAP points here, TensorRT's cannot be
-    measured)."""
-    if cfg.trt_high_precision == "auto":
-        return "fp16" if half or fp16_target else "fp32"
-    return cfg.trt_high_precision
-
-
 def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache_file: Path, outputs: Int8Outputs,
                staging: Path, timings: Timings, io_dtype: str, half: bool, raw_head: str | None,
-               tail_nodes: tuple[str, ...], *, fp16_target: bool) -> None:
+               tail_nodes: tuple[str, ...], *, trt_version: str) -> None:
     facts, calib, scales = outputs.facts, outputs.calib, outputs.scales
+    fp16_target = tensorrt_facts().qdq_high_precision(trt_version) == "fp16"
     # One image (one batch for a fixed batch size) is enough: both writers' own calibration is overridden.
     smallest = calib.batch if calib.fixed_batch else 1
     sample = list(calib.first_images(smallest))
     head = head_nodes(model, [raw_head] if raw_head else None) if cfg.keep_head_fp32 else []
     head = list(dict.fromkeys([*head, *tail_nodes]))  # an end-to-end tail (NMS and its decode) is never INT8
-    ort_path = staging / "model.int8.ort.onnx"
+    ort_path, ov_path = staging / "model.int8.ort.onnx", staging / "model.int8.ov.onnx"
     with timings.measure("qdq_onnxruntime"):
         ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=head,
                                     weight_storage=cfg.ort_weights, label=info.path.name)
     facts.float_layers = list(head)
+    ov_float = list(head)
     if cfg.accuracy_budget is not None:
+        # the uniform OpenVINO model too: each CPU layout gets its own search on its own runtime
+        ov_summary = write_openvino_qdq(model, scales, ov_path, nodes_to_exclude=head,
+                                        weight_bits=cfg.ov_weight_bits, label=info.path.name)
+        uniform = {"onnxruntime": ort_path, **({"openvino": ov_path} if is_importable("openvino") else {})}
         with timings.measure("accuracy_budget"):
-            facts.mixed_precision, fp32_eval = build_budget_search(cfg, info, model, calib, scales, ort_path,
-                                                                    smallest)
+            facts.mixed_precision, fp32_eval = build_budget_search(cfg, info, model, calib, scales, uniform, head,
+                                                                    smallest, staging)
         facts.float_layers = list(facts.mixed_precision["excluded_nodes"])
+        ov_float = list(facts.mixed_precision.get("openvino", {}).get("excluded_nodes", facts.float_layers))
         with timings.measure("qdq_onnxruntime"):
             ort_summary = write_ort_qdq(model, scales, sample, ort_path, nodes_to_exclude=facts.float_layers,
                                         weight_storage=cfg.ort_weights, label=info.path.name)
     with timings.measure("qdq_tensorrt"):
         trt_summary = write_trt_qdq(info.path, cache_file, scales, sample, staging / "model.int8.onnx",
                                     nodes_to_exclude=facts.float_layers,
-                                    high_precision_dtype=_trt_high_precision(cfg, half, fp16_target))
+                                    high_precision_dtype=trt_float_dtype(cfg.trt_high_precision, trt_version,
+                                                                         half=half))
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
@@ -224,11 +228,16 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
         facts.mixed_precision["map_tensorrt_layout"] = trt_eval.map50_95
         facts.mixed_precision["delta_tensorrt_layout"] = trt_loss.value
         facts.mixed_precision["delta_tensorrt_layout_ci95"] = trt_loss.ci_list()
+        # the TensorRT layout takes the ONNX Runtime search's regions (whole blocks: TensorRT fuses Q/DQ around
+        # Conv-BN-SiLU, a float island between INT8 layers costs two reformats) in its high-precision type
+        facts.mixed_precision["tensorrt"].update(
+            float_dtype=trt_summary.high_precision_dtype, target_runs_fp16=fp16_target,
+            note="the target runs FP16 but the float regions are FP32 (--trt-high-precision fp32)"
+            if fp16_target and trt_summary.high_precision_dtype == "float32" else None)
     # OpenVINO layout (vision.artifacts.qdq_ov): same scales, Q/DQ on Conv inputs/weights only, uint8 activations
     with timings.measure("qdq_openvino"):
-        ov_summary = write_openvino_qdq(model, scales, staging / "model.int8.ov.onnx",
-                                        nodes_to_exclude=facts.float_layers, weight_bits=cfg.ov_weight_bits,
-                                        label=info.path.name)
+        ov_summary = write_openvino_qdq(model, scales, ov_path, nodes_to_exclude=ov_float,
+                                        weight_bits=cfg.ov_weight_bits, label=info.path.name)
     for summary in (trt_summary, ort_summary, ov_summary):
         summary.io_dtype = io_dtype
         if io_dtype != "float32":  # the user's I/O type at the boundaries; inside, the calibrated FP32 graph
@@ -241,17 +250,21 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
         facts.qdq[summary.path.name] = _qdq_facts(summary)
     facts.qdq[ort_summary.path.name]["weight_storage"] = ort_summary.weight_storage
     facts.qdq[ov_summary.path.name]["weight_storage"] = ov_summary.weight_storage
-    # what the target TensorRT could run between Q/DQ (VisionConfig.trt_high_precision says why fp32 is the default)
+    # what the target TensorRT could run between Q/DQ (VisionConfig.trt_high_precision)
+    if trt_summary.fp16_casts_added:
+        facts.qdq[trt_summary.path.name]["fp16_casts_added"] = trt_summary.fp16_casts_added
     facts.qdq[trt_summary.path.name]["target_high_precision"] = "float16" if fp16_target else "float32"
     if cfg.agreement_images == 0:
         return
     with timings.measure("agreement"):
         limit = -(-cfg.agreement_images // smallest) * smallest  # whole batches for a fixed batch size
         agreement = compare_outputs(OnnxrtRunner(model), OnnxrtRunner(ort_summary.path), calib.first_images(limit))
-        # The TensorRT-layout model must run in ONNX Runtime too; one batch shows it does and how close it is.
-        trt_check = compare_outputs(OnnxrtRunner(model), OnnxrtRunner(trt_summary.path), sample)
+        # The TensorRT-layout model must run in ONNX Runtime too; one batch shows it does and how close it is
+        # (FP16 float parts: emulated in FP32 arithmetic, ONNX Runtime's CPU FP16 kernels are not TensorRT's).
+        trt_runner = OnnxrtRunner(trt_summary.path)
+        trt_check = compare_outputs(OnnxrtRunner(model), trt_runner, sample)
     facts.agreement = {"model": ort_summary.path.name, "runtime": "onnxruntime", **agreement.to_dict()}
-    facts.qdq[trt_summary.path.name]["onnxruntime_check"] = trt_check.to_dict()
+    facts.qdq[trt_summary.path.name]["onnxruntime_check"] = {"runtime": trt_runner.backend, **trt_check.to_dict()}
     facts.qdq[ov_summary.path.name]["openvino_check"] = _openvino_agreement(
         model, ov_summary.path, calib.first_images(limit), timings)
 
@@ -273,7 +286,7 @@ def engine_stage(cfg: VisionConfig, backend: BuildBackend, info: ModelInfo, mode
     request = EngineRequest(model=info, input_hw=hw, precision=cfg.precision, out_dir=staging,
                             int8_mode=cfg.trt_int8, workspace_gb=cfg.workspace_gb, max_batch=cfg.max_batch,
                             qdq_model=int8.staged["qdq_trt"] if int8 is not None else None,
-                            cache=int8.staged["cache"] if int8 is not None else None,
+                            cache=load_for_tensorrt(int8.staged["cache"], int8.header) if int8 is not None else None,
                             cache_header=int8.header if int8 is not None else "",
                             calibration=int8.calib if int8 is not None else None,
                             float_layers=tuple(int8.facts.float_layers) if int8 is not None else ())

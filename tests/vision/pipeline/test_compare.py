@@ -34,23 +34,24 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 def test_compare_writes_the_table_models_and_reports(compared: tuple[Path, object]) -> None:
     root, result = compared
     out = root / "out"
-    openvino = ["FP32-openvino", f"INT8-{result.mixed['base_calibrator']}-openvino"] if is_importable(
-        "openvino") else []
+    openvino = ["FP32-openvino", f"INT8-{result.mixed['base_calibrator']}-openvino",
+                "INT8-mixed-openvino"] if is_importable("openvino") else []
     assert [row["variant"] for row in result.table()] == ["FP32", "INT8-minmax", "INT8-entropy2",
                                                           "INT8-percentile", "INT8-mixed", *openvino]
     if openvino:  # its own layout, published beside the ORT ones; FP32 is the same model in both runtimes
         assert (out / f"model.int8.{result.mixed['base_calibrator']}.ov.onnx").is_file()
+        assert (out / "model.int8.mixed.ov.onnx").is_file()
         fp32, fp32_ov = result.variants[0], result.variants[5]
         assert abs(fp32.map50_95 - fp32_ov.map50_95) < 0.01 and "openvino" in (out / "report.md").read_text()
     for name in ("model.int8.minmax.ort.onnx", "model.int8.entropy2.ort.onnx", "model.int8.percentile.ort.onnx",
                  "model.int8.mixed.ort.onnx", "report.md", "report.html", "compare.json", "report_sqnr.png",
-                 "report_histograms.png", "report_map.png", "report_latency.png"):
+                 "report_histograms.png", "report_map.png", "report_latency.png", "report_pareto.png"):
         assert (out / name).is_file(), name
     assert not list(out.glob(".compare-staging-*"))
     int8 = onnx.load(str(out / "model.int8.minmax.ort.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "INT8-entropy2" in page
+    assert page.count("data:image/png;base64,") == 5 and "INT8-entropy2" in page
     assert "report_histograms.png" in (out / "report.md").read_text()
     saved = json.loads((out / "compare.json").read_text())
     assert set(saved["amax"]) == {"minmax", "entropy2", "percentile"}
@@ -75,6 +76,7 @@ def test_layer_errors_rank_every_conv(compared: tuple[Path, object]) -> None:
     assert all(np.isfinite(e.sqnr_db) and e.sqnr_db > 0 for e in ranked)
     assert [e.added_db for e in ranked] == sorted((e.added_db for e in ranked), reverse=True)
     assert result.layer_errors and result.mixed["budget"] == 0.5
+    assert not list((root / "out").glob(".candidates*")) and not list((root / "out").glob("candidate-*"))
 
 
 def test_compare_refuses_bad_input_before_long_work(tmp_path: Path) -> None:

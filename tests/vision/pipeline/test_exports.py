@@ -63,8 +63,8 @@ def test_fp16_export_builds_with_fp32_statistics_and_fp16_io(fp16_build):
     assert json.loads((out / "calibration.cache.json").read_text())["model_sha256"] == prepared["sha256"]
     assert "images" in read_cache(out / "calibration.cache").scales
     reference = _run(model, 1, np.float16).astype(np.float32)
-    # FP32 between Q/DQ in both layouts (VisionConfig.trt_high_precision says why)
-    for name, high in (("model.int8.onnx", "float32"), ("model.int8.ort.onnx", "float32")):
+    # FP16 float parts in the TensorRT layout of an FP16 export, FP32 between Q/DQ in the ONNX Runtime one
+    for name, high in (("model.int8.onnx", "float16"), ("model.int8.ort.onnx", "float32")):
         assert result.int8.qdq[name]["io_dtype"] == "float16"
         assert result.int8.qdq[name]["high_precision_dtype"] == high
         got = _run(out / name, 1, np.float16)
@@ -74,7 +74,9 @@ def test_fp16_export_builds_with_fp32_statistics_and_fp16_io(fp16_build):
         assert cosine > 0.99, (name, cosine)
     trt = onnx.load(str(out / "model.int8.onnx"))
     assert trt.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
-    assert trt.graph.node[0].op_type == "Cast"  # FP16 image -> the FP32 graph
+    assert trt.graph.node[0].op_type == "Identity"  # FP16 image into the FP16 graph: the round-trip cast folded
+    ort = onnx.load(str(out / "model.int8.ort.onnx"))
+    assert ort.graph.node[0].op_type == "Cast"  # FP16 image -> the FP32 graph
 
 
 def test_cpu_half_export_with_fp32_io_and_unsorted_nodes_builds(tmp_path, images):
@@ -85,7 +87,7 @@ def test_cpu_half_export_with_fp32_io_and_unsorted_nodes_builds(tmp_path, images
     prepared = json.loads((tmp_path / "out" / "build.json").read_text())["model"]["prepared"]
     assert prepared["io_dtype"] == "float32" and prepared["half"]
     assert any("topological" in change for change in prepared["changes"])
-    assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float32"
+    assert result.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float16"
     reference = _run(model, 1, np.float32)
     for name in ("model.int8.onnx", "model.int8.ort.onnx"):
         got = _run(result.out_dir / name, 1, np.float32)
@@ -248,14 +250,19 @@ def test_raw_head_of_the_trained_detector_behind_an_nms_tail(tmp_path):
     assert head == "output0_raw" and "/nms/selected" in tail and "/nms/xyxy" in tail
 
 
-def test_trt_high_precision_opt_in_keeps_the_tensorrt_layout_fp16(tmp_path, images):
-    # issue 8 item 9: what a strongly typed TensorRT >= 10 build needs to run the unquantized layers in FP16;
-    # opt-in (fp16, or auto for the default 10.13 target) since the default stays fp32
+def test_trt_high_precision_fp32_stays_available(tmp_path, images):
+    """Issue 21 item 2: FP16 float parts are the default for TensorRT >= 10 targets; --trt-high-precision fp32
+    keeps them FP32, and an 8.6 target (weakly typed Q/DQ builds) gets FP32 by itself."""
     model = _fp16(tmp_path)
     result = build(load_config(model=model, calib_data=images, out=tmp_path / "out", agreement_images=0,
-                               trt_high_precision="auto"))
+                               trt_high_precision="fp32"))
     facts = result.int8.qdq["model.int8.onnx"]
-    assert facts["high_precision_dtype"] == "float16" and facts["target_high_precision"] == "float16"
-    assert result.int8.qdq["model.int8.ort.onnx"]["high_precision_dtype"] == "float32"
+    assert facts["high_precision_dtype"] == "float32" and facts["target_high_precision"] == "float16"
+    plain = tiny_detector_onnx(tmp_path, name="plain.onnx")
+    old = build(load_config(model=plain, calib_data=images, out=tmp_path / "o86", agreement_images=0,
+                            trt_version="8.6.1"))
+    assert old.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float32"
+    new = build(load_config(model=plain, calib_data=images, out=tmp_path / "o10", agreement_images=0))
+    assert new.int8.qdq["model.int8.onnx"]["high_precision_dtype"] == "float16"
     got = _run(result.out_dir / "model.int8.onnx", 1, np.float16)
     assert got.dtype == np.float16 and np.isfinite(got.astype(np.float32)).all()

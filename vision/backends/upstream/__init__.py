@@ -1,5 +1,8 @@
 """TensorRT facts as data (``tensorrt.yaml``), per TensorRT version read at its tag: builder flags, network flags,
-calibrator classes, trtexec options and the calibration cache's version code.
+calibrator classes, trtexec options, the calibration cache's version code and the engine I/O data types.
+
+Versions whose source is not in the stored upstream snapshot (11.2-11.4) carry rows read from NVIDIA's versioned
+documentation (``Source.url``, ``pinned: false``); options those pages do not name have no row and are not emitted.
 
 The engine builder (``vision.backends.trt``), the trtexec lines (``vision.artifacts.trtexec``) and the cache header
 (``vision.artifacts.cache``) ask these rows; none of them names a TensorRT flag or option on its own.
@@ -11,6 +14,7 @@ read, the last line with implicit INT8 calibration and calibration caches).
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +35,9 @@ class Version(Fact):
     name: str
     min: str  # inclusive
     max: str  # exclusive
+    # none: weakly typed only (8.x); opt-in: STRONGLY_TYPED network flag / trtexec --stronglyTyped (10.x);
+    # always: every network is strongly typed and no flag is needed (11.x)
+    strong_typing: Literal["none", "opt-in", "always"]
 
     def contains(self, version: str) -> bool:
         return version_tuple(self.min) <= version_tuple(version) < version_tuple(self.max)
@@ -67,6 +74,16 @@ class CacheHeader(Fact):
     major_multiplier: int  # code = MAJOR*multiplier + MINOR*100 + PATCH
 
 
+class EngineIoDtype(Fact):
+    name: str  # tensorrt.DataType member
+    torch: str  # the torch dtype holding it on the device
+    numpy: str | None  # what the host sees; None: tensorrt.nptype has no numpy type (widened to float32)
+
+
+class Nptype(Fact):
+    numpy_less: list[str]  # DataType members tensorrt.nptype() raises TypeError for
+
+
 class TensorrtFacts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,6 +93,8 @@ class TensorrtFacts(BaseModel):
     calibrators: list[Calibrator]
     trtexec_options: list[TrtexecOption]
     cache_header: list[CacheHeader]
+    engine_io_dtypes: list[EngineIoDtype]
+    nptype: list[Nptype]
 
     def row_name(self, version: str) -> str:
         for row in self.versions:
@@ -110,8 +129,25 @@ class TensorrtFacts(BaseModel):
         """Implicit INT8 (a calibrator feeding the INT8 flag) exists."""
         return bool(self.calibrator_classes(version)) and self.builder_flag(version, "INT8")
 
+    def version_row(self, version: str) -> Version:
+        name = self.row_name(version)
+        return next(r for r in self.versions if r.name == name)
+
     def strongly_typed(self, version: str) -> bool:
-        return self.network_flag(version, "STRONGLY_TYPED") is not None
+        """Strongly typed networks exist (opt-in on 10.x, the only kind on 11.x)."""
+        return self.version_row(version).strong_typing != "none"
+
+    def strong_typing_flag(self, version: str) -> bool:
+        """Strong typing must be asked for (NetworkDefinitionCreationFlag.STRONGLY_TYPED, trtexec --stronglyTyped);
+        on 11.x every network is strongly typed and the flag is deprecated or gone."""
+        return self.version_row(version).strong_typing == "opt-in"
+
+    def io_dtype(self, name: str) -> EngineIoDtype:
+        row = next((r for r in self.engine_io_dtypes if r.name == name), None)
+        if row is None:
+            raise QuantError(f"the engine has an input or output of TensorRT type {name}, which this tool cannot map",
+                             "rebuild the engine with FP32, FP16, BF16, FP8, INT8, INT32, INT64, BOOL or UINT8 I/O")
+        return row
 
     def weak_fp16(self, version: str) -> bool:
         """FP16 by the builder flag (weakly typed); without it FP16 needs an FP16 ONNX in a strongly typed network."""
@@ -127,14 +163,13 @@ class TensorrtFacts(BaseModel):
 
     def cache_version(self, version: str) -> str:
         """The TensorRT version a calibration cache is written for: ``version`` where it reads caches, else the
-        newest version read that does (TensorRT 11 has none; the cache then only carries scales to the Q/DQ writer).
+        default (TensorRT 11 reads none; the cache then only carries scales to the Q/DQ writer).
         Versions older than the table (7.x, 8.0-8.5) keep their own header: the cache format is the same."""
         if version_tuple(version) < min(version_tuple(r.min) for r in self.versions):
             return version
         if self.calibrator_classes(version):
             return version
-        readers = [r for r in self.versions if self.calibrator_classes(r.min)]
-        return max(readers, key=lambda r: version_tuple(r.min)).min
+        return DEFAULT_TRT_VERSION
 
 
 @functools.cache
