@@ -183,7 +183,7 @@ def register(app: typer.Typer) -> None:
             lines.append(f"held-out {split:<7} Δ perplexity {delta_text(row)} on {row['text']} "
                          f"({row['tokens']} tokens)")
         if result.budget_summary:
-            lines.append(f"budget           {result.budget_summary}")
+            lines.append(f"budget           {result.budget_summary.removeprefix('accuracy budget ')}")
         if result.calib_stability:
             stab = result.calib_stability
             lines.append(f"scale stability  {summary_line(stab, 'quantizers', 'samples')} "

@@ -101,13 +101,14 @@ def budget_line(budget: float, rows: dict[str, dict[str, Any]]) -> str:
         lo, hi = row["delta_pct_ci95"]
         return f"{split} {row['delta_pct']:+.2f} % [{lo:+.2f}, {hi:+.2f}] ({row['text']})"
 
+    held = [split for split in rows if split not in exceeded]
     if exceeded:
         text = f"accuracy budget {budget:g} %: EXCEEDED on " + "; ".join(show(split) for split in exceeded)
-        held = [split for split in rows if split not in exceeded]
-        return text + (f"; held on {', '.join(held)}" if held else "")
-    text = f"accuracy budget {budget:g} %: held on {', '.join(rows) or 'no held-out text'}"
-    if unsure:
-        text += "; within the 95 % interval of exceeding it on " + "; ".join(show(split) for split in unsure)
+        text += f"; held on {', '.join(held)}" if held else ""
+    else:
+        text = f"accuracy budget {budget:g} %: held on {', '.join(rows) or 'no held-out text'}"
+    if unsure:  # held as measured, but the interval reaches past the budget
+        text += "; its 95 % interval reaches past the budget on " + "; ".join(show(split) for split in unsure)
     return text
 
 

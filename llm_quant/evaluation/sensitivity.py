@@ -182,9 +182,9 @@ def search_exclusions(quantized: Any, windows: Any, ref: Perplexity, budget_pct:
     uniform_pct = increase_pct([])
     uniform = measured[0][0]
     result = SearchResult(budget_pct, target_pct, ref.ppl, uniform, uniform, probes=1,
-                          trials=[{"excluded": 0, "loss": uniform_pct.value, "loss_ci95": uniform_pct.ci_list()}],
+                          trials=[{"excluded": 0, "loss": uniform_pct.value, "loss_ci95": uniform_pct.ci_list(3)}],
                           quantized_weight_share=quantized_weight_share(quantized), rule=rule, margin=margin,
-                          delta_pct=uniform_pct.value, delta_pct_ci95=uniform_pct.ci_list())
+                          delta_pct=uniform_pct.value, delta_pct_ci95=uniform_pct.ci_list(3))
     if within_budget(uniform_pct, target_pct, rule):
         return result
     result.met = False
@@ -197,7 +197,7 @@ def search_exclusions(quantized: Any, windows: Any, ref: Perplexity, budget_pct:
     result.excluded_units = sorted(found.excluded, key=order.index)
     result.excluded = members(result.excluded_units)
     result.ppl_final, chosen = measured[len(found.excluded)]
-    result.delta_pct, result.delta_pct_ci95 = chosen.value, chosen.ci_list()
+    result.delta_pct, result.delta_pct_ci95 = chosen.value, chosen.ci_list(3)
     result.probes, result.met, result.trials = found.probes, found.met, found.trials
     with InFullPrecision(quantized, result.excluded):
         result.quantized_weight_share = quantized_weight_share(quantized)

@@ -72,7 +72,7 @@ def test_eval_reports_intervals_budget_and_calibration_on_your_text(tiny_llama, 
     assert report["text"].endswith("mine.txt (--text)")
     assert report["budget_held"] == (report["delta_pct"] <= 0.01)
     held = {"eval": report["budget_held"], "heldout": report["heldout"]["budget_held"]}
-    named = report["budget_summary"].split("; held on")[0]
+    named = report["budget_summary"].split("; its 95 %")[0].split("; held on")[0]
     assert all((f"{split} " in named) == (not ok) for split, ok in held.items())
     assert report["search"]["rule"] == "ci" and len(report["search"]["delta_pct_ci95"]) == 2
     counts = report["calibration"]
@@ -113,3 +113,19 @@ def test_per_token_activations_have_no_amax_to_compare(tiny_llama):
     assert not any(name.endswith("proj.input_quantizer") for name in names)
     assert any(name.endswith("proj.weight_quantizer") for name in names)
     assert any(name.endswith("proj.input_quantizer.pre_quant_scale") for name in names)
+
+
+def test_the_budget_line_names_each_text_over_the_budget_and_those_its_interval_reaches_past():
+    from llm_quant.evaluation.perplexity import budget_line
+
+    def row(delta: float, lo: float, hi: float, text: str) -> dict:
+        return {"delta_pct": delta, "delta_pct_ci95": [lo, hi], "budget_held": delta <= 1.0,
+                "budget_held_ci": hi <= 1.0, "text": text}
+
+    rows = {"eval": row(1.31, 0.48, 2.10, "eval split"), "heldout": row(0.11, -0.92, 0.99, "dialogue"),
+            "text": row(0.42, -0.28, 1.12, "mine.txt")}
+    assert budget_line(1, rows) == ("accuracy budget 1 %: EXCEEDED on eval +1.31 % [+0.48, +2.10] (eval split); "
+                                    "held on heldout, text; its 95 % interval reaches past the budget on text "
+                                    "+0.42 % [-0.28, +1.12] (mine.txt)")
+    assert budget_line(2, {"heldout": {**rows["heldout"], "budget_held": True, "budget_held_ci": True}}) == \
+        "accuracy budget 2 %: held on heldout"
