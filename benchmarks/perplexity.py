@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     ref_model = calibrate.load_model(model_dir, dtype=prep.dtype, device=prep.device)
     ref = {k: perplexity(ref_model, w, description=f"reference ({k})").ppl for k, w in texts.items()}
-    ref_search = perplexity(ref_model, prep.search_windows, description="reference (search split)").ppl
+    ref_search = perplexity(ref_model, prep.search_windows, description="reference (search split)")
     del ref_model
     rows = [row("full_prec", "-", "-", ref, ref, 0.0, 0, time.perf_counter() - t0)]
     report(rows, meta, args.out)

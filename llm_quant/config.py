@@ -108,6 +108,13 @@ class BuildConfig(_Strict):
     sq_activations: SqActivations = DEFAULT_SQ_ACTIVATIONS
     sq_alpha_search: bool = Field(True, description="search the SmoothQuant alpha per layer (no --smoothquant-alpha)")
     accuracy_budget: float | None = Field(None, gt=0.0, description="max perplexity increase in percent")
+    # a linear set meets the budget when the upper end of its search-split change's 95 % interval does ("ci"), or
+    # the measured change does ("point"; quant_common.search.BUDGET_RULES)
+    budget_rule: Literal["ci", "point"] = "ci"
+    # also calibrate on this many seeded half-subsets of the calibration samples and report each quantizer's amax
+    # spread (0: off; quant_common.stability)
+    calib_stability: int = Field(0, ge=0)
+    stability_threshold: float = Field(0.1, gt=0.0)
     calibration: CalibConfig
     eval: EvalConfig
     parallel: ParallelConfig
@@ -119,6 +126,12 @@ class BuildConfig(_Strict):
     trtllm_version: str | None = None
     triton_runtime: RuntimeChoice = "auto"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _stability_needs_two_subsets(self) -> BuildConfig:
+        if self.calib_stability == 1:
+            raise ValueError("--calib-stability 1: one calibration subset shows no spread; pass 0 (off) or >= 2")
+        return self
 
     @model_validator(mode="after")
     def _llmapi_runs_the_qformat(self) -> BuildConfig:

@@ -15,9 +15,10 @@ from typing import Any
 
 from llm_quant.calibration import calibrate
 from llm_quant.calibration.exclusions import exclusions_ignored_by, quantized_weight_share
+from llm_quant.calibration.stability import calibration_stability
 from llm_quant.config import BuildConfig, CalibConfig, EvalConfig, ParallelConfig, Preset
 from llm_quant.data import documents
-from llm_quant.evaluation.perplexity import EvalReport, compare, perplexity
+from llm_quant.evaluation.perplexity import EvalReport, budget_line, compare, delta_row, perplexity
 from llm_quant.evaluation.sensitivity import SearchResult, search_exclusions
 from llm_quant.export import checkpoints, engine
 from llm_quant.model import preflight
@@ -113,9 +114,12 @@ class Prepared:
     eval_windows: Any
     texts: dict[str, str] = field(default_factory=dict)  # split -> which text it is (build.json, --json)
     heldout_windows: Any = None  # a domain neither calibration nor the search saw (None: the data has none)
+    calib_counts: dict[str, Any] = field(default_factory=dict)  # what calibration consumes (documents)
+    text_windows: Any = None  # build --text: the user's own held-out text, beside the splits
 
 
-def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None, eval_label: str | None = None) -> Prepared:
+def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None, eval_label: str | None = None,
+            text_file: Path | None = None) -> Prepared:
     assert cfg.model_path is not None
     device = calibrate.pick_device(cfg.device)
     tokenizer = calibrate.load_tokenizer(cfg.model_path)
@@ -136,22 +140,34 @@ def prepare(cfg: BuildConfig, *, eval_docs: list[str] | None = None, eval_label:
         texts["heldout"] = heldout[0]
         heldout_windows = documents.tokenize_documents(heldout[1], tokenizer).windows(cfg.eval.seq_len,
                                                                                  max_tokens=cfg.eval.max_tokens)
+    text_windows = None
+    if text_file is not None:
+        texts["text"] = f"{text_file} (--text)"
+        text_windows = documents.tokenize_documents(documents.read_text_file(text_file), tokenizer).windows(
+            cfg.eval.seq_len, max_tokens=cfg.eval.max_tokens)
+        if len(text_windows) == 0:
+            raise QuantError(f"{text_file} has fewer than {cfg.eval.seq_len} tokens",
+                             "pass a longer --text file or lower --eval-seq-len")
     return Prepared(cfg.model_path, device, calibrate.compute_dtype(device), tokenizer, batches, search,
-                    eval_stream.windows(cfg.eval.seq_len, max_tokens=cfg.eval.max_tokens), texts, heldout_windows)
+                    eval_stream.windows(cfg.eval.seq_len, max_tokens=cfg.eval.max_tokens), texts, heldout_windows,
+                    documents.calibration_counts(calib_stream, batches, cfg.calibration), text_windows)
 
 
-def held_out_deltas(prep: Prepared, model: Any, reference: Any | None = None) -> dict[str, dict[str, Any]]:
-    """Perplexity change on every held-out text (the eval split or --text; the unseen domain), each labelled."""
+def held_out_deltas(prep: Prepared, model: Any, reference: Any | None = None,
+                    budget: float | None = None) -> dict[str, dict[str, Any]]:
+    """Perplexity change with its 95 % interval on every held-out text (the eval split or eval's --text; the unseen
+    domain; build's --text), each labelled, and with a budget whether it held there
+    (``llm_quant.evaluation.perplexity.delta_row``)."""
     if reference is None:
         reference = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
     out: dict[str, dict[str, Any]] = {}
-    for split, windows in (("eval", prep.eval_windows), ("heldout", prep.heldout_windows)):
+    for split, windows in (("eval", prep.eval_windows), ("heldout", prep.heldout_windows),
+                           ("text", prep.text_windows)):
         if windows is None or len(windows) == 0:
             continue
         ref = perplexity(reference, windows, description=f"reference ({split})")
         quant = perplexity(model, windows, description=f"quantized ({split})")
-        out[split] = {"text": prep.texts[split], "tokens": quant.tokens, "ppl_ref": round(ref.ppl, 4),
-                      "ppl_quant": round(quant.ppl, 4), "delta_pct": round(100 * (quant.ppl - ref.ppl) / ref.ppl, 3)}
+        out[split] = delta_row(prep.texts[split], ref, quant, budget)
     return out
 
 
@@ -159,8 +175,7 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
                    for_checkpoint: bool = False) -> tuple[Any, SearchResult | None]:
     """Calibrated model; with an accuracy budget, the costliest linears stay in higher precision.
     ``for_checkpoint``: only exclusions the TensorRT-LLM checkpoint can express (none for per-token int8_sq)."""
-    kwargs: dict[str, Any] = {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha,
-              "sq_activations": cfg.sq_activations, "alpha_search": cfg.sq_alpha_search, "scale_dtype": cfg.dtype}
+    kwargs = calibrate.quantize_options(cfg)
     search = None
     exclude: list[str] = []
     # per-token int8_sq: the budget is checked on the uniform model only (no exclusions possible, see sq_checkpoint)
@@ -171,13 +186,13 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
                              "use more calibration text or lower --eval-seq-len")
         with timings.measure("layer_search"):
             model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
-            ref = perplexity(model, prep.search_windows, description="reference (search split)").ppl
+            ref = perplexity(model, prep.search_windows, description="reference (search split)")
             model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, **kwargs)
             search = search_exclusions(model, prep.search_windows, ref, cfg.accuracy_budget,
-                                       may_exclude=not per_token)
+                                       may_exclude=not per_token, rule=cfg.budget_rule)
             exclude = search.excluded
             if per_token and not search.met:
-                uniform_pct = 100.0 * (search.ppl_uniform - ref) / ref
+                uniform_pct = 100.0 * (search.ppl_uniform - ref.ppl) / ref.ppl
                 raise QuantError(f"--accuracy-budget {cfg.accuracy_budget:g}: per-token int8_sq adds "
                                  f"{uniform_pct:+.2f} % perplexity on the search text (target {search.target_pct:.2f} "
                                  "%), and a per-token SmoothQuant checkpoint cannot keep linears in higher precision "
@@ -214,7 +229,13 @@ class BuildResult:
     exclude_modules: list[str] = field(default_factory=list)  # HF layers/linears kept in higher precision
     linears_kept_high_precision: int = 0
     quantized_weight_share: float = 0.0  # of decoder-linear parameters (1.0: uniform; lm_head not counted)
-    held_out: dict[str, dict[str, Any]] = field(default_factory=dict)  # with --accuracy-budget: Δ per text
+    # with --accuracy-budget: Δ with its 95 % interval and budget_held per text, and the one line naming each text
+    # where the budget was exceeded
+    held_out: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budget_summary: str | None = None
+    search: dict[str, Any] | None = None  # the search split's Δ of the chosen set, its interval and the rule
+    calibration: dict[str, Any] = field(default_factory=dict)  # samples/tokens calibration actually consumed
+    calib_stability: dict[str, Any] | None = None  # --calib-stability: amax spread per quantizer
     exclusion_warning: str | None = None
     install_warning: str | None = None  # TensorRT-LLM installed next to a modelopt/transformers pair not tested
     corrections: list[str] = field(default_factory=list)
@@ -232,7 +253,8 @@ def _check_out(out: Path) -> None:
     ensure_output_dir(out.parent if out.parent != Path("") else Path("."))
 
 
-def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
+def build(cfg: BuildConfig, *, model_source: str = "", text_file: Path | None = None) -> BuildResult:
+    """The whole build; ``text_file``: the user's own held-out text, on which an accuracy budget is reported too."""
     assert cfg.model_path is not None
     out = Path(cfg.out).resolve()
     checked = check_gpu(cfg)
@@ -240,13 +262,18 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
     install_warning = check_environment()  # refuses, before calibration, a modelopt its TensorRT-LLM excludes
     timings = Timings()
     with timings.measure("data"):
-        prep = prepare(cfg)
+        prep = prepare(cfg, text_file=text_file)
     model, search = quantize_model(cfg, prep, timings, for_checkpoint=True)
     exclude = search.excluded if search else []
     held_out: dict[str, dict[str, Any]] = {}
     if search is not None:  # the budget on text the search never saw, each number with its text
         with timings.measure("held_out_check"):
-            held_out = held_out_deltas(prep, model)
+            held_out = held_out_deltas(prep, model, budget=cfg.accuracy_budget)
+    stability = None
+    if cfg.calib_stability:
+        with timings.measure("calib_stability"):
+            stability = calibration_stability(cfg, model, prep.calib_batches, prep.model_dir, prep.dtype, prep.device,
+                                              exclude, plain_seconds=timings.get("calibrate", 0.0))
     with staged_dir(out) as tmp:
         staging = Staging(tmp, out)  # absolute paths written into artifacts name ``out``, not the staging folder
         with timings.measure("export_embedded"):
@@ -288,6 +315,10 @@ def build(cfg: BuildConfig, *, model_source: str = "") -> BuildResult:
             triton_repo=str(staging.final_path(triton_repo.path)), exclude_modules=exclude,
             linears_kept_high_precision=len(exclude), quantized_weight_share=round(quantized_weight_share(model), 6),
             held_out=held_out, exclusion_warning=_exclusion_warning(quant.get("quant_algo"), exclude),
+            budget_summary=budget_line(cfg.accuracy_budget, held_out) if search is not None and
+            cfg.accuracy_budget is not None else None,
+            search=search.summary(prep.texts["search"]) if search else None,
+            calibration=prep.calib_counts, calib_stability=stability,
             install_warning=install_warning,
             corrections=trt["corrections"], timings=dict(timings), manifest=str(out / MANIFEST),
             sq_activations=cfg.sq_activations if qformats.qformat(cfg.qformat).smoothquant else None,
@@ -364,20 +395,17 @@ def evaluate(cfg: BuildConfig, *, text_file: Path | None = None) -> EvalReport:
     quant = perplexity(model, prep.eval_windows, description="quantized perplexity")
     exclude = search.excluded if search else []
     sq_report = getattr(model, "smoothquant_report", None)
-    heldout = None
+    budget = cfg.accuracy_budget if search is not None else None
+    rows = {"eval": delta_row(prep.texts["eval"], ref, quant, budget)}
     if ref_heldout is not None:
         q = perplexity(model, prep.heldout_windows, description="quantized (held-out domain)")
-        heldout = {"text": prep.texts["heldout"], "tokens": q.tokens, "ppl_ref": round(ref_heldout.ppl, 4),
-                   "ppl_quant": round(q.ppl, 4), "delta_pct": round(100 * (q.ppl - ref_heldout.ppl) / ref_heldout.ppl, 3)}
-    return compare(ref, quant, windows=len(prep.eval_windows), seq_len=cfg.eval.seq_len, qformat=cfg.qformat,
+        rows["heldout"] = delta_row(prep.texts["heldout"], ref_heldout, q, budget)
+    return compare(ref, quant, budget, windows=len(prep.eval_windows), seq_len=cfg.eval.seq_len, qformat=cfg.qformat,
                    text=prep.texts["eval"], quantized_weight_share=round(quantized_weight_share(model), 6),
-                   linears_kept_high_precision=len(exclude), exclude_modules=exclude, heldout=heldout,
-                   search=_search_summary(search, prep.texts["search"]) if search else None,
+                   linears_kept_high_precision=len(exclude), exclude_modules=exclude, heldout=rows.get("heldout"),
+                   search=search.summary(prep.texts["search"]) if search else None,
                    sq_activations=cfg.sq_activations if qformats.qformat(cfg.qformat).smoothquant else None,
-                   smoothquant=sq_report.to_dict() if sq_report is not None else None)
+                   smoothquant=sq_report.to_dict() if sq_report is not None else None,
+                   budget_summary=budget_line(budget, rows) if budget is not None else None,
+                   calibration=prep.calib_counts)
 
-
-def _search_summary(search: SearchResult, text: str) -> dict[str, Any]:
-    delta = 100 * (search.ppl_final - search.ppl_ref) / search.ppl_ref
-    return {"text": text, "delta_pct": round(delta, 3), "target_pct": search.target_pct, "met": search.met,
-            "units_kept": len(search.excluded_units), "probes": search.probes}

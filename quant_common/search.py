@@ -5,6 +5,11 @@ Items are plain names ranked most-damaging first by the caller; ``measure(exclud
 accuracy probe (mAP points below FP32, perplexity increase in %, ...). Probes are expensive and noisy, so the
 search grows a prefix geometrically (1, 2, 4, ..., all) until one meets the budget, then bisects between the last
 failing and the first passing prefix: O(log n) probes, and small exclusion sets are tried first.
+
+Whether a probe meets the budget is a rule of its own (``BUDGET_RULES``). A probe may return a plain loss or an
+``Estimate`` (``quant_common.uncertainty``: the loss with its 95 % interval); ``"ci"`` accepts a prefix only when the
+interval's upper end is within the budget -- the loss could be that large on the search split itself -- and
+``"point"`` when the measured value is.
 ``pareto_front`` then says which measured configurations are worth choosing when each also has a cost (latency).
 """
 
@@ -15,6 +20,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quant_common.errors import QuantError
+from quant_common.uncertainty import Estimate
+
+Loss = float | Estimate  # what a probe measured: a loss, or a loss with its 95 % interval
+BUDGET_RULES = ("ci", "point")  # accept on the interval's upper end, or on the measured value
+DEFAULT_BUDGET_RULE = "ci"
 
 
 @dataclass
@@ -25,7 +35,10 @@ class PrefixSearch:
     excluded: list[str]
     loss: float  # measured with ``excluded`` kept in higher precision
     met: bool
-    trials: list[dict[str, Any]] = field(default_factory=list)  # {"excluded": k, "loss": value} per probe
+    # {"excluded": k, "loss": value, "loss_ci95": [lo, hi] where the probe measured one} per probe
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    rule: str = "point"  # the acceptance rule (BUDGET_RULES)
+    loss_ci95: list[float] | None = None  # the chosen prefix's interval, where measured
 
     @property
     def probes(self) -> int:
@@ -44,47 +57,68 @@ def prefix_sizes(n: int) -> list[int]:
     return [*sizes, n] if n else []
 
 
-def search_ranked_prefix(ranked: Sequence[str], measure: Callable[[list[str]], float], budget: float,
-                         baseline: float | None = None, steps: Sequence[int] | None = None) -> PrefixSearch:
-    """The shortest prefix of ``ranked`` whose ``measure`` is ``<= budget``.
+def within_budget(loss: Loss, budget: float, rule: str = DEFAULT_BUDGET_RULE) -> bool:
+    """Whether a probe's loss meets ``budget`` under ``rule``: ``"ci"`` compares the upper end of its 95 %
+    interval (the measured value where the probe has none), ``"point"`` the measured value."""
+    if rule not in BUDGET_RULES:
+        raise QuantError(f"unknown budget rule {rule!r}", f"choose one of {', '.join(BUDGET_RULES)}")
+    if isinstance(loss, Estimate):
+        return (loss.ci95[1] if rule == "ci" else loss.value) <= budget
+    return loss <= budget
+
+
+def _value(loss: Loss) -> float:
+    return loss.value if isinstance(loss, Estimate) else float(loss)
+
+
+def search_ranked_prefix(ranked: Sequence[str], measure: Callable[[list[str]], Loss], budget: float,
+                         baseline: Loss | None = None, steps: Sequence[int] | None = None,
+                         rule: str = DEFAULT_BUDGET_RULE) -> PrefixSearch:
+    """The shortest prefix of ``ranked`` whose ``measure`` meets the budget under ``rule`` (``within_budget``).
 
     ``baseline`` is the loss with nothing excluded (measured here when not given). Unmet even with every ranked
-    item excluded: the best prefix tried, ``met`` False. Measured losses are noisy, not monotone, so the bisection
-    finds *a* smallest passing prefix between its bounds, not a proven minimum.
+    item excluded: the best prefix tried (lowest measured value), ``met`` False. Measured losses are noisy, not
+    monotone, so the bisection finds *a* smallest passing prefix between its bounds, not a proven minimum.
     """
     if budget < 0:
         raise QuantError(f"accuracy budget {budget} is negative", "pass a budget >= 0")
+    within_budget(0.0, budget, rule)  # an unknown rule fails before the first probe
     trials: list[dict[str, Any]] = []
-    best: tuple[float, list[str]] = (float("inf"), [])
+    losses: dict[int, Loss] = {}
+    best: tuple[float, int] = (float("inf"), 0)
 
-    def trial(k: int, value: float | None = None) -> float:
+    def trial(k: int, value: Loss | None = None) -> bool:
         nonlocal best
-        excluded = list(ranked[:k])
-        loss = measure(excluded) if value is None else value
-        trials.append({"excluded": k, "loss": loss})
-        if loss < best[0]:
-            best = (loss, excluded)
-        return loss
+        loss = measure(list(ranked[:k])) if value is None else value
+        losses[k] = loss
+        trials.append({"excluded": k, "loss": _value(loss),
+                       **({"loss_ci95": loss.ci_list()} if isinstance(loss, Estimate) else {})})
+        if _value(loss) < best[0]:
+            best = (_value(loss), k)
+        return within_budget(loss, budget, rule)
 
-    if trial(0, baseline) <= budget:
-        return PrefixSearch(budget, [], trials[0]["loss"], True, trials)
+    def result(k: int, met: bool) -> PrefixSearch:
+        loss = losses[k]
+        return PrefixSearch(budget, list(ranked[:k]), _value(loss), met, trials, rule,
+                            loss.ci_list() if isinstance(loss, Estimate) else None)
+
+    if trial(0, baseline):
+        return result(0, True)
     failing = 0
     for k in steps if steps is not None else prefix_sizes(len(ranked)):
         if k > len(ranked):
             break
-        loss = trial(k)
-        if loss <= budget:
-            passing = (k, loss)
-            while passing[0] - failing > 1:
-                mid = (failing + passing[0]) // 2
-                mid_loss = trial(mid)
-                if mid_loss <= budget:
-                    passing = (mid, mid_loss)
+        if trial(k):
+            passing = k
+            while passing - failing > 1:
+                mid = (failing + passing) // 2
+                if trial(mid):
+                    passing = mid
                 else:
                     failing = mid
-            return PrefixSearch(budget, list(ranked[:passing[0]]), passing[1], True, trials)
+            return result(passing, True)
         failing = k
-    return PrefixSearch(budget, best[1], best[0], False, trials)
+    return result(best[1], False)
 
 
 # -- comparing measured configurations ------------------------------------------------------------------------------

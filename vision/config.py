@@ -55,6 +55,10 @@ class VisionConfig(BaseModel):
     simplify: bool = False
     save_stats: Path | None = None
     agreement_images: int = Field(4, ge=0)
+    # Scale stability: also calibrate on this many seeded half-subsets of the calibration batches (0: off) and
+    # report each tensor's amax spread over them (quant_common.stability); the model still runs once per batch.
+    calib_stability: int = Field(0, ge=0)
+    stability_threshold: float = Field(0.1, gt=0)  # flag a tensor whose amax moves by more than this fraction
 
     # Layers kept out of INT8. The detection head's all-anchor part (vision.graph.head_nodes) collapses in INT8 on
     # YOLO (its Sigmoid/Concat; Ultralytics keeps the head Sigmoid in FP32); both Q/DQ models and TensorRT's
@@ -80,12 +84,23 @@ class VisionConfig(BaseModel):
     budget_max_images: int | None = Field(100, ge=1)
     class_map: Path | None = None  # model class -> category id for `annotations` (see vision-quant eval)
     sensitivity_images: int = Field(8, ge=1)  # calibration images whose output SQNR prices each float region
+    # A float-layer set meets the budget when the upper end of its mAP loss's 95 % interval (paired bootstrap over
+    # the budget images) does ("ci"), or when the measured loss does ("point"); quant_common.search.BUDGET_RULES.
+    budget_rule: Literal["ci", "point"] = "ci"
+    bootstrap_resamples: int = Field(1000, ge=10)  # resamples of every reported Δ mAP's interval
 
     trt_int8: Literal["auto", "implicit", "explicit"] = "auto"
     workspace_gb: float = Field(4, gt=0)
     max_batch: int = Field(8, ge=1)
 
     out: Path = Path("out/vision")
+
+    @field_validator("calib_stability")
+    @classmethod
+    def _check_stability(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("one calibration subset shows no spread: pass 0 (off) or at least 2")
+        return value
 
     @field_validator("imgsz", mode="before")
     @classmethod

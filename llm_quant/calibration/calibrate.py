@@ -12,6 +12,7 @@ from typing import Any
 
 from llm_quant.calibration import per_token, smoothing
 from llm_quant.calibration.exclusions import modelopt_pattern
+from llm_quant.config import BuildConfig
 from llm_quant.upstream import trtllm_facts
 from quant_common import qformats
 from quant_common.errors import QuantError, require
@@ -187,6 +188,12 @@ def smoothquant_alphas(qformat: str, sq_activations: str, smoothquant_alpha: flo
     if sq_activations == "per_token":
         return (smoothquant_alpha if smoothquant_alpha is not None else smoothing.DEFAULT_ALPHA,)
     return None
+
+
+def quantize_options(cfg: BuildConfig) -> dict[str, Any]:
+    """The ``quantize`` keywords a build's configuration sets."""
+    return {"kv_cache_dtype": cfg.kv_cache_dtype, "smoothquant_alpha": cfg.smoothquant_alpha,
+            "sq_activations": cfg.sq_activations, "alpha_search": cfg.sq_alpha_search, "scale_dtype": cfg.dtype}
 
 
 def quantize(model: Any, qformat: str, batches: list[Any], *, kv_cache_dtype: str | None = None,

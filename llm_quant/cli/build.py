@@ -15,6 +15,7 @@ from llm_quant.pipeline import build, evaluate, make_config
 from quant_common import qformats
 from quant_common.cli import handle_errors, print_json
 from quant_common.errors import QuantError
+from quant_common.stability import summary_line
 
 BUILD_HELP = """Quantize a Llama-family model with modelopt and write a TensorRT-LLM checkpoint, a HF checkpoint,
 the embedded PyTorch runtime, the engine (where TensorRT-LLM <=1.2 is installed; else the command to run) and a
@@ -89,6 +90,14 @@ _SQ_SEARCH = typer.Option(None, "--sq-alpha-search/--sq-alpha-global",
                                "default from the preset")
 _BUDGET = typer.Option(None, "--accuracy-budget", metavar="PCT",
                        help="max perplexity increase (%); the costliest layers stay in higher precision")
+_RULE = typer.Option("ci", "--budget-rule",
+                     help="a linear set meets --accuracy-budget when: ci = the upper end of its search-split "
+                          "change's 95 % interval does | point = the measured change does")
+_STABILITY = typer.Option(0, "--calib-stability", metavar="K",
+                          help="also calibrate on K seeded half-subsets of the calibration samples and report each "
+                               "quantizer's amax spread (K recalibrations; 0 = off)")
+_THRESHOLD = typer.Option(0.1, "--stability-threshold",
+                          help="flag a quantizer whose amax moves by more than this fraction over the subsets")
 _CALIB_DS = typer.Option(None, "--calib-dataset", help="'mixed' (offline default: prose, code, technical docs), 'pydoc', or a hub dataset "
                                                  "(cnn_dailymail)")
 _CALIB_FILE = typer.Option(None, "--calib-file", help="local .txt/.jsonl/.parquet calibration text (repeatable)")
@@ -101,6 +110,8 @@ _DEVICE = typer.Option("auto", "--device", help="auto (GPU when present), cpu or
 _JSON = typer.Option(False, "--json", help="print one JSON object instead of text")
 _OUT = typer.Option(Path("out/llm"), "--out", "-o", help="output directory (staged, swapped in when complete)")
 _TEXT = typer.Option(None, "--text", help="held-out text file (default: the corpus' eval split)")
+_BUILD_TEXT = typer.Option(None, "--text", help="your own held-out text: with --accuracy-budget, the budget's "
+                                                "outcome is reported on it beside the corpus' splits")
 
 
 def _alphas(report: dict[str, Any] | None) -> str:
@@ -133,11 +144,14 @@ def register(app: typer.Typer) -> None:
                                                 "installed (default: a command every release 0.16-1.2 accepts)"),
         triton_runtime: str = typer.Option("auto", "--triton-runtime",
                                            help="auto, tensorrtllm, pytorch or llmapi"),
+        budget_rule: str = _RULE, calib_stability: int = _STABILITY, stability_threshold: float = _THRESHOLD,
+        text: Path = _BUILD_TEXT,
         as_json: bool = _JSON,
     ) -> None:
         parallel = {k: v for k, v in {"tp_size": tp_size, "pp_size": pp_size}.items() if v is not None}
         extra = {"out": out, "build_engine": engine, "triton_runtime": triton_runtime,
-                 "trtllm_version": trtllm_version}
+                 "trtllm_version": trtllm_version, "budget_rule": budget_rule, "calib_stability": calib_stability,
+                 "stability_threshold": stability_threshold}
         if dtype is not None:
             extra["dtype"] = dtype
         with contextlib.redirect_stdout(sys.stderr):
@@ -146,7 +160,7 @@ def register(app: typer.Typer) -> None:
                                      calib_dataset, calib_file, calib_size, calib_seq_len, batch_size,
                                      eval_seq_len, eval_tokens, device, extra=extra, parallel=parallel)
         with contextlib.redirect_stdout(sys.stderr):  # modelopt/transformers print; stdout is for results
-            result = build(cfg, model_source=source)
+            result = build(cfg, model_source=source, text_file=text)
         if as_json:
             print_json(result.to_dict())
             return
@@ -161,10 +175,20 @@ def register(app: typer.Typer) -> None:
             f"triton repo      {result.triton_repo}",
             f"higher precision {result.linears_kept_high_precision} linears {result.exclude_modules or ''}",
             f"quantized share  {result.quantized_weight_share:.3f} of decoder-linear weights",
+            f"calibration      {calibration_text(result.calibration)}",
         ]
+        if result.search:
+            lines.append(f"search split     Δ perplexity {search_text(result.search)}")
         for split, row in result.held_out.items():
-            lines.append(f"held-out {split:<7} Δ perplexity {row['delta_pct']:+.2f} % on {row['text']} "
+            lines.append(f"held-out {split:<7} Δ perplexity {delta_text(row)} on {row['text']} "
                          f"({row['tokens']} tokens)")
+        if result.budget_summary:
+            lines.append(f"budget           {result.budget_summary.removeprefix('accuracy budget ')}")
+        if result.calib_stability:
+            stab = result.calib_stability
+            lines.append(f"scale stability  {summary_line(stab, 'quantizers', 'samples')} "
+                         f"({stab['seconds_per_subset']:.0f} s per subset; plain calibration "
+                         f"{stab['plain_calibration_seconds']:.0f} s)")
         if result.exclusion_warning:
             lines.append(f"warning          {result.exclusion_warning}")
         if result.install_warning:
@@ -185,12 +209,12 @@ def register(app: typer.Typer) -> None:
         accuracy_budget: float = _BUDGET, text: Path = _TEXT,
         calib_dataset: str = _CALIB_DS, calib_file: list[Path] = _CALIB_FILE, calib_size: int = _CALIB_SIZE,
         calib_seq_len: int = _CALIB_LEN, batch_size: int = _BATCH, eval_seq_len: int = _EVAL_LEN,
-        eval_tokens: int = _EVAL_TOKENS, device: str = _DEVICE, as_json: bool = _JSON,
+        eval_tokens: int = _EVAL_TOKENS, device: str = _DEVICE, budget_rule: str = _RULE, as_json: bool = _JSON,
     ) -> None:
         cfg, _, _ = _common(model, model_path, qformat, kv_cache_dtype, smoothquant_alpha, sq_activations,
                             sq_alpha_search, accuracy_budget,
                             calib_dataset, calib_file, calib_size, calib_seq_len, batch_size, eval_seq_len,
-                            eval_tokens, device)
+                            eval_tokens, device, extra={"budget_rule": budget_rule})
         with contextlib.redirect_stdout(sys.stderr):
             report = evaluate(cfg, text_file=text)
         if as_json:
@@ -198,11 +222,37 @@ def register(app: typer.Typer) -> None:
             return
         sys.stdout.write(
             f"perplexity  reference {report.ppl_ref:.3f}  {qformat} {report.ppl_quant:.3f}  "
-            f"Δ {report.delta_pct:+.2f} %  ({report.tokens} tokens, {report.windows}×{report.seq_len}) "
+            f"Δ {delta_text(report.to_dict())}  ({report.tokens} tokens, {report.windows}×{report.seq_len}) "
             f"on {report.text}\n"
-            + (f"held-out domain: Δ {report.heldout['delta_pct']:+.2f} % on {report.heldout['text']} "
+            + (f"held-out domain: Δ {delta_text(report.heldout)} on {report.heldout['text']} "
                f"({report.heldout['tokens']} tokens)\n" if report.heldout else "")
+            + (f"search split: Δ {search_text(report.search)}\n" if report.search else "")
+            + (f"{report.budget_summary}\n" if report.budget_summary else "")
             + f"quantized weight share: {report.quantized_weight_share:.3f} "
             f"({report.linears_kept_high_precision} linears kept in higher precision)\n"
+            + f"calibration: {calibration_text(report.calibration)}\n"
+            + f"95 % intervals: seeded paired bootstrap over {report.ci['units']} ({report.ci['count']} on "
+              f"{report.text})\n"
             + (f"smoothquant: {report.sq_activations} activations, alpha {_alphas(report.smoothquant)}\n"
                if report.sq_activations else ""))
+
+
+def delta_text(row: dict[str, Any]) -> str:
+    """``+1.23 % [+0.40, +2.05]``: a perplexity change with its 95 % interval."""
+    lo, hi = row["delta_pct_ci95"]
+    return f"{row['delta_pct']:+.2f} % [{lo:+.2f}, {hi:+.2f}]"
+
+
+def search_text(search: dict[str, Any]) -> str:
+    rule = "its 95 % upper end" if search["rule"] == "ci" else "the measured change"
+    return (f"{delta_text(search)} with {search['units_kept']} units kept ({rule} within the target "
+            f"{search['target_pct']:.2f} %: {'met' if search['met'] else 'NOT met'}) on {search['text']}")
+
+
+def calibration_text(counts: dict[str, Any]) -> str:
+    """What calibration actually consumed (``llm_quant.data.documents.calibration_counts``)."""
+    text = (f"{counts['samples']} samples x {counts['seq_len']} tokens = {counts['tokens']} tokens of "
+            f"{counts['text_tokens']} in the calibration split")
+    if counts["capped_by_text"]:
+        text += f" (asked for {counts['requested_samples']}: the text holds no more whole samples)"
+    return text

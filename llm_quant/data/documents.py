@@ -193,6 +193,16 @@ def calibration_batches(stream: TokenStream, calib: CalibConfig) -> list[Any]:
     return list(windows.split(calib.batch_size))
 
 
+def calibration_counts(stream: TokenStream, batches: list[Any], calib: CalibConfig) -> dict[str, Any]:
+    """What calibration actually consumes: whole ``seq_len`` windows of the calib split, at most ``size`` of them
+    (a shorter text gives fewer, silently in most tools; here it is reported)."""
+    samples = sum(len(batch) for batch in batches)
+    text_tokens = len(stream.ids)
+    return {"requested_samples": calib.size, "samples": samples, "seq_len": calib.seq_len,
+            "tokens": samples * calib.seq_len, "text_tokens": text_tokens,
+            "unused_tokens": text_tokens - samples * calib.seq_len, "capped_by_text": samples < calib.size}
+
+
 def iterate_batches(batches: list[Any], device: str) -> Iterator[Any]:
     for batch in batches:
         yield batch.to(device)

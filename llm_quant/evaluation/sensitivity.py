@@ -5,9 +5,10 @@ Sensitivity on the ``search`` split (never an ``eval`` text): each precision uni
 full-precision layer, fed the full-precision model's own input, and the relative error it adds to the layer output
 is recorded (one capture pass plus one layer run per unit; a perplexity probe per unit would cost ~100x more on
 SmolLM2). Units are then kept in higher precision in order of that error per parameter (``rank_units``), the
-smallest count whose search-split perplexity is within ``budget * SEARCH_MARGIN`` of the reference, found by the
-ranked-prefix search shared with vision (``quant_common.search``: 1, 2, 4, ... units, then bisection). The margin
-leaves room for text the search never sees. Turning quantizers off keeps SmoothQuant/AWQ pre-quant scales applied,
+smallest count whose search-split perplexity change meets ``budget * margin`` under the budget rule (``"ci"``: the
+upper end of its paired 95 % interval over token blocks, ``llm_quant.evaluation.perplexity.delta_estimate``;
+``"point"``: the measured change), found by the ranked-prefix search shared with vision (``quant_common.search``:
+1, 2, 4, ... units, then bisection). The margin leaves room for text the search never sees. Turning quantizers off keeps SmoothQuant/AWQ pre-quant scales applied,
 so each probe is an exact full-precision linear; the final model is re-calibrated with those linears excluded from
 the start.
 """
@@ -23,12 +24,16 @@ from llm_quant.calibration.exclusions import (
     precision_units,
     quantized_weight_share,
 )
-from llm_quant.evaluation.perplexity import perplexity
+from llm_quant.evaluation.perplexity import Perplexity, delta_estimate, perplexity
 from quant_common.errors import require
 from quant_common.progress import track
-from quant_common.search import search_ranked_prefix
+from quant_common.search import DEFAULT_BUDGET_RULE, search_ranked_prefix, within_budget
+from quant_common.uncertainty import Estimate
 
-SEARCH_MARGIN = 0.7
+# The search's target is ``budget * margin``: room for text the search never sees. Under the "point" rule (the
+# measured change must meet the target) a margin of 0.7 was measured to be needed; under the "ci" rule (the upper
+# end of the change's 95 % interval must) the interval itself is that room (docs/llm.md, "Reading the numbers").
+SEARCH_MARGINS = {"point": 0.7, "ci": 1.0}
 
 
 def _enabled_quantizers(model: Any, module: str) -> list[Any]:
@@ -64,11 +69,22 @@ class SearchResult:
     unit_error: dict[str, float] = field(default_factory=dict)  # relative layer-output error each unit adds
     probes: int = 0  # search-split perplexity measurements, the uniform one included
     met: bool = True
-    trials: list[dict[str, Any]] = field(default_factory=list)  # {"excluded": k top units, "loss": ppl Δ %}
+    # {"excluded": k top units, "loss": ppl Δ %, "loss_ci95": [lo, hi]} per probe
+    trials: list[dict[str, Any]] = field(default_factory=list)
     quantized_weight_share: float = 1.0  # of decoder-linear parameters, with ``excluded`` kept in higher precision
+    rule: str = DEFAULT_BUDGET_RULE  # quant_common.search.BUDGET_RULES
+    margin: float = 1.0  # target_pct = budget_pct * margin
+    delta_pct: float = 0.0  # search-split change of the chosen set, with its paired 95 % interval
+    delta_pct_ci95: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self, text: str) -> dict[str, Any]:
+        """The search split's change with the chosen linears kept, its interval, and how it met the budget."""
+        return {"text": text, "delta_pct": round(self.delta_pct, 3), "delta_pct_ci95": self.delta_pct_ci95,
+                "target_pct": self.target_pct, "rule": self.rule, "margin": self.margin, "met": self.met,
+                "units_kept": len(self.excluded_units), "probes": self.probes}
 
 
 def _capture(quantized: Any, batch: Any, layers: list[str], modules: dict[str, Any]) -> dict[str, tuple]:
@@ -141,42 +157,47 @@ def rank_units(quantized: Any, units: dict[str, list[str]], unit_error: dict[str
     return sorted(units, key=lambda unit: unit_error[unit] / max(size[unit], 1), reverse=True)
 
 
-def search_exclusions(quantized: Any, windows: Any, ppl_ref: float, budget_pct: float,
-                      batch_size: int = 1, may_exclude: bool = True) -> SearchResult:
-    """Smallest set of most-sensitive precision units to keep in higher precision so search-split ppl meets the
-    budget. Unmet even with every unit kept: the prefix with the lowest perplexity tried, ``met`` False.
-    ``may_exclude=False`` (a format that cannot keep linears in higher precision): only the uniform probe.
+def search_exclusions(quantized: Any, windows: Any, ref: Perplexity, budget_pct: float, batch_size: int = 1,
+                      may_exclude: bool = True, rule: str = DEFAULT_BUDGET_RULE,
+                      margin: float | None = None) -> SearchResult:
+    """Smallest set of most-sensitive precision units to keep in higher precision so the search-split perplexity
+    change meets ``budget_pct * margin`` under ``rule`` (``ref``: the full-precision model scored on ``windows``).
+    Unmet even with every unit kept: the prefix with the lowest change tried, ``met`` False. ``may_exclude=False``
+    (a format that cannot keep linears in higher precision): only the uniform probe.
     """
-    target_pct = budget_pct * SEARCH_MARGIN
-    measured: dict[int, float] = {}
+    margin = SEARCH_MARGINS[rule] if margin is None else margin
+    target_pct = budget_pct * margin
+    measured: dict[int, tuple[float, Estimate]] = {}
     units = precision_units(quantized)
 
     def members(chosen: list[str]) -> list[str]:
         return [linear for unit in chosen for linear in units[unit]]
 
-    def increase_pct(chosen: list[str]) -> float:
+    def increase_pct(chosen: list[str]) -> Estimate:
         with InFullPrecision(quantized, members(chosen)):
-            ppl = perplexity(quantized, windows, batch_size=batch_size, description="linear search").ppl
-        measured[len(chosen)] = ppl
-        return 100.0 * (ppl - ppl_ref) / ppl_ref
+            probe = perplexity(quantized, windows, batch_size=batch_size, description="linear search")
+        measured[len(chosen)] = (probe.ppl, delta_estimate(ref, probe))
+        return measured[len(chosen)][1]
 
     uniform_pct = increase_pct([])
-    uniform = measured[0]
-    result = SearchResult(budget_pct, target_pct, ppl_ref, uniform, uniform, probes=1,
-                          trials=[{"excluded": 0, "loss": uniform_pct}],
-                          quantized_weight_share=quantized_weight_share(quantized))
-    if uniform_pct <= target_pct:
+    uniform = measured[0][0]
+    result = SearchResult(budget_pct, target_pct, ref.ppl, uniform, uniform, probes=1,
+                          trials=[{"excluded": 0, "loss": uniform_pct.value, "loss_ci95": uniform_pct.ci_list(3)}],
+                          quantized_weight_share=quantized_weight_share(quantized), rule=rule, margin=margin,
+                          delta_pct=uniform_pct.value, delta_pct_ci95=uniform_pct.ci_list(3))
+    if within_budget(uniform_pct, target_pct, rule):
         return result
+    result.met = False
     if not may_exclude:
-        result.met = False
         return result
     result.unit_error = {k: round(v, 10) for k, v in unit_errors(quantized, windows, units, batch_size).items()}
     order = list(units)
     ranked = rank_units(quantized, units, result.unit_error)
-    found = search_ranked_prefix(ranked, increase_pct, budget=target_pct, baseline=uniform_pct)
+    found = search_ranked_prefix(ranked, increase_pct, budget=target_pct, baseline=uniform_pct, rule=rule)
     result.excluded_units = sorted(found.excluded, key=order.index)
     result.excluded = members(result.excluded_units)
-    result.ppl_final = measured[len(found.excluded)]
+    result.ppl_final, chosen = measured[len(found.excluded)]
+    result.delta_pct, result.delta_pct_ci95 = chosen.value, chosen.ci_list(3)
     result.probes, result.met, result.trials = found.probes, found.met, found.trials
     with InFullPrecision(quantized, result.excluded):
         result.quantized_weight_share = quantized_weight_share(quantized)

@@ -13,7 +13,7 @@ from llm_quant.calibration import calibrate, exclusions
 from llm_quant.config import CalibConfig
 from llm_quant.data import documents
 from llm_quant.evaluation import sensitivity
-from llm_quant.evaluation.perplexity import perplexity
+from llm_quant.evaluation.perplexity import Perplexity, perplexity
 from llm_quant.evaluation.sensitivity import SearchResult
 from tests.llm_quant.helpers import rank_weights, tiny_config, trt_config
 
@@ -51,15 +51,18 @@ def test_linear_search_finds_smallest_set(tiny_llama):
     assert layers == ["model.layers.0", "model.layers.1"]
     uniform = perplexity(model, windows).ppl
     with sensitivity.InFullPrecision(model, layers):
-        full = perplexity(model, windows).ppl
+        full_probe = perplexity(model, windows)
+    full = full_probe.ppl
     assert perplexity(model, windows).ppl == uniform, "quantizers must be restored after the probe"
     # A random model's ppl need not rise under quantization; pick a reference whose budget lies between.
     assert full != uniform
     low, high = sorted([full, uniform])
     target = (low + high) / 2
     budget = 1.0  # percent
-    ref = target / (1 + budget * sensitivity.SEARCH_MARGIN / 100)
-    result = sensitivity.search_exclusions(model, windows, ref, budget)
+    margin = sensitivity.SEARCH_MARGINS["point"]
+    ref = target / (1 + budget * margin / 100)
+    result = sensitivity.search_exclusions(model, windows, at_perplexity(full_probe, ref), budget, rule="point")
+    assert result.rule == "point" and result.margin == margin
     assert result.probes == len(result.trials) and result.trials[0]["excluded"] == 0 and result.met
     if uniform <= target:
         assert result.excluded == [] and result.probes == 1 and result.quantized_weight_share == 1.0
@@ -76,16 +79,30 @@ def test_linear_search_finds_smallest_set(tiny_llama):
         # the recorded trials are the search split's perplexity increase over the reference, in percent
         chosen = next(t for t in result.trials if t["excluded"] == len(result.excluded_units))
         assert math.isclose(chosen["loss"], 100 * (result.ppl_final - ref) / ref, rel_tol=1e-9)
+        assert chosen["loss_ci95"][0] <= chosen["loss"] <= chosen["loss_ci95"][1]
+        # the CI rule asks the interval's upper end to meet the target: never fewer units kept
+        strict_ci = sensitivity.search_exclusions(model, windows, at_perplexity(full_probe, ref), budget, rule="ci",
+                                                  margin=margin)
+        assert strict_ci.rule == "ci" and all("loss_ci95" in t for t in strict_ci.trials)
+        if strict_ci.met:
+            assert strict_ci.delta_pct_ci95[1] <= budget * margin
     # a format that cannot keep linears in higher precision: one uniform probe, unmet where uniform misses
-    strict = sensitivity.search_exclusions(model, windows, uniform / 1.05, budget, may_exclude=False)
+    strict = sensitivity.search_exclusions(model, windows, at_perplexity(full_probe, uniform / 1.05), budget,
+                                           may_exclude=False)
     assert strict.probes == 1 and strict.excluded == [] and not strict.met
     assert strict.quantized_weight_share == 1.0
+
+
+def at_perplexity(probe: Perplexity, ppl: float) -> Perplexity:
+    """``probe``'s token NLLs shifted so that their perplexity is ``ppl``: a reference scored on the same windows."""
+    shift = math.log(ppl) - probe.nll
+    return Perplexity(ppl, probe.nll + shift, probe.tokens, probe.token_nll + shift)
 
 
 def test_whole_layer_exclusions_still_reach_both_checkpoints(tiny_llama, tmp_path, monkeypatch):
     # Layer names stay valid exclusions (library callers); linear names: test_exclusions.py.
     monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget, **kw: SearchResult(
-        budget, budget * 0.7, ref, ref * 2, ref, excluded=["model.layers.1"]))
+        budget, budget * 0.7, ref.ppl, ref.ppl * 2, ref.ppl, excluded=["model.layers.1"]))
     out = tmp_path / "budget"
     cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0, sq_activations="per_tensor")
     result = pipeline.build(cfg, model_source=source)
@@ -102,6 +119,17 @@ def test_whole_layer_exclusions_still_reach_both_checkpoints(tiny_llama, tmp_pat
         assert f"{layer}.*" in hf["quantization_config"]["ignore"]
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["search"]["excluded"] == result.exclude_modules
+    # the budget's outcome on every held-out text, each with its interval, and the one line naming the misses
+    held = manifest["result"]["held_out"]
+    assert set(held) == {"eval", "heldout"} and result.budget_summary.startswith("accuracy budget 1 %: ")
+    for row in held.values():
+        lo, hi = row["delta_pct_ci95"]
+        assert lo <= row["delta_pct"] <= hi and row["budget_held"] == (row["delta_pct"] <= 1.0)
+    exceeded = [split for split, row in held.items() if not row["budget_held"]]
+    named = result.budget_summary.split("; held on")[0]
+    assert ("EXCEEDED on " in named) == bool(exceeded) and all(f"{split} " in named for split in exceeded)
+    counts = manifest["result"]["calibration"]
+    assert counts["samples"] * counts["seq_len"] == counts["tokens"] <= counts["text_tokens"]
     runtime = json.loads((out / "embedded" / "runtime.json").read_text())
     assert runtime["exclude_modules"] == result.exclude_modules
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from quant_common.errors import QuantError
-from quant_common.search import pareto_front, prefix_sizes, search_ranked_prefix
+from quant_common.search import pareto_front, prefix_sizes, search_ranked_prefix, within_budget
+from quant_common.uncertainty import Estimate
 
 NAMES = [f"layer{i}" for i in range(20)]
 
@@ -59,6 +60,45 @@ def test_unmet_budget_returns_best_prefix_tried():
 def test_negative_budget_is_refused():
     with pytest.raises(QuantError, match="negative"):
         search_ranked_prefix(NAMES, lambda ex: 0.0, budget=-1)
+
+
+def interval_falling_with(k_point: int, k_upper: int):
+    """Losses with intervals: the measured value is within a budget of 1.0 from ``k_point`` items excluded, the
+    interval's upper end only from ``k_upper``."""
+
+    def measure(excluded: list[str]) -> Estimate:
+        k = len(excluded)
+        value = 0.5 if k >= k_point else 2.0
+        upper = 0.9 if k >= k_upper else 1.6
+        return Estimate(value, (value - 0.4, max(upper, value + 0.1)), 100, 200, 0)
+
+    return measure
+
+
+def test_ci_rule_accepts_only_when_the_upper_end_is_within_budget():
+    measure = interval_falling_with(3, 9)
+    point = search_ranked_prefix(NAMES, measure, budget=1.0, rule="point")
+    ci = search_ranked_prefix(NAMES, measure, budget=1.0, rule="ci")
+    assert point.excluded == NAMES[:3] and point.rule == "point"
+    assert ci.excluded == NAMES[:9] and ci.rule == "ci" and ci.met
+    assert ci.loss == 0.5 and ci.loss_ci95 == [0.1, 0.9]
+    assert all("loss_ci95" in t for t in ci.trials)
+    assert within_budget(Estimate(0.5, (0.1, 1.2), 10, 10, 0), 1.0, "point")
+    assert not within_budget(Estimate(0.5, (0.1, 1.2), 10, 10, 0), 1.0, "ci")
+    assert within_budget(0.8, 1.0, "ci")  # a probe without an interval: its value
+
+
+def test_ci_rule_never_met_returns_the_best_value_tried():
+    measure = interval_falling_with(1, 10_000)
+    found = search_ranked_prefix(NAMES, measure, budget=1.0, rule="ci")
+    assert not found.met and found.loss == 0.5 and found.excluded == NAMES[:1]
+
+
+def test_unknown_rule_is_refused_before_any_probe():
+    measure, calls = loss_falling_with(3)
+    with pytest.raises(QuantError, match="budget rule"):
+        search_ranked_prefix(NAMES, measure, budget=1.0, rule="mean")
+    assert calls == []
 
 
 def test_pareto_front_keeps_only_undominated_points():

@@ -156,11 +156,14 @@ class ActivationCollector:
     per-tensor statistics and returns the model's own outputs, ``result`` hands the histograms to calibrators.
 
     ``threads``: worker threads counting histograms (default: CPU count); ONNX Runtime keeps its own setting.
+    ``subsets``: also count ``subsets`` seeded random subsets of the batches (each batch joins each subset with
+    probability ``1/2``), for ``subset_results`` -- a calibration's stability over the images it saw, at the cost
+    of counting only (the model runs once per batch whatever the number of subsets).
     """
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike[str], tensors: Sequence[str] | None = None, *,
                  histogram: Literal["fine", "trt"] = "fine", num_bins: int = NUM_BINS,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, subsets: int = 0, seed: int = 0) -> None:
         if histogram not in ("fine", "trt"):
             raise QuantError(f"unknown histogram mode '{histogram}'", "use 'fine' (default) or 'trt'")
         if num_bins < 128:
@@ -193,6 +196,11 @@ class ActivationCollector:
         self._pending: list[Future[None]] = []
         self.num_batches = 0
         self.num_samples = 0
+        self._subset_rng = np.random.default_rng(seed)
+        self._subsets: list[dict[str, _FineHistogram | _TrtHistogram]] = [
+            {name: _FineHistogram() if histogram == "fine" else _TrtHistogram(num_bins) for name in self.measured}
+            for _ in range(subsets)]
+        self.subset_samples = [0] * subsets
 
     def collect(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [name for name in self.input_names if name not in feeds]
@@ -215,11 +223,15 @@ class ActivationCollector:
         # each accumulator is only ever updated by one task at a time because the previous batch is drained first.
         self.flush()
         order = sorted(self.measured, key=lambda name: -np.asarray(arrays[name]).size)  # big first: balanced pool
-        self._pending = [self._pool.submit(self._accumulators[name].update, np.asarray(arrays[name]))
-                         for name in order]
         lead = np.asarray(feeds[self.input_names[0]]) if self.input_names else None
+        samples = int(lead.shape[0]) if lead is not None and lead.ndim else 1
+        joins = self._subset_rng.random(len(self._subsets)) < 0.5
+        targets = [self._accumulators, *(acc for acc, join in zip(self._subsets, joins, strict=True) if join)]
+        self._pending = [self._pool.submit(target[name].update, np.asarray(arrays[name]))
+                         for name in order for target in targets]
+        self.subset_samples = [n + samples * int(join) for n, join in zip(self.subset_samples, joins, strict=True)]
         self.num_batches += 1
-        self.num_samples += int(lead.shape[0]) if lead is not None and lead.ndim else 1
+        self.num_samples += samples
         return {name: produced[name] for name in self.output_names}
 
     def flush(self) -> None:
@@ -232,10 +244,18 @@ class ActivationCollector:
         self.flush()
         if self.num_batches == 0:
             raise QuantError("no calibration batch was collected", "give at least one calibration image")
+        return self._stats(self._accumulators)
+
+    def subset_results(self) -> list[dict[str, TensorStats]]:
+        """The statistics of each subset that drew at least one batch (see ``subsets``)."""
+        self.flush()
+        return [self._stats(accs) for accs, n in zip(self._subsets, self.subset_samples, strict=True) if n]
+
+    def _stats(self, accumulators: Mapping[str, _FineHistogram | _TrtHistogram]) -> dict[str, TensorStats]:
         stats: dict[str, TensorStats] = {}
         memo: dict[str, _FineHistogram] = {}
         for name in self.tensors:
-            acc = self._accumulator(name, memo)
+            acc = self._accumulator(name, memo, accumulators)
             if acc.nonfinite:
                 raise QuantError(f"tensor '{name}' produced {acc.nonfinite} NaN/inf values during calibration",
                                  "check the model and the input preprocessing (scale, dtype)")
@@ -244,13 +264,14 @@ class ActivationCollector:
             stats[name] = TensorStats(name=name, min=float(low), max=float(high), hist=hist, edges=edges)
         return stats
 
-    def _accumulator(self, name: str, memo: dict[str, _FineHistogram]) -> _FineHistogram | _TrtHistogram:
-        if name in self._accumulators:
-            return self._accumulators[name]
+    def _accumulator(self, name: str, memo: dict[str, _FineHistogram],
+                     accumulators: Mapping[str, _FineHistogram | _TrtHistogram]) -> _FineHistogram | _TrtHistogram:
+        if name in accumulators:
+            return accumulators[name]
         if name not in memo:
             merged = _FineHistogram()
             for source in self._derived[name]:
-                part = self._accumulator(source, memo)
+                part = self._accumulator(source, memo, accumulators)
                 merged.counts += part.counts
                 merged.min, merged.max = min(merged.min, part.min), max(merged.max, part.max)
                 merged.nonfinite += part.nonfinite

@@ -13,11 +13,14 @@ from rich.table import Table
 from quant_common.cli import handle_errors, print_json
 from quant_common.errors import QuantError
 from quant_common.progress import track
+from quant_common.search import BUDGET_RULES, DEFAULT_BUDGET_RULE
 from vision.backends.select import load_runner
 from vision.evaluation.bench import benchmark
-from vision.evaluation.evaluate import evaluate
+from vision.evaluation.evaluate import EvalResult, evaluate
+from vision.evaluation.map_bootstrap import delta_fields, map_estimates
 from vision.evaluation.plots import per_class_chart
 from vision.evaluation.predict import class_names_from_onnx, predict
+from vision.evaluation.report import delta_text
 from vision.evaluation.results import CompareResult
 from vision.pipeline.compare import DEFAULT_CALIBRATORS, CompareOptions, compare
 
@@ -30,6 +33,11 @@ Examples:
   vision-quant eval vision/assets/yolov8n_shapes.onnx --data shapes/images/val --annotations shapes/annotations/instances_val.json
 
   vision-quant eval build/model.int8.ort.onnx --data val/ --annotations val.json --max-images 100 --json
+
+  vision-quant eval build/model.int8.ort.onnx --reference yolov8n.onnx --data val/ --annotations val.json
+      (Δ mAP against the reference on the same images, with its paired 95 % bootstrap interval)
+
+Every mAP comes with its 95 % interval over images (seeded bootstrap: a rerun prints the same interval).
 """
 
 BENCH_HELP = """
@@ -58,6 +66,7 @@ OvPrecision = Annotated[str, typer.Option(help="OpenVINO float precision hint: f
                                                "INT8 either way)")]
 Imgsz = Annotated[int, typer.Option(help="Input size for models with dynamic height/width")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
+Resamples = Annotated[int, typer.Option(help="Bootstrap resamples of the images for the 95 % intervals")]
 
 _VARIANTS = " | ".join(["FP32", *(f"INT8-{name}" for name in DEFAULT_CALIBRATORS), "INT8-mixed"])
 COMPARE_HELP = f"""
@@ -103,17 +112,30 @@ def eval_command(
     ov_precision: OvPrecision = "f32",
     imgsz: Imgsz = 640,
     plot: Annotated[Path | None, typer.Option(help="Write a per-class AP bar chart (PNG) here")] = None,
+    reference: Annotated[Path | None, typer.Option(
+        help="Also evaluate this model (e.g. the FP32 ONNX) on the same images and print Δ mAP against it")] = None,
+    resamples: Resamples = 1000,
     json_output: JsonFlag = False,
 ) -> None:
-    runner = load_runner(artifact, backend, threads, precision=ov_precision)
-    with runner:
-        result = evaluate(runner, data, annotations, class_map=class_map, conf=conf, iou=iou, max_det=max_det,
-                          max_images=max_images, imgsz=imgsz, progress=None if json_output else _progress())
-    result.artifact = str(artifact)
+    def run(model: Path) -> EvalResult:
+        with load_runner(model, backend, threads, precision=ov_precision) as runner:
+            found = evaluate(runner, data, annotations, class_map=class_map, conf=conf, iou=iou, max_det=max_det,
+                             max_images=max_images, imgsz=imgsz, progress=None if json_output else _progress())
+        found.artifact = str(model)
+        assert found.matches is not None
+        found.map50_95_ci95, found.map50_ci95 = (e.ci_list() for e in map_estimates(found.matches,
+                                                                                   resamples=resamples))
+        return found
+
+    result = run(artifact)
+    ref = run(reference) if reference is not None else None
+    deltas = delta_fields(ref.matches, result.matches, resamples=resamples) \
+        if ref is not None and ref.matches is not None and result.matches is not None else None
     if plot is not None:
         per_class_chart(result, plot)
     if json_output:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), **(deltas or {}), **({"reference": {
+            k: v for k, v in ref.to_dict().items() if k != "per_class"}} if ref is not None else {})})
         return
     table = Table(title=f"{artifact.name}: {result.images} images, {result.instances} boxes "
                         f"({result.backend}, {result.device}, {result.seconds:.1f} s)")
@@ -121,8 +143,27 @@ def eval_command(
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in result.per_class:
         table.add_row(row.name, str(row.instances), f"{row.map50_95:.4f}", f"{row.map50:.4f}")
-    table.add_row("[bold]all", str(result.instances), f"[bold]{result.map50_95:.4f}", f"[bold]{result.map50:.4f}")
-    Console().print(table)
+    table.add_row("[bold]all", str(result.instances), f"[bold]{_with_ci(result.map50_95, result.map50_95_ci95)}",
+                  f"[bold]{_with_ci(result.map50, result.map50_ci95)}")
+    console = Console()
+    console.print(table)
+    if ref is not None and deltas is not None:
+        console.print(f"reference {Path(ref.artifact).name}: mAP50-95 {_with_ci(ref.map50_95, ref.map50_95_ci95)}, "
+                      f"mAP50 {_with_ci(ref.map50, ref.map50_ci95)}")
+        console.print(f"Δ vs reference (mAP points): mAP50-95 {_delta_text(deltas, '50_95')}, "
+                      f"mAP50 {_delta_text(deltas, '50')}")
+    console.print(f"[95 % intervals: seeded bootstrap over the {result.images} images, {resamples} resamples"
+                  + (", paired for Δ]" if ref is not None else "]"), markup=False)
+
+
+def _with_ci(value: float, ci: list[float] | None, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def _delta_text(deltas: dict[str, Any], which: str) -> str:
+    """``-1.23 [-1.60, -0.85]`` from the keys of ``vision.evaluation.map_bootstrap.delta_fields``."""
+    return delta_text(deltas[f"delta_map{which}"], deltas["delta_map_ci95" if which == "50_95" else
+                                                          f"delta_map{which}_ci95"])
 
 
 @handle_errors
@@ -209,12 +250,18 @@ def compare_command(
     class_map: Annotated[Path | None, typer.Option(help="Model class -> category map (see eval)")] = None,
     threads: Threads = None,
     seed: Annotated[int, typer.Option(help="Seed of the calibration subset")] = 0,
+    budget_rule: Annotated[str, typer.Option(
+        help="INT8-mixed meets the budget when: ci = the upper end of its loss's 95 % interval does | point = the "
+             "measured loss does")] = DEFAULT_BUDGET_RULE,
+    resamples: Resamples = 1000,
     json_output: JsonFlag = False,
 ) -> None:
+    if budget_rule not in BUDGET_RULES:
+        raise QuantError(f"unknown --budget-rule {budget_rule!r}", f"choose one of {', '.join(BUDGET_RULES)}")
     opts = CompareOptions(calibrators=[c.strip() for c in calibrators.split(",") if c.strip()],
                           percentile=percentile, max_calib_images=max_calib_images, max_images=max_images,
                           accuracy_budget=accuracy_budget, bench_iterations=bench_iterations, threads=threads,
-                          class_map=class_map, seed=seed)
+                          class_map=class_map, seed=seed, budget_rule=budget_rule, resamples=resamples)
     result = compare(model, calib_data, data, annotations, out, opts,
                      progress=None if json_output else _progress())
     if json_output:
@@ -226,22 +273,26 @@ def compare_command(
     verdict = result.recommendation
     if verdict:
         console.print(f"recommended: [bold]{verdict['variant']}[/bold]: {verdict['reason']}", highlight=False)
+    console.print(f"Δ pts: mAP50-95 points against FP32 with the 95 % interval of a seeded paired bootstrap over "
+                  f"the {result.images} images ({resamples} resamples)", markup=False)
     console.print(f"reports: {result.artifacts.get('report.html')}  {result.artifacts.get('report.md')}")
 
 
 def compare_table(result: CompareResult) -> Table:
     """compare's terminal table, readable at 80 columns: every variant's full name (the column never wraps or
-    truncates, the others are short), the runtime, mAP50-95 with its Δ, p50 latency and speed-up, float layers, and
+    truncates, the others are short), the runtime, mAP50-95 with its Δ and the Δ's 95 % interval, p50 latency and
+    speed-up, float layers, and
     ★ for the recommended row / • for the rest of the Pareto front."""
     table = Table(title=f"{Path(result.model).name}: {result.images} images", box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="★ recommended  • Pareto front (mAP vs latency)", caption_justify="left")
     width = max(len(v.name) for v in result.variants)
     table.add_column("variant", no_wrap=True, min_width=width)
-    for column in ("rt", "mAP50-95", "Δ pts", "ms", "×FP32", "float", ""):
+    for column in ("rt", "mAP50-95", "Δ pts [95 %]", "ms", "×FP32", "float", ""):
         table.add_column(column, justify="left" if column in ("rt", "") else "right", no_wrap=True)
     for row in result.table():
         mark = "★" if row["recommended"] else "•" if row["pareto"] else ""
         table.add_row(row["variant"], "OV" if row["runtime"] == "openvino" else "ORT", f"{row['map50_95']:.4f}",
-                      f"{row['delta_map50_95']:+.2f}", f"{row['latency_ms']:.1f}", f"{row['speedup']:.2f}",
+                      delta_text(row["delta_map50_95"], row["delta_map_ci95"], compact=True), f"{row['latency_ms']:.1f}",
+                      f"{row['speedup']:.2f}",
                       str(row["excluded_layers"]), mark)
     return table

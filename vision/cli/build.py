@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quant_common.cli import handle_errors, print_json
+from quant_common.stability import summary_line
 from vision.calibration.calibrators import CALIBRATOR_NAMES
 from vision.config import load_config
 from vision.pipeline.build import build
@@ -60,6 +61,13 @@ def build_command(
     force: Annotated[bool, typer.Option("--force", help="Recalibrate even if the cache belongs elsewhere")] = False,
     simplify: Annotated[bool, typer.Option("--simplify", help="Run onnxslim on the model first")] = False,
     save_stats: Annotated[Path | None, typer.Option(help="Write the activation statistics to FILE.npz")] = None,
+    calib_stability: Annotated[int | None, typer.Option(
+        "--calib-stability", metavar="K",
+        help="Also calibrate on K seeded half-subsets of the calibration batches and report each tensor's amax "
+             "spread, flagging those moving more than --stability-threshold (the model still runs once per batch)")
+    ] = None,
+    stability_threshold: Annotated[float | None, typer.Option(
+        help="Flag a tensor whose amax moves by more than this fraction over the subsets (default 0.1)")] = None,
     accuracy_budget: Annotated[float | None, typer.Option(
         help="mAP50-95 points INT8 may lose against FP32 on --data; keeps whole regions float, chosen on mAP and "
              "measured latency")] = None,
@@ -68,6 +76,9 @@ def build_command(
     class_map: Annotated[Path | None, typer.Option(help="JSON/YAML model class -> category id for --annotations")] = None,
     budget_max_images: Annotated[int | None, typer.Option(
         help="Evaluate the budget on the first N images of --data (default 100)")] = None,
+    budget_rule: Annotated[str | None, typer.Option(
+        help="A float-layer set meets --accuracy-budget when: ci (default) = the upper end of its mAP loss's 95 % "
+             "interval (paired bootstrap over the images) does | point = the measured loss does")] = None,
     keep_head_fp32: Annotated[bool | None, typer.Option(
         "--keep-head-fp32/--quantize-head", help="Keep the detection head's all-anchor part in float")] = None,
     ort_weights: Annotated[str | None, typer.Option(
@@ -88,7 +99,9 @@ def build_command(
         "precision": precision, "backend": backend, "trt_version": trt_version, "trt_int8": trt_int8, "calib_cache": calib_cache,
         "force": force or None, "simplify": simplify or None, "save_stats": save_stats, "out": out, "seed": seed,
         "accuracy_budget": accuracy_budget, "data": data, "annotations": annotations, "class_map": class_map,
-        "budget_max_images": budget_max_images, "keep_head_fp32": keep_head_fp32, "ort_weights": ort_weights,
+        "calib_stability": calib_stability, "stability_threshold": stability_threshold,
+        "budget_max_images": budget_max_images, "budget_rule": budget_rule, "keep_head_fp32": keep_head_fp32,
+        "ort_weights": ort_weights,
         "ov_weight_bits": ov_weight_bits, "trt_high_precision": trt_high_precision,
     }
     cfg = load_config(config, **overrides)
@@ -98,7 +111,7 @@ def build_command(
         print_json(summary)
         mixed = summary.get("mixed_precision")
         if mixed and not mixed["met"]:
-            typer.echo(f"warning: accuracy budget {mixed['budget']} not met (Δ {mixed['delta']:.2f} mAP50-95 points)",
+            typer.echo(f"warning: accuracy budget {mixed['budget']} not met (Δ {_loss_text(mixed)} mAP50-95 points)",
                        err=True)
         return
     _print_summary(summary)
@@ -113,9 +126,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row(key, path)
     console.print(table)
     if summary["calibrator"]:
-        console.print(f"calibrator: {summary['calibrator']} {summary['calibrator_options']}; images: "
-                      f"{summary['images']} (skipped {summary['skipped_images']}); cache reused: "
-                      f"{summary['cache_reused']}")
+        console.print(f"calibrator: {summary['calibrator']} {summary['calibrator_options']}; cache reused: "
+                      f"{summary['cache_reused']}", markup=False)
+        console.print(f"calibration images: {_calibration_text(summary)}", markup=False)
+    stability = summary.get("calib_stability")
+    if stability:
+        console.print(f"scale stability: {summary_line(stability, 'tensors', 'images')}", markup=False)
     agreement = summary.get("agreement")
     if agreement:
         det = agreement.get("detection_match")
@@ -129,9 +145,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
                       f"{ov_check['cosine']:.4f}" + (f", detections matched {det:.1%}" if det is not None else ""))
     mixed = summary.get("mixed_precision")
     if mixed:
-        console.print(f"accuracy budget {mixed['budget']} mAP50-95 points: {'met' if mixed['met'] else 'NOT met'} "
-                      f"(FP32 {mixed['map_fp32']:.4f}, INT8 {mixed['map_mixed']:.4f}, Δ {mixed['delta']:.2f} points, "
-                      f"{len(mixed['excluded_nodes'])} layer(s) in float)")
+        rule = "the upper end of its 95 % interval" if mixed.get("rule") == "ci" else "the measured loss"
+        console.print(f"accuracy budget {mixed['budget']} mAP50-95 points ({rule}): "
+                      f"{'met' if mixed['met'] else 'NOT met'} on {mixed.get('images')} images of {mixed['data']} "
+                      f"(FP32 {mixed['map_fp32']:.4f}, INT8 {mixed['map_mixed']:.4f}, loss {_loss_text(mixed)} "
+                      f"points, {len(mixed['excluded_nodes'])} layer(s) in float)", markup=False)
+        if "delta_tensorrt_layout" in mixed:
+            console.print(f"  model.int8.onnx (TensorRT layout, run by ONNX Runtime): loss "
+                          f"{_loss_text(mixed, 'delta_tensorrt_layout')} points", markup=False)
         console.print(f"float regions: {mixed.get('float_by_region')}")
         verdict = mixed.get("recommendation")
         if verdict:
@@ -141,3 +162,28 @@ def _print_summary(summary: dict[str, Any]) -> None:
                           style="yellow")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings"].items())
     console.print(f"timings: {timings}")
+
+
+def _loss_text(mixed: dict[str, Any], key: str = "delta") -> str:
+    """``0.42 [0.10, 0.75]``: points below FP32 with the paired 95 % interval where build.json has one."""
+    ci = mixed.get("delta_map_ci95" if key == "delta" else f"{key}_ci95")
+    return f"{mixed[key]:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _calibration_text(summary: dict[str, Any]) -> str:
+    """How many calibration images were actually consumed, and where the others went."""
+    counts = summary.get("calibration_images") or {}
+    if summary.get("cache_reused"):
+        return f"none read (the cache was reused; it was made from {summary['images']})"
+    text = f"{summary['images']} used"
+    if counts:
+        text += f" of {counts['selected']} selected from {counts['found']} found"
+        if counts.get("max_images") is not None and counts["found"] > counts["max_images"]:
+            text += f" (seeded subset, --max-calib-images {counts['max_images']})"
+        dropped = counts["selected"] - summary["images"] - counts["unreadable"]
+        if counts["unreadable"]:
+            text += f"; {counts['unreadable']} unreadable, skipped"
+        if dropped > 0:
+            text += f"; {dropped} left out to fill the model's fixed batch"
+    return text
+

@@ -144,6 +144,7 @@ class CalibrationSet:
         self.description = description
         self.skipped: dict[str, str] = {}
         self.images_seen = 0
+        self.found = len(self.paths)  # images the source held before the seeded subset (from_source sets it)
 
     @classmethod
     def from_source(cls, source: str | os.PathLike[str], input_name: str, input_hw: tuple[int, int], batch: int,
@@ -160,6 +161,7 @@ class CalibrationSet:
         calib = cls(select_subset(present, max_images, seed), input_name, input_hw, batch,
                     fixed_batch=fixed_batch, dtype=dtype)
         calib.skipped.update({str(p): "file not found" for p in missing})
+        calib.found = len(present)
         return calib
 
     def __len__(self) -> int:

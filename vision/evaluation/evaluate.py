@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import yaml
 from quant_common.errors import QuantError
 from vision.backends.base import Runner
 from vision.data.images import letterbox, load_image, to_input_tensor
+from vision.evaluation.map_bootstrap import ImageMatches
 from vision.evaluation.yolo import Detections, detection_output, postprocess
 
 
@@ -52,9 +53,15 @@ class EvalResult:
     device: str = ""
     artifact: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    map50_95_ci95: list[float] | None = None  # 95 % intervals over images, where a caller bootstrapped them
+    map50_ci95: list[float] | None = None
+    # the per-image COCO matching, for intervals and paired differences (vision.evaluation.map_bootstrap)
+    matches: ImageMatches | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "matches"}
+        out["per_class"] = [asdict(c) for c in self.per_class]
+        return out
 
 
 @contextlib.contextmanager
@@ -265,10 +272,13 @@ def score_detections(coco: Any, image_ids: list[int], detections: list[Detection
                                 "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]),
                                          float(box[3] - box[1])]})
     evaluator, map50_95, map50 = coco_map(coco, records, image_ids, max_det)
+    matches = ImageMatches.from_evaluator(evaluator, image_ids) if evaluator is not None else \
+        ImageMatches.without_detections(coco, image_ids)
     return EvalResult(
         map50_95=map50_95, map50=map50, per_class=_per_class(evaluator, coco, categories, image_ids),
         images=len(image_ids), instances=len(coco.getAnnIds(imgIds=image_ids)), detections=len(records),
-        conf=conf, iou=iou, max_det=max_det, seconds=round(seconds, 3), backend=backend, device=device)
+        conf=conf, iou=iou, max_det=max_det, seconds=round(seconds, 3), backend=backend, device=device,
+        matches=matches)
 
 
 def _num_classes(runner: Runner) -> int | None:

@@ -147,13 +147,21 @@ def _variant_colour(name: str, calibrator: str | None) -> str:
 
 
 def _table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "runtime", "mAP50-95", "mAP50", "Δ mAP50-95 (pts)", "Δ mAP50 (pts)", "latency p50 (ms)",
-              "speed-up", "layers kept float", "Pareto front"]
-    rows = [[r["variant"], r["runtime"], f"{r['map50_95']:.4f}", f"{r['map50']:.4f}", f"{r['delta_map50_95']:+.2f}",
-             f"{r['delta_map50']:+.2f}", f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}×", str(r["excluded_layers"]),
+    header = ["variant", "runtime", "mAP50-95", "mAP50", "Δ mAP50-95 (pts) [95 %]", "Δ mAP50 (pts) [95 %]",
+              "latency p50 (ms)", "speed-up", "layers kept float", "Pareto front"]
+    rows = [[r["variant"], r["runtime"], f"{r['map50_95']:.4f}", f"{r['map50']:.4f}",
+             delta_text(r["delta_map50_95"], r["delta_map_ci95"]), delta_text(r["delta_map50"], r["delta_map50_ci95"]),
+             f"{r['latency_ms']:.2f}", f"{r['speedup']:.2f}×", str(r["excluded_layers"]),
              "recommended" if r["recommended"] else "yes" if r["pareto"] else ""]
             for r in result.table()]
     return header, rows
+
+
+def delta_text(value: float, ci: Sequence[float] | None, compact: bool = False) -> str:
+    """``-1.23 [-1.60, -0.85]``: a Δ in points with its 95 % interval (where one was measured); ``compact``
+    drops the space after the comma (terminal tables)."""
+    sep = "," if compact else ", "
+    return f"{value:+.2f}" + (f" [{ci[0]:+.2f}{sep}{ci[1]:+.2f}]" if ci is not None else "")
 
 
 def float_summary(result: CompareResult, variant: Variant) -> str:
@@ -177,11 +185,17 @@ def _summary_lines(result: CompareResult) -> list[str]:
         search = mixed.get(v.runtime, {})
         regions = ", ".join(f"`{r}`" for r in v.regions) or "none (the uniform model meets the budget)"
         lines.append(f"{v.name}: base calibrator **{mixed.get('base_calibrator')}**, budget {mixed.get('budget')} "
-                     f"mAP50-95 points ({'met' if search.get('met') else 'NOT met'}), "
+                     f"mAP50-95 points ({'met' if search.get('met') else 'NOT met'}"
+                     + (f", loss {search['delta']:.2f} [{search['delta_map_ci95'][0]:.2f}, "
+                        f"{search['delta_map_ci95'][1]:.2f}] under rule {search['rule']}"
+                        if search.get("delta_map_ci95") else "") + "), "
                      f"{len(search.get('candidates', [])) - 1} candidate(s) measured; float regions: {regions}; "
                      f"{len(v.excluded)} nodes float by region: {float_summary(result, v)}.")
     lines.append("The detection head's all-anchor part (DFL, box decode, class Sigmoid, Concat) stays float in every "
                  "INT8 variant (`head` above).")
+    lines.append(f"Δ columns: mAP points against FP32 with the 95 % interval of a seeded paired bootstrap over the "
+                 f"{result.images} images (both models scored on the same resampled images); an interval that "
+                 "contains 0 means the difference is within what these images can tell apart.")
     return lines
 
 

@@ -16,6 +16,8 @@ class Variant:
     map50: float
     delta_map50_95: float = 0.0  # mAP points (x100) relative to FP32; negative = worse
     delta_map50: float = 0.0
+    delta_map_ci95: list[float] | None = None  # paired 95 % interval of delta_map50_95 (bootstrap over images)
+    delta_map50_ci95: list[float] | None = None
     latency_ms: float = 0.0  # p50, batch 1
     speedup: float = 1.0  # FP32 p50 / this p50
     excluded: list[str] = field(default_factory=list)
@@ -44,11 +46,16 @@ class CompareResult:
         return asdict(self)
 
     def table(self) -> list[dict[str, Any]]:
-        """The rows people read: variant, runtime, mAP50-95, mAP50, Δ vs FP32, latency, speed-up, float layers, and
-        whether the row is on the Pareto front / the recommended one."""
+        """The rows people read: variant, runtime, mAP50-95, mAP50, Δ vs FP32 with its 95 % interval, latency,
+        speed-up, float layers, and whether the row is on the Pareto front / the recommended one."""
         pick = self.recommendation.get("variant")
         return [{"variant": v.name, "runtime": v.runtime, "map50_95": round(v.map50_95, 4), "map50": round(v.map50, 4),
-                 "delta_map50_95": round(v.delta_map50_95, 2), "delta_map50": round(v.delta_map50, 2),
+                 "delta_map50_95": round(v.delta_map50_95, 2), "delta_map_ci95": _ci(v.delta_map_ci95),
+                 "delta_map50": round(v.delta_map50, 2), "delta_map50_ci95": _ci(v.delta_map50_ci95),
                  "latency_ms": round(v.latency_ms, 2), "speedup": round(v.speedup, 2),
                  "excluded_layers": len(v.excluded), "pareto": v.pareto, "recommended": v.name == pick}
                 for v in self.variants]
+
+
+def _ci(ci: list[float] | None) -> list[float] | None:
+    return [round(ci[0], 2), round(ci[1], 2)] if ci is not None else None

@@ -51,6 +51,8 @@ class BuildResult:
                 "calibrator_options": int8.calibrator_options if int8 else {},
                 "cache_reused": int8.cache_reused if int8 else False, "images": int8.images if int8 else 0,
                 "skipped_images": len(int8.skipped_images) if int8 else 0,
+                "calibration_images": int8.calibration_images if int8 else {},
+                "calib_stability": int8.stability if int8 else None,
                 "agreement": int8.agreement if int8 else None, "qdq": int8.qdq if int8 else {},
                 "engine": self.engine, "timings": self.timings,
                 "float_layers": len(int8.float_layers) if int8 else 0,

@@ -24,6 +24,8 @@ import onnx
 from quant_common.atomic import atomic_write_json, publish_files, staging_area
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings, utc_now
+from quant_common.search import DEFAULT_BUDGET_RULE
+from quant_common.uncertainty import DEFAULT_RESAMPLES
 from vision.artifacts.cache import amax_to_scale
 from vision.artifacts.qdq_ort import write_ort_qdq
 from vision.artifacts.qdq_ov import write_openvino_qdq
@@ -35,6 +37,7 @@ from vision.calibration.stats import ActivationCollector, TensorStats
 from vision.data.images import CalibrationSet
 from vision.evaluation.bench import cpu_flags, cpu_name, interleaved_latency
 from vision.evaluation.evaluate import EvalResult, evaluate
+from vision.evaluation.map_bootstrap import delta_fields
 from vision.evaluation.report import write_reports
 from vision.evaluation.results import CompareResult, Variant
 from vision.evaluation.sensitivity import layer_errors
@@ -71,6 +74,8 @@ class CompareOptions:
     imgsz: int = 640
     keep_head_fp32: bool = True  # as `vision-quant build` does by default (vision.graph.head_nodes)
     ort_weights: WeightStorage = "auto"  # vision.artifacts.qdq_weights
+    resamples: int = DEFAULT_RESAMPLES  # bootstrap resamples of the images for every Δ's 95 % interval
+    budget_rule: str = DEFAULT_BUDGET_RULE  # quant_common.search.BUDGET_RULES
 
 
 Progress = Callable[[Any, str, int], Any]
@@ -84,10 +89,16 @@ def _evaluate(model: Path, data: Path, annotations: Path, opts: CompareOptions,
 
 
 def _variant(name: str, calibrator: str | None, model: Path, result: EvalResult, excluded: Sequence[str] = (),
-             runtime: str = "onnxruntime") -> Variant:
-    """A row; its latency comes from the interleaved timing at the end (``_time_everything``)."""
-    return Variant(name=name, calibrator=calibrator, model=model.name, map50_95=result.map50_95, map50=result.map50,
-                   runtime=runtime, excluded=list(excluded), per_class=[asdict(c) for c in result.per_class])
+             runtime: str = "onnxruntime", reference: EvalResult | None = None,
+             resamples: int = DEFAULT_RESAMPLES) -> Variant:
+    """A row; its latency comes from the interleaved timing at the end (``_time_everything``). With ``reference``
+    (FP32 on the same images) its Δ intervals, from a paired bootstrap over the images."""
+    row = Variant(name=name, calibrator=calibrator, model=model.name, map50_95=result.map50_95, map50=result.map50,
+                  runtime=runtime, excluded=list(excluded), per_class=[asdict(c) for c in result.per_class])
+    if reference is not None and reference.matches is not None and result.matches is not None:
+        deltas = delta_fields(reference.matches, result.matches, resamples=resamples)
+        row.delta_map_ci95, row.delta_map50_ci95 = deltas["delta_map_ci95"], deltas["delta_map50_ci95"]
+    return row
 
 
 def collect_statistics(info: ModelInfo, model: onnx.ModelProto, calib_data: Path, opts: CompareOptions,
@@ -133,7 +144,7 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
         raw_head, tail = end_to_end_tail(proto)
         with timings.measure("fp32"):
             fp32_eval = _evaluate(model_path, data_dir, ann_path, opts, progress)  # checks data before long work
-            fp32 = _variant("FP32", None, model_path, fp32_eval)
+            fp32 = _variant("FP32", None, model_path, fp32_eval, reference=fp32_eval, resamples=opts.resamples)
         with timings.measure("statistics"):
             stats, sample, calib_images = collect_statistics(info, proto, Path(calib_data), opts)
         variants, amax_all, scales_all = [fp32], {}, {}
@@ -148,21 +159,22 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
                 write_ort_qdq(proto, scales, sample[:1], path, nodes_to_exclude=head,
                               weight_storage=opts.ort_weights, label=model_path.name)
                 evaluated[path] = _evaluate(path, data_dir, ann_path, opts, progress)
-                variants.append(_variant(f"INT8-{method}", method, path, evaluated[path], head))
+                variants.append(_variant(f"INT8-{method}", method, path, evaluated[path], head, reference=fp32_eval,
+                                         resamples=opts.resamples))
                 amax_all[method], scales_all[method] = amax, scales
         best = max(variants[1:], key=lambda v: v.map50_95)
         base_scales = scales_all[best.calibrator or ""]
         with timings.measure("openvino"):
             variants += _openvino_variants(proto, model_path, staging, base_scales, best.calibrator, head, data_dir,
-                                           ann_path, opts, progress, evaluated)
+                                           ann_path, opts, progress, evaluated, fp32_eval)
         with timings.measure("mixed_precision"):
             ranked = layer_errors(proto, staging / best.model, sample[:opts.sensitivity_images], opts.threads)
             bases = {v.runtime: v for v in variants[::-1] if v.calibrator == best.calibrator}
-            searches = _mixed_searches(proto, staging, base_scales, sample, head, bases, fp32, model_path, data_dir,
-                                       ann_path, opts, evaluated)
+            searches = _mixed_searches(proto, staging, base_scales, sample, head, bases, fp32_eval, model_path,
+                                       data_dir, ann_path, opts, evaluated)
         with timings.measure("latency"):
             _time_everything(variants, searches, model_path, staging, opts)
-        mixed_rows = _mixed_variants(searches, best.calibrator, staging, evaluated)
+        mixed_rows = _mixed_variants(searches, best.calibrator, staging, evaluated, fp32_eval, opts.resamples)
         for row in mixed_rows:  # after the last row of its runtime
             last = max(i for i, v in enumerate(variants) if v.runtime == row.runtime)
             variants.insert(last + 1, row)
@@ -170,10 +182,12 @@ def compare(model: str | os.PathLike[str], calib_data: str | os.PathLike[str], d
             v.delta_map50_95 = 100.0 * (v.map50_95 - fp32.map50_95)
             v.delta_map50 = 100.0 * (v.map50 - fp32.map50)
             v.speedup = fp32.latency_ms / v.latency_ms if v.latency_ms > 0 else 0.0
-        points = [Measured(v.name, v.delta_map50_95, v.latency_ms) for v in variants] + [
-            Measured(f"{RUNTIME_NAME[rt]} candidate {i}", -c.delta, c.latency_ms, row=False)
+        points = [Measured(v.name, v.delta_map50_95, v.latency_ms,
+                           loss_upper=-v.delta_map_ci95[0] if v.delta_map_ci95 else None) for v in variants] + [
+            Measured(f"{RUNTIME_NAME[rt]} candidate {i}", -c.delta, c.latency_ms, row=False,
+                     loss_upper=c.ci95[1] if c.ci95 else None)
             for rt, search in searches.items() for i, c in enumerate(search.candidates) if i]
-        verdict = recommend(points, opts.accuracy_budget, {v.name: v.regions for v in mixed_rows})
+        verdict = recommend(points, opts.accuracy_budget, {v.name: v.regions for v in mixed_rows}, opts.budget_rule)
         for v in variants:
             v.pareto = v.name in verdict["front"]
         regions = float_regions(proto, head)
@@ -202,7 +216,7 @@ RUNTIME_NAME = {"onnxruntime": "ORT", "openvino": "OpenVINO"}
 
 def _mixed_searches(proto: onnx.ModelProto, staging: Path, scales: Mapping[str, float],
                     sample: Sequence[Mapping[str, np.ndarray]], head: Sequence[str], bases: Mapping[str, Variant],
-                    fp32: Variant, fp32_path: Path, data: Path, annotations: Path, opts: CompareOptions,
+                    fp32: EvalResult, fp32_path: Path, data: Path, annotations: Path, opts: CompareOptions,
                     evaluated: dict[Path, EvalResult]) -> dict[str, RegionSearch]:
     """The region search on each runtime with a uniform INT8 row of the best calibrator (``bases``), from it."""
     feeds = list(sample[:opts.sensitivity_images])
@@ -216,14 +230,15 @@ def _mixed_searches(proto: onnx.ModelProto, staging: Path, scales: Mapping[str, 
         if runtime not in bases:
             continue
 
-        def evaluate_map(path: Path, rt: str = runtime) -> float:
+        def evaluate_map(path: Path, rt: str = runtime) -> EvalResult:
             evaluated[path] = _evaluate(path, data, annotations, opts, None, rt)
-            return evaluated[path].map50_95
+            return evaluated[path]
 
-        base = bases[runtime]
-        searches[runtime] = search_regions(target, regions, head, staging / base.model, base.map50_95,
-                                           fp32_path, fp32.map50_95, evaluate_map, opts.accuracy_budget, work, reference,
-                                           feeds, threads=opts.threads, imgsz=opts.imgsz)
+        base = staging / bases[runtime].model
+        searches[runtime] = search_regions(target, regions, head, base, evaluated[base], fp32_path, fp32,
+                                           evaluate_map, opts.accuracy_budget, work, reference, feeds,
+                                           threads=opts.threads, imgsz=opts.imgsz, rule=opts.budget_rule,
+                                           resamples=opts.resamples)
     return searches
 
 
@@ -261,7 +276,7 @@ def _time_everything(variants: Sequence[Variant], searches: Mapping[str, RegionS
 
 
 def _mixed_variants(searches: Mapping[str, RegionSearch], calibrator: str | None, staging: Path,
-                    evaluated: Mapping[Path, EvalResult]) -> list[Variant]:
+                    evaluated: Mapping[Path, EvalResult], fp32: EvalResult, resamples: int) -> list[Variant]:
     """One INT8-mixed row per searched runtime: its chosen candidate, saved as model.int8.mixed.<layout>.onnx."""
     rows = []
     for runtime, search in searches.items():
@@ -270,7 +285,7 @@ def _mixed_variants(searches: Mapping[str, RegionSearch], calibrator: str | None
         path = staging / f"model.int8.mixed.{suffix}.onnx"
         shutil.copyfile(best.path, path)
         name = "INT8-mixed" if runtime == "onnxruntime" else "INT8-mixed-openvino"
-        row = _variant(name, calibrator, path, evaluated[best.path], best.float_nodes, runtime)
+        row = _variant(name, calibrator, path, evaluated[best.path], best.float_nodes, runtime, fp32, resamples)
         row.latency_ms, row.regions = best.latency_ms, list(best.regions)
         rows.append(row)
     return rows
@@ -279,17 +294,19 @@ def _mixed_variants(searches: Mapping[str, RegionSearch], calibrator: str | None
 def _openvino_variants(proto: onnx.ModelProto, model_path: Path, staging: Path, scales: Mapping[str, float],
                        calibrator: str | None, head: Sequence[str], data: Path, annotations: Path,
                        opts: CompareOptions, progress: Progress | None,
-                       evaluated: dict[Path, EvalResult]) -> list[Variant]:
+                       evaluated: dict[Path, EvalResult], reference: EvalResult) -> list[Variant]:
     """FP32 (f32 hint) and the OpenVINO INT8 layout from the best calibrator's scales, run by OpenVINO; none where
     OpenVINO is not installed (ONNX Runtime stays the reference for every row)."""
     if not is_importable("openvino"):
         return []
     fp32 = _evaluate(model_path, data, annotations, opts, progress, "openvino")
-    rows = [_variant("FP32-openvino", None, model_path, fp32, runtime="openvino")]
+    rows = [_variant("FP32-openvino", None, model_path, fp32, runtime="openvino", reference=reference,
+                     resamples=opts.resamples)]
     path = staging / f"model.int8.{calibrator}.ov.onnx"
     write_openvino_qdq(proto, scales, path, nodes_to_exclude=head, label=model_path.name)
     evaluated[path] = _evaluate(path, data, annotations, opts, progress, "openvino")
-    rows.append(_variant(f"INT8-{calibrator}-openvino", calibrator, path, evaluated[path], head, "openvino"))
+    rows.append(_variant(f"INT8-{calibrator}-openvino", calibrator, path, evaluated[path], head, "openvino",
+                         reference, opts.resamples))
     return rows
 
 

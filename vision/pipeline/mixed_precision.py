@@ -8,8 +8,9 @@
    FP32 it gains, the *gain*).
 3. Regions are ranked by gain per cost (free regions first; none that gains nothing, none that would make the
    model as slow as FP32 on that runtime) and ``quant_common.search.search_ranked_prefix`` keeps the shortest prefix
-   of that ranking whose measured mAP50-95 loss meets the budget; every prefix it tries is a candidate, evaluated
-   on the labelled set on the target runtime.
+   of that ranking whose mAP50-95 loss meets the budget under the budget rule (``"ci"``: the upper end of the
+   loss's paired 95 % interval over the images; ``"point"``: the measured loss); every prefix it tries is a
+   candidate, evaluated on the labelled set on the target runtime.
 4. The caller times every candidate with every other variant of the run in one interleaved loop; ``choose`` takes
    the fastest candidate within the budget and ``recommend`` checks it against the accuracy/latency Pareto front of
    everything measured. Where a uniform variant is as fast and as accurate, that one is recommended instead.
@@ -24,10 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from quant_common.search import pareto_front, search_ranked_prefix
+from quant_common.errors import QuantError
+from quant_common.search import DEFAULT_BUDGET_RULE, pareto_front, search_ranked_prefix, within_budget
+from quant_common.uncertainty import DEFAULT_RESAMPLES, Estimate
 from vision.backends.base import Runner
 from vision.backends.select import load_runner
 from vision.evaluation.bench import interleaved_latency
+from vision.evaluation.evaluate import EvalResult
+from vision.evaluation.map_bootstrap import paired_map_delta
 from vision.evaluation.sensitivity import sqnr_db
 from vision.regions import Region, region_nodes
 
@@ -64,10 +69,15 @@ class Candidate:
     map50_95: float
     delta: float  # mAP50-95 points below FP32 (positive: worse)
     latency_ms: float = 0.0  # p50 from the caller's interleaved timing
+    loss: Estimate | None = None  # ``delta`` with its paired 95 % interval (``map_loss``)
+
+    @property
+    def ci95(self) -> list[float] | None:
+        return self.loss.ci_list() if self.loss is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"regions": self.regions, "float_nodes": len(self.float_nodes), "map50_95": self.map50_95,
-                "delta": self.delta, "latency_ms": self.latency_ms}
+                "delta": self.delta, "delta_map_ci95": self.ci95, "latency_ms": self.latency_ms}
 
 
 @dataclass
@@ -83,6 +93,10 @@ class RegionSearch:
     trials: list[dict[str, Any]] = field(default_factory=list)
     left_int8: dict[str, list[str]] = field(default_factory=dict)  # regions never tried, by reason
     priced: dict[str, Any] = field(default_factory=dict)  # every region's price, the uniform and FP32 latencies
+    rule: str = DEFAULT_BUDGET_RULE  # how a candidate meets the budget (quant_common.search.within_budget)
+
+    def within(self, candidate: Candidate) -> bool:
+        return within_budget(_loss(candidate), self.budget, self.rule)
 
     @property
     def best(self) -> Candidate:
@@ -90,11 +104,16 @@ class RegionSearch:
 
     def to_dict(self) -> dict[str, Any]:
         best = self.best
-        return {"runtime": self.runtime, "budget": self.budget, "met": self.met, "regions": best.regions,
-                "excluded": best.float_nodes, "delta": best.delta, "map50_95": best.map50_95,
+        return {"runtime": self.runtime, "budget": self.budget, "met": self.met, "rule": self.rule,
+                "regions": best.regions, "excluded": best.float_nodes, "delta": best.delta,
+                "delta_map_ci95": best.ci95, "map50_95": best.map50_95,
                 "latency_ms": best.latency_ms, "prices": [p.to_dict() for p in self.prices],
                 "left_int8": self.left_int8, "priced": self.priced,
                 "candidates": [c.to_dict() for c in self.candidates], "chosen": self.chosen}
+
+
+def _loss(candidate: Candidate) -> Estimate | float:
+    return candidate.loss if candidate.loss is not None else candidate.delta
 
 
 def output_sqnr(reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]]) -> float:
@@ -162,20 +181,45 @@ def rank_regions(prices: Sequence[RegionPrice], base_ms: float, fp32_ms: float |
     return ranked, left
 
 
-def search_regions(target: Target, regions: Sequence[Region], head: Sequence[str], base: Path, base_map: float,
-                   fp32: Path, fp32_map: float, evaluate_map: Callable[[Path], float], budget: float,
+def map_loss(fp32: EvalResult, candidate: EvalResult, resamples: int = DEFAULT_RESAMPLES) -> Estimate:
+    """mAP50-95 points ``candidate`` is below ``fp32`` (positive: worse), with the paired 95 % interval over the
+    images both were evaluated on (``vision.evaluation.map_bootstrap``)."""
+    if fp32.matches is None or candidate.matches is None:
+        raise QuantError("an evaluation without its per-image matching cannot give an interval",
+                         "evaluate with vision.evaluation.evaluate")
+    return paired_map_delta(fp32.matches, candidate.matches, resamples=resamples).scaled(-1.0)
+
+
+Score = float | EvalResult  # an accuracy probe's answer: an evaluation (with its per-image matches) or a bare mAP
+
+
+def _candidate(regions: list[str], nodes: list[str], path: Path, result: Score, fp32: Score,
+               resamples: int) -> Candidate:
+    """The candidate's loss with its paired interval where both are evaluations, else the bare difference."""
+    if isinstance(result, EvalResult) and isinstance(fp32, EvalResult) and result.matches and fp32.matches:
+        loss = map_loss(fp32, result, resamples)
+        return Candidate(regions, nodes, path, result.map50_95, loss.value, loss=loss)
+    score, ref = (r.map50_95 if isinstance(r, EvalResult) else float(r) for r in (result, fp32))
+    return Candidate(regions, nodes, path, score, 100.0 * (ref - score))
+
+
+def search_regions(target: Target, regions: Sequence[Region], head: Sequence[str], base: Path, base_eval: Score,
+                   fp32: Path, fp32_eval: Score, evaluate_map: Callable[[Path], Score], budget: float,
                    work_dir: Path, reference: Sequence[Mapping[str, np.ndarray]],
                    feeds: Sequence[Mapping[str, np.ndarray]], *, threads: int | None = None, imgsz: int = 640,
-                   rounds: int = 10, cap_at_fp32: bool = True) -> RegionSearch:
-    """The region search on ``target``: ``base`` is the uniform INT8 model (``head`` float) scoring ``base_map``,
-    ``fp32`` the FP32 model; ``evaluate_map(file)`` the mAP50-95 on the labelled set, run by ``target.runtime``.
-    Candidates are written to ``work_dir``; call ``choose`` once they are timed. ``cap_at_fp32`` False: try regions
-    however slow their prefix would make the model (``rank_regions``)."""
-    uniform = Candidate([], list(head), base, base_map, 100.0 * (fp32_map - base_map))
-    search = RegionSearch(target.runtime, budget, [], [uniform])
-    if uniform.delta <= budget or not regions:
-        search.met = uniform.delta <= budget
-        search.trials = [{"regions": 0, "delta": uniform.delta}]
+                   rounds: int = 10, cap_at_fp32: bool = True, rule: str = DEFAULT_BUDGET_RULE,
+                   resamples: int = DEFAULT_RESAMPLES) -> RegionSearch:
+    """The region search on ``target``: ``base`` is the uniform INT8 model (``head`` float) evaluated as
+    ``base_eval``, ``fp32`` the FP32 model evaluated as ``fp32_eval`` (the reference of every loss, on the same
+    images); ``evaluate_map(file)`` evaluates on the labelled set, run by ``target.runtime`` (a bare mAP works too,
+    without intervals). A candidate meets the budget under ``rule`` (``RegionSearch.within``). Candidates are written to ``work_dir``; call ``choose`` once
+    they are timed. ``cap_at_fp32`` False: try regions however slow their prefix would make the model
+    (``rank_regions``)."""
+    uniform = _candidate([], list(head), base, base_eval, fp32_eval, resamples)
+    search = RegionSearch(target.runtime, budget, [], [uniform], rule=rule)
+    if search.within(uniform) or not regions:
+        search.met = search.within(uniform)
+        search.trials = [{"regions": 0, "delta": uniform.delta, "delta_map_ci95": uniform.ci95}]
         return search
     prices, base_ms, fp32_ms = price_regions(target, regions, head, base, fp32, reference, feeds, work_dir,
                                              threads=threads, rounds=rounds, imgsz=imgsz)
@@ -183,24 +227,24 @@ def search_regions(target: Target, regions: Sequence[Region], head: Sequence[str
     search.priced = {"uniform_ms": base_ms, "fp32_ms": fp32_ms, "all": [p.to_dict() for p in prices]}
     by_name = {r.name: r for r in regions}
 
-    def measure(names: list[str]) -> float:
+    def measure(names: list[str]) -> Estimate | float:
         nodes = [*head, *region_nodes(by_name[n] for n in names)]
         path = work_dir / f"candidate-{target.suffix}-{len(search.candidates)}.onnx"
         target.write(nodes, path)
-        score = evaluate_map(path)
-        search.candidates.append(Candidate(list(names), nodes, path, score, 100.0 * (fp32_map - score)))
-        return search.candidates[-1].delta
+        search.candidates.append(_candidate(list(names), nodes, path, evaluate_map(path), fp32_eval, resamples))
+        return _loss(search.candidates[-1])
 
-    found = search_ranked_prefix([p.region for p in search.prices], measure, budget, uniform.delta)
+    found = search_ranked_prefix([p.region for p in search.prices], measure, budget, _loss(uniform), rule=rule)
     search.met = found.met
-    search.trials = [{"regions": t["excluded"], "delta": t["loss"]} for t in found.trials]
+    search.trials = [{"regions": t["excluded"], "delta": t["loss"], "delta_map_ci95": t.get("loss_ci95")}
+                     for t in found.trials]
     return search
 
 
 def choose(search: RegionSearch) -> Candidate:
-    """The fastest timed candidate within the budget (more accurate on a tie); the most accurate one where none
-    is. Sets ``search.chosen``."""
-    within = [i for i, c in enumerate(search.candidates) if c.delta <= search.budget]
+    """The fastest timed candidate within the budget under the search's rule (more accurate on a tie); the most
+    accurate one where none is. Sets ``search.chosen``."""
+    within = [i for i, c in enumerate(search.candidates) if search.within(c)]
     if within:
         search.chosen = min(within, key=lambda i: (search.candidates[i].latency_ms, search.candidates[i].delta))
     else:
@@ -216,15 +260,18 @@ class Measured:
     delta: float  # mAP50-95 points relative to FP32 (negative: worse), as the table prints it
     latency_ms: float
     row: bool = True  # a table row (False: a candidate the search measured)
+    loss_upper: float | None = None  # upper end of the loss's (-delta's) 95 % interval, where measured
 
 
-def recommend(points: Sequence[Measured], budget: float, mixed: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-    """Which row to use: the fastest row within ``budget`` points of FP32 (the more accurate on a tie), on the
-    Pareto front of ``points`` by construction. ``mixed`` maps each mixed row to its float regions; for each, say
-    whether it is on that front and, if not, which row dominates it (as accurate or more, as fast or faster)."""
+def recommend(points: Sequence[Measured], budget: float, mixed: Mapping[str, Sequence[str]],
+              rule: str = DEFAULT_BUDGET_RULE) -> dict[str, Any]:
+    """Which row to use: the fastest row within ``budget`` points of FP32 under ``rule`` (``"ci"``: the upper end
+    of its loss's interval; the more accurate on a tie), on the Pareto front of ``points`` by construction.
+    ``mixed`` maps each mixed row to its float regions; for each, say whether it is on that front and, if not,
+    which row dominates it (as accurate or more, as fast or faster)."""
     front = {points[i].name for i in pareto_front([(-p.delta, p.latency_ms) for p in points])}
     rows = [p for p in points if p.row]
-    within = [p for p in rows if -p.delta <= budget]
+    within = [p for p in rows if (p.loss_upper if rule == "ci" and p.loss_upper is not None else -p.delta) <= budget]
     pick = min(within, key=lambda p: (p.latency_ms, -p.delta)) if within else max(rows, key=lambda p: p.delta)
     verdicts = {}
     for name, regions in mixed.items():
@@ -234,7 +281,8 @@ def recommend(points: Sequence[Measured], budget: float, mixed: Mapping[str, Seq
         verdicts[name] = {"on_front": name in front, "regions": len(regions), "latency_ms": me.latency_ms,
                           "delta": me.delta,
                           "dominated_by": min(better, key=lambda p: p.latency_ms).name if better else None}
-    return {"variant": pick.name, "within_budget": bool(within), "latency_ms": pick.latency_ms, "delta": pick.delta,
+    return {"variant": pick.name, "within_budget": bool(within), "rule": rule, "latency_ms": pick.latency_ms,
+            "delta": pick.delta,
             "front": sorted(front), "mixed": verdicts, "reason": _reason(pick, bool(within), budget, verdicts)}
 
 

@@ -15,6 +15,7 @@ import onnx
 
 from quant_common.errors import QuantError, is_importable
 from quant_common.manifest import Timings
+from quant_common.stability import scale_spread
 from vision.artifacts.cache import (
     CacheProvenance,
     CalibrationCache,
@@ -46,7 +47,8 @@ from vision.evaluation.agreement import compare as compare_outputs
 from vision.graph import head_nodes, quantizable_tensors
 from vision.model import ModelInfo
 from vision.model_prep import cast_io
-from vision.pipeline.budget import build_budget_search, map50_95
+from vision.pipeline.budget import budget_evaluation, build_budget_search
+from vision.pipeline.mixed_precision import map_loss
 
 
 @dataclass
@@ -61,6 +63,9 @@ class Int8Facts:
     agreement: dict[str, Any] | None = None
     qdq: dict[str, Any] = field(default_factory=dict)
     float_layers: list[str] = field(default_factory=list)  # ONNX nodes kept out of INT8 (head, budget)
+    # how many calibration images the source held, the seeded subset took and calibration actually consumed
+    calibration_images: dict[str, Any] = field(default_factory=dict)
+    stability: dict[str, Any] | None = None  # --calib-stability: amax spread over subsets (quant_common.stability)
     mixed_precision: dict[str, Any] | None = None  # the --accuracy-budget search, when asked for
 
 
@@ -117,21 +122,35 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
                                calibrator=cfg.calibrator, options=options, trt_version=trt_version)
     header = make_header(trt_version, spec.trt_algorithm)
     cache = check_reusable(cfg.cache_path, expected, tensors, force=cfg.force)
+    if cfg.calib_stability:
+        cache = None  # the stability report needs the statistics pass (same data and options: the same scales)
     facts = Int8Facts(calibrator=cfg.calibrator, calibrator_options=options)
     stats = None
     if cache is None:
         with timings.measure("statistics"), ActivationCollector(model, tensors, histogram=cfg.histogram,
-                                                                 num_bins=cfg.num_bins) as collector:
+                                                                 num_bins=cfg.num_bins, subsets=cfg.calib_stability,
+                                                                 seed=cfg.seed) as collector:
             for feeds in calib:
                 collector.collect(feeds)
             stats = collector.result()
+            subset_stats = collector.subset_results() if cfg.calib_stability else []
+            subset_samples = [n for n in collector.subset_samples if n]
         with timings.measure("calibrate"):
             amax = compute_all(stats, cfg.calibrator, **spec.options_from(cfg))
+        if subset_stats:
+            with timings.measure("calib_stability"):
+                facts.stability = scale_spread(
+                    amax, [compute_all(sub, cfg.calibrator, **spec.options_from(cfg)) for sub in subset_stats],
+                    subset_samples, cfg.stability_threshold).to_dict()
         cache = CalibrationCache(header, {name: amax_to_scale(value) for name, value in amax.items()})
         facts.images, facts.skipped_images = calib.images_seen, dict(calib.skipped)
     else:
         facts.cache_reused = True
         facts.images = len(calib.paths)
+    unreadable = sum(1 for path in calib.paths if str(path) in facts.skipped_images)
+    facts.calibration_images = {"found": calib.found, "max_images": cfg.max_calib_images,
+                                "selected": len(calib.paths), "used": facts.images, "unreadable": unreadable,
+                                "listed_missing": len(facts.skipped_images) - unreadable}
     outputs = Int8Outputs(facts, calib, cache.header, {name: float(scale) for name, scale in cache.scales.items()})
     cache_file = staging / "calibration.cache"
     write_cache(cache_file, cache, provenance=expected)
@@ -145,7 +164,9 @@ def quantize_int8(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, hw
                trt_version=trt_version)
     outputs.manifest = {
         "calibration": {"source": str(source), "origin": origin, "images": len(calib.paths),
-                        "images_used": facts.images, "skipped": facts.skipped_images,
+                        "images_used": facts.images, "images_found": calib.found,
+                        "max_images": cfg.max_calib_images, "skipped": facts.skipped_images,
+                        "stability": facts.stability,
                         "fingerprint": expected.data_fingerprint, "batch": batch, "imgsz": list(hw)},
         "calibrator": {"method": cfg.calibrator, "options": options, "cache_header": cache.header,
                        "cache_reused": facts.cache_reused},
@@ -187,8 +208,8 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
                                         weight_bits=cfg.ov_weight_bits, label=info.path.name)
         uniform = {"onnxruntime": ort_path, **({"openvino": ov_path} if is_importable("openvino") else {})}
         with timings.measure("accuracy_budget"):
-            facts.mixed_precision = build_budget_search(cfg, info, model, calib, scales, uniform, head, smallest,
-                                                        staging)
+            facts.mixed_precision, fp32_eval = build_budget_search(cfg, info, model, calib, scales, uniform, head,
+                                                                    smallest, staging)
         facts.float_layers = list(facts.mixed_precision["excluded_nodes"])
         ov_float = list(facts.mixed_precision.get("openvino", {}).get("excluded_nodes", facts.float_layers))
         with timings.measure("qdq_onnxruntime"):
@@ -202,9 +223,11 @@ def _write_qdq(cfg: VisionConfig, info: ModelInfo, model: onnx.ModelProto, cache
     if facts.mixed_precision is not None:
         with timings.measure("accuracy_budget"):
             # what TensorRT would run (its Q/DQ placement quantizes fewer tensors), here through ONNX Runtime
-            trt_map = map50_95(cfg, info, trt_summary.path)
-        facts.mixed_precision["map_tensorrt_layout"] = trt_map
-        facts.mixed_precision["delta_tensorrt_layout"] = 100.0 * (facts.mixed_precision["map_fp32"] - trt_map)
+            trt_eval = budget_evaluation(cfg, info, trt_summary.path)
+            trt_loss = map_loss(fp32_eval, trt_eval, cfg.bootstrap_resamples)
+        facts.mixed_precision["map_tensorrt_layout"] = trt_eval.map50_95
+        facts.mixed_precision["delta_tensorrt_layout"] = trt_loss.value
+        facts.mixed_precision["delta_tensorrt_layout_ci95"] = trt_loss.ci_list()
         # the TensorRT layout takes the ONNX Runtime search's regions (whole blocks: TensorRT fuses Q/DQ around
         # Conv-BN-SiLU, a float island between INT8 layers costs two reformats) in its high-precision type
         facts.mixed_precision["tensorrt"].update(

@@ -131,3 +131,25 @@ def test_engine_without_tensorrt_through_the_installed_command(labelled: tuple[P
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1 and "tensorrt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_against_a_reference_prints_the_delta_with_its_interval(app: typer.Typer,
+                                                                     labelled: tuple[Path, Path, Path],
+                                                                     tmp_path: Path) -> None:
+    model, images, annotations = labelled
+    shifted_boxes = to_network(GT_BOXES).copy()
+    shifted_boxes[:, [0, 2]] += 0.15 * (shifted_boxes[:, 2] - shifted_boxes[:, 0])[:, None]
+    shifted = oracle_onnx(tmp_path / "shifted.onnx", raw_output(shifted_boxes, GT_CLASSES, 3))
+    args = ("eval", shifted, "--reference", model, "--data", images, "--annotations", annotations,
+            "--resamples", 50)
+    code, out, _ = _invoke(app, *args, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["reference"]["map50_95"] == pytest.approx(1.0)
+    assert result["delta_map50_95"] == pytest.approx(100 * (result["map50_95"] - 1.0), abs=1e-3)
+    lo, hi = result["delta_map_ci95"]
+    assert lo <= result["delta_map50_95"] <= hi and result["delta_map50_ci95"] == [0.0, 0.0]
+    assert result["map50_95_ci95"][0] <= result["map50_95"] <= result["map50_95_ci95"][1]
+    assert result["bootstrap"] == {"units": "images", "images": 2, "resamples": 50, "seed": 0}
+    code, text, _ = _invoke(app, *args)
+    assert code == 0 and "Δ vs reference (mAP points): mAP50-95 " in text and "paired" in text

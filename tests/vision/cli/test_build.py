@@ -138,3 +138,24 @@ def test_accuracy_budget_without_labelled_data_is_one_line(app, assets, tmp_path
     lines = stderr.strip().splitlines()
     assert code != 0 and len(lines) == 1 and "--accuracy-budget needs a labelled set" in lines[0], stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_calibration_images_actually_used_are_reported(app, assets, tmp_path):
+    """An unreadable file and a seeded subset: the summary and --json say how many images calibration consumed."""
+    root, model, images = assets
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for path in sorted(images.iterdir()):
+        (calib / path.name).write_bytes(path.read_bytes())
+    (calib / "broken.png").write_bytes(b"not a png")
+    code, stdout, stderr = _invoke(app, [model, "--calib-data", calib, "--imgsz", 64, "--out", tmp_path / "a",
+                                         "--json"])
+    assert code == 0, stderr
+    counts = json.loads(stdout)["calibration_images"]
+    assert counts == {"found": 7, "max_images": 512, "selected": 7, "used": 6, "unreadable": 1, "listed_missing": 0}
+    code, stdout, stderr = _invoke(app, [model, "--calib-data", images, "--imgsz", 64, "--out", tmp_path / "b",
+                                         "--max-calib-images", 4, "--calib-stability", 3])
+    assert code == 0, stderr
+    text = " ".join(stdout.split())
+    assert "calibration images: 4 used of 4 selected from 6 found (seeded subset, --max-calib-images 4)" in text
+    assert "scale stability: " in text and "seeded half-subsets of" in text

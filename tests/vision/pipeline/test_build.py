@@ -245,6 +245,11 @@ def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
     mixed = manifest["mixed_precision"]
     assert mixed["met"] is True and mixed["budget"] == 100.0  # any drop is within 100 points: no search needed
     assert {"excluded_nodes", "map_fp32", "map_int8", "delta", "map_tensorrt_layout"} <= set(mixed)
+    # each Δ with its paired 95 % interval over the budget images, which brackets it
+    assert mixed["rule"] == "ci" and mixed["images"] == 2 and mixed["bootstrap"]["units"] == "images"
+    for key in ("delta", "delta_tensorrt_layout"):
+        lo, hi = mixed[f"{key}_ci95" if key != "delta" else "delta_map_ci95"]
+        assert lo - 1e-6 <= mixed[key] <= hi + 1e-6
     assert mixed["float_regions"] == [] and mixed["regions"] and mixed["tensorrt"]["isolated_float_layers"] == []
     assert mixed["recommendation"]["within_budget"] and mixed["float_by_region"] == {"head": len(mixed["excluded_nodes"])}
     head = head_nodes(onnx.load(str(model)))
@@ -253,3 +258,25 @@ def test_accuracy_budget_records_the_search_and_keeps_the_head_float(tmp_path):
     for name in ("model.int8.onnx", "model.int8.ort.onnx", "model.int8.ov.onnx"):
         assert manifest["qdq"][name]["float_layers"] == len(head)
     assert not (tmp_path / "out" / "model.int8.mixed.ort.onnx").exists()
+
+
+def test_calibration_stability_reports_amax_spread_over_subsets_without_changing_the_scales(workspace, built,
+                                                                                            tmp_path):
+    """--calib-stability: the same calibration on seeded half-subsets of the batches, each tensor's amax spread
+    reported; the full calibration (and so the cache) is the one a plain build writes."""
+    root, model, images = workspace
+    cfg, _ = built
+    stable_cfg = cfg.model_copy(update={"out": tmp_path / "out", "calib_stability": 4, "save_stats": None})
+    result = build(stable_cfg)
+    manifest = json.loads((tmp_path / "out" / "build.json").read_text())
+    report = manifest["calibration"]["stability"]
+    assert report == result.summary()["calib_stability"]
+    assert 2 <= report["subsets"] <= 4 and all(0 < n <= 12 for n in report["subset_samples"])
+    assert report["tensors"] > 10 and report["most_unstable"]
+    worst = report["most_unstable"][0]
+    assert worst["spread"] == report["max_spread"] and worst["low"] <= worst["high"]
+    assert set(report["unstable"]) == {t["tensor"] for t in report["most_unstable"] if t["spread"] > 0.1} | \
+        set(report["unstable"][len(report["most_unstable"]):])
+    assert read_cache(tmp_path / "out" / "calibration.cache").scales == read_cache(cfg.out / "calibration.cache").scales
+    with pytest.raises(QuantError, match="one calibration subset"):
+        load_config(calib_stability=1)

@@ -59,6 +59,11 @@ def test_compare_writes_the_table_models_and_reports(compared: tuple[Path, objec
     for tensor, value in saved["amax"]["minmax"].items():
         assert value >= saved["amax"]["entropy2"][tensor] - 1e-6
     assert all(row["latency_ms"] > 0 for row in result.table())
+    for row in result.table():  # every Δ with its paired interval, which brackets it
+        for key, ci in (("delta_map50_95", "delta_map_ci95"), ("delta_map50", "delta_map50_ci95")):
+            assert row[ci][0] - 0.01 <= row[key] <= row[ci][1] + 0.01, (row["variant"], key)
+    assert saved["variants"][1]["delta_map_ci95"] == result.variants[1].delta_map_ci95
+    assert "Δ mAP50-95 (pts)" in (out / "report.md").read_text() and "paired bootstrap" in (out / "report.md").read_text()
     assert result.calib_images == 4 and result.images == 2
 
 

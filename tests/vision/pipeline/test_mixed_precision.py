@@ -189,3 +189,13 @@ def test_a_uniform_model_within_the_budget_needs_no_search(tmp_path: Path, budge
                             float_regions(model), [], tmp_path / "uniform.onnx", 0.9, tmp_path / "chain.onnx", 0.9,
                             lambda p: 0.0, budget, tmp_path, [], [])
     assert search.met and len(search.candidates) == 1 and calls == [] and choose(search).regions == []
+
+
+def test_under_the_ci_rule_a_row_meets_the_budget_only_with_its_whole_interval() -> None:
+    """INT8-minmax-openvino loses 0.3 points, but its interval reaches 0.8: under "ci" it is not within 0.5, the
+    slower INT8-mixed (interval up to 0.45) is recommended; under "point" the faster row is."""
+    rows = [Measured("FP32", 0.0, 50.0, loss_upper=0.0), Measured("INT8-minmax-openvino", -0.3, 16.0, loss_upper=0.8),
+            Measured("INT8-mixed", -0.2, 30.0, loss_upper=0.45)]
+    assert recommend(rows, 0.5, {"INT8-mixed": ["model.2"]}, "point")["variant"] == "INT8-minmax-openvino"
+    verdict = recommend(rows, 0.5, {"INT8-mixed": ["model.2"]}, "ci")
+    assert verdict["variant"] == "INT8-mixed" and verdict["rule"] == "ci"
