@@ -284,6 +284,7 @@ def compare_table(result: CompareResult) -> Table:
     speed-up, float layers, and
     ★ for the recommended row / • for the rest of the Pareto front."""
     table = Table(title=f"{Path(result.model).name}: {result.images} images", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True,  # two spaces between columns: the Δ interval still fits in 80
                   caption="★ recommended  • Pareto front (mAP vs latency)", caption_justify="left")
     width = max(len(v.name) for v in result.variants)
     table.add_column("variant", no_wrap=True, min_width=width)

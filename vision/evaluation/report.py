@@ -159,9 +159,10 @@ def _table_rows(result: CompareResult) -> tuple[list[str], list[list[str]]]:
 
 def delta_text(value: float, ci: Sequence[float] | None, compact: bool = False) -> str:
     """``-1.23 [-1.60, -0.85]``: a Δ in points with its 95 % interval (where one was measured); ``compact``
-    drops the space after the comma (terminal tables)."""
-    sep = "," if compact else ", "
-    return f"{value:+.2f}" + (f" [{ci[0]:+.2f}{sep}{ci[1]:+.2f}]" if ci is not None else "")
+    (an 80-column terminal table): ``-1.23 [-1.6,-0.9]``, the interval to a tenth of a point."""
+    if ci is None:
+        return f"{value:+.2f}"
+    return f"{value:+.2f} [{ci[0]:+.1f},{ci[1]:+.1f}]" if compact else f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
 def float_summary(result: CompareResult, variant: Variant) -> str:
