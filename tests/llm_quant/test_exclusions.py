@@ -88,7 +88,7 @@ def test_modelopt_config_takes_linear_names():
 
 def test_linear_exclusions_reach_every_artifact(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "search_exclusions", lambda model, windows, ref, budget, **kw: SearchResult(
-        budget, budget * 0.7, ref.ppl, ref.ppl * 2, ref.ppl, excluded=list(KEPT)))
+        budget, budget * 0.7, ref.ppl, ref.ppl * 2, ref.ppl, excluded=list(KEPT)))  # ref: the reference's Perplexity
     out = tmp_path / "budget"
     cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", accuracy_budget=1.0, sq_activations="per_tensor")
     result = pipeline.build(cfg, model_source=source)

@@ -231,7 +231,7 @@ def test_bad_sq_activations_is_one_line(tiny_llama, tmp_path):
 def _uniform_search(met: bool, calls: list[dict]):
     def search(model, windows, ref, budget, **kw):
         calls.append(kw)
-        uniform = ref.ppl * (1.001 if met else 1.5)
+        uniform = ref.ppl * (1.001 if met else 1.5)  # ref: the reference's Perplexity
         return SearchResult(budget, budget * 0.7, ref.ppl, uniform, uniform, met=met, quantized_weight_share=1.0)
     return search
 
@@ -244,7 +244,8 @@ def test_per_token_budget_unmet_uniformly_is_one_line_and_writes_nothing(tiny_ll
     with pytest.raises(QuantError, match="exclude_modules") as err:
         build(cfg, model_source=source)
     assert "+50.00 %" in str(err.value) and "per_tensor" in err.value.fix
-    assert calls == [{"may_exclude": False, "rule": "ci"}]  # the search may not pick linears the checkpoint cannot keep
+    # one search, which may not pick linears the checkpoint cannot keep (under the default budget rule)
+    assert [c["may_exclude"] for c in calls] == [False]
     assert not (tmp_path / "o").exists()
 
 
@@ -254,7 +255,7 @@ def test_per_token_budget_met_uniformly_builds_fully_quantized(tiny_llama, tmp_p
     cfg, source = tiny_config(tiny_llama, tmp_path / "o", qformat="int8_sq", sq_activations="per_token",
                               accuracy_budget=3.0, build_engine=False)
     result = build(cfg, model_source=source)
-    assert calls == [{"may_exclude": False, "rule": "ci"}]
+    assert [c["may_exclude"] for c in calls] == [False]
     assert result.quantized_weight_share == 1.0 and result.exclude_modules == []
     assert result.quant_algo == sq_checkpoint.quant_algo()
 
