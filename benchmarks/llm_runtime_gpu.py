@@ -272,6 +272,20 @@ def chart(result: dict[str, Any]) -> bytes:
 
     rows = [r for r in result["rows"] if "error" not in r]
     shapes = sorted({r["shape"] for r in rows})
+    if not shapes:  # the GEMM table alone: µs per kernel, one panel per M
+        micro = [r for r in result.get("kernels", []) if "error" not in r]
+        ms = sorted({r["M"] for r in micro})
+        fig, axes = plt.subplots(1, max(len(ms), 1), figsize=(5 * max(len(ms), 1), 3.6), squeeze=False)
+        names = ("bf16_mm", "fp8_scaled_mm", "int8_triton", "int8_int_mm", "int8_dequant_mm", "int4_tinygemm")
+        for ax, m in zip(axes[0], ms, strict=False):
+            mine = [r for r in micro if r["M"] == m]
+            for i, name in enumerate(names):
+                ax.bar([j + i * 0.13 for j in range(len(mine))], [r.get(name, 0) for r in mine], width=0.13,
+                       label=name)
+            ax.set_xticks(range(len(mine)), [f"{r['K']}x{r['N']}" for r in mine], fontsize=7)
+            ax.set_title(f"M = {m}: µs per GEMM", fontsize=9)
+        axes[0][0].legend(fontsize=6)
+        return png_bytes(fig)
     fig, axes = plt.subplots(len(shapes), 3, figsize=(13, 3.4 * len(shapes)), squeeze=False)
     for i, shape in enumerate(shapes):
         mine = [r for r in rows if r["shape"] == shape]
@@ -293,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("out/benchmarks/llm_runtime_gpu"))
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--kernel-shape", default="llama-3.1-8b", help="the layer timed with --shapes ''")
     parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True,
                         help="also time each GEMM alone per kernel (the last shape's layer)")
     args = parser.parse_args(argv)
@@ -300,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         raise SystemExit("llm_runtime_gpu: no CUDA GPU visible; run it on a GPU machine")
-    result = run(args)
+    if args.shapes:
+        result = run(args)
+    else:  # --shapes "": the GEMM table alone (no model), for the layer of --kernel-shape
+        from llm_quant.model import tiny
+
+        result = {"environment": _environment(), "rows": [], "prefill": args.prefill, "new_tokens": args.new,
+                  "kernels": kernels(tiny.SHAPES[args.kernel_shape])}
     text = table(result)
     print(text)
     save_report(args.out, "llm_runtime_gpu", result, text, chart(result))
