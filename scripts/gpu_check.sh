@@ -14,7 +14,9 @@ site=/tmp/site312
 [ -d /tmp/np1 ] || tar -C /tmp -xJf .carry/np1.tar.xz || exit 2
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TQ_TRITON_STUB_PYTHONPATH=/tmp/np1 PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
-python3 -m pytest tests/gpu -q -p no:cacheprovider --junitxml="$out/gpu_junit.xml" -o junit_family=xunit1 \
+# GPU_CHECK_TIMEOUT (seconds) bounds the test run alone, so the record is still written when it runs out
+${GPU_CHECK_TIMEOUT:+timeout "$GPU_CHECK_TIMEOUT"} python3 -m pytest tests/gpu -q -p no:cacheprovider \
+  --junitxml="$out/gpu_junit.xml" -o junit_family=xunit1 \
   2>&1 | tee "$out/gpu_pytest.log"
 status=${PIPESTATUS[0]}
 python3 scripts/gpu_record.py --junit "$out/gpu_junit.xml" --out "$out/gpu_check.json" --status "$status"
