@@ -1,5 +1,8 @@
 """Scale on the GPU: ``llm-quant build`` of an 8B-shaped random Llama per qformat, side by side with modelopt's own
-quantize + TensorRT-LLM export of the same model on the same calibration tokens, in one run.
+quantize + TensorRT-LLM export of the same model on the same calibration tokens, in one run. Two rows of ours:
+``ours`` (the default build: TensorRT-LLM checkpoint, HF checkpoint, embedded runtime, Triton repository) and
+``ours-trtllm`` (``--no-hf-checkpoint``: one 8 GB checkpoint, as modelopt's flow writes), each with its ratio to
+modelopt's flow.
 
 Each build runs in a child process of its own, so peak GPU memory (``torch.cuda.max_memory_allocated``) and peak
 RSS (``ru_maxrss``) belong to that build alone. Prints a table, writes ``gpu_scale.json``, ``gpu_scale.md`` and
@@ -27,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.llm_runtime import png_bytes, save_report  # noqa: E402
 
+FLOWS = ("ours", "ours-trtllm", "modelopt")  # ours-trtllm: --no-hf-checkpoint, the artifacts modelopt's flow writes
+
 
 def _peaks() -> dict[str, float]:
     import torch
@@ -41,20 +46,21 @@ def _sizes(folder: Path) -> dict[str, float]:
             for p in sorted(folder.iterdir()) if p.is_dir()}
 
 
-def _config(model: Path, out: Path, qformat: str, calib_size: int, seq_len: int) -> Any:
+def _config(model: Path, out: Path, qformat: str, calib_size: int, seq_len: int, hf: bool = True) -> Any:
     from llm_quant.pipeline import make_config
 
     return make_config(str(model), overrides={"out": out, "device": "cuda", "qformat": qformat,
-                                              "build_engine": False},
+                                              "build_engine": False, "hf_checkpoint": hf},
                        calib={"size": calib_size, "seq_len": seq_len, "batch_size": 8},
                        eval_opts={"seq_len": seq_len, "max_tokens": 4096})[0]
 
 
-def child_ours(model: Path, work: Path, qformat: str, calib_size: int, seq_len: int) -> dict[str, Any]:
+def child_ours(model: Path, work: Path, qformat: str, calib_size: int, seq_len: int,
+               hf: bool = True) -> dict[str, Any]:
     from llm_quant.pipeline import build
 
     start = time.perf_counter()
-    result = build(_config(model, work / "ours", qformat, calib_size, seq_len))
+    result = build(_config(model, work / "ours", qformat, calib_size, seq_len, hf=hf))
     wall = time.perf_counter() - start
     return {"wall_s": round(wall, 1), "stages": {k: round(v, 1) for k, v in result.timings.items()},
             "sizes_gib": _sizes(work / "ours"), **_peaks()}
@@ -166,13 +172,15 @@ def main() -> None:
     parser.add_argument("--calib-seq-len", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("out/benchmarks/gpu_scale"))
     parser.add_argument("--workdir", type=Path, default=None, help="where models and builds go (default: a tmp dir)")
-    parser.add_argument("--child", choices=("ours", "modelopt"), help=argparse.SUPPRESS)
+    parser.add_argument("--flows", default="ours,ours-trtllm,modelopt", help="which of ours, ours-trtllm, modelopt")
+    parser.add_argument("--child", choices=FLOWS, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        runner = child_ours if args.child == "ours" else child_modelopt
-        print(json.dumps(runner(args.model, args.work, args.qformats, args.calib_size, args.calib_seq_len)))
+        call = (args.model, args.work, args.qformats, args.calib_size, args.calib_seq_len)
+        row = child_modelopt(*call) if args.child == "modelopt" else child_ours(*call, hf=args.child == "ours")
+        print(json.dumps(row))
         return
     import torch
 
@@ -193,7 +201,8 @@ def main() -> None:
         if preflight.format_problem(qformat, sm):
             rows.append({"qformat": qformat, "flow": "skipped", "error": f"not runnable on SM {sm}"})
             continue
-        for flow in ("modelopt", "ours") if len(rows) % 2 else ("ours", "modelopt"):
+        flows = [f for f in FLOWS if f in args.flows.split(",")]
+        for flow in flows[::-1] if len(rows) % 2 else flows:  # alternate which flow reads the model first
             work = root / f"{qformat}-{flow}"
             shutil.rmtree(work, ignore_errors=True)
             row = {"qformat": qformat, "flow": flow, **_run_child(flow, model, work, qformat, args)}
@@ -201,10 +210,12 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     for qformat in args.qformats.split(","):
-        ours, ref = ({r["flow"]: r for r in rows if r["qformat"] == qformat}.get(f) for f in ("ours", "modelopt"))
-        if ours and ref and "wall_s" in ours and "wall_s" in ref:
-            ours["wall_ratio"] = round(ours["wall_s"] / ref["wall_s"], 3)
-            ours["gpu_memory_ratio"] = round(ours["peak_gpu_gib"] / ref["peak_gpu_gib"], 3)
+        by_flow = {r["flow"]: r for r in rows if r["qformat"] == qformat}
+        ref = by_flow.get("modelopt")
+        for ours in (by_flow.get("ours"), by_flow.get("ours-trtllm")):
+            if ours and ref and "wall_s" in ours and "wall_s" in ref:
+                ours["wall_ratio"] = round(ours["wall_s"] / ref["wall_s"], 3)
+                ours["gpu_memory_ratio"] = round(ours["peak_gpu_gib"] / ref["peak_gpu_gib"], 3)
     header = "| qformat | flow | wall s | ratio | peak GPU GiB | ratio | peak RSS GiB | stages (s) |"
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:

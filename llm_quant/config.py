@@ -125,12 +125,23 @@ class BuildConfig(_Strict):
     # TensorRT-LLM the trtllm-build argv is rendered for when none is installed (llm_quant.upstream.target_version)
     trtllm_version: str | None = None
     triton_runtime: RuntimeChoice = "auto"
+    # the Hugging Face (unified) checkpoint beside the TensorRT-LLM one: what TensorRT-LLM's PyTorch backend
+    # (trtllm-serve, the llmapi Triton runtime), vLLM and SGLang load. Off: one checkpoint written, as modelopt's
+    # own TensorRT-LLM flow does (an 8B fp8 build then writes 8 GB instead of 16 GB).
+    hf_checkpoint: bool = True
     seed: int = 0
 
     @model_validator(mode="after")
     def _stability_needs_two_subsets(self) -> BuildConfig:
         if self.calib_stability == 1:
             raise ValueError("--calib-stability 1: one calibration subset shows no spread; pass 0 (off) or >= 2")
+        return self
+
+    @model_validator(mode="after")
+    def _llmapi_needs_the_hf_checkpoint(self) -> BuildConfig:
+        if self.triton_runtime == "llmapi" and not self.hf_checkpoint:
+            raise ValueError("--triton-runtime llmapi serves the HF checkpoint, which --no-hf-checkpoint leaves out: "
+                             "drop one of them")
         return self
 
     @model_validator(mode="after")

@@ -356,7 +356,10 @@ def _check_algorithms(config: dict[str, Any], cfg: BuildConfig) -> None:
 
 
 def hf_skip_reason(cfg: BuildConfig) -> str | None:
-    """Why the HF checkpoint is not written (None: it is): what modelopt cannot express is skipped, in one line."""
+    """Why the HF checkpoint is not written (None: it is): not asked for, or what modelopt cannot express, in one
+    line."""
+    if not cfg.hf_checkpoint:
+        return "HF checkpoint not written (--no-hf-checkpoint)"
     if qformats.qformat(cfg.qformat).smoothquant and cfg.sq_activations == "per_token":
         return ("HF checkpoint skipped: modelopt's HF format has no per-token INT8 activations (it writes int8_sq "
                 "only as W8A8_SQ_PER_CHANNEL with a static input_scale); the TensorRT-LLM checkpoint carries them")

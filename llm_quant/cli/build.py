@@ -144,6 +144,9 @@ def register(app: typer.Typer) -> None:
                                                 "installed (default: a command every release 0.16-1.2 accepts)"),
         triton_runtime: str = typer.Option("auto", "--triton-runtime",
                                            help="auto, tensorrtllm, pytorch or llmapi"),
+        hf_checkpoint: bool = typer.Option(True, "--hf-checkpoint/--no-hf-checkpoint",
+                                           help="also write the Hugging Face (unified) checkpoint that TensorRT-LLM's "
+                                                "PyTorch backend, vLLM and SGLang load"),
         budget_rule: str = _RULE, calib_stability: int = _STABILITY, stability_threshold: float = _THRESHOLD,
         text: Path = _BUILD_TEXT,
         as_json: bool = _JSON,
@@ -151,7 +154,7 @@ def register(app: typer.Typer) -> None:
         parallel = {k: v for k, v in {"tp_size": tp_size, "pp_size": pp_size}.items() if v is not None}
         extra = {"out": out, "build_engine": engine, "triton_runtime": triton_runtime,
                  "trtllm_version": trtllm_version, "budget_rule": budget_rule, "calib_stability": calib_stability,
-                 "stability_threshold": stability_threshold}
+                 "stability_threshold": stability_threshold, "hf_checkpoint": hf_checkpoint}
         if dtype is not None:
             extra["dtype"] = dtype
         with contextlib.redirect_stdout(sys.stderr):

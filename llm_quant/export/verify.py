@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,43 @@ def _fail(folder: Path, problem: str) -> QuantError:
                       "this is an export bug; rerun with QUANT_DEBUG=1 and report it")
 
 
-def load_rank(folder: Path, rank: int) -> dict[str, Any]:
-    safetensors_torch = require("safetensors.torch", purpose="reading checkpoint weights")
-    return dict(safetensors_torch.load_file(str(folder / f"rank{rank}.safetensors")))
+# safetensors header dtypes (the format's spec) as torch names
+_STORED_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
+                  "U32": "uint32", "I64": "int64", "U64": "uint64", "F16": "float16", "BF16": "bfloat16",
+                  "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a rank file as its header describes it; ``float()`` alone reads its values. The checks need
+    dtypes and shapes: reading the 8 GB rank of an 8B model to get them cost seconds and as much host memory."""
+
+    path: Path
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def float(self) -> Any:
+        safetensors = require("safetensors", purpose="reading checkpoint weights")
+        with safetensors.safe_open(str(self.path), framework="pt") as handle:
+            return handle.get_tensor(self.name).float()
+
+
+def rank_tensors(folder: Path, rank: int) -> dict[str, StoredTensor]:
+    """Every tensor of ``rank<rank>.safetensors``, from its header."""
+    safetensors = require("safetensors", purpose="reading checkpoint weights")
+    path = folder / f"rank{rank}.safetensors"
+    out: dict[str, StoredTensor] = {}
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        for name in handle.keys():
+            view = handle.get_slice(name)
+            stored = view.get_dtype()
+            dtype = _STORED_DTYPES.get(stored) or str(handle.get_tensor(name).dtype).removeprefix("torch.")
+            out[name] = StoredTensor(path, name, dtype, tuple(int(d) for d in view.get_shape()))
+    return out
 
 
 def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None,
@@ -107,7 +142,7 @@ def verify_trtllm_checkpoint(folder: str | Path, *, hf_config: Any | None = None
     quant = config["quantization"]
     algo = quant.get("quant_algo")
     excluded = list(quant.get("exclude_modules") or [])
-    weights = load_rank(folder, 0)
+    weights = rank_tensors(folder, 0)
     if algo:
         _check_exclusions(folder, config, excluded, weights, expect_excluded or [])
     quantized_layers = 0

@@ -163,3 +163,27 @@ def test_trtllm_version_reaches_the_triton_repository(tiny_llama, tmp_path):
     assert record["result"]["target"]["family"] == "0.19", record["result"]["target"]
     core = (out / "triton_repo" / "tensorrt_llm" / "config.pbtxt").read_text()
     assert '"random_seed"' in core and '"min_length"' in core and '"seed"' not in core
+
+
+def test_no_hf_checkpoint_writes_the_trtllm_checkpoint_alone(tiny_llama, tmp_path):
+    out = tmp_path / "trtllm-only"
+    cfg, source = tiny_config(tiny_llama, out, qformat="int8_sq", sq_activations="per_tensor", hf_checkpoint=False)
+    result = build(cfg, model_source=source)
+    assert result.hf_checkpoint is None and "--no-hf-checkpoint" in (result.hf_checkpoint_skipped or "")
+    assert not (out / "hf_checkpoint").exists()
+    assert (out / "trtllm_checkpoint" / "rank0.safetensors").is_file() and (out / "embedded").is_dir()
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["result"]["hf_checkpoint"] is None
+
+
+def test_verifier_reads_dtypes_and_shapes_from_the_header(int8_sq_build):
+    from llm_quant.export.verify import rank_tensors
+
+    _, out = int8_sq_build
+    stored, loaded = rank_tensors(out / "trtllm_checkpoint", 0), rank_weights(out)
+    assert stored.keys() == loaded.keys()
+    for name, tensor in loaded.items():
+        assert stored[name].dtype == str(tensor.dtype).removeprefix("torch."), name
+        assert stored[name].shape == tuple(tensor.shape), name
+    scale = next(k for k in loaded if k.endswith("weights_scaling_factor"))
+    assert torch.equal(stored[scale].float(), loaded[scale].float())

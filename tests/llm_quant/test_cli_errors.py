@@ -137,3 +137,10 @@ def test_bad_triton_option_in_preset_fails_at_load_before_calibration(app, tmp_p
     (presets_dir / "bad.yaml").write_text(good.replace("max_batch_size: 8\n  decoupled", "max_batch_size: 0\n  decoupled"))
     with pytest.raises(QuantError, match="triton.max_batch_size"):
         presets.load_preset("bad")
+
+
+def test_llmapi_runtime_without_the_hf_checkpoint_is_refused(app, tiny_llama, tmp_path):
+    code, text = run(app, ["build", "--model", str(tiny_llama), "--qformat", "fp8", "--triton-runtime", "llmapi",
+                           "--no-hf-checkpoint", "--device", "cpu", "--out", str(tmp_path / "o" / "out")])
+    assert_one_line_error(code, text, "--no-hf-checkpoint", "llmapi")
+    assert_nothing_written(tmp_path / "o")
