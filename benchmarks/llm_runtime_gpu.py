@@ -148,6 +148,10 @@ def _kernel_us(fn: Any, repeats: int = 20) -> float:
     return round((time.perf_counter() - start) / (5 * repeats) * 1e6, 1)
 
 
+GEMM_KERNELS = ("bf16_mm", "fp8_scaled_mm", "fp8_fused", "int8_fused_w8a8", "int8_fused_w8a16", "int8_int_mm",
+                "int8_dequant_mm", "int4_tinygemm")
+
+
 def _gemm_row(k: int, n: int, m: int, ops: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -159,8 +163,14 @@ def _gemm_row(k: int, n: int, m: int, ops: dict[str, Any]) -> dict[str, Any]:
     row["fp8_scaled_mm"] = _kernel_us(lambda: torch._scaled_mm(
         cuda_kernels.fp8_quantize(x, None, 1.0), ops["wf8"].t(), scale_a=one, scale_b=one,
         out_dtype=torch.bfloat16))
-    if m <= 16:
-        row["int8_triton"] = _kernel_us(lambda: cuda_kernels.int8_weight_gemm(x, ops["w8"]))
+    if m <= cuda_kernels.MAX_M:  # the fused decode kernels: activation quantization, product and scales
+        row["fp8_fused"] = _kernel_us(lambda: cuda_kernels.small_m_gemm(
+            x, ops["wf8"], one, act=cuda_kernels.ACT_FP8, act_factor=1.0, act_scale=1.0))
+        scale = torch.ones(n, device="cuda")
+        row["int8_fused_w8a8"] = _kernel_us(lambda: cuda_kernels.small_m_gemm(
+            x, ops["w8"], scale, act=cuda_kernels.ACT_INT8_TOKEN))
+        row["int8_fused_w8a16"] = _kernel_us(lambda: cuda_kernels.small_m_gemm(
+            x, ops["w8"], scale, act=cuda_kernels.ACT_NONE))
     else:
         row["int8_int_mm"] = _kernel_us(lambda: torch._int_mm(x.to(torch.int8), ops["w8"].t()))
     row["int8_dequant_mm"] = _kernel_us(lambda: x @ ops["w8"].to(torch.bfloat16).t())
@@ -255,7 +265,7 @@ def table(result: dict[str, Any]) -> str:
             f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {r['linear_gib']}{share} | {agree} | "
             f"{r.get('kernels', '')} |")
     if result.get("kernels"):
-        names = ["bf16_mm", "fp8_scaled_mm", "int8_triton", "int8_int_mm", "int8_dequant_mm", "int4_tinygemm"]
+        names = list(GEMM_KERNELS)
         lines += ["", "One GEMM alone (µs per call, launch overhead removed by a CUDA graph):", "",
                   "| K | N | M | " + " | ".join(names) + " |", "|---|---|---|" + "---:|" * len(names)]
         for r in result["kernels"]:
@@ -276,11 +286,11 @@ def chart(result: dict[str, Any]) -> bytes:
         micro = [r for r in result.get("kernels", []) if "error" not in r]
         ms = sorted({r["M"] for r in micro})
         fig, axes = plt.subplots(1, max(len(ms), 1), figsize=(5 * max(len(ms), 1), 3.6), squeeze=False)
-        names = ("bf16_mm", "fp8_scaled_mm", "int8_triton", "int8_int_mm", "int8_dequant_mm", "int4_tinygemm")
+        names = GEMM_KERNELS
         for ax, m in zip(axes[0], ms, strict=False):
             mine = [r for r in micro if r["M"] == m]
             for i, name in enumerate(names):
-                ax.bar([j + i * 0.13 for j in range(len(mine))], [r.get(name, 0) for r in mine], width=0.13,
+                ax.bar([j + i * 0.1 for j in range(len(mine))], [r.get(name, 0) for r in mine], width=0.1,
                        label=name)
             ax.set_xticks(range(len(mine)), [f"{r['K']}x{r['N']}" for r in mine], fontsize=7)
             ax.set_title(f"M = {m}: µs per GEMM", fontsize=9)

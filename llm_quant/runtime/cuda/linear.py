@@ -8,12 +8,15 @@ so only the GEMM's accumulation order differs from the fake-quant reference.
 
 - FP8 (static per-tensor activation and weight scales): ``torch._scaled_mm`` on e4m3 operands with fp32
   accumulation; the activation is cast with modelopt's formula ``e4m3(x * 448 / amax)``, once for linears that read
-  the same tensor with the same scale (q/k/v, gate/up).
-- INT8 weights (int8_sq W8A8, int8_wo W8A16): int8 weights with one scale per output channel. For up to
-  ``SMALL_M`` rows (decode) a Triton kernel reads the int8 weights and multiplies on bf16 tensor cores with fp32
-  accumulation (:mod:`llm_quant.runtime.cuda.kernels`); W8A8 feeds it the activation's integers (exact in
-  bf16, |q| <= 127), so each product is the int8 x int8 product; larger inputs (prefill) dequantize the weight
-  tile-free into bf16 and use cuBLAS. ``torch._int_mm`` is not used: on an H100 it measured 3-6x slower than a
+  the same tensor with the same scale (q/k/v, gate/up). Decode rows (up to 16) go through the fused small-M kernel
+  (:func:`llm_quant.runtime.cuda.kernels.small_m_gemm`: cast, product, scales in one launch) for weight shapes
+  where it timed faster than cast + ``_scaled_mm`` on the card at load.
+- INT8 weights (int8_sq W8A8, int8_wo W8A16): int8 weights with one scale per output channel. For up to 16 rows
+  (decode) one Triton kernel quantizes the activation (per tensor or per token), reads the int8 weights and
+  multiplies on bf16 tensor cores with fp32 accumulation, and applies the scales
+  (:func:`llm_quant.runtime.cuda.kernels.small_m_gemm`); the activation's integers are exact in bf16 (|q| <= 128),
+  so each product is the int8 x int8 product; larger inputs (prefill) dequantize the weight into bf16 and use
+  cuBLAS. ``torch._int_mm`` is not used: on an H100 it measured 3-6x slower than a
   bf16 matmul (FACTS §7).
 - INT4 weight blocks (int4_awq, int4_wo): ``torch._weight_int4pack_mm`` (tinygemm, bf16 activations, symmetric
   blocks encoded as q + 8 with zero 0); each layer is checked once against the dequantized product and falls back
@@ -35,11 +38,12 @@ from llm_quant.runtime.cuda import kernels as cuda_kernels
 from quant_common.errors import QuantError, require
 
 FP8_MAX = 448.0
-SMALL_M = 16  # rows up to which the int8 Triton kernel runs (decode); above it dequantize + cuBLAS
 QFORMAT_CUDA_KERNELS = {
-    "fp8": "FP8 torch._scaled_mm (e4m3 weights, static per-tensor activation scale)",
-    "int8_sq": "W8A8: int8 weights, activation integers on bf16 tensor cores (Triton, decode) / dequant + cuBLAS",
-    "int8_wo": "W8A16: int8 weights dequantized in the GEMM (Triton, decode) / dequant + cuBLAS (prefill)",
+    "fp8": "FP8 torch._scaled_mm (e4m3 weights, static per-tensor activation scale); decode: fused Triton "
+           "small-M kernel where it times faster on the card",
+    "int8_sq": "W8A8: int8 weights; decode: one fused Triton kernel (activation quantization, GEMM on bf16 tensor "
+               "cores, scales); prefill: dequant + cuBLAS",
+    "int8_wo": "W8A16: int8 weights dequantized in a fused Triton kernel (decode) / dequant + cuBLAS (prefill)",
     "int4_awq": "W4A16 torch._weight_int4pack_mm (tinygemm), checked per layer",
     "int4_wo": "W4A16 torch._weight_int4pack_mm (tinygemm), checked per layer",
     "w4a8_awq": "fake-quant (no int4 x fp8 kernel here)",
@@ -63,6 +67,32 @@ def _pre_scale(module: Any) -> Any:
     inq = getattr(module, "input_quantizer", None)
     pqs = getattr(inq, "pre_quant_scale", None) if inq is not None else None
     return None if pqs is None else pqs.detach().reshape(-1)
+
+
+_SMALL_M_CHOICE: dict[tuple[Any, ...], bool] = {}
+
+
+def _small_m_wins(weight_fp8: Any, w_scale: Any, factor: float, a_scale: float) -> bool:
+    """Whether the fused small-M kernel beats quantize + ``torch._scaled_mm`` for one decode row of this weight shape
+    on this card: timed once per (device, N, K), as both compute the same e4m3 products with fp32 accumulation."""
+    torch = _torch()
+    if not weight_fp8.is_cuda:
+        return False
+    n, k = weight_fp8.shape
+    key = (torch.cuda.get_device_name(weight_fp8.device), n, k)
+    if key not in _SMALL_M_CHOICE:
+        try:
+            x = torch.randn(1, k, device=weight_fp8.device, dtype=torch.bfloat16)
+            a_scale_t = torch.tensor(a_scale, device=x.device)
+            fused = cuda_kernels.time_ms(lambda: cuda_kernels.small_m_gemm(
+                x, weight_fp8, w_scale, act=cuda_kernels.ACT_FP8, act_factor=factor, act_scale=a_scale))
+            cublas = cuda_kernels.time_ms(lambda: torch._scaled_mm(
+                cuda_kernels.fp8_quantize(x, None, factor), weight_fp8.t(), scale_a=a_scale_t, scale_b=w_scale,
+                out_dtype=torch.bfloat16))
+            _SMALL_M_CHOICE[key] = fused < cublas
+        except (RuntimeError, ValueError, ImportError, QuantError):  # no Triton / no kernel for this card
+            _SMALL_M_CHOICE[key] = False
+    return _SMALL_M_CHOICE[key]
 
 
 class _SharedInput:
@@ -98,6 +128,9 @@ def _classes() -> dict[str, type]:
             self.register_buffer("a_amax", a_amax.float().reshape(()))
             self.register_buffer("a_scale", (self.a_amax / FP8_MAX).reshape(()))
             self.factor = float(torch.tensor(FP8_MAX) / self.a_amax)  # fp32, as modelopt's 448 / amax
+            self.a_scale_value = float(self.a_scale)
+            # decode rows: the fused small-M kernel where it measured faster than _scaled_mm on this card
+            self.small_m = _small_m_wins(self.weight_fp8, self.w_scale, self.factor, self.a_scale_value)
             self.register_buffer("pre", None if pre is None else pre.float())
             self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
             self.shared = shared
@@ -110,6 +143,12 @@ def _classes() -> dict[str, type]:
 
         def forward(self, x: Any) -> Any:
             lead = x.shape[:-1]
+            flat = x.reshape(-1, self.in_features)
+            if self.small_m and x.is_cuda and flat.shape[0] <= cuda_kernels.MAX_M:
+                y = cuda_kernels.small_m_gemm(flat, self.weight_fp8, self.w_scale, act=cuda_kernels.ACT_FP8,
+                                              pre=self.pre, act_factor=self.factor, act_scale=self.a_scale_value,
+                                              bias=self.bias)
+                return y.reshape(*lead, self.out_features)
             q = self.shared.get(x, lambda t: self._quantize(t.reshape(-1, self.in_features)))
             y = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=self.a_scale, scale_b=self.w_scale,
                                  bias=self.bias, out_dtype=torch.bfloat16)
@@ -131,6 +170,12 @@ def _classes() -> dict[str, type]:
             self.act = act
             self.qmin = qmin  # modelopt clamps a per-tensor activation to [-128, 127] unless narrow_range
             self.register_buffer("a_amax", None if a_amax is None else a_amax.float().reshape(()))
+            self.act_factor = self.act_scale = 0.0  # per-tensor: 127 / amax and amax / 127 (0 for a zero amax)
+            if self.a_amax is not None and float(self.a_amax) > 2**-24:
+                self.act_factor = float(127.0 / self.a_amax)
+                self.act_scale = float(self.a_amax / 127.0)
+            self.act_kind = {None: cuda_kernels.ACT_NONE, "per_tensor": cuda_kernels.ACT_INT8_TENSOR,
+                             "per_token": cuda_kernels.ACT_INT8_TOKEN}[act]
             self.register_buffer("pre", None if pre is None else pre.float())
             self.register_buffer("bias", None if bias is None else bias.detach().float())
             self.shared = shared
@@ -152,11 +197,13 @@ def _classes() -> dict[str, type]:
         def forward(self, x: Any) -> Any:
             lead = x.shape[:-1]
             flat = x.reshape(-1, self.in_features)
+            if x.is_cuda and flat.shape[0] <= cuda_kernels.MAX_M:  # decode: one fused kernel
+                y = cuda_kernels.small_m_gemm(flat, self.weight_q, self.w_scale, act=self.act_kind, pre=self.pre,
+                                              act_factor=self.act_factor, act_scale=self.act_scale,
+                                              qmin=self.qmin, bias=self.bias)
+                return y.reshape(*lead, self.out_features)
             values, row_scale = self.shared.get(x, lambda t: self._activation(t.reshape(-1, self.in_features)))
-            if flat.shape[0] <= SMALL_M:
-                y = cuda_kernels.int8_weight_gemm(values, self.weight_q)
-            else:
-                y = (values @ self.weight_q.to(torch.bfloat16).t()).float()
+            y = (values @ self.weight_q.to(torch.bfloat16).t()).float()
             y = y * self.w_scale
             if row_scale is not None:
                 y = y * row_scale
@@ -265,7 +312,7 @@ def convert_linears_cuda(model: Any, activations: str = "per_tensor") -> KernelR
             if plan == "fp8":
                 layer = classes["Fp8Linear"](_weight_dq(module), module.weight_quantizer.amax, inq.amax, pre,
                                              module.bias, share)
-                kind = "FP8 _scaled_mm"
+                kind = "FP8 _scaled_mm" + (" + small-M Triton" if layer.small_m else "")
             elif plan.startswith("int8"):
                 act = None if plan == "int8_w8a16" else activations
                 a_amax = inq.amax if act == "per_tensor" else None

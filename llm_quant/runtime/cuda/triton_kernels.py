@@ -1,0 +1,94 @@
+"""The Triton kernels of the CUDA runtime, at module level so Triton resolves their names as globals. Imported only
+by :mod:`llm_quant.runtime.cuda.kernels` on first use (Triton comes with CUDA builds of torch only); the wrappers
+there say what each computes."""
+
+# mypy: ignore-errors
+# (Triton's jit functions are typed by Triton's own rules, not Python's)
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def round_half_even(t):
+    """torch.round for ``t`` already clamped to integer bounds (so ``t + 0.5`` is exact)."""
+    r = tl.floor(t + 0.5)
+    return tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)
+
+
+@triton.autotune(
+    configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+             for n, k, w, s in ((16, 256, 4, 4), (32, 256, 4, 4), (32, 128, 4, 5), (64, 128, 4, 4),
+                                (16, 512, 4, 3), (32, 512, 8, 3), (64, 256, 8, 3))],
+    key=["N", "K", "ACT"])
+@triton.jit
+def small_m_gemm(x_ptr, pre_ptr, w_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+                 act_factor, act_scale, qmin, ACT: tl.constexpr, HAS_PRE: tl.constexpr,
+                 W_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = offs_m < M
+    row_factor = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    row_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if ACT == 2:  # per-token int8: each row's amax first (x is a few rows, re-read from L2)
+        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            v = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                        mask=row_ok[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+            if HAS_PRE:
+                v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :]
+            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
+        ok = amax > 2**-24
+        row_factor = tl.where(ok, tl.math.div_rn(tl.full((BLOCK_M,), 127.0, tl.float32),
+                                                 tl.maximum(amax, 2**-24)), 0.0)
+        row_scale = tl.where(ok, tl.math.div_rn(amax, tl.full((BLOCK_M,), 127.0, tl.float32)), 0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=row_ok[:, None] & (offs_k[None, :] < K), other=0.0)
+        v = x.to(tl.float32)
+        if HAS_PRE:
+            v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :]
+        if ACT == 0:  # W8A16: the activation as the model holds it
+            a = v.to(x.dtype).to(tl.bfloat16)
+        elif ACT == 1:
+            a = round_half_even(tl.minimum(tl.maximum(v * act_factor, qmin), 127.0)).to(tl.bfloat16)
+        elif ACT == 2:
+            a = round_half_even(tl.minimum(tl.maximum(v * row_factor[:, None], qmin), 127.0)).to(tl.bfloat16)
+        else:  # FP8: e4m3 codes, exact in bf16
+            a = tl.minimum(tl.maximum(v * act_factor, -448.0), 448.0).to(tl.float8e4nv).to(tl.bfloat16)
+        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None],
+                    mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0)
+        acc += tl.dot(a, w.to(tl.bfloat16))
+    col_ok = offs_n < N
+    if W_PER_CHANNEL:
+        acc = acc * tl.load(w_scale_ptr + offs_n, mask=col_ok, other=0.0)[None, :]
+    else:
+        acc = acc * tl.load(w_scale_ptr)
+    if ACT == 2:
+        acc = acc * row_scale[:, None]
+    elif ACT != 0:
+        acc = acc * act_scale
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def fp8_quantize(x_ptr, pre_ptr, y_ptr, n_cols, stride_x, stride_y, factor, HAS_PRE: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_PRE:
+        x = x * tl.load(pre_ptr + cols, mask=ok, other=0.0)
+    x = tl.minimum(tl.maximum(x * factor, -448.0), 448.0)
+    tl.store(y_ptr + row * stride_y + cols, x.to(tl.float8e4nv), mask=ok)

@@ -1,0 +1,75 @@
+"""The fused small-M kernel (decode) computes what the unfused reference computes: the activation quantized as
+modelopt's fake quantization does, int8 / e4m3 products accumulated in fp32, then the scales."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+M, K, N = 5, 1024, 384
+
+
+def _inputs():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(M, K, device="cuda", generator=gen).to(torch.bfloat16)
+    x[1, 7] = 40.0  # one outlier channel, as LLM activations have
+    pre = torch.rand(K, device="cuda", generator=gen) + 0.5
+    w8 = torch.randint(-127, 128, (N, K), device="cuda", dtype=torch.int8, generator=gen)
+    w_scale = torch.rand(N, device="cuda", generator=gen) * 1e-2
+    bias = torch.randn(N, device="cuda", generator=gen)
+    return x, pre, w8, w_scale, bias
+
+
+def _close(got, want):
+    want = want.float()
+    err = (got.float() - want).abs().max().item()
+    assert err <= 8e-3 * want.abs().max().item(), err
+
+
+@pytest.mark.parametrize("act", ["none", "per_tensor", "per_token"])
+def test_int8_weights(act):
+    from llm_quant.runtime.cuda import kernels
+
+    x, pre, w8, w_scale, bias = _inputs()
+    v = x.float() * pre
+    if act == "none":
+        a, row = (x.float() * pre).to(torch.bfloat16).float(), torch.ones(M, 1, device="cuda")
+        got = kernels.small_m_gemm(x, w8, w_scale, act=kernels.ACT_NONE, pre=pre, bias=bias)
+    else:
+        amax = v.abs().amax(-1, keepdim=True) if act == "per_token" else torch.full((M, 1), 3.0, device="cuda")
+        qmin = -128.0 if act == "per_tensor" else -127.0
+        a = torch.round(v * (127.0 / amax)).clamp(qmin, 127)
+        row = amax / 127.0
+        kind = kernels.ACT_INT8_TOKEN if act == "per_token" else kernels.ACT_INT8_TENSOR
+        got = kernels.small_m_gemm(x, w8, w_scale, act=kind, pre=pre, act_factor=127.0 / 3.0, act_scale=3.0 / 127.0,
+                                   qmin=qmin, bias=bias)
+    want = (a @ w8.float().t()) * w_scale * row + bias
+    assert got.dtype == torch.bfloat16 and got.shape == (M, N)
+    _close(got, want)
+
+
+def test_fp8_matches_scaled_mm():
+    from llm_quant.runtime.cuda import kernels
+
+    if torch.cuda.get_device_capability(0) < (8, 9):
+        pytest.skip("FP8 needs SM >= 8.9")
+    x, pre, _, _, bias = _inputs()
+    w = torch.randn(N, K, device="cuda")
+    w_scale = (w.abs().max() / 448.0).reshape(())
+    w_fp8 = (w / w_scale).to(torch.float8_e4m3fn)
+    factor, a_scale = 448.0 / 6.0, 6.0 / 448.0
+    q = kernels.fp8_quantize(x, pre, factor)
+    want = torch._scaled_mm(q, w_fp8.t(), scale_a=torch.tensor(a_scale, device="cuda"), scale_b=w_scale,
+                            bias=bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
+    got = kernels.small_m_gemm(x, w_fp8, w_scale, act=kernels.ACT_FP8, pre=pre, act_factor=factor,
+                               act_scale=a_scale, bias=bias.to(torch.bfloat16))
+    _close(got, want)
+
+
+def test_more_than_16_rows_is_refused():
+    from llm_quant.runtime.cuda import kernels
+
+    x, _, w8, w_scale, _ = _inputs()
+    with pytest.raises(ValueError, match="at most 16 rows"):
+        kernels.small_m_gemm(torch.cat([x] * 4), w8, w_scale, act=kernels.ACT_NONE)
