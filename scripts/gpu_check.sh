@@ -13,7 +13,16 @@ site=/tmp/site312
 [ -d "$site" ] || tar -C /tmp -xJf .carry/site312.tar.xz || { echo "gpu_check: .carry/site312.tar.xz missing: run scripts/gpu_carry.sh and carry .carry"; exit 2; }
 [ -d /tmp/np1 ] || tar -C /tmp -xJf .carry/np1.tar.xz || exit 2
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export TQ_TRITON_STUB_PYTHONPATH=/tmp/np1 PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
+# Triton's python-backend stub ignores PYTHONPATH and takes its packages from the first python3 on PATH; it needs
+# numpy<2 (BYTES tensors, FACTS §5) ahead of the box's numpy 2, the carried wheels and this checkout: a venv on the
+# box's base python whose .pth lists them, then the torch venv's own site-packages. TQ_TRITON_PYTHON names it.
+stubenv=/tmp/stubenv
+if [ ! -x "$stubenv/bin/python3" ]; then
+  "$(python3 -c 'import sys; print(sys.base_prefix)')/bin/python3" -m venv --without-pip "$stubenv" || exit 2
+  { printf '%s\n' /tmp/np1 "$site" "$PWD"; python3 -c 'import site; print("\n".join(site.getsitepackages()))'; } \
+    > "$("$stubenv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tq_stub.pth"
+fi
+export TQ_TRITON_PYTHON=$stubenv/bin/python3 PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
 # GPU_CHECK_TIMEOUT (seconds) bounds the test run alone; SIGINT lets pytest write what ran, so a short lease still
 # leaves a record (the cases not reached are absent from it)
 ${GPU_CHECK_TIMEOUT:+timeout -s INT "$GPU_CHECK_TIMEOUT"} python3 -m pytest tests/gpu -q -p no:cacheprovider \

@@ -17,6 +17,8 @@ SKIP_PARTS = {"models", "assets"}
 LAZY_ALLOWED = {
     # the training recipe imports vision.data.synthetic in an environment that may lack rich
     ("vision.data.synthetic", "quant_common.progress"),
+    # the kernels module imports triton at module level; triton comes with CUDA builds of torch only
+    ("llm_quant.runtime.cuda.kernels", "llm_quant.runtime.cuda.triton_kernels"),
 }
 # vision's stage chain, lowest first: a module may import its own stage or one below it, never one above.
 VISION_RANK = {"model": 0, "graph": 0, "regions": 0, "data": 1, "backends": 2, "calibration": 3, "artifacts": 4,

@@ -107,6 +107,19 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def stub_python() -> Path:
+    """The python whose environment Triton's python models run in: ``TQ_TRITON_PYTHON`` (a venv's ``bin/python3``
+    whose site-packages hold what the models need) or the one running this process."""
+    chosen = os.environ.get("TQ_TRITON_PYTHON")
+    if not chosen:
+        return Path(sys.executable)
+    python = Path(chosen)  # not resolved: a venv's python is a link whose folder is what counts
+    if not (python.is_file() and os.access(python, os.X_OK)):
+        raise QuantError(f"TQ_TRITON_PYTHON={chosen} is not an executable python",
+                         "point it at a python3 (e.g. a venv's bin/python3) or unset it")
+    return python
+
+
 def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -190,7 +203,9 @@ class TritonServer:
 
     def environment(self, server: Tritonserver) -> dict[str, str]:
         env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        # The python-backend stub embeds its own interpreter, which takes sys.prefix from the first python3 on PATH
+        # and ignores PYTHONPATH: the python3 first on PATH decides which packages the models import.
+        env["PATH"] = os.pathsep.join([str(stub_python().parent), env.get("PATH", "")])
         libdirs = [sysconfig.get_config_var("LIBDIR") or str(Path(sys.base_prefix) / "lib")]
         libdirs += [str(d) for d in server.library_dirs]
         if env.get("LD_LIBRARY_PATH"):

@@ -12,6 +12,7 @@ import pytest
 from llm_quant.model import preflight
 from llm_quant.pipeline import build, evaluate, make_config
 from llm_quant.runtime import load_quantized
+from llm_quant.upstream import expected_algorithms
 from quant_common import qformats
 from quant_common.errors import QuantError
 
@@ -46,8 +47,7 @@ def test_build_load_generate_on_cuda(qformat, kv, gpu_llama, sm, tmp_path):
     result = build(cfg)
     checkpoint = json.loads((out / "trtllm_checkpoint" / "config.json").read_text())
     assert checkpoint["dtype"] == "bfloat16"
-    assert (result.quant_algo, result.kv_cache_quant_algo) == qformats.expected_algorithms(qformat, kv,
-                                                                                          cfg.sq_activations)
+    assert (result.quant_algo, result.kv_cache_quant_algo) == expected_algorithms(qformat, kv, cfg.sq_activations)
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["preflight"]["device"] == "cuda" and manifest["preflight"]["sm"] == sm
     model, tokenizer = load_quantized(out / "embedded", device="cuda")

@@ -3,7 +3,6 @@ CUDA and answers ``generate`` with the same greedy text as the model in-process.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,8 @@ PROMPTS = ["The quick brown fox", "def f(x):", "import os", "class Model:", "Pyt
            "Return the value", "A list of"]
 MAX_TOKENS = 12
 # The python-backend stub of the Triton build bundled in nvidia-pytriton breaks BYTES tensors under numpy 2
-# (FACTS §5); scripts/gpu_check.sh carries numpy<2 for the server's interpreter and names it here.
-STUB_PATH = os.environ.get("TQ_TRITON_STUB_PYTHONPATH", "")
+# (FACTS §5) and ignores PYTHONPATH; scripts/gpu_check.sh makes a venv holding numpy<2 and names it in
+# TQ_TRITON_PYTHON, which the server puts first on the stub's PATH.
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +42,11 @@ def gpu_build(gpu_llama, tmp_path_factory):
 def server(gpu_build, tmp_path_factory):
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     log = tmp_path_factory.mktemp("serve-log") / "serve.out"
-    env = dict(os.environ)
-    if STUB_PATH:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (STUB_PATH, env.get("PYTHONPATH", "")) if p)
     with open(log, "wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "llm_quant.cli", "serve", str(gpu_build / "triton_repo"),
              "--http-port", str(ports["http"]), "--grpc-port", str(ports["grpc"]),
-             "--metrics-port", str(ports["metrics"])], stdout=sink, stderr=subprocess.STDOUT, env=env)
+             "--metrics-port", str(ports["metrics"])], stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while b"ready:" not in log.read_bytes():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -9,7 +9,7 @@ import pytest
 
 from quant_common.errors import QuantError
 from triton_backend.repository import package_for_build
-from triton_backend.server import TritonServer, check_repository, find_tritonserver, free_port
+from triton_backend.server import TritonServer, check_repository, find_tritonserver, free_port, stub_python
 
 
 def _server(repo, tmp_path):
@@ -48,3 +48,21 @@ def test_bad_repositories(tmp_path):
 def test_explicit_binary_must_exist(tmp_path):
     with pytest.raises(QuantError, match="is not an executable tritonserver"):
         find_tritonserver(tmp_path / "tritonserver")
+
+
+def test_stub_python_comes_first_on_the_servers_path(tmp_path, monkeypatch):
+    # The python-backend stub ignores PYTHONPATH and takes its packages from the first python3 on PATH, so
+    # TQ_TRITON_PYTHON must put its folder (not the link's target) ahead of everything else.
+    venv_bin = tmp_path / "stubenv" / "bin"
+    venv_bin.mkdir(parents=True)
+    python = venv_bin / "python3"
+    python.symlink_to(shutil.which("python3") or "/usr/bin/python3")
+    monkeypatch.setenv("TQ_TRITON_PYTHON", str(python))
+    assert stub_python() == python
+    server = find_tritonserver(None)
+    env = _server(tmp_path, tmp_path).environment(server)
+    assert env["PATH"].split(":")[0] == str(venv_bin)
+    monkeypatch.setenv("TQ_TRITON_PYTHON", str(tmp_path / "nope"))
+    with pytest.raises(QuantError, match="TQ_TRITON_PYTHON=.*nope is not an executable python") as info:
+        stub_python()
+    assert "\n" not in str(info.value)

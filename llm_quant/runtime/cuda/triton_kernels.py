@@ -63,9 +63,10 @@ def small_m_gemm(x_ptr, pre_ptr, w_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, s
             a = round_half_even(tl.minimum(tl.maximum(v * row_factor[:, None], qmin), 127.0)).to(tl.bfloat16)
         else:  # FP8: e4m3 codes, exact in bf16
             a = tl.minimum(tl.maximum(v * act_factor, -448.0), 448.0).to(tl.float8e4nv).to(tl.bfloat16)
-        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None],
-                    mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0)
-        acc += tl.dot(a, w.to(tl.bfloat16))
+        # no ``other``: Triton cannot cast a constant to fp8e4nv there; masked lanes are zeroed after the widening
+        w_ok = (offs_n[None, :] < N) & (offs_k[:, None] < K)
+        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=w_ok)
+        acc += tl.dot(a, tl.where(w_ok, w.to(tl.bfloat16), 0.0).to(tl.bfloat16))
     col_ok = offs_n < N
     if W_PER_CHANNEL:
         acc = acc * tl.load(w_scale_ptr + offs_n, mask=col_ok, other=0.0)[None, :]
