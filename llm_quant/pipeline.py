@@ -30,7 +30,7 @@ from llm_quant.upstream.install import check_environment
 from quant_common import qformats
 from quant_common.atomic import Staging, atomic_write_json, ensure_output_dir, staged_dir
 from quant_common.errors import QuantError
-from quant_common.manifest import Timings, package_versions, sha256_file, utc_now
+from quant_common.manifest import Timings, package_versions, tree_hashes, utc_now
 from triton_backend.repository import RepositoryResult, package_for_build
 
 MANIFEST = "build.json"
@@ -331,8 +331,7 @@ def build(cfg: BuildConfig, *, model_source: str = "", text_file: Path | None = 
             "expected_quant_algo": expected[0],
             "expected_kv_cache_quant_algo": expected[1],
             "versions": package_versions(VERSIONS),
-            "hashes": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*"))
-                       if p.is_file() and p.suffix in {".json", ".safetensors", ".pth"} and p.stat().st_size < 2**31},
+            "hashes": tree_hashes(tmp, suffixes={".json", ".safetensors", ".pth"}),
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     return result

