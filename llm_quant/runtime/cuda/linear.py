@@ -267,6 +267,8 @@ def _plan(module: Any, activations: str) -> str:
                                            and module.output_quantizer.is_enabled):
         return "fake"
     in_on = inq is not None and inq.is_enabled
+    if not hasattr(wq, "num_bits"):  # a SequentialQuantizer (W4A8 AWQ: INT4 blocks, then FP8): no real kernel here
+        return "fake"
     if _is_fp8(wq) and not wq.block_sizes and wq.amax is not None and wq.amax.numel() == 1:
         return "fp8" if in_on and _is_fp8(inq) and inq.amax is not None and inq.amax.numel() == 1 else "fake"
     if wq.num_bits == 8 and not wq.block_sizes and wq.amax is not None:
