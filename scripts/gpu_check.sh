@@ -19,10 +19,16 @@ export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 stubenv=/tmp/stubenv
 if [ ! -x "$stubenv/bin/python3" ]; then
   "$(python3 -c 'import sys; print(sys.base_prefix)')/bin/python3" -m venv --without-pip "$stubenv" || exit 2
-  { printf '%s\n' /tmp/np1 "$site" "$PWD"; python3 -c 'import site; print("\n".join(site.getsitepackages()))'; } \
-    > "$("$stubenv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tq_stub.pth"
+  # the torch venv's folders through addsitedir, so the .pth files inside them are read as in that venv
+  { printf '%s\n' /tmp/np1 "$site" "$PWD"
+    python3 -c 'import site; print("\n".join(f"import site; site.addsitedir({p!r})" for p in site.getsitepackages()))'
+  } > "$("$stubenv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tq_stub.pth"
 fi
 export TQ_TRITON_PYTHON=$stubenv/bin/python3 PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
+# what the python models import, in the stub's environment, with the real error if one fails (Triton logs one line)
+env -u PYTHONPATH "$TQ_TRITON_PYTHON" -c 'import numpy, torch, transformers; from transformers import AutoTokenizer
+import triton_backend, llm_quant.runtime; print("stub env:", numpy.__version__, torch.__version__, transformers.__version__)' \
+  > "$out/stub_env.log" 2>&1; tail -n 30 "$out/stub_env.log"
 # GPU_CHECK_TIMEOUT (seconds) bounds the test run alone; SIGINT lets pytest write what ran, so a short lease still
 # leaves a record (the cases not reached are absent from it)
 ${GPU_CHECK_TIMEOUT:+timeout -s INT "$GPU_CHECK_TIMEOUT"} python3 -m pytest tests/gpu -q -p no:cacheprovider \

@@ -8,7 +8,11 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
+
+try:
+    from transformers import AutoTokenizer
+except ImportError as exc:  # Triton logs only str(exc); transformers hides the real failure in __cause__
+    raise ImportError(f"{exc} Cause: {exc.__cause__!r}" if exc.__cause__ else str(exc)) from exc
 
 
 def _parameters(args):
