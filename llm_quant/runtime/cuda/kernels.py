@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from quant_common.errors import require
@@ -24,6 +25,7 @@ def _torch() -> Any:
     return require("torch", purpose="the CUDA runtime")
 
 
+@functools.cache  # looked up on every decode linear call outside graph replay: import once
 def _jit(name: str) -> tuple[Any, Any]:
     """(triton, the named kernel of :mod:`llm_quant.runtime.cuda.triton_kernels`), imported on first use: Triton
     comes with CUDA builds of torch only."""
