@@ -4,11 +4,12 @@ llm_quant's stages layered, and the optional NVIDIA runtimes never imported by m
 from __future__ import annotations
 
 import ast
-import importlib.util
 import pathlib
 import subprocess
 import sys
 from collections.abc import Callable
+
+from tests.test_imports import HAS_TRITON, NEEDS_TRITON
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("vision", "llm_quant", "triton_backend", "quant_common")
@@ -226,8 +227,7 @@ def test_triton_backend_importing_llm_quant_would_be_found():
 
 
 def _importable() -> set[str]:
-    # the Triton kernels import triton, which CPU builds of torch lack
-    return set(MODULES) if importlib.util.find_spec("triton") else set(MODULES) - {"llm_quant.runtime.cuda.triton_kernels"}
+    return set(MODULES) if HAS_TRITON else set(MODULES) - NEEDS_TRITON
 
 
 def test_importing_everything_leaves_the_nvidia_runtimes_unimported():
