@@ -177,6 +177,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = sorted(set(args.flows.split(",")) - set(FLOWS))
+    if unknown:
+        parser.error(f"--flows {','.join(unknown)}: not a flow; choose from {','.join(FLOWS)}")
     if args.child:
         call = (args.model, args.work, args.qformats, args.calib_size, args.calib_seq_len)
         row = child_modelopt(*call) if args.child == "modelopt" else child_ours(*call, hf=args.child == "ours")

@@ -1,0 +1,16 @@
+"""Benchmark options that select work refuse unknown names in one line before anything runs (no GPU needed)."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_gpu_scale_refuses_an_unknown_flow(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_scale.py"), "--flows", "ours,bogus",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--flows bogus: not a flow" in last and "ours-trtllm" in last
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
