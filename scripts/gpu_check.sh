@@ -29,9 +29,10 @@ export TQ_TRITON_PYTHON=$stubenv/bin/python3 PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
 env -u PYTHONPATH "$TQ_TRITON_PYTHON" -c 'import numpy, torch, transformers; from transformers import AutoTokenizer
 import triton_backend, llm_quant.runtime; print("stub env:", numpy.__version__, torch.__version__, transformers.__version__)' \
   > "$out/stub_env.log" 2>&1; tail -n 30 "$out/stub_env.log"
+# GPU_CHECK_K selects cases (pytest -k) for a quick look; the committed record is from a run of them all.
 # GPU_CHECK_TIMEOUT (seconds) bounds the test run alone; SIGINT lets pytest write what ran, so a short lease still
 # leaves a record (the cases not reached are absent from it)
-${GPU_CHECK_TIMEOUT:+timeout -s INT "$GPU_CHECK_TIMEOUT"} python3 -m pytest tests/gpu -q -p no:cacheprovider \
+${GPU_CHECK_TIMEOUT:+timeout -s INT "$GPU_CHECK_TIMEOUT"} python3 -m pytest tests/gpu -q -p no:cacheprovider ${GPU_CHECK_K:+-k "$GPU_CHECK_K"} \
   --junitxml="$out/gpu_junit.xml" -o junit_family=xunit1 \
   2>&1 | tee "$out/gpu_pytest.log"
 status=${PIPESTATUS[0]}

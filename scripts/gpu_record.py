@@ -66,6 +66,7 @@ def main() -> None:
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
               "gpu": _gpu(), "python": platform.python_version(),
               "versions": {d: _version(d) for d in VERSIONS}, "pytest_exit": args.status, "counts": counts,
+              "selection": os.environ.get("GPU_CHECK_K") or "all",
               "seconds": round(sum(float(c["seconds"]) for c in cases), 1), "cases": cases}
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"gpu_check: {counts} in {record['seconds']} s on {record['gpu'].get('name')} -> {args.out}")

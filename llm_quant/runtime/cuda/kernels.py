@@ -66,6 +66,41 @@ def small_m_gemm(x: Any, weight: Any, w_scale: Any, *, act: int, pre: Any = None
     return y
 
 
+def small_m_gemm_split(x: Any, weight: Any, w_scale: Any, *, act: int, pre: Any = None, act_factor: float = 0.0,
+                       act_scale: float = 0.0, qmin: float = -127.0, bias: Any = None, out_dtype: Any = None,
+                       use_dot: bool = False, block_n: int = 32, block_k: int = 256, split: int = 4,
+                       num_warps: int = 4, num_stages: int = 3) -> Any:
+    """:func:`small_m_gemm` with K cut into ``split`` slices (more programs in flight than N / block_n alone) and
+    the product either on tensor cores (``use_dot``, 16-row tiles) or as multiply-adds on the CUDA cores; the
+    slices' fp32 partial sums are added by a second kernel."""
+    torch = _torch()
+    triton, kernel = _jit("small_m_gemm_split")
+    x = x.contiguous()
+    m, k = x.shape
+    if m > MAX_M:
+        raise ValueError(f"small_m_gemm takes at most {MAX_M} rows, got {m}")
+    n = weight.shape[0]
+    y = torch.empty((m, n), device=x.device, dtype=out_dtype or x.dtype)
+    w_scale = w_scale.float().contiguous()
+    k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
+    split = triton.cdiv(k, k_per_split)
+    final = split == 1
+    out = y if final else torch.empty((split, m, n), device=x.device, dtype=torch.float32)
+    block_m = MAX_M if use_dot else max(1, triton.next_power_of_2(m))
+    kernel[(triton.cdiv(n, block_n), split)](
+        x, pre if pre is not None else x, weight, w_scale, bias if bias is not None else w_scale, out, m, n, k,
+        k_per_split, x.stride(0), weight.stride(0), y.stride(0), float(act_factor), float(act_scale), float(qmin),
+        ACT=act, HAS_PRE=pre is not None, W_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
+        USE_DOT=use_dot, FINAL=final, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+        num_stages=num_stages)
+    if not final:
+        _, reduce = _jit("splitk_reduce")
+        block = 1024
+        reduce[(m, triton.cdiv(n, block))](out, bias if bias is not None else w_scale, y, m, n, split, y.stride(0),
+                                           HAS_BIAS=bias is not None, BLOCK=block)
+    return y
+
+
 def time_ms(fn: Any, iters: int = 20) -> float:
     """Median milliseconds of ``fn()`` on the current CUDA stream (after two warm-up calls)."""
     torch = _torch()

@@ -93,3 +93,111 @@ def fp8_quantize(x_ptr, pre_ptr, y_ptr, n_cols, stride_x, stride_y, factor, HAS_
         x = x * tl.load(pre_ptr + cols, mask=ok, other=0.0)
     x = tl.minimum(tl.maximum(x * factor, -448.0), 448.0)
     tl.store(y_ptr + row * stride_y + cols, x.to(tl.float8e4nv), mask=ok)
+
+
+@triton.jit
+def _row_amax_factor(x_ptr, pre_ptr, offs_m, row_ok, K, stride_xm, HAS_PRE: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """(127 / amax, amax / 127) of each row of ``x * pre`` over all of K (0 for an all-zero row)."""
+    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=row_ok[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+        if HAS_PRE:
+            v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :]
+        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
+    ok = amax > 2**-24
+    factor = tl.where(ok, tl.math.div_rn(tl.full((BLOCK_M,), 127.0, tl.float32), tl.maximum(amax, 2**-24)), 0.0)
+    scale = tl.where(ok, tl.math.div_rn(amax, tl.full((BLOCK_M,), 127.0, tl.float32)), 0.0)
+    return factor, scale
+
+
+@triton.jit
+def _quantized_activation(x, pre, row_factor, act_factor, qmin, ACT: tl.constexpr, HAS_PRE: tl.constexpr):
+    """The activation tile as the fake-quant model feeds it to the product, in fp32 (every value exact there)."""
+    v = x.to(tl.float32)
+    if HAS_PRE:
+        v = v * pre[None, :]
+    if ACT == 0:  # W8A16: the activation as the model holds it
+        a = v.to(x.dtype).to(tl.float32)
+    elif ACT == 1:
+        a = round_half_even(tl.minimum(tl.maximum(v * act_factor, qmin), 127.0))
+    elif ACT == 2:
+        a = round_half_even(tl.minimum(tl.maximum(v * row_factor[:, None], qmin), 127.0))
+    else:  # FP8: e4m3 codes
+        a = tl.minimum(tl.maximum(v * act_factor, -448.0), 448.0).to(tl.float8e4nv).to(tl.float32)
+    return a
+
+
+@triton.jit
+def small_m_gemm_split(x_ptr, pre_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M, N, K, K_PER_SPLIT, stride_xm,
+                       stride_wn, stride_om, act_factor, act_scale, qmin, ACT: tl.constexpr, HAS_PRE: tl.constexpr,
+                       W_PER_CHANNEL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
+                       FINAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One (N block, K slice) of the small-M product, scaled: with ``FINAL`` (one slice) the output itself (bias
+    added, cast), else fp32 partial sums at ``out_ptr[slice, m, n]`` for :func:`splitk_reduce`. ``USE_DOT`` runs the
+    product on bf16 tensor cores (16-row tiles); without it, as broadcast multiply-adds on the CUDA cores."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = offs_m < M
+    col_ok = offs_n < N
+    row_factor = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    row_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if ACT == 2:  # per-token int8 needs each row's amax over all of K first (x is a few rows, read from L2)
+        row_factor, row_scale = _row_amax_factor(x_ptr, pre_ptr, offs_m, row_ok, K, stride_xm, HAS_PRE, BLOCK_M,
+                                                 BLOCK_K)
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < k_end
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        pre = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        if HAS_PRE:
+            pre = tl.load(pre_ptr + offs_k, mask=k_ok, other=0.0)
+        a = _quantized_activation(x, pre, row_factor, act_factor, qmin, ACT, HAS_PRE)
+        if USE_DOT:
+            # no ``other``: Triton cannot cast a constant to fp8e4nv there; masked lanes are zeroed after widening
+            w_ok = col_ok[None, :] & k_ok[:, None]
+            w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=w_ok)
+            acc += tl.dot(a.to(tl.bfloat16), tl.where(w_ok, w.to(tl.float32), 0.0).to(tl.bfloat16))
+        else:
+            w_ok = col_ok[:, None] & k_ok[None, :]
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_ok)
+            w = tl.where(w_ok, w.to(tl.float32), 0.0)
+            acc += tl.sum(a[:, None, :] * w[None, :, :], axis=2)
+    if W_PER_CHANNEL:
+        acc = acc * tl.load(w_scale_ptr + offs_n, mask=col_ok, other=0.0)[None, :]
+    else:
+        acc = acc * tl.load(w_scale_ptr)
+    if ACT == 2:
+        acc = acc * row_scale[:, None]
+    elif ACT != 0:
+        acc = acc * act_scale
+    out_ok = row_ok[:, None] & col_ok[None, :]
+    if FINAL:
+        if HAS_BIAS:
+            acc = acc + tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=out_ok)
+    else:
+        tl.store(out_ptr + (pid_k * M + offs_m[:, None]) * N + offs_n[None, :], acc, mask=out_ok)
+
+
+@triton.jit
+def splitk_reduce(part_ptr, bias_ptr, y_ptr, M, N, SPLIT, stride_ym, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """``y[m] = sum over slices of part[slice, m] (+ bias)``, cast to y's dtype: the end of a split-K product."""
+    m = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, SPLIT):
+        acc += tl.load(part_ptr + (s * M + m) * N + offs, mask=ok, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + offs, acc.to(y_ptr.dtype.element_ty), mask=ok)

@@ -1,0 +1,138 @@
+"""Which small-M (decode) GEMM configuration is fastest on this GPU: split-K on tensor cores or on CUDA cores, per
+block size, against bf16 cuBLAS and FP8 ``_scaled_mm`` for the same layer, side by side in one run.
+
+    python benchmarks/small_m_sweep.py --out benchmarks/results [--shape llama-3.1-8b] [--rows 1,8]
+
+Each kernel is timed inside a CUDA graph (launch overhead removed, as in graph-captured decode). Every split-K
+result is checked against the unsplit fused kernel (same quantized operands, fp32 accumulation) before its time is
+counted. Prints a table (µs, and the ratio to bf16) and writes small_m_sweep.json / .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.llm_runtime_gpu import _kernel_us  # noqa: E402
+
+DOT_CONFIGS = [(bn, bk, s) for bn in (32, 64, 128) for bk in (128, 256) for s in (1, 2, 4, 8)]
+CORE_CONFIGS = [(bn, bk, s) for bn in (8, 16, 32, 64) for bk in (64, 128, 256, 512) for s in (1, 2, 4, 8)]
+CORE_MAX_ELEMENTS = 16384  # rows x block_n x block_k held in registers by one program
+
+
+def _configs(m: int) -> list[tuple[bool, int, int, int]]:
+    rows = 1 << max(0, (m - 1).bit_length())
+    core = [(False, bn, bk, s) for bn, bk, s in CORE_CONFIGS if rows * bn * bk <= CORE_MAX_ELEMENTS]
+    return core + [(True, bn, bk, s) for bn, bk, s in DOT_CONFIGS]
+
+
+def sweep(k: int, n: int, m: int) -> dict[str, Any]:
+    import torch
+
+    from llm_quant.runtime.cuda import kernels
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).to(torch.bfloat16)
+    w8 = torch.randint(-127, 128, (n, k), device="cuda", dtype=torch.int8, generator=gen)
+    wf8 = w.to(torch.float8_e4m3fn)
+    scale = torch.rand(n, device="cuda", generator=gen) * 1e-2
+    one = torch.ones((), device="cuda")
+    row: dict[str, Any] = {"K": k, "N": n, "M": m, "bf16_mm": _kernel_us(lambda: x @ w.t())}
+    row["fp8_scaled_mm"] = _kernel_us(lambda: torch._scaled_mm(
+        kernels.fp8_quantize(x, None, 1.0), wf8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+    want = kernels.small_m_gemm(x, w8, scale, act=kernels.ACT_INT8_TOKEN).float()
+    row["w8a8_unsplit"] = _kernel_us(lambda: kernels.small_m_gemm(x, w8, scale, act=kernels.ACT_INT8_TOKEN))
+    tried = []
+    for use_dot, bn, bk, s in _configs(m):
+        cfg = {"use_dot": use_dot, "block_n": bn, "block_k": bk, "split": s}
+        try:
+            got = kernels.small_m_gemm_split(x, w8, scale, act=kernels.ACT_INT8_TOKEN, **cfg).float()
+            err = ((got - want).abs().max() / want.abs().max()).item()
+            us = _kernel_us(lambda c=cfg: kernels.small_m_gemm_split(x, w8, scale, act=kernels.ACT_INT8_TOKEN, **c))
+            tried.append({**cfg, "us": us, "rel_err": err})
+        except Exception as exc:  # noqa: BLE001 - a configuration that cannot compile here is a finding
+            tried.append({**cfg, "error": f"{exc.__class__.__name__}: {str(exc)[:160]}"})
+    ok = [t for t in tried if "us" in t and t["rel_err"] < 1e-2]
+    row["errors"] = sorted({t["error"] for t in tried if "error" in t})[:3]
+    row["bad"] = [t for t in tried if "rel_err" in t and t["rel_err"] >= 1e-2][:3]
+    for use_dot in (False, True):
+        mine = [t for t in ok if t["use_dot"] == use_dot]
+        if mine:
+            best = min(mine, key=lambda t: t["us"])
+            row["best_dot" if use_dot else "best_cores"] = best
+    best = min(ok, key=lambda t: t["us"]) if ok else None
+    if best:
+        cfg = {key: best[key] for key in ("use_dot", "block_n", "block_k", "split")}
+        row["w8a8_split"] = best["us"]
+        row["w8a16_split"] = _kernel_us(lambda: kernels.small_m_gemm_split(x, w8, scale, act=kernels.ACT_NONE,
+                                                                           **cfg))
+        try:
+            ref = torch._scaled_mm(kernels.fp8_quantize(x, None, 1.0), wf8.t(), scale_a=one, scale_b=one,
+                                   out_dtype=torch.bfloat16).float()
+            got = kernels.small_m_gemm_split(x, wf8, one, act=kernels.ACT_FP8, act_factor=1.0, act_scale=1.0,
+                                             **cfg).float()
+            row["fp8_split_rel_err"] = ((got - ref).abs().max() / ref.abs().max()).item()
+            row["fp8_split"] = _kernel_us(lambda: kernels.small_m_gemm_split(
+                x, wf8, one, act=kernels.ACT_FP8, act_factor=1.0, act_scale=1.0, **cfg))
+        except Exception as exc:  # noqa: BLE001
+            row["fp8_split_error"] = f"{exc.__class__.__name__}: {str(exc)[:160]}"
+    row["tried"] = tried
+    return row
+
+
+COLUMNS = ("bf16_mm", "fp8_scaled_mm", "fp8_split", "w8a8_unsplit", "w8a8_split", "w8a16_split")
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| K | N | M | " + " | ".join(COLUMNS) + " | best W8A8 config |",
+             "|---|---|---|" + "---:|" * len(COLUMNS) + "---|"]
+    for r in rows:
+        cells = []
+        for c in COLUMNS:
+            v = r.get(c)
+            cells.append("—" if v is None else f"{v:.1f} ({r['bf16_mm'] / v:.2f}×)" if c != "bf16_mm" else f"{v:.1f}")
+        best = r.get("w8a8_split") and min((r.get("best_cores"), r.get("best_dot")),
+                                           key=lambda t: t["us"] if t else 1e9)
+        cfg = "—" if not best else (f"{'dot' if best['use_dot'] else 'cores'} n{best['block_n']} "
+                                    f"k{best['block_k']} split{best['split']}")
+        lines.append(f"| {r['K']} | {r['N']} | {r['M']} | " + " | ".join(cells) + f" | {cfg} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="llama-3.1-8b")
+    parser.add_argument("--rows", default="1,8", help="decode batch sizes (M) to sweep")
+    parser.add_argument("--out", type=Path, default=Path("out/benchmarks/small_m_sweep"))
+    args = parser.parse_args(argv)
+    import torch
+
+    from llm_quant.model import tiny
+
+    shape = tiny.SHAPES[args.shape]
+    hidden, inter = shape["hidden_size"], shape["intermediate_size"]
+    rows = []
+    for k, n in ((hidden, hidden), (hidden, inter), (inter, hidden)):
+        for m in (int(v) for v in args.rows.split(",")):
+            rows.append(sweep(k, n, m))
+            r = rows[-1]
+            print({c: r.get(c) for c in ("K", "N", "M", *COLUMNS)}, r.get("errors"), flush=True)
+    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": args.shape,
+              "python": platform.python_version(), "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "small_m_sweep.json").write_text(json.dumps(result, indent=1))
+    text = f"{result['gpu']}, torch {result['torch']}, µs per GEMM in a CUDA graph (ratio: bf16 / kernel)\n\n"
+    (args.out / "small_m_sweep.md").write_text(text + table(rows) + "\n")
+    print(text + table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
