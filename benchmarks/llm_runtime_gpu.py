@@ -163,14 +163,15 @@ def _gemm_row(k: int, n: int, m: int, ops: dict[str, Any]) -> dict[str, Any]:
     row["fp8_scaled_mm"] = _kernel_us(lambda: torch._scaled_mm(
         cuda_kernels.fp8_quantize(x, None, 1.0), ops["wf8"].t(), scale_a=one, scale_b=one,
         out_dtype=torch.bfloat16))
-    if m <= cuda_kernels.MAX_M:  # the fused decode kernels: activation quantization, product and scales
-        row["fp8_fused"] = _kernel_us(lambda: cuda_kernels.small_m_gemm(
-            x, ops["wf8"], one, act=cuda_kernels.ACT_FP8, act_factor=1.0, act_scale=1.0))
+    if m <= cuda_kernels.MAX_M:  # decode: the small-M kernel the runtime chooses at load for this shape
         scale = torch.ones(n, device="cuda")
-        row["int8_fused_w8a8"] = _kernel_us(lambda: cuda_kernels.small_m_gemm(
-            x, ops["w8"], scale, act=cuda_kernels.ACT_INT8_TOKEN))
-        row["int8_fused_w8a16"] = _kernel_us(lambda: cuda_kernels.small_m_gemm(
-            x, ops["w8"], scale, act=cuda_kernels.ACT_NONE))
+        for key, weight, w_scale, act in (("fp8_fused", ops["wf8"], one, cuda_kernels.ACT_FP8),
+                                          ("int8_fused_w8a8", ops["w8"], scale, cuda_kernels.ACT_INT8_TOKEN),
+                                          ("int8_fused_w8a16", ops["w8"], scale, cuda_kernels.ACT_NONE)):
+            how = cuda_kernels.choose_small_m(weight, w_scale, act=act, rows=m)
+            row[key] = _kernel_us(lambda h=how, w=weight, s=w_scale, a=act: cuda_kernels.small_m(
+                h, x, w, s, act=a, act_factor=1.0, act_scale=1.0))
+            row[key + "_kernel"] = how.label
     else:
         row["int8_int_mm"] = _kernel_us(lambda: torch._int_mm(x.to(torch.int8), ops["w8"].t()))
     row["int8_dequant_mm"] = _kernel_us(lambda: x @ ops["w8"].to(torch.bfloat16).t())

@@ -6,6 +6,9 @@
 #                          the 3.12 stub only, without its bundled libpython3.13); pulp without its CBC binaries
 #                          (modelopt imports pulp, nothing here solves with it)
 #   .carry/np1.tar.xz      numpy 1.26 for Triton's python-backend stub alone (BYTES tensors break under numpy 2)
+#   .carry/scipy1.tar.xz   SciPy 1.15.3 without its tests, into the same folder: the box's SciPy needs numpy 2 and
+#                          modelopt imports scipy.stats. 19 MB: with the rest and the work tree it would pass the
+#                          64 MiB a call carries, so it travels alone in a call just before gpu_check's
 # Run once here (it needs pip and a registry); name .carry in the device call's carry list.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +26,12 @@ get "$work/site312" nvidia-modelopt==0.47.0 "pulp<4" omegaconf==2.4.0 antlr4-pyt
     python-rapidjson pycocotools==2.0.11 onnx-graphsurgeon==0.6.1 onnxslim==0.1.98 lief==1.0.0 \
     nvidia-pytriton==0.7.0
 get "$work/np1" numpy==1.26.4
+get "$work/sp/np1" scipy==1.15.3
 mkdir -p .carry
 rm -rf "$work/site312/pulp/solverdir" "$work/site312/nvidia_pytriton.libs"/libpython3-*
 find "$work/site312/pytriton/tritonserver/python_backend_stubs" -mindepth 1 -maxdepth 1 ! -name 3.12 -exec rm -rf {} +
-find "$work/np1" -type d -name tests -prune -exec rm -rf {} +
+find "$work/np1" "$work/sp" -type d -name tests -prune -exec rm -rf {} +
 tar -C "$work" -cf - site312 | xz -T0 -6 > .carry/site312.tar.xz
 tar -C "$work" -cf - np1 | xz -T0 -6 > .carry/np1.tar.xz
+tar -C "$work/sp" -cf - np1 | xz -T0 -6 > .carry/scipy1.tar.xz
 ls -l .carry

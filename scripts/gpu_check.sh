@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check: run on a CUDA machine from a clean clone plus .carry/ (scripts/gpu_carry.sh packs it), e.g.
-# through the device tool with carry [".carry"]:
+# through the device tool with carry [".carry/site312.tar.xz", ".carry/np1.tar.xz"], right after a call that carried
+# [".carry/scipy1.tar.xz"] and ran `tar -C /tmp -xJf .carry/scipy1.tar.xz` (all three pass the 64 MiB of one call):
 #   bash scripts/gpu_check.sh            # the gpu test suite (tests/gpu) + the record, a few minutes
 #   bash scripts/gpu_check.sh --scale    # and benchmarks/gpu_scale.py (8B-shaped builds vs modelopt's own flow)
 # Writes $OUT/gpu_check.json (date, GPU, driver, versions, pass/fail and time per case); commit it under
@@ -11,23 +12,35 @@ out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 site=/tmp/site312
 [ -d "$site" ] || tar -C /tmp -xJf .carry/site312.tar.xz || { echo "gpu_check: .carry/site312.tar.xz missing: run scripts/gpu_carry.sh and carry .carry"; exit 2; }
-[ -d /tmp/np1 ] || tar -C /tmp -xJf .carry/np1.tar.xz || exit 2
+[ -d /tmp/np1/numpy ] || tar -C /tmp -xJf .carry/np1.tar.xz || exit 2
+# SciPy 1.15 (numpy 1.26's) for the stub: too big to travel with the rest, it comes in a call of its own first
+# (carry [".carry/scipy1.tar.xz"], `tar -C /tmp -xJf .carry/scipy1.tar.xz`, while the machine stays warm)
+[ -d /tmp/np1/scipy ] || { [ -f .carry/scipy1.tar.xz ] && tar -C /tmp -xJf .carry/scipy1.tar.xz; } || \
+  echo "gpu_check: no /tmp/np1/scipy (.carry/scipy1.tar.xz): the served model cannot import modelopt in the stub"
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Triton's python-backend stub ignores PYTHONPATH and takes its packages from the first python3 on PATH; it needs
-# numpy<2 (BYTES tensors, FACTS §5) ahead of the box's numpy 2, the carried wheels and this checkout: a venv on the
-# box's base python whose .pth lists them, then the torch venv's own site-packages. TQ_TRITON_PYTHON names it.
+# numpy<2 (BYTES tensors, FACTS §5) and SciPy 1.15 ahead of the box's numpy 2, the carried wheels and this checkout:
+# a venv on the box's base python whose .pth lists them, then the torch venv's site-packages without its numpy,
+# SciPy and scikit-learn (built for numpy 2; docs/llm-serving.md). TQ_TRITON_PYTHON names it.
 stubenv=/tmp/stubenv
 if [ ! -x "$stubenv/bin/python3" ]; then
   "$(python3 -c 'import sys; print(sys.base_prefix)')/bin/python3" -m venv --without-pip "$stubenv" || exit 2
-  # the torch venv's folders through addsitedir, so the .pth files inside them are read as in that venv
-  { printf '%s\n' /tmp/np1 "$site" "$PWD"
-    python3 -c 'import site; print("\n".join(f"import site; site.addsitedir({p!r})" for p in site.getsitepackages()))'
-  } > "$("$stubenv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tq_stub.pth"
+  mkdir -p /tmp/stubsite
+  for dir in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))'); do
+    for p in "$dir"/*; do
+      case "${p##*/}" in numpy|numpy-*|numpy.libs|scipy|scipy-*|scipy.libs|sklearn|scikit_learn*) ;;
+        *) ln -sfn "$p" /tmp/stubsite/ ;; esac
+    done
+  done
+  # addsitedir, so the .pth files in the torch venv are read as they are there
+  printf '%s\n' /tmp/np1 "$site" "$PWD" "import site; site.addsitedir('/tmp/stubsite')" \
+    > "$("$stubenv/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tq_stub.pth"
 fi
 export TQ_TRITON_PYTHON=$stubenv/bin/python3 PYTHONUNBUFFERED=1 YOLO_OFFLINE=1
 # what the python models import, in the stub's environment, with the real error if one fails (Triton logs one line)
 env -u PYTHONPATH "$TQ_TRITON_PYTHON" -c 'import numpy, torch, transformers; from transformers import AutoTokenizer
-import triton_backend, llm_quant.runtime; print("stub env:", numpy.__version__, torch.__version__, transformers.__version__)' \
+import modelopt.torch.quantization, triton_backend, llm_quant.runtime
+print("stub env:", numpy.__version__, torch.__version__, transformers.__version__)' \
   > "$out/stub_env.log" 2>&1; tail -n 30 "$out/stub_env.log"
 # GPU_CHECK_K selects cases (pytest -k) for a quick look; the committed record is from a run of them all.
 # GPU_CHECK_TIMEOUT (seconds) bounds the test run alone; SIGINT lets pytest write what ran, so a short lease still

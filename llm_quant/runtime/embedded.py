@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,19 @@ def _changed_tensors(model: Any, base: _BaseWeights) -> tuple[list[str], dict[st
     state = model.state_dict()
     folded: list[str] = []
     overrides: dict[str, Any] = {}
-    for key, value in state.items():
-        if _is_quantizer_key(key) or key not in base:
+    keys = [key for key in state if not _is_quantizer_key(key) and key in base]
+
+    def unchanged(key: str) -> bool:
+        return bool(torch.equal(state[key], base.get(key, state[key].device)))
+
+    # reading a tensor out of the page cache and copying it to the device release the GIL: threads overlap them
+    # (an 8B model's 16 GB took 2.1 s one at a time on the H100 box's 16 cores)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        same = dict(zip(keys, pool.map(unchanged, keys), strict=True))
+    for key in keys:
+        if same[key]:
             continue
-        reference = base.get(key, value.device)
-        if torch.equal(value, reference):
-            continue
+        value, reference = state[key], base.get(key, state[key].device)
         module_name = key.rsplit(".", 1)[0]
         pqs = state.get(f"{module_name}.input_quantizer._pre_quant_scale")
         if key.endswith(".weight") and pqs is not None and torch.equal(_fold(reference, pqs), value):

@@ -1,5 +1,6 @@
-"""The fused small-M kernel (decode) computes what the unfused reference computes: the activation quantized as
-modelopt's fake quantization does, int8 / e4m3 products accumulated in fp32, then the scales."""
+"""The small-M kernels (decode) compute what the unfused reference computes: the activation quantized as modelopt's
+fake quantization does, int8 / e4m3 products accumulated in fp32, then the scales. Every candidate the runtime may
+choose at load (:data:`kernels.ONE_ROW` for one row, :data:`kernels.FEW_ROWS` for 2-16) is checked."""
 
 from __future__ import annotations
 
@@ -73,3 +74,66 @@ def test_more_than_16_rows_is_refused():
     x, _, w8, w_scale, _ = _inputs()
     with pytest.raises(ValueError, match="at most 16 rows"):
         kernels.small_m_gemm(torch.cat([x] * 4), w8, w_scale, act=kernels.ACT_NONE)
+
+
+def _candidates(act):
+    from dataclasses import replace
+
+    from llm_quant.runtime.cuda import kernels
+
+    one = list(kernels.ONE_ROW)
+    if act == "per_token":
+        one += [replace(c, prequant=True) for c in kernels.ONE_ROW if c.kernel == "gemv"]
+    return [(1, c) for c in one] + [(M, c) for c in kernels.FEW_ROWS]
+
+
+@pytest.mark.parametrize("act", ["none", "per_tensor", "per_token", "fp8"])
+def test_every_small_m_candidate(act):
+    """Each candidate on one row and on M rows (bias, pre-scale, an outlier, N and K not multiples of the blocks)."""
+    from llm_quant.runtime.cuda import kernels
+
+    if act == "fp8" and torch.cuda.get_device_capability(0) < (8, 9):
+        pytest.skip("FP8 needs SM >= 8.9")
+    x, pre, w8, w_scale, bias = _inputs()
+    x, pre, w8, w_scale = x[:, :1000], pre[:1000], w8[:376, :1000].contiguous(), w_scale[:376]
+    bias = bias[:376]
+    v = x.float() * pre
+    opts = {"pre": pre, "bias": bias}
+    if act == "fp8":
+        w = torch.randn(376, 1000, device="cuda")
+        w_scale = (w.abs().max() / 448.0).reshape(())
+        w8 = (w / w_scale).to(torch.float8_e4m3fn)
+        factor = 448.0 / 6.0
+        a = (v * factor).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+        want = (a @ w8.float().t()) * w_scale * (6.0 / 448.0) + bias
+        opts.update(act=kernels.ACT_FP8, act_factor=factor, act_scale=6.0 / 448.0)
+    elif act == "none":
+        a = v.to(torch.bfloat16).float()
+        want = (a @ w8.float().t()) * w_scale + bias
+        opts.update(act=kernels.ACT_NONE)
+    elif act == "per_tensor":
+        a = torch.round(v * (127.0 / 3.0)).clamp(-128, 127)
+        want = (a @ w8.float().t()) * w_scale * (3.0 / 127.0) + bias
+        opts.update(act=kernels.ACT_INT8_TENSOR, act_factor=127.0 / 3.0, act_scale=3.0 / 127.0, qmin=-128.0)
+    else:
+        amax = v.abs().amax(-1, keepdim=True)
+        a = torch.round(v * (127.0 / amax)).clamp(-127, 127)
+        want = (a @ w8.float().t()) * w_scale * (amax / 127.0) + bias
+        opts.update(act=kernels.ACT_INT8_TOKEN)
+    wrong = []
+    for rows, how in _candidates(act):
+        got = kernels.small_m(how, x[1:1 + rows] if rows == 1 else x, w8, w_scale, **opts)
+        ref = want[1:1 + rows] if rows == 1 else want
+        err = ((got.float() - ref).abs().max() / ref.abs().max()).item()
+        if got.shape != ref.shape or got.dtype != torch.bfloat16 or not err <= 8e-3:
+            wrong.append(f"{how.label} x{rows}: {err:.2e}")
+    assert not wrong, wrong
+
+
+def test_choice_is_one_of_the_candidates():
+    from llm_quant.runtime.cuda import kernels
+
+    _, _, w8, w_scale, _ = _inputs()
+    one = kernels.choose_small_m(w8, w_scale, act=kernels.ACT_INT8_TOKEN, rows=1)
+    few = kernels.choose_small_m(w8, w_scale, act=kernels.ACT_INT8_TOKEN, rows=8)
+    assert one.kernel in {"unsplit", "gemv", "cores"} and few in kernels.FEW_ROWS

@@ -1,11 +1,13 @@
 """GPU kernels the CUDA runtime (:mod:`llm_quant.runtime.cuda.linear`) needs beyond PyTorch's own.
 
-- :func:`small_m_gemm`: ``x @ W.T`` for a few rows ``x`` (decode) and int8 or e4m3 ``W``, written in Triton: decode is
-  bound by reading the weights, and cuBLAS has no int8-weight x bf16 GEMM, so the weights are read once and
-  converted in registers (half the bytes of a bf16 weight). Products run on bf16 tensor cores with fp32
-  accumulation: exact for int8 / e4m3 weights and for activations that are integers up to 127 (W8A8) or e4m3
-  codes (FP8). The activation's quantization and the output scales are fused into it: unfused, int8_sq decode
-  ran at 0.60x bf16 on an H100 (8B shape) with the GEMM alone in Triton.
+- :func:`small_m` (decode, up to 16 rows): ``x @ W.T`` for int8 or e4m3 ``W`` with the activation's quantization and
+  the output scales fused in, written in Triton: decode is bound by reading the weights, and cuBLAS has no
+  int8-weight x bf16 GEMM, so the weights are read once and widened in registers (half the bytes of a bf16 weight).
+  Products are exact (int8 / e4m3 operands, integer or e4m3 activations) with fp32 accumulation. Several variants
+  (:class:`SmallM`): the unsplit kernel (:func:`small_m_gemm`, one program per N block over all of K), split-K on
+  tensor cores or CUDA cores, and a one-row GEMV; :func:`choose_small_m` times a short list on the card at load.
+  On an H100 (8B shape) the unsplit kernel ran at 0.36-0.77x bf16 and split-K at 0.63-1.25x
+  (benchmarks/small_m_sweep.py).
 - :func:`fp8_quantize`: ``e4m3(clamp(x * pre * 448 / amax))`` in one pass (Triton); the same operations in torch
   took four kernels and an fp32 copy of the activation per linear group, which ate FP8's gain (measured on an
   H100, 8B shape: FP8 decode 1.11x bf16, prefill 0.95x, with the torch version).
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, replace
 from typing import Any
 
 from quant_common.errors import require
@@ -37,6 +40,7 @@ def _jit(name: str) -> tuple[Any, Any]:
 
 # what a small-M GEMM does to its activation before the product (``ACT``)
 ACT_NONE, ACT_INT8_TENSOR, ACT_INT8_TOKEN, ACT_FP8 = 0, 1, 2, 3
+ACT_INT8_CODES = 4  # the input is int8 codes already (row_quantize), its per-row scale passed along
 MAX_M = 16  # rows the small-M kernel takes (decode; tl.dot's smallest tile)
 
 
@@ -66,39 +70,131 @@ def small_m_gemm(x: Any, weight: Any, w_scale: Any, *, act: int, pre: Any = None
     return y
 
 
-def small_m_gemm_split(x: Any, weight: Any, w_scale: Any, *, act: int, pre: Any = None, act_factor: float = 0.0,
-                       act_scale: float = 0.0, qmin: float = -127.0, bias: Any = None, out_dtype: Any = None,
-                       use_dot: bool = False, block_n: int = 32, block_k: int = 256, split: int = 4,
-                       num_warps: int = 4, num_stages: int = 3) -> Any:
-    """:func:`small_m_gemm` with K cut into ``split`` slices (more programs in flight than N / block_n alone) and
-    the product either on tensor cores (``use_dot``, 16-row tiles) or as multiply-adds on the CUDA cores; the
-    slices' fp32 partial sums are added by a second kernel."""
+@dataclass(frozen=True)
+class SmallM:
+    """How a small-M product runs: ``unsplit`` (:func:`small_m_gemm`), ``dot`` / ``cores`` (split-K on tensor
+    cores / CUDA cores, any rows), ``gemv`` (one row on the CUDA cores, optionally after :func:`row_quantize`)."""
+
+    kernel: str = "unsplit"
+    block_n: int = 0
+    block_k: int = 0
+    split: int = 1
+    num_warps: int = 4
+    prequant: bool = False  # gemv, per-token int8: quantize the row in its own kernel first
+
+    @property
+    def label(self) -> str:
+        if self.kernel == "unsplit":
+            return "unsplit"
+        pre = "+row_quantize" if self.prequant else ""
+        return f"{self.kernel}{pre} n{self.block_n} k{self.block_k} split{self.split} w{self.num_warps}"
+
+
+def _split(k: int, block_k: int, split: int) -> tuple[int, int]:
+    """(K per slice, rounded up to whole blocks so slices never overlap; the number of non-empty slices)."""
+    per = _cdiv(_cdiv(k, split), block_k) * block_k
+    return per, _cdiv(k, per)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def small_m(how: SmallM, x: Any, weight: Any, w_scale: Any, *, act: int, pre: Any = None, act_factor: float = 0.0,
+            act_scale: float = 0.0, qmin: float = -127.0, bias: Any = None, out_dtype: Any = None) -> Any:
+    """:func:`small_m_gemm`'s product computed the way ``how`` says. Split-K cuts K into slices (more programs in
+    flight than N / block_n alone, which left the GPU's memory bandwidth idle); their fp32 partial sums, already
+    scaled, are added by :func:`splitk_reduce`."""
+    if how.kernel == "unsplit":
+        return small_m_gemm(x, weight, w_scale, act=act, pre=pre, act_factor=act_factor, act_scale=act_scale,
+                            qmin=qmin, bias=bias, out_dtype=out_dtype)
     torch = _torch()
-    triton, kernel = _jit("small_m_gemm_split")
     x = x.contiguous()
     m, k = x.shape
-    if m > MAX_M:
-        raise ValueError(f"small_m_gemm takes at most {MAX_M} rows, got {m}")
+    if m > MAX_M or (how.kernel == "gemv" and m != 1):
+        raise ValueError(f"small-M kernel {how.label} takes {1 if how.kernel == 'gemv' else MAX_M} rows, got {m}")
     n = weight.shape[0]
     y = torch.empty((m, n), device=x.device, dtype=out_dtype or x.dtype)
     w_scale = w_scale.float().contiguous()
-    k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
-    split = triton.cdiv(k, k_per_split)
+    per, split = _split(k, how.block_k, how.split)
     final = split == 1
     out = y if final else torch.empty((split, m, n), device=x.device, dtype=torch.float32)
-    block_m = MAX_M if use_dot else max(1, triton.next_power_of_2(m))
-    kernel[(triton.cdiv(n, block_n), split)](
-        x, pre if pre is not None else x, weight, w_scale, bias if bias is not None else w_scale, out, m, n, k,
-        k_per_split, x.stride(0), weight.stride(0), y.stride(0), float(act_factor), float(act_scale), float(qmin),
-        ACT=act, HAS_PRE=pre is not None, W_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
-        USE_DOT=use_dot, FINAL=final, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
-        num_stages=num_stages)
+    common = dict(HAS_PRE=pre is not None, W_PER_CHANNEL=w_scale.numel() > 1, HAS_BIAS=bias is not None,
+                  FINAL=final, BLOCK_N=how.block_n, BLOCK_K=how.block_k, num_warps=how.num_warps)
+    grid = (_cdiv(n, how.block_n), split)
+    bias_arg = bias if bias is not None else w_scale
+    if how.kernel == "gemv":
+        _, kernel = _jit("small_m_gemv")
+        row_scale = w_scale
+        if how.prequant and act == ACT_INT8_TOKEN:
+            x, row_scale = row_quantize(x, pre)
+            act, pre = ACT_INT8_CODES, None
+            common["HAS_PRE"] = False
+        kernel[grid](x, pre if pre is not None else x, row_scale, weight, w_scale, bias_arg, out, n, k, per,
+                     weight.stride(0), float(act_factor), float(act_scale), float(qmin), ACT=act,
+                     W_INT8=weight.dtype == torch.int8, **common)
+    else:
+        _, kernel = _jit("small_m_gemm_split")
+        kernel[grid](x, pre if pre is not None else x, weight, w_scale, bias_arg, out, m, n, k, per, x.stride(0),
+                     weight.stride(0), y.stride(0), float(act_factor), float(act_scale), float(qmin), ACT=act,
+                     USE_DOT=how.kernel == "dot", BLOCK_M=MAX_M if how.kernel == "dot" else
+                     max(1, 1 << (m - 1).bit_length()), **common)
     if not final:
         _, reduce = _jit("splitk_reduce")
-        block = 1024
-        reduce[(m, triton.cdiv(n, block))](out, bias if bias is not None else w_scale, y, m, n, split, y.stride(0),
-                                           HAS_BIAS=bias is not None, BLOCK=block)
+        reduce[(m, _cdiv(n, 1024))](out, bias_arg, y, m, n, split, y.stride(0), HAS_BIAS=bias is not None,
+                                   BLOCK=1024)
     return y
+
+
+def row_quantize(x: Any, pre: Any = None) -> tuple[Any, Any]:
+    """Per-token int8 codes of ``x * pre`` [M, K] and each row's scale ``amax / 127`` [M] (fp32)."""
+    torch = _torch()
+    _, kernel = _jit("row_quantize")
+    x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty((m, k), device=x.device, dtype=torch.int8)
+    scale = torch.empty((m,), device=x.device, dtype=torch.float32)
+    kernel[(m,)](x, pre if pre is not None else x, q, scale, k, x.stride(0), HAS_PRE=pre is not None, BLOCK_K=1024)
+    return q, scale
+
+
+# Candidates timed per weight shape at load (chosen from benchmarks/small_m_sweep.py on an H100, where the unsplit
+# kernel ran at 0.36-0.77x bf16 and split-K at 0.63-1.25x); the unsplit kernel stays one, so a choice never loses
+# to what ran before.
+ONE_ROW = (SmallM(), SmallM("gemv", 16, 512, 1), SmallM("gemv", 16, 512, 4), SmallM("gemv", 32, 256, 2),
+           SmallM("gemv", 8, 512, 2, 4), SmallM("gemv", 32, 512, 4, 8), SmallM("gemv", 16, 256, 1, 2),
+           SmallM("cores", 16, 512, 1), SmallM("cores", 32, 512, 4))
+FEW_ROWS = (SmallM(), SmallM("dot", 64, 256, 4), SmallM("dot", 128, 128, 2), SmallM("dot", 64, 128, 2),
+            SmallM("dot", 32, 256, 8), SmallM("cores", 16, 128, 2))
+_CHOICE: dict[tuple[Any, ...], SmallM] = {}
+
+
+def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any = None, act_factor: float = 1.0,
+                   act_scale: float = 1.0, qmin: float = -127.0) -> SmallM:
+    """The fastest way to multiply ``rows`` decode rows by this weight on this card, timed once per (card, shape,
+    activation, rows) among :data:`ONE_ROW` / :data:`FEW_ROWS` (with ``prequant`` variants for per-token int8);
+    every candidate computes the same products (integers / e4m3 codes, fp32 accumulation), only the order of the
+    fp32 sums differs. A candidate that fails to compile or run here is skipped."""
+    torch = _torch()
+    n, k = weight.shape
+    key = (torch.cuda.get_device_name(weight.device), n, k, str(weight.dtype), act, rows, pre is not None)
+    if key in _CHOICE:
+        return _CHOICE[key]
+    candidates = list(ONE_ROW if rows == 1 else FEW_ROWS)
+    if rows == 1 and act == ACT_INT8_TOKEN:
+        candidates += [replace(c, prequant=True) for c in candidates if c.kernel == "gemv"]
+    x = torch.randn(rows, k, device=weight.device, dtype=torch.bfloat16)
+    best, best_ms = SmallM(), float("inf")
+    for how in candidates:
+        try:
+            ms = time_ms(lambda h=how: small_m(h, x, weight, w_scale, act=act, pre=pre, act_factor=act_factor,
+                                               act_scale=act_scale, qmin=qmin))
+        except Exception:  # noqa: BLE001 - Triton raises its own compile errors; such a candidate is out
+            continue
+        if ms < best_ms:
+            best, best_ms = how, ms
+    _CHOICE[key] = best
+    return best
 
 
 def time_ms(fn: Any, iters: int = 20) -> float:

@@ -8,15 +8,15 @@ so only the GEMM's accumulation order differs from the fake-quant reference.
 
 - FP8 (static per-tensor activation and weight scales): ``torch._scaled_mm`` on e4m3 operands with fp32
   accumulation; the activation is cast with modelopt's formula ``e4m3(x * 448 / amax)``, once for linears that read
-  the same tensor with the same scale (q/k/v, gate/up). Decode rows (up to 16) go through the fused small-M kernel
-  (:func:`llm_quant.runtime.cuda.kernels.small_m_gemm`: cast, product, scales in one launch) for weight shapes
-  where it timed faster than cast + ``_scaled_mm`` on the card at load.
+  the same tensor with the same scale (q/k/v, gate/up). A decode row goes through the small-M kernel chosen at load
+  (:func:`llm_quant.runtime.cuda.kernels.choose_small_m`: cast, product, scales fused) for weight shapes where it
+  timed faster than cast + ``_scaled_mm`` on the card.
 - INT8 weights (int8_sq W8A8, int8_wo W8A16): int8 weights with one scale per output channel. For up to 16 rows
-  (decode) one Triton kernel quantizes the activation (per tensor or per token), reads the int8 weights and
-  multiplies on bf16 tensor cores with fp32 accumulation, and applies the scales
-  (:func:`llm_quant.runtime.cuda.kernels.small_m_gemm`); the activation's integers are exact in bf16 (|q| <= 128),
-  so each product is the int8 x int8 product; larger inputs (prefill) dequantize the weight into bf16 and use
-  cuBLAS. ``torch._int_mm`` is not used: on an H100 it measured 3-6x slower than a
+  (decode) Triton kernels quantize the activation (per tensor or per token), read the int8 weights, multiply with
+  fp32 accumulation and apply the scales (:func:`llm_quant.runtime.cuda.kernels.small_m`; which variant, for one
+  row and for 2-16 rows, is timed on the card at load); the activation's integers are exact in bf16 / fp32
+  (|q| <= 128), so each product is the int8 x int8 product; larger inputs (prefill) dequantize the weight into bf16
+  and use cuBLAS. ``torch._int_mm`` is not used: on an H100 it measured 3-6x slower than a
   bf16 matmul (FACTS §7).
 - INT4 weight blocks (int4_awq, int4_wo): ``torch._weight_int4pack_mm`` (tinygemm, bf16 activations, symmetric
   blocks encoded as q + 8 with zero 0); each layer is checked once against the dequantized product and falls back
@@ -41,9 +41,10 @@ FP8_MAX = 448.0
 QFORMAT_CUDA_KERNELS = {
     "fp8": "FP8 torch._scaled_mm (e4m3 weights, static per-tensor activation scale); decode: fused Triton "
            "small-M kernel where it times faster on the card",
-    "int8_sq": "W8A8: int8 weights; decode: one fused Triton kernel (activation quantization, GEMM on bf16 tensor "
-               "cores, scales); prefill: dequant + cuBLAS",
-    "int8_wo": "W8A16: int8 weights dequantized in a fused Triton kernel (decode) / dequant + cuBLAS (prefill)",
+    "int8_sq": "W8A8: int8 weights; decode: fused Triton small-M kernels (activation quantization, int8 products "
+               "with fp32 accumulation, scales; split-K / GEMV variant timed at load); prefill: dequant + cuBLAS",
+    "int8_wo": "W8A16: int8 weights widened in fused Triton small-M kernels (decode, variant timed at load) / "
+               "dequant + cuBLAS (prefill)",
     "int4_awq": "W4A16 torch._weight_int4pack_mm (tinygemm), checked per layer",
     "int4_wo": "W4A16 torch._weight_int4pack_mm (tinygemm), checked per layer",
     "w4a8_awq": "fake-quant (no int4 x fp8 kernel here)",
@@ -69,29 +70,32 @@ def _pre_scale(module: Any) -> Any:
     return None if pqs is None else pqs.detach().reshape(-1)
 
 
-_SMALL_M_CHOICE: dict[tuple[Any, ...], bool] = {}
+_SMALL_M_CHOICE: dict[tuple[Any, ...], Any] = {}
 
 
-def _small_m_wins(weight_fp8: Any, w_scale: Any, factor: float, a_scale: float) -> bool:
-    """Whether the fused small-M kernel beats quantize + ``torch._scaled_mm`` for one decode row of this weight shape
-    on this card: timed once per (device, N, K), as both compute the same e4m3 products with fp32 accumulation."""
+def _small_m_wins(weight_fp8: Any, w_scale: Any, factor: float, a_scale: float) -> Any:
+    """The small-M kernel (:func:`llm_quant.runtime.cuda.kernels.choose_small_m`) for one decode row of this weight
+    where it beats quantize + ``torch._scaled_mm`` on this card, else None: timed once per (device, N, K), as both
+    compute the same e4m3 products with fp32 accumulation."""
     torch = _torch()
     if not weight_fp8.is_cuda:
-        return False
+        return None
     n, k = weight_fp8.shape
     key = (torch.cuda.get_device_name(weight_fp8.device), n, k)
     if key not in _SMALL_M_CHOICE:
         try:
+            how = cuda_kernels.choose_small_m(weight_fp8, w_scale, act=cuda_kernels.ACT_FP8, rows=1,
+                                              act_factor=factor, act_scale=a_scale)
             x = torch.randn(1, k, device=weight_fp8.device, dtype=torch.bfloat16)
             a_scale_t = torch.tensor(a_scale, device=x.device)
-            fused = cuda_kernels.time_ms(lambda: cuda_kernels.small_m_gemm(
-                x, weight_fp8, w_scale, act=cuda_kernels.ACT_FP8, act_factor=factor, act_scale=a_scale))
+            fused = cuda_kernels.time_ms(lambda: cuda_kernels.small_m(
+                how, x, weight_fp8, w_scale, act=cuda_kernels.ACT_FP8, act_factor=factor, act_scale=a_scale))
             cublas = cuda_kernels.time_ms(lambda: torch._scaled_mm(
                 cuda_kernels.fp8_quantize(x, None, factor), weight_fp8.t(), scale_a=a_scale_t, scale_b=w_scale,
                 out_dtype=torch.bfloat16))
-            _SMALL_M_CHOICE[key] = fused < cublas
+            _SMALL_M_CHOICE[key] = how if fused < cublas else None
         except (RuntimeError, ValueError, ImportError, QuantError):  # no Triton / no kernel for this card
-            _SMALL_M_CHOICE[key] = False
+            _SMALL_M_CHOICE[key] = None
     return _SMALL_M_CHOICE[key]
 
 
@@ -144,10 +148,10 @@ def _classes() -> dict[str, type]:
         def forward(self, x: Any) -> Any:
             lead = x.shape[:-1]
             flat = x.reshape(-1, self.in_features)
-            if self.small_m and x.is_cuda and flat.shape[0] <= cuda_kernels.MAX_M:
-                y = cuda_kernels.small_m_gemm(flat, self.weight_fp8, self.w_scale, act=cuda_kernels.ACT_FP8,
-                                              pre=self.pre, act_factor=self.factor, act_scale=self.a_scale_value,
-                                              bias=self.bias)
+            if self.small_m is not None and x.is_cuda and flat.shape[0] == 1:  # the row it was timed for
+                y = cuda_kernels.small_m(self.small_m, flat, self.weight_fp8, self.w_scale, act=cuda_kernels.ACT_FP8,
+                                         pre=self.pre, act_factor=self.factor, act_scale=self.a_scale_value,
+                                         bias=self.bias)
                 return y.reshape(*lead, self.out_features)
             q = self.shared.get(x, lambda t: self._quantize(t.reshape(-1, self.in_features)))
             y = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=self.a_scale, scale_b=self.w_scale,
@@ -179,6 +183,13 @@ def _classes() -> dict[str, type]:
             self.register_buffer("pre", None if pre is None else pre.float())
             self.register_buffer("bias", None if bias is None else bias.detach().float())
             self.shared = shared
+            # decode: the fastest small-M kernel for one row and for a few rows, timed on this card at load
+            self.one_row = self.few_rows = cuda_kernels.SmallM()
+            if self.weight_q.is_cuda:
+                opts = dict(act=self.act_kind, pre=self.pre, act_factor=self.act_factor or 1.0,
+                            act_scale=self.act_scale or 1.0, qmin=self.qmin)
+                self.one_row = cuda_kernels.choose_small_m(self.weight_q, self.w_scale, rows=1, **opts)
+                self.few_rows = cuda_kernels.choose_small_m(self.weight_q, self.w_scale, rows=8, **opts)
 
         def _activation(self, x: Any) -> tuple[Any, Any]:
             """(values fed to the GEMM in bf16, per-row output scale or None)."""
@@ -197,10 +208,11 @@ def _classes() -> dict[str, type]:
         def forward(self, x: Any) -> Any:
             lead = x.shape[:-1]
             flat = x.reshape(-1, self.in_features)
-            if x.is_cuda and flat.shape[0] <= cuda_kernels.MAX_M:  # decode: one fused kernel
-                y = cuda_kernels.small_m_gemm(flat, self.weight_q, self.w_scale, act=self.act_kind, pre=self.pre,
-                                              act_factor=self.act_factor, act_scale=self.act_scale,
-                                              qmin=self.qmin, bias=self.bias)
+            if x.is_cuda and flat.shape[0] <= cuda_kernels.MAX_M:  # decode: the small-M kernel chosen at load
+                how = self.one_row if flat.shape[0] == 1 else self.few_rows
+                y = cuda_kernels.small_m(how, flat, self.weight_q, self.w_scale, act=self.act_kind, pre=self.pre,
+                                         act_factor=self.act_factor, act_scale=self.act_scale, qmin=self.qmin,
+                                         bias=self.bias)
                 return y.reshape(*lead, self.out_features)
             values, row_scale = self.shared.get(x, lambda t: self._activation(t.reshape(-1, self.in_features)))
             y = (values @ self.weight_q.to(torch.bfloat16).t()).float()
@@ -314,14 +326,15 @@ def convert_linears_cuda(model: Any, activations: str = "per_tensor") -> KernelR
             if plan == "fp8":
                 layer = classes["Fp8Linear"](_weight_dq(module), module.weight_quantizer.amax, inq.amax, pre,
                                              module.bias, share)
-                kind = "FP8 _scaled_mm" + (" + small-M Triton" if layer.small_m else "")
+                kind = "FP8 _scaled_mm" + (f" (decode, 1 row: {layer.small_m.label})" if layer.small_m else "")
             elif plan.startswith("int8"):
                 act = None if plan == "int8_w8a16" else activations
                 a_amax = inq.amax if act == "per_tensor" else None
                 qmin = -128.0 if act == "per_tensor" and not inq.narrow_range else -127.0
                 layer = classes["Int8WeightLinear"](_weight_dq(module), module.weight_quantizer.amax, act, a_amax,
                                                     pre, module.bias, share, qmin)
-                kind = "INT8 W8A16" if act is None else f"INT8 W8A8 {act}"
+                kind = ("INT8 W8A16" if act is None else f"INT8 W8A8 {act}") + \
+                    f" (decode: 1 row {layer.one_row.label}, 2-16 rows {layer.few_rows.label})"
             elif plan == "int4":
                 layer = classes["Int4Linear"](_weight_dq(module), _block_size(module.weight_quantizer), pre,
                                               module.bias)

@@ -201,3 +201,105 @@ def splitk_reduce(part_ptr, bias_ptr, y_ptr, M, N, SPLIT, stride_ym, HAS_BIAS: t
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + m * stride_ym + offs, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def small_m_gemv(x_ptr, pre_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, N, K, K_PER_SPLIT, stride_wn,
+                 act_factor, act_scale, qmin, ACT: tl.constexpr, HAS_PRE: tl.constexpr, W_PER_CHANNEL: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, W_INT8: tl.constexpr, FINAL: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """One decode row: (N block, K slice) of ``x @ W.T`` on the CUDA cores, products accumulated element-wise and
+    summed once at the end (no reduction per step). int8 weights are widened with the 2**23 trick (integer add +
+    float subtract, exact for |w| <= 128) instead of the int-to-float conversion, which Hopper runs at a quarter of
+    the FMA rate. ``ACT == 4``: ``x`` holds the row's int8 codes already (:func:`row_quantize`), its scale at
+    ``row_scale_ptr``."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = offs_n < N
+    row_factor = 0.0
+    row_scale = 0.0
+    if ACT == 2:  # per-token int8: the row's amax over all of K first (one row, read from L2)
+        amax_k = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            v = tl.load(x_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+            if HAS_PRE:
+                v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)
+            amax_k = tl.maximum(amax_k, tl.abs(v))
+        amax = tl.max(amax_k, axis=0)
+        ok = amax > 2**-24
+        c127 = tl.zeros_like(amax) + 127.0  # div_rn (IEEE, as torch divides) takes tensors
+        row_factor = tl.where(ok, tl.math.div_rn(c127, tl.maximum(amax, 2**-24)), 0.0)
+        row_scale = tl.where(ok, tl.math.div_rn(amax, c127), 0.0)
+    if ACT == 4:
+        row_scale = tl.load(row_scale_ptr)
+    k_start = pid_k * K_PER_SPLIT
+    k_end = tl.minimum(k_start + K_PER_SPLIT, K)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < k_end
+        x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+        v = x.to(tl.float32)
+        if HAS_PRE:
+            v = v * tl.load(pre_ptr + offs_k, mask=k_ok, other=0.0)
+        if ACT == 0:
+            a = v.to(x.dtype).to(tl.float32)
+        elif ACT == 1:
+            a = round_half_even(tl.minimum(tl.maximum(v * act_factor, qmin), 127.0))
+        elif ACT == 2:
+            a = round_half_even(tl.minimum(tl.maximum(v * row_factor, qmin), 127.0))
+        elif ACT == 3:
+            a = tl.minimum(tl.maximum(v * act_factor, -448.0), 448.0).to(tl.float8e4nv).to(tl.float32)
+        else:
+            a = v
+        w_ok = col_ok[:, None] & k_ok[None, :]
+        if W_INT8:
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_ok, other=0)
+            wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+        else:
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_ok)
+            wf = tl.where(w_ok, w.to(tl.float32), 0.0)
+        acc2 += wf * a[None, :]
+    acc = tl.sum(acc2, axis=1)
+    if W_PER_CHANNEL:
+        acc = acc * tl.load(w_scale_ptr + offs_n, mask=col_ok, other=0.0)
+    else:
+        acc = acc * tl.load(w_scale_ptr)
+    if ACT == 2 or ACT == 4:
+        acc = acc * row_scale
+    elif ACT != 0:
+        acc = acc * act_scale
+    if FINAL:
+        if HAS_BIAS:
+            acc = acc + tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + offs_n, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
+    else:
+        tl.store(out_ptr + pid_k * N + offs_n, acc, mask=col_ok)
+
+
+@triton.jit
+def row_quantize(x_ptr, pre_ptr, q_ptr, scale_ptr, K, stride_xm, HAS_PRE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-token int8 of one row of ``x * pre``: ``q = round(clamp(v * 127 / amax))`` and ``scale = amax / 127``
+    (0 for an all-zero row), as modelopt's dynamic per-token quantizer computes them."""
+    row = tl.program_id(0)
+    amax_k = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(x_ptr + row * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        if HAS_PRE:
+            v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)
+        amax_k = tl.maximum(amax_k, tl.abs(v))
+    amax = tl.max(amax_k, axis=0)
+    ok = amax > 2**-24
+    c127 = tl.zeros_like(amax) + 127.0
+    factor = tl.where(ok, tl.math.div_rn(c127, tl.maximum(amax, 2**-24)), 0.0)
+    tl.store(scale_ptr + row, tl.where(ok, tl.math.div_rn(amax, c127), 0.0))
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(x_ptr + row * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        if HAS_PRE:
+            v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)
+        q = round_half_even(tl.minimum(tl.maximum(v * factor, -127.0), 127.0))
+        tl.store(q_ptr + row * K + offs_k, q.to(tl.int8), mask=offs_k < K)
