@@ -240,7 +240,10 @@ def small_m_gemv(x_ptr, pre_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, ou
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_end
-        x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
+        if ACT == 4:  # int8 codes: an integer ``other``
+            x = tl.load(x_ptr + offs_k, mask=k_ok, other=0)
+        else:
+            x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
         v = x.to(tl.float32)
         if HAS_PRE:
             v = v * tl.load(pre_ptr + offs_k, mask=k_ok, other=0.0)
