@@ -158,14 +158,12 @@ def row_quantize(x: Any, pre: Any = None) -> tuple[Any, Any]:
     return q, scale
 
 
-# Candidates timed per weight shape at load (chosen from benchmarks/small_m_sweep.py on an H100, where the unsplit
-# kernel ran at 0.36-0.77x bf16 and split-K at 0.63-1.25x); the unsplit kernel stays one, so a choice never loses
-# to what ran before.
-ONE_ROW = (SmallM(), SmallM("gemv", 16, 512, 1), SmallM("gemv", 16, 512, 4), SmallM("gemv", 32, 256, 2),
-           SmallM("gemv", 8, 512, 2, 4), SmallM("gemv", 32, 512, 4, 8), SmallM("gemv", 16, 256, 1, 2),
-           SmallM("cores", 16, 512, 1), SmallM("cores", 32, 512, 4))
-FEW_ROWS = (SmallM(), SmallM("dot", 64, 256, 4), SmallM("dot", 128, 128, 2), SmallM("dot", 64, 128, 2),
-            SmallM("dot", 32, 256, 8), SmallM("cores", 16, 128, 2))
+# Candidates timed per weight shape at load: the best split-K configurations of benchmarks/small_m_sweep.py on an
+# H100 (8B shape: cores n8-32 k512 for one row, dot n64 k256 split4 / n128 k128 split2 for 8 rows) and GEMV
+# neighbours; the unsplit kernel stays one, so a choice never loses to what ran before.
+ONE_ROW = (SmallM(), SmallM("gemv", 16, 512, 1), SmallM("gemv", 16, 512, 4), SmallM("gemv", 8, 512, 2),
+           SmallM("gemv", 32, 512, 4, 8), SmallM("cores", 16, 512, 1), SmallM("cores", 32, 512, 4))
+FEW_ROWS = (SmallM(), SmallM("dot", 64, 256, 4), SmallM("dot", 128, 128, 2), SmallM("dot", 64, 128, 2))
 _CHOICE: dict[tuple[Any, ...], SmallM] = {}
 
 
