@@ -172,7 +172,8 @@ def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any =
     """The fastest way to multiply ``rows`` decode rows by this weight on this card, timed once per (card, shape,
     activation, rows) among :data:`ONE_ROW` / :data:`FEW_ROWS` (with ``prequant`` variants for per-token int8);
     every candidate computes the same products (integers / e4m3 codes, fp32 accumulation), only the order of the
-    fp32 sums differs. A candidate that fails to compile or run here is skipped."""
+    fp32 sums differs. A candidate that fails to compile or run here, or disagrees with the unsplit kernel on a
+    random input, is skipped."""
     torch = _torch()
     n, k = weight.shape
     key = (torch.cuda.get_device_name(weight.device), n, k, str(weight.dtype), act, rows, pre is not None)
@@ -182,11 +183,24 @@ def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any =
     if rows == 1 and act == ACT_INT8_TOKEN:
         candidates += [replace(c, prequant=True) for c in candidates if c.kernel == "gemv"]
     x = torch.randn(rows, k, device=weight.device, dtype=torch.bfloat16)
+
+    def run(how: SmallM) -> Any:
+        return small_m(how, x, weight, w_scale, act=act, pre=pre, act_factor=act_factor, act_scale=act_scale,
+                       qmin=qmin)
+
     best, best_ms = SmallM(), float("inf")
+    try:
+        reference = run(best).float()  # the unsplit kernel, checked on H100/H200 by tests/gpu/test_kernels.py
+    except Exception:  # noqa: BLE001 - no kernel runs here: keep the unsplit one (its call names the problem)
+        return best
+    bound = 1e-2 * float(reference.abs().max().clamp_min(1e-6))
     for how in candidates:
         try:
-            ms = time_ms(lambda h=how: small_m(h, x, weight, w_scale, act=act, pre=pre, act_factor=act_factor,
-                                               act_scale=act_scale, qmin=qmin))
+            # a variant must agree with the unsplit kernel on this card before it may be chosen (only the order
+            # of the fp32 sums differs); one that does not, or fails to compile here, is out
+            if how != best and float((run(how).float() - reference).abs().max()) > bound:
+                continue
+            ms = time_ms(lambda h=how: run(h))
         except Exception:  # noqa: BLE001 - Triton raises its own compile errors; such a candidate is out
             continue
         if ms < best_ms:
