@@ -112,7 +112,8 @@ def small_m(how: SmallM, x: Any, weight: Any, w_scale: Any, *, act: int, pre: An
     x = x.contiguous()
     m, k = x.shape
     if m > MAX_M or (how.kernel == "gemv" and m != 1):
-        raise ValueError(f"small-M kernel {how.label} takes {1 if how.kernel == 'gemv' else MAX_M} rows, got {m}")
+        raise ValueError(f"small-M kernel {how.label} takes "
+                         f"{'one row' if how.kernel == 'gemv' else f'at most {MAX_M} rows'}, got {m}")
     n = weight.shape[0]
     y = torch.empty((m, n), device=x.device, dtype=out_dtype or x.dtype)
     w_scale = w_scale.float().contiguous()
