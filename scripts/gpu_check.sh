@@ -27,6 +27,7 @@ if [ ! -x "$stubenv/bin/python3" ]; then
   "$(python3 -c 'import sys; print(sys.base_prefix)')/bin/python3" -m venv --without-pip "$stubenv" || exit 2
   mkdir -p /tmp/stubsite
   for dir in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))'); do
+    [ -d "$dir" ] || continue
     for p in "$dir"/*; do
       case "${p##*/}" in numpy|numpy-*|numpy.libs|scipy|scipy-*|scipy.libs|sklearn|scikit_learn*) ;;
         *) ln -sfn "$p" /tmp/stubsite/ ;; esac
