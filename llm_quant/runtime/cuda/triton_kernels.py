@@ -35,34 +35,18 @@ def small_m_gemm(x_ptr, pre_ptr, w_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, s
     row_factor = tl.zeros((BLOCK_M,), dtype=tl.float32)
     row_scale = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if ACT == 2:  # per-token int8: each row's amax first (x is a few rows, re-read from L2)
-        amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            v = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                        mask=row_ok[:, None] & (offs_k[None, :] < K), other=0.0).to(tl.float32)
-            if HAS_PRE:
-                v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :]
-            amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1))
-        ok = amax > 2**-24
-        row_factor = tl.where(ok, tl.math.div_rn(tl.full((BLOCK_M,), 127.0, tl.float32),
-                                                 tl.maximum(amax, 2**-24)), 0.0)
-        row_scale = tl.where(ok, tl.math.div_rn(amax, tl.full((BLOCK_M,), 127.0, tl.float32)), 0.0)
+        row_factor, row_scale = _row_amax_factor(x_ptr, pre_ptr, offs_m, row_ok, K, stride_xm, HAS_PRE, BLOCK_M,
+                                                 BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=row_ok[:, None] & (offs_k[None, :] < K), other=0.0)
-        v = x.to(tl.float32)
+        pre = tl.zeros((BLOCK_K,), dtype=tl.float32)
         if HAS_PRE:
-            v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)[None, :]
-        if ACT == 0:  # W8A16: the activation as the model holds it
-            a = v.to(x.dtype).to(tl.bfloat16)
-        elif ACT == 1:
-            a = round_half_even(tl.minimum(tl.maximum(v * act_factor, qmin), 127.0)).to(tl.bfloat16)
-        elif ACT == 2:
-            a = round_half_even(tl.minimum(tl.maximum(v * row_factor[:, None], qmin), 127.0)).to(tl.bfloat16)
-        else:  # FP8: e4m3 codes, exact in bf16
-            a = tl.minimum(tl.maximum(v * act_factor, -448.0), 448.0).to(tl.float8e4nv).to(tl.bfloat16)
+            pre = tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)
+        # exact in bf16: integers up to 128, e4m3 codes, or the activation as the model holds it
+        a = _quantized_activation(x, pre[None, :], row_factor[:, None], act_factor, qmin, ACT, HAS_PRE).to(tl.bfloat16)
         # no ``other``: Triton cannot cast a constant to fp8e4nv there; masked lanes are zeroed after the widening
         w_ok = (offs_n[None, :] < N) & (offs_k[:, None] < K)
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=w_ok)
@@ -114,19 +98,41 @@ def _row_amax_factor(x_ptr, pre_ptr, offs_m, row_ok, K, stride_xm, HAS_PRE: tl.c
 
 
 @triton.jit
+def _one_row_amax_factor(x_ptr, pre_ptr, K, HAS_PRE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(127 / amax, amax / 127) of the row of ``x * pre`` at ``x_ptr`` (0 for an all-zero row); the maximum is kept
+    per lane and reduced once."""
+    amax_k = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(x_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        if HAS_PRE:
+            v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)
+        amax_k = tl.maximum(amax_k, tl.abs(v))
+    amax = tl.max(amax_k, axis=0)
+    ok = amax > 2**-24
+    c127 = tl.zeros_like(amax) + 127.0  # div_rn (IEEE, as torch divides) takes tensors
+    factor = tl.where(ok, tl.math.div_rn(c127, tl.maximum(amax, 2**-24)), 0.0)
+    scale = tl.where(ok, tl.math.div_rn(amax, c127), 0.0)
+    return factor, scale
+
+
+@triton.jit
 def _quantized_activation(x, pre, row_factor, act_factor, qmin, ACT: tl.constexpr, HAS_PRE: tl.constexpr):
-    """The activation tile as the fake-quant model feeds it to the product, in fp32 (every value exact there)."""
+    """The activation (a tile or one row) as the fake-quant model feeds it to the product, in fp32 (every value exact
+    there); ``pre`` and ``row_factor`` come shaped to broadcast against ``x``."""
     v = x.to(tl.float32)
     if HAS_PRE:
-        v = v * pre[None, :]
+        v = v * pre
     if ACT == 0:  # W8A16: the activation as the model holds it
         a = v.to(x.dtype).to(tl.float32)
     elif ACT == 1:
         a = round_half_even(tl.minimum(tl.maximum(v * act_factor, qmin), 127.0))
     elif ACT == 2:
-        a = round_half_even(tl.minimum(tl.maximum(v * row_factor[:, None], qmin), 127.0))
-    else:  # FP8: e4m3 codes
+        a = round_half_even(tl.minimum(tl.maximum(v * row_factor, qmin), 127.0))
+    elif ACT == 3:  # FP8: e4m3 codes
         a = tl.minimum(tl.maximum(v * act_factor, -448.0), 448.0).to(tl.float8e4nv).to(tl.float32)
+    else:  # int8 codes already (row_quantize)
+        a = v
     return a
 
 
@@ -160,7 +166,7 @@ def small_m_gemm_split(x_ptr, pre_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M,
         pre = tl.zeros((BLOCK_K,), dtype=tl.float32)
         if HAS_PRE:
             pre = tl.load(pre_ptr + offs_k, mask=k_ok, other=0.0)
-        a = _quantized_activation(x, pre, row_factor, act_factor, qmin, ACT, HAS_PRE)
+        a = _quantized_activation(x, pre[None, :], row_factor[:, None], act_factor, qmin, ACT, HAS_PRE)
         if USE_DOT:
             # no ``other``: Triton cannot cast a constant to fp8e4nv there; masked lanes are zeroed after widening
             w_ok = col_ok[None, :] & k_ok[:, None]
@@ -220,18 +226,7 @@ def small_m_gemv(x_ptr, pre_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, ou
     row_factor = 0.0
     row_scale = 0.0
     if ACT == 2:  # per-token int8: the row's amax over all of K first (one row, read from L2)
-        amax_k = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            v = tl.load(x_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-            if HAS_PRE:
-                v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)
-            amax_k = tl.maximum(amax_k, tl.abs(v))
-        amax = tl.max(amax_k, axis=0)
-        ok = amax > 2**-24
-        c127 = tl.zeros_like(amax) + 127.0  # div_rn (IEEE, as torch divides) takes tensors
-        row_factor = tl.where(ok, tl.math.div_rn(c127, tl.maximum(amax, 2**-24)), 0.0)
-        row_scale = tl.where(ok, tl.math.div_rn(amax, c127), 0.0)
+        row_factor, row_scale = _one_row_amax_factor(x_ptr, pre_ptr, K, HAS_PRE, BLOCK_K)
     if ACT == 4:
         row_scale = tl.load(row_scale_ptr)
     k_start = pid_k * K_PER_SPLIT
@@ -244,19 +239,10 @@ def small_m_gemv(x_ptr, pre_ptr, row_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, ou
             x = tl.load(x_ptr + offs_k, mask=k_ok, other=0)
         else:
             x = tl.load(x_ptr + offs_k, mask=k_ok, other=0.0)
-        v = x.to(tl.float32)
+        pre = tl.zeros((BLOCK_K,), dtype=tl.float32)
         if HAS_PRE:
-            v = v * tl.load(pre_ptr + offs_k, mask=k_ok, other=0.0)
-        if ACT == 0:
-            a = v.to(x.dtype).to(tl.float32)
-        elif ACT == 1:
-            a = round_half_even(tl.minimum(tl.maximum(v * act_factor, qmin), 127.0))
-        elif ACT == 2:
-            a = round_half_even(tl.minimum(tl.maximum(v * row_factor, qmin), 127.0))
-        elif ACT == 3:
-            a = tl.minimum(tl.maximum(v * act_factor, -448.0), 448.0).to(tl.float8e4nv).to(tl.float32)
-        else:
-            a = v
+            pre = tl.load(pre_ptr + offs_k, mask=k_ok, other=0.0)
+        a = _quantized_activation(x, pre, row_factor, act_factor, qmin, ACT, HAS_PRE)
         w_ok = col_ok[:, None] & k_ok[None, :]
         if W_INT8:
             w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_ok, other=0)
@@ -287,18 +273,8 @@ def row_quantize(x_ptr, pre_ptr, q_ptr, scale_ptr, K, stride_xm, HAS_PRE: tl.con
     """Per-token int8 of one row of ``x * pre``: ``q = round(clamp(v * 127 / amax))`` and ``scale = amax / 127``
     (0 for an all-zero row), as modelopt's dynamic per-token quantizer computes them."""
     row = tl.program_id(0)
-    amax_k = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        v = tl.load(x_ptr + row * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
-        if HAS_PRE:
-            v = v * tl.load(pre_ptr + offs_k, mask=offs_k < K, other=0.0)
-        amax_k = tl.maximum(amax_k, tl.abs(v))
-    amax = tl.max(amax_k, axis=0)
-    ok = amax > 2**-24
-    c127 = tl.zeros_like(amax) + 127.0
-    factor = tl.where(ok, tl.math.div_rn(c127, tl.maximum(amax, 2**-24)), 0.0)
-    tl.store(scale_ptr + row, tl.where(ok, tl.math.div_rn(amax, c127), 0.0))
+    factor, scale = _one_row_amax_factor(x_ptr + row * stride_xm, pre_ptr, K, HAS_PRE, BLOCK_K)
+    tl.store(scale_ptr + row, scale)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         v = tl.load(x_ptr + row * stride_xm + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
