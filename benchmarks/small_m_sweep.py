@@ -117,15 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default="1,8", help="decode batch sizes (M) to sweep")
     parser.add_argument("--out", type=Path, default=Path("out/benchmarks/small_m_sweep"))
     args = parser.parse_args(argv)
-    import torch
-
     from llm_quant.model import tiny
+
+    if args.shape not in tiny.SHAPES:
+        parser.error(f"--shape {args.shape}: not a known shape; choose from {','.join(tiny.SHAPES)}")
+    batch_sizes = args.rows.split(",")
+    if not all(r.isdigit() and 1 <= int(r) <= 16 for r in batch_sizes):
+        parser.error(f"--rows {args.rows}: decode batch sizes are integers from 1 to 16, e.g. 1,8")
+    import torch
 
     shape = tiny.SHAPES[args.shape]
     hidden, inter = shape["hidden_size"], shape["intermediate_size"]
     rows = []
     for k, n in ((hidden, hidden), (hidden, inter), (inter, hidden)):
-        for m in (int(v) for v in args.rows.split(",")):
+        for m in (int(v) for v in batch_sizes):
             rows.append(sweep(k, n, m))
             r = rows[-1]
             print({c: r.get(c) for c in ("K", "N", "M", *COLUMNS, "best", "top5")}, r.get("errors"), r.get("bad"), flush=True)
