@@ -56,6 +56,33 @@ def _linear_bytes(model: Any) -> int:
     return total
 
 
+def _profile(fn: Any, top: int = 8) -> dict[str, Any]:
+    """Where one call's time goes: wall ms, GPU-busy ms (sum of kernel times; far below wall means the host's launches
+    are the bottleneck) and the ``top`` kernels by total time, from torch.profiler (kernels inside CUDA graphs
+    included)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time > 0:
+            entry = kernels.setdefault(event.name[:90], [0.0, 0])
+            entry[0] += event.device_time
+            entry[1] += 1
+    busy = sum(v[0] for v in kernels.values())
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"wall_ms": round(wall * 1e3, 2), "gpu_busy_ms": round(busy / 1e3, 2),
+            "kernels": sum(int(v[1]) for v in kernels.values()),
+            "top": [{"name": k, "ms": round(v[0] / 1e3, 3), "calls": int(v[1])} for k, v in ranked]}
+
+
 def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, Any]:
     import torch
 
@@ -84,6 +111,15 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
         row[f"decode_b{batch}_tok_s"] = round(batch * args.new / seconds, 1)
     if decoder is not None:
         row["capture_s"] = decoder.capture_seconds
+    if args.profile:
+        with torch.inference_mode():
+            row["profile_prefill"] = _profile(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
+        if decoder is not None:
+            prompt = torch.randint(0, min(vocab, 512), (1, args.prompt), device="cuda", generator=gen)
+            row["profile_decode_b1"] = _profile(lambda: decoder.generate(prompt, 16))
+        for key in ("profile_prefill", "profile_decode_b1"):
+            if key in row:
+                print(key, row[key], flush=True)
     row["linear_gib"] = round(_linear_bytes(model) / 2**30, 3)
     row["gpu_allocated_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)
     return row
@@ -321,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel-shape", default="llama-3.1-8b", help="the layer timed with --shapes ''")
     parser.add_argument("--kernels", action=argparse.BooleanOptionalAction, default=True,
                         help="also time each GEMM alone per kernel (the last shape's layer)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record where prefill and batch-1 decode time goes (torch.profiler)")
     args = parser.parse_args(argv)
     import torch
 
