@@ -171,10 +171,11 @@ def held_out_deltas(prep: Prepared, model: Any, reference: Any | None = None,
     return out
 
 
-def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
-                   for_checkpoint: bool = False) -> tuple[Any, SearchResult | None]:
+def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings, for_checkpoint: bool = False,
+                   loaded: dict[str, Any] | None = None) -> tuple[Any, SearchResult | None]:
     """Calibrated model; with an accuracy budget, the costliest linears stay in higher precision.
-    ``for_checkpoint``: only exclusions the TensorRT-LLM checkpoint can express (none for per-token int8_sq)."""
+    ``for_checkpoint``: only exclusions the TensorRT-LLM checkpoint can express (none for per-token int8_sq).
+    ``loaded``: filled with the weights' fingerprints as loaded, before calibration (``embedded.weight_fingerprints``)."""
     kwargs = calibrate.quantize_options(cfg)
     search = None
     exclude: list[str] = []
@@ -202,6 +203,8 @@ def quantize_model(cfg: BuildConfig, prep: Prepared, timings: Timings,
             del model
     with timings.measure("load"):
         model = calibrate.load_model(prep.model_dir, dtype=prep.dtype, device=prep.device)
+        if loaded is not None:
+            loaded.update(embedded.weight_fingerprints(model))
     with timings.measure("calibrate"):
         model = calibrate.quantize(model, cfg.qformat, prep.calib_batches, exclude_modules=exclude, **kwargs)
     return model, search
@@ -263,7 +266,8 @@ def build(cfg: BuildConfig, *, model_source: str = "", text_file: Path | None = 
     timings = Timings()
     with timings.measure("data"):
         prep = prepare(cfg, text_file=text_file)
-    model, search = quantize_model(cfg, prep, timings, for_checkpoint=True)
+    loaded: dict[str, Any] = {}
+    model, search = quantize_model(cfg, prep, timings, for_checkpoint=True, loaded=loaded)
     exclude = search.excluded if search else []
     held_out: dict[str, dict[str, Any]] = {}
     if search is not None:  # the budget on text the search never saw, each number with its text
@@ -279,7 +283,7 @@ def build(cfg: BuildConfig, *, model_source: str = "", text_file: Path | None = 
         with timings.measure("export_embedded"):
             embedded.save_embedded(model, prep.tokenizer, prep.model_dir, tmp / "embedded", qformat=cfg.qformat,
                                   dtype=prep.dtype, kv_cache_dtype=cfg.kv_cache_dtype, exclude_modules=exclude,
-                                  sq_activations=cfg.sq_activations)
+                                  sq_activations=cfg.sq_activations, loaded=loaded)
         with timings.measure("export_trtllm"):
             trt = checkpoints.export_trtllm(model, model.config, tmp / "trtllm_checkpoint",
                                        decoder_type=cfg.preset.decoder_type, dtype=cfg.dtype,
