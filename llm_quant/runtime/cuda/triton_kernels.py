@@ -52,14 +52,7 @@ def small_m_gemm(x_ptr, pre_ptr, w_ptr, w_scale_ptr, bias_ptr, y_ptr, M, N, K, s
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=w_ok)
         acc += tl.dot(a, tl.where(w_ok, w.to(tl.bfloat16), 0.0).to(tl.bfloat16))
     col_ok = offs_n < N
-    if W_PER_CHANNEL:
-        acc = acc * tl.load(w_scale_ptr + offs_n, mask=col_ok, other=0.0)[None, :]
-    else:
-        acc = acc * tl.load(w_scale_ptr)
-    if ACT == 2:
-        acc = acc * row_scale[:, None]
-    elif ACT != 0:
-        acc = acc * act_scale
+    acc = _output_scales(acc, w_scale_ptr, offs_n, col_ok, row_scale, act_scale, ACT, W_PER_CHANNEL)
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -77,6 +70,22 @@ def fp8_quantize(x_ptr, pre_ptr, y_ptr, n_cols, stride_x, stride_y, factor, HAS_
         x = x * tl.load(pre_ptr + cols, mask=ok, other=0.0)
     x = tl.minimum(tl.maximum(x * factor, -448.0), 448.0)
     tl.store(y_ptr + row * stride_y + cols, x.to(tl.float8e4nv), mask=ok)
+
+
+@triton.jit
+def _output_scales(acc, w_scale_ptr, offs_n, col_ok, row_scale, act_scale, ACT: tl.constexpr,
+                   W_PER_CHANNEL: tl.constexpr):
+    """``acc`` [BLOCK_M, BLOCK_N] times the weight's scale (per output channel, or one) and the activation's (each
+    row's for per-token int8, one for a per-tensor activation, none for ACT 0)."""
+    if W_PER_CHANNEL:
+        acc = acc * tl.load(w_scale_ptr + offs_n, mask=col_ok, other=0.0)[None, :]
+    else:
+        acc = acc * tl.load(w_scale_ptr)
+    if ACT == 2:
+        acc = acc * row_scale[:, None]
+    elif ACT != 0:
+        acc = acc * act_scale
+    return acc
 
 
 @triton.jit
@@ -177,14 +186,7 @@ def small_m_gemm_split(x_ptr, pre_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr, M,
             w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_ok)
             w = tl.where(w_ok, w.to(tl.float32), 0.0)
             acc += tl.sum(a[:, None, :] * w[None, :, :], axis=2)
-    if W_PER_CHANNEL:
-        acc = acc * tl.load(w_scale_ptr + offs_n, mask=col_ok, other=0.0)[None, :]
-    else:
-        acc = acc * tl.load(w_scale_ptr)
-    if ACT == 2:
-        acc = acc * row_scale[:, None]
-    elif ACT != 0:
-        acc = acc * act_scale
+    acc = _output_scales(acc, w_scale_ptr, offs_n, col_ok, row_scale, act_scale, ACT, W_PER_CHANNEL)
     out_ok = row_ok[:, None] & col_ok[None, :]
     if FINAL:
         if HAS_BIAS:
