@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: run on a CUDA machine from a clean clone plus .carry/ (scripts/gpu_carry.sh packs it), e.g.
-# through the device tool with carry [".carry/site312.tar.xz", ".carry/np1.tar.xz"], right after a call that carried
-# [".carry/scipy1.tar.xz"] and ran `tar -C /tmp -xJf .carry/scipy1.tar.xz` (all three pass the 64 MiB of one call):
+# through the device tool with carry [".carry"] (the three archives and the work tree fit one call's 64 MiB):
 #   bash scripts/gpu_check.sh            # the gpu test suite (tests/gpu) + the record, a few minutes
 #   bash scripts/gpu_check.sh --scale    # and benchmarks/gpu_scale.py (8B-shaped builds vs modelopt's own flow)
 # Writes $OUT/gpu_check.json (date, GPU, driver, versions, pass/fail and time per case); commit it under
@@ -13,8 +12,7 @@ mkdir -p "$out"
 site=/tmp/site312
 [ -d "$site" ] || tar -C /tmp -xJf .carry/site312.tar.xz || { echo "gpu_check: .carry/site312.tar.xz missing: run scripts/gpu_carry.sh and carry .carry"; exit 2; }
 [ -d /tmp/np1/numpy ] || tar -C /tmp -xJf .carry/np1.tar.xz || exit 2
-# SciPy 1.15 (numpy 1.26's) for the stub: too big to travel with the rest, it comes in a call of its own first
-# (carry [".carry/scipy1.tar.xz"], `tar -C /tmp -xJf .carry/scipy1.tar.xz`, while the machine stays warm)
+# SciPy 1.15 (numpy 1.26's) for the stub, into the same folder
 [ -d /tmp/np1/scipy ] || { [ -f .carry/scipy1.tar.xz ] && tar -C /tmp -xJf .carry/scipy1.tar.xz; } || \
   echo "gpu_check: no /tmp/np1/scipy (.carry/scipy1.tar.xz): the served model cannot import modelopt in the stub"
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
