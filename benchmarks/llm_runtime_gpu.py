@@ -98,29 +98,40 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
     with torch.inference_mode():
         seconds = _timed(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
     row["prefill_tok_s"] = round(args.prefill / seconds)
-    decoder = GraphDecoder(model, max_len=args.prompt + args.new + 8) if graph else None
-    for batch in (1, 8):
-        prompt = torch.randint(0, min(vocab, 512), (batch, args.prompt), device="cuda", generator=gen)
+    # graph rows: the runtime's decoder (fused elementwise kernels in the captured step) and the same without fusion
+    decoders = {"": GraphDecoder(model, max_len=args.prompt + args.new + 8),
+                "_unfused": GraphDecoder(model, max_len=args.prompt + args.new + 8, fuse=False)} if graph else {"": None}
+    for suffix, decoder in decoders.items():
+        for batch in (1, 8):
+            prompt = torch.randint(0, min(vocab, 512), (batch, args.prompt), device="cuda", generator=gen)
+            if decoder is not None:
+                decoder.generate(prompt, args.new)  # capture (warm-up, compilation) happens here, not in the timing
+                seconds = _timed(lambda p=prompt, d=decoder: d.generate(p, args.new))
+            else:
+                with torch.inference_mode():
+                    def run(p: Any = prompt) -> Any:
+                        return model.generate(input_ids=p, attention_mask=torch.ones_like(p),
+                                              max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
+                                              pad_token_id=0)
+                    run()
+                    seconds = _timed(run, repeats=2)
+            row[f"decode_b{batch}_tok_s{suffix}"] = round(batch * args.new / seconds, 1)
         if decoder is not None:
-            decoder.generate(prompt, args.new)  # capture (and its warm-up) happen here, not in the timing
-            seconds = _timed(lambda p=prompt: decoder.generate(p, args.new))
-        else:
-            with torch.inference_mode():
-                def run(p: Any = prompt) -> Any:
-                    return model.generate(input_ids=p, attention_mask=torch.ones_like(p), max_new_tokens=args.new,
-                                          min_new_tokens=args.new, do_sample=False, pad_token_id=0)
-                run()
-                seconds = _timed(run, repeats=2)
-        row[f"decode_b{batch}_tok_s"] = round(batch * args.new / seconds, 1)
+            row[f"capture_s{suffix}"] = decoder.capture_seconds
+    decoder = decoders[""]
     if decoder is not None:
-        row["capture_s"] = decoder.capture_seconds
+        row["fused"] = decoder.fused
+        if decoder.fuse_error:
+            row["fuse_error"] = decoder.fuse_error
     if args.profile:
         with torch.inference_mode():
             row["profile_prefill"] = _profile(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
         if decoder is not None:
             prompt = torch.randint(0, min(vocab, 512), (1, args.prompt), device="cuda", generator=gen)
             row["profile_decode_b1"] = _profile(lambda: decoder.generate(prompt, 16))
-        for key in ("profile_prefill", "profile_decode_b1"):
+            unfused = decoders["_unfused"]
+            row["profile_decode_b1_unfused"] = _profile(lambda: unfused.generate(prompt, 16))
+        for key in ("profile_prefill", "profile_decode_b1", "profile_decode_b1_unfused"):
             if key in row:
                 print(key, row[key], flush=True)
     row["linear_gib"] = round(_linear_bytes(model) / 2**30, 3)
@@ -282,11 +293,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ref = base.get(row["shape"])
         if ref is None or "error" in row:
             continue
-        for key in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s"):
-            row[f"{key}_vs_bf16_graph"] = round(row[key] / ref[key], 3)
+        for key in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b1_tok_s_unfused",
+                    "decode_b8_tok_s_unfused"):
+            if key in row and key in ref:
+                row[f"{key}_vs_bf16_graph"] = round(row[key] / ref[key], 3)
     micro = kernels(tiny.SHAPES[args.shapes.split(",")[-1]]) if args.kernels else []
     return {"environment": _environment(), "rows": rows, "prefill": args.prefill, "new_tokens": args.new,
             "kernels": micro}
+
+
+def _unfused(row: dict[str, Any]) -> str:
+    """The graph decoder without fused elementwise kernels, and its ratio to bf16's, where measured."""
+    if "decode_b1_tok_s_unfused" not in row:
+        return ""
+    ratios = [row.get(f"decode_b{b}_tok_s_unfused_vs_bf16_graph") for b in (1, 8)]
+    return (f"{row['decode_b1_tok_s_unfused']} / {row['decode_b8_tok_s_unfused']}"
+            + (f" ({ratios[0]} / {ratios[1]})" if None not in ratios else ""))
 
 
 def table(result: dict[str, Any]) -> str:
@@ -294,8 +316,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"llm_runtime_gpu: {env['gpu']}, driver {env['driver']}, torch {env['torch']}, modelopt "
              f"{env['modelopt']}; prefill {result['prefill']} tokens, decode {result['new_tokens']} new tokens", "",
              "| shape | runtime | prefill tok/s | x bf16-graph | decode b1 tok/s | x | decode b8 tok/s | x | "
-             "linear GiB (share of bf16) | argmax agree / max Δlogit | kernels |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "unfused b1 / b8 tok/s (x) | linear GiB (share of bf16) | argmax agree / max Δlogit | kernels |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {r['shape']} | {r['runtime']} | error: {r['error']} |")
@@ -306,7 +328,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['shape']} | {r['runtime']} | {r['prefill_tok_s']} | {r.get('prefill_tok_s_vs_bf16_graph', '')} | "
             f"{r['decode_b1_tok_s']} | {r.get('decode_b1_tok_s_vs_bf16_graph', '')} | {r['decode_b8_tok_s']} | "
-            f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {r['linear_gib']}{share} | {agree} | "
+            f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {_unfused(r)} | {r['linear_gib']}{share} | {agree} | "
             f"{r.get('kernels', '')} |")
     if result.get("kernels"):
         names = list(GEMM_KERNELS)

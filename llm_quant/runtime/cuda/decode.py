@@ -3,7 +3,9 @@
 HF ``generate`` runs every decode step eagerly: hundreds of kernel launches per token, so a 1B model decodes at
 ~17 tok/s on an H100 whatever its kernels (FACTS §7). :class:`GraphDecoder` prefills eagerly into a
 ``transformers.StaticCache`` and captures one decode step (embedding -> logits -> argmax) per batch size with
-``torch.cuda.graph``; each further token is one graph replay. The step takes a prepared 4-D boolean mask, so
+``torch.cuda.graph``; each further token is one graph replay. While a step is captured, the RMSNorms, act(gate) x up
+and rotary embedding run ``torch.compile``'d (:mod:`llm_quant.runtime.cuda.fused`), so the graph holds a few fused
+kernels where eager code launches some thirty per layer; prefill stays eager. The step takes a prepared 4-D boolean mask, so
 HF's mask construction (which inspects values on the host) is never traced, and prompts of different lengths are
 left-padded (padding masked out, positions counted from each row's first real token).
 
@@ -13,11 +15,13 @@ left-padded (padding masked out, positions counted from each row's first real to
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from llm_quant.runtime.cuda.fused import fused_elementwise
 from quant_common.errors import QuantError, require
 
 
@@ -38,6 +42,22 @@ def _rewind(cache: Any) -> None:
             layer.cumulative_length = 0
 
 
+def _lengths(cache: Any) -> list[Any]:
+    """Each layer's write position (see :func:`_rewind`), to undo a warm-up that failed part way."""
+    torch = _torch()
+    lengths = [getattr(layer, "cumulative_length", None) for layer in getattr(cache, "layers", [])]
+    return [length.clone() if isinstance(length, torch.Tensor) else length for length in lengths]
+
+
+def _set_lengths(cache: Any, lengths: list[Any]) -> None:
+    torch = _torch()
+    for layer, length in zip(getattr(cache, "layers", []), lengths, strict=False):
+        if isinstance(length, torch.Tensor):
+            layer.cumulative_length.copy_(length)
+        elif length is not None:
+            layer.cumulative_length = length
+
+
 @dataclass
 class _Graph:
     batch: int
@@ -52,12 +72,16 @@ class _Graph:
 @dataclass
 class GraphDecoder:
     """Greedy decode of ``model`` (a HF causal LM on CUDA) with captured decode steps; ``capture_seconds`` keeps
-    what each batch size's warm-up and capture cost."""
+    what each batch size's warm-up, compilation and capture cost, ``fused`` what the captured step runs compiled
+    (``fuse=False``: nothing), ``fuse_error`` why compiling failed where it did (the step is then captured eager)."""
 
     model: Any
     max_len: int = 2048
+    fuse: bool = True
     graphs: dict[int, _Graph] = field(default_factory=dict)
     capture_seconds: dict[int, float] = field(default_factory=dict)
+    fused: list[str] = field(default_factory=list)
+    fuse_error: str | None = None
 
     def _mask(self, position: Any, pad: Any, rows: int) -> Any:
         """[B, 1, rows, max_len] boolean: query i (at cache position position + i) sees keys from its row's first
@@ -97,14 +121,31 @@ class GraphDecoder:
         def step() -> None:
             state.next_token.copy_(self._forward(state.ids, state.position, state.pad, state.cache).argmax(-1))
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture (autotuning, cuBLAS handles); same inputs
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
+        def warm_up() -> None:  # off the capture (compilation, autotuning, cuBLAS handles); same inputs
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step()
+            torch.cuda.current_stream().wait_stream(side)
+
+        with contextlib.ExitStack() as fusion:
+            if self.fuse:
+                self.fused = fusion.enter_context(fused_elementwise(self.model))
+            lengths = _lengths(state.cache)
+            try:
+                warm_up()
+            except Exception as exc:  # noqa: BLE001 - a compiler failure must not stop decoding: capture it eager
+                if not self.fuse:
+                    raise
+                torch.cuda.synchronize()
+                fusion.close()
+                self.fuse, self.fused = False, []
+                self.fuse_error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                _set_lengths(state.cache, lengths)
+                warm_up()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
         state.graph = graph
         self.capture_seconds[state.batch] = round(time.perf_counter() - start, 3)
 

@@ -1,0 +1,85 @@
+"""Fewer kernels in a captured decode step: the elementwise work between the GEMMs compiled into fused kernels.
+
+A decode step of an eager HF Llama-family layer launches some thirty small kernels besides its GEMMs: RMSNorm is
+seven (cast, square, mean, add, rsqrt, multiply, weight), rotary embedding about ten, SiLU x up two. Captured in a
+CUDA graph each still costs a few microseconds of GPU time, which for an 8B model at batch 1 was as much as the
+quantized GEMMs themselves (the profile in ``benchmarks/llm_runtime_gpu.py --profile``).
+
+:func:`fused_elementwise` swaps those three pieces for ``torch.compile``'d versions (Inductor: one Triton kernel
+each) while a decode step is warmed up and captured, and puts the eager ones back afterwards: the graph keeps the
+fused kernels, while prefill, whose shapes change with every prompt and would recompile, stays eager. What is
+fused is found by structure, not by model name: leaf modules whose class name ends in ``RMSNorm``; MLPs with
+``gate_proj``, ``up_proj``, ``down_proj`` and ``act_fn``; the modeling module's ``apply_rotary_pos_emb``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from quant_common.errors import require
+
+
+def _act_mul(act: Any, gate: Any, up: Any) -> Any:
+    return act(gate) * up
+
+
+# one compiled wrapper per function, kept for the process: the captured graphs launch the kernels these own, and a
+# later capture (another batch size) finds the earlier compilations through them
+_COMPILED: dict[Any, Any] = {}
+
+
+def _compiled(fn: Any) -> Any:
+    torch = require("torch", purpose="fused decode kernels")
+    if fn not in _COMPILED:
+        if not os.path.basename(sys.executable or "").startswith("python"):
+            # embedded Python (Triton's python-backend stub): Inductor's compile workers re-run sys.executable
+            require("torch._inductor.config", purpose="fused decode kernels").compile_threads = 1
+        # dynamic=None: the first batch size is compiled as it is, a second makes the batch dimension dynamic
+        _COMPILED[fn] = torch.compile(fn)
+    return _COMPILED[fn]
+
+
+def _mlp_forward(self: Any, x: Any) -> Any:
+    """A gated MLP's forward with activation x up fused (the GEMMs stay the modules' own)."""
+    return self.down_proj(_compiled(_act_mul)(self.act_fn, self.gate_proj(x), self.up_proj(x)))
+
+
+@contextmanager
+def fused_elementwise(model: Any) -> Iterator[list[str]]:
+    """Within the block, ``model``'s RMSNorms, gated MLPs' activation x up and rotary embedding run compiled; yields
+    the names of what was swapped (empty for a model with none of them)."""
+    undo: list[Any] = []
+    fused: list[str] = []
+    try:
+        attention_modules: set[str] = set()
+        for module in model.modules():
+            cls = type(module)
+            if cls.__name__.endswith("RMSNorm") and not any(True for _ in module.children()):
+                module.forward = types.MethodType(_compiled(cls.forward), module)
+                undo.append(lambda m=module: m.__dict__.pop("forward", None))
+                if cls.__name__ not in fused:
+                    fused.append(cls.__name__)
+            elif all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+                module.forward = types.MethodType(_mlp_forward, module)
+                undo.append(lambda m=module: m.__dict__.pop("forward", None))
+                if "act(gate) * up" not in fused:
+                    fused.append("act(gate) * up")
+            elif hasattr(module, "q_proj") and hasattr(module, "k_proj"):
+                attention_modules.add(cls.__module__)
+        for name in sorted(attention_modules):
+            modeling = sys.modules.get(name)
+            original = getattr(modeling, "apply_rotary_pos_emb", None)
+            if modeling is None or original is None:
+                continue
+            modeling.apply_rotary_pos_emb = _compiled(original)  # type: ignore[attr-defined]
+            undo.append(lambda m=modeling, f=original: setattr(m, "apply_rotary_pos_emb", f))
+            fused.append(f"{name.rsplit('.', 1)[-1]}.apply_rotary_pos_emb")
+        yield fused
+    finally:
+        for restore in reversed(undo):
+            restore()

@@ -1,0 +1,43 @@
+"""The fused elementwise kernels a captured CUDA decode step uses (llm_quant.runtime.cuda.fused), run here by
+Inductor's CPU backend: same logits as eager, and everything swapped is put back."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from llm_quant.runtime.cuda.fused import fused_elementwise  # noqa: E402
+
+
+def _tiny_llama():
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_fused_step_matches_eager_and_is_undone():
+    import transformers.models.llama.modeling_llama as modeling
+
+    model = _tiny_llama()
+    ids = torch.randint(0, 128, (2, 9))
+    rotary = modeling.apply_rotary_pos_emb
+    with torch.inference_mode():
+        eager = model(input_ids=ids).logits
+        with fused_elementwise(model) as fused:
+            assert "forward" in model.model.norm.__dict__
+            assert modeling.apply_rotary_pos_emb is not rotary
+            inside = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert sorted(fused) == ["LlamaRMSNorm", "act(gate) * up", "modeling_llama.apply_rotary_pos_emb"]
+    torch.testing.assert_close(inside, eager, rtol=1e-5, atol=1e-5)
+    assert torch.equal(after, eager)
+    assert modeling.apply_rotary_pos_emb is rotary
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_a_model_without_those_pieces_fuses_nothing():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with fused_elementwise(model) as fused:
+        assert fused == []
+    assert "forward" not in model[0].__dict__
