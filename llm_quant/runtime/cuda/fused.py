@@ -38,7 +38,8 @@ def _compiled(fn: Any) -> Any:
     if fn not in _COMPILED:
         if not os.path.basename(sys.executable or "").startswith("python"):
             # embedded Python (Triton's python-backend stub): Inductor's compile workers re-run sys.executable
-            require("torch._inductor.config", purpose="fused decode kernels").compile_threads = 1
+            inductor: Any = require("torch._inductor.config", purpose="fused decode kernels")
+            inductor.compile_threads = 1
         # dynamic=None: the first batch size is compiled as it is, a second makes the batch dimension dynamic
         _COMPILED[fn] = torch.compile(fn)
     return _COMPILED[fn]
