@@ -75,7 +75,7 @@ def test_real_kernels_follow_the_fake_quant_reference(builds, qformat, record_pr
     assert share <= SHARE[qformat]
 
 
-def test_graph_decoder_decodes_as_generate(builds):
+def test_graph_decoder_decodes_as_generate(builds, record_property):
     import torch
 
     model, tokenizer = load_quantized(builds["fp8"], device="cuda")
@@ -85,12 +85,17 @@ def test_graph_decoder_decodes_as_generate(builds):
     decoder, model.graph_decoder = model.graph_decoder, None  # the same model through transformers' generate
     eager = [generate_ids(model, tokenizer.encode(p), opts) for p in PROMPTS]
     model.graph_decoder = decoder
-    assert all(len(g) == 16 for g in graph)
+    record_property("fused", ", ".join(decoder.fused) or f"none ({decoder.fuse_error})")
+    record_property("capture_s", str(decoder.capture_seconds))
     same = sum(a == b for g, e in zip(graph, eager, strict=True) for a, b in zip(g, e, strict=True))
+    record_property("same_tokens", f"{same}/{16 * len(PROMPTS)}")
+    assert all(len(g) == 16 for g in graph)
     assert same >= 0.9 * 16 * len(PROMPTS), (graph, eager)
     assert [g[0] for g in graph] == [e[0] for e in eager]
     # left-padded batch rows decode as they do alone
     same_batched = sum(a == b for g, e in zip(graph, batched, strict=True) for a, b in zip(g, e, strict=True))
     assert same_batched >= 0.9 * 16 * len(PROMPTS), (graph, batched)
     assert set(decoder.graphs) <= {1, 2, 4}
+    assert decoder.fuse_error is None  # the captured step's RMSNorm, act x up and rotary ran compiled
+    assert decoder.fused
     torch.cuda.synchronize()

@@ -41,3 +41,22 @@ def test_a_model_without_those_pieces_fuses_nothing():
     with fused_elementwise(model) as fused:
         assert fused == []
     assert "forward" not in model[0].__dict__
+
+
+def test_bf16_fused_step_rounds_as_eager_and_finds_rotary_through_a_subclass():
+    import transformers.models.llama.modeling_llama as modeling
+
+    model = _tiny_llama().to(torch.bfloat16)
+    # what modelopt does to attention: a subclass defined in another module
+    quant = type("QuantLlamaAttention", (modeling.LlamaAttention,), {"__module__": "tests.elsewhere"})
+    for layer in model.model.layers:
+        layer.self_attn.__class__ = quant
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.inference_mode():
+        eager = model(input_ids=ids).logits.float()
+        with fused_elementwise(model) as fused:
+            inside = model(input_ids=ids).logits.float()
+    assert "modeling_llama.apply_rotary_pos_emb" in fused
+    # eager's bf16 rounding kept (emulate_precision_casts): what differs is the reduction order of RMSNorm's mean
+    assert (inside - eager).abs().max() <= 0.02 * eager.abs().max()
+    assert (inside.argmax(-1) == eager.argmax(-1)).float().mean() >= 0.9
