@@ -98,8 +98,8 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
     with torch.inference_mode():
         seconds = _timed(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
     row["prefill_tok_s"] = round(args.prefill / seconds)
-    # graph rows: the runtime's decoder (fused elementwise kernels in the captured step) and the same without fusion
-    decoders = {"": GraphDecoder(model, max_len=args.prompt + args.new + 8),
+    # graph rows: the decoder with fused elementwise kernels in the captured step (fuse=True) and without (the default)
+    decoders = {"": GraphDecoder(model, max_len=args.prompt + args.new + 8, fuse=True),
                 "_unfused": GraphDecoder(model, max_len=args.prompt + args.new + 8, fuse=False)} if graph else {"": None}
     for suffix, decoder in decoders.items():
         for batch in (1, 8):

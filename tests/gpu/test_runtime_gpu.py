@@ -75,7 +75,11 @@ def test_real_kernels_follow_the_fake_quant_reference(builds, qformat, record_pr
     assert share <= SHARE[qformat]
 
 
-def test_graph_decoder_decodes_as_generate(builds, record_property):
+def _agreement(a, b):
+    return sum(x == y for g, e in zip(a, b, strict=True) for x, y in zip(g, e, strict=True))
+
+
+def test_graph_decoder_decodes_as_generate(builds):
     import torch
 
     model, tokenizer = load_quantized(builds["fp8"], device="cuda")
@@ -85,17 +89,31 @@ def test_graph_decoder_decodes_as_generate(builds, record_property):
     decoder, model.graph_decoder = model.graph_decoder, None  # the same model through transformers' generate
     eager = [generate_ids(model, tokenizer.encode(p), opts) for p in PROMPTS]
     model.graph_decoder = decoder
-    record_property("fused", ", ".join(decoder.fused) or f"none ({decoder.fuse_error})")
-    record_property("capture_s", str(decoder.capture_seconds))
-    same = sum(a == b for g, e in zip(graph, eager, strict=True) for a, b in zip(g, e, strict=True))
-    record_property("same_tokens", f"{same}/{16 * len(PROMPTS)}")
     assert all(len(g) == 16 for g in graph)
-    assert same >= 0.9 * 16 * len(PROMPTS), (graph, eager)
+    assert _agreement(graph, eager) >= 0.9 * 16 * len(PROMPTS), (graph, eager)
     assert [g[0] for g in graph] == [e[0] for e in eager]
     # left-padded batch rows decode as they do alone
-    same_batched = sum(a == b for g, e in zip(graph, batched, strict=True) for a, b in zip(g, e, strict=True))
-    assert same_batched >= 0.9 * 16 * len(PROMPTS), (graph, batched)
+    assert _agreement(graph, batched) >= 0.9 * 16 * len(PROMPTS), (graph, batched)
     assert set(decoder.graphs) <= {1, 2, 4}
+    torch.cuda.synchronize()
+
+
+def test_fused_graph_decoder_decodes_as_generate(builds, record_property):
+    import torch
+
+    from llm_quant.runtime.cuda.decode import GraphDecoder
+
+    model, tokenizer = load_quantized(builds["fp8"], device="cuda")
+    opts = Sampling(max_new_tokens=16, end_id=-1, pad_id=tokenizer.pad_token_id)
+    model.graph_decoder = None
+    eager = [generate_ids(model, tokenizer.encode(p), opts) for p in PROMPTS]
+    model.graph_decoder = decoder = GraphDecoder(model, max_len=256, fuse=True)
+    fused = [generate_ids(model, tokenizer.encode(p), opts) for p in PROMPTS]
+    record_property("fused", ", ".join(decoder.fused) or f"none ({decoder.fuse_error})")
+    record_property("capture_s", str(decoder.capture_seconds))
+    record_property("same_tokens", f"{_agreement(fused, eager)}/{16 * len(PROMPTS)}")
     assert decoder.fuse_error is None  # the captured step's RMSNorm, act x up and rotary ran compiled
-    assert decoder.fused
+    assert "LlamaRMSNorm" in decoder.fused and any("apply_rotary_pos_emb" in f for f in decoder.fused)
+    assert _agreement(fused, eager) >= 0.9 * 16 * len(PROMPTS), (fused, eager)
+    assert [f[0] for f in fused] == [e[0] for e in eager]
     torch.cuda.synchronize()
