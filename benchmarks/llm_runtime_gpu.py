@@ -81,9 +81,17 @@ def _profile(fn: Any, top: int = 8) -> dict[str, Any]:
             entry[1] += 1
     busy = sum(v[0] for v in kernels.values())
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    # the host's side, for wall far above GPU-busy: where its own time went, and how often it waited for the GPU
+    host = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    host_top = sorted(host, key=lambda e: -e.self_cpu_time_total)[:top]
+    waits = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy",
+             "cudaMemcpyAsync")
     return {"wall_ms": round(wall * 1e3, 2), "gpu_busy_ms": round(busy / 1e3, 2),
             "kernels": sum(int(v[1]) for v in kernels.values()),
-            "top": [{"name": k, "ms": round(v[0] / 1e3, 3), "calls": int(v[1])} for k, v in ranked]}
+            "top": [{"name": k, "ms": round(v[0] / 1e3, 3), "calls": int(v[1])} for k, v in ranked],
+            "host_top": [{"name": e.key[:90], "self_ms": round(e.self_cpu_time_total / 1e3, 3), "calls": e.count}
+                         for e in host_top],
+            "host_waits": {e.key: e.count for e in host if e.key in waits}}
 
 
 def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, Any]:

@@ -44,7 +44,11 @@ print("stub env:", numpy.__version__, torch.__version__, transformers.__version_
 # GPU_CHECK_K selects cases (pytest -k) for a quick look; the committed record is from a run of them all.
 # GPU_CHECK_TIMEOUT (seconds) bounds the test run alone; SIGINT lets pytest write what ran, so a short lease still
 # leaves a record (the cases not reached are absent from it)
-${GPU_CHECK_TIMEOUT:+timeout -s INT "$GPU_CHECK_TIMEOUT"} python3 -m pytest tests/gpu -q -p no:cacheprovider ${GPU_CHECK_K:+-k "$GPU_CHECK_K"} \
+# serve and vision first: they are the slowest to start, and a run cut short (2026-12-07: 44 cases in 370 s) should
+# lose the cases that have run before, not the ones that never have
+files=(tests/gpu/test_serve.py tests/gpu/test_vision.py)
+for f in tests/gpu/test_*.py; do case " ${files[*]} " in *" $f "*) ;; *) files+=("$f") ;; esac; done
+${GPU_CHECK_TIMEOUT:+timeout -s INT "$GPU_CHECK_TIMEOUT"} python3 -m pytest "${files[@]}" -q -p no:cacheprovider ${GPU_CHECK_K:+-k "$GPU_CHECK_K"} \
   --junitxml="$out/gpu_junit.xml" -o junit_family=xunit1 \
   2>&1 | tee "$out/gpu_pytest.log"
 status=${PIPESTATUS[0]}
