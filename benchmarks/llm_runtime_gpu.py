@@ -106,9 +106,12 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
     with torch.inference_mode():
         seconds = _timed(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
     row["prefill_tok_s"] = round(args.prefill / seconds)
-    # graph rows: the decoder with fused elementwise kernels in the captured step (fuse=True) and without (the default)
-    decoders = {"": GraphDecoder(model, max_len=args.prompt + args.new + 8, fuse=True),
-                "_unfused": GraphDecoder(model, max_len=args.prompt + args.new + 8, fuse=False)} if graph else {"": None}
+    # graph rows, three decoders: with fused elementwise kernels and length buckets at the max_len serve uses; the
+    # default (neither) at that max_len; the default on a cache just long enough (what rows before 2026-12-07 timed)
+    short = args.prompt + args.new + 8
+    decoders = {"": GraphDecoder(model, max_len=args.max_len, fuse=True, length_buckets=True),
+                "_default": GraphDecoder(model, max_len=args.max_len),
+                "_short": GraphDecoder(model, max_len=short)} if graph else {"": None}
     for suffix, decoder in decoders.items():
         for batch in (1, 8):
             prompt = torch.randint(0, min(vocab, 512), (batch, args.prompt), device="cuda", generator=gen)
@@ -137,9 +140,9 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
         if decoder is not None:
             prompt = torch.randint(0, min(vocab, 512), (1, args.prompt), device="cuda", generator=gen)
             row["profile_decode_b1"] = _profile(lambda: decoder.generate(prompt, 16))
-            unfused = decoders["_unfused"]
-            row["profile_decode_b1_unfused"] = _profile(lambda: unfused.generate(prompt, 16))
-        for key in ("profile_prefill", "profile_decode_b1", "profile_decode_b1_unfused"):
+            default = decoders["_default"]
+            row["profile_decode_b1_default"] = _profile(lambda: default.generate(prompt, 16))
+        for key in ("profile_prefill", "profile_decode_b1", "profile_decode_b1_default"):
             if key in row:
                 print(key, row[key], flush=True)
     row["linear_gib"] = round(_linear_bytes(model) / 2**30, 3)
@@ -301,31 +304,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ref = base.get(row["shape"])
         if ref is None or "error" in row:
             continue
-        for key in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b1_tok_s_unfused",
-                    "decode_b8_tok_s_unfused"):
+        for key in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b1_tok_s_default",
+                    "decode_b8_tok_s_default", "decode_b1_tok_s_short", "decode_b8_tok_s_short"):
             if key in row and key in ref:
                 row[f"{key}_vs_bf16_graph"] = round(row[key] / ref[key], 3)
     micro = kernels(tiny.SHAPES[args.shapes.split(",")[-1]]) if args.kernels else []
     return {"environment": _environment(), "rows": rows, "prefill": args.prefill, "new_tokens": args.new,
+            "max_len": args.max_len,
             "kernels": micro}
 
 
-def _unfused(row: dict[str, Any]) -> str:
-    """The graph decoder without fused elementwise kernels, and its ratio to bf16's, where measured."""
-    if "decode_b1_tok_s_unfused" not in row:
+def _variant(row: dict[str, Any], suffix: str) -> str:
+    """Another graph decoder's batch-1 / batch-8 tok/s and their ratios to bf16's same decoder, where measured."""
+    if f"decode_b1_tok_s{suffix}" not in row:
         return ""
-    ratios = [row.get(f"decode_b{b}_tok_s_unfused_vs_bf16_graph") for b in (1, 8)]
-    return (f"{row['decode_b1_tok_s_unfused']} / {row['decode_b8_tok_s_unfused']}"
+    ratios = [row.get(f"decode_b{b}_tok_s{suffix}_vs_bf16_graph") for b in (1, 8)]
+    return (f"{row[f'decode_b1_tok_s{suffix}']} / {row[f'decode_b8_tok_s{suffix}']}"
             + (f" ({ratios[0]} / {ratios[1]})" if None not in ratios else ""))
 
 
 def table(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [f"llm_runtime_gpu: {env['gpu']}, driver {env['driver']}, torch {env['torch']}, modelopt "
-             f"{env['modelopt']}; prefill {result['prefill']} tokens, decode {result['new_tokens']} new tokens", "",
+             f"{env['modelopt']}; prefill {result['prefill']} tokens, decode {result['new_tokens']} new tokens; "
+             f"graph decoders: fused + length buckets and default at max_len {result.get('max_len')}, default on a "
+             "short cache", "",
              "| shape | runtime | prefill tok/s | x bf16-graph | decode b1 tok/s | x | decode b8 tok/s | x | "
-             "unfused b1 / b8 tok/s (x) | linear GiB (share of bf16) | argmax agree / max Δlogit | kernels |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "default b1 / b8 tok/s (x) | short cache b1 / b8 (x) | linear GiB (share of bf16) | "
+             "argmax agree / max Δlogit | kernels |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {r['shape']} | {r['runtime']} | error: {r['error']} |")
@@ -336,8 +343,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['shape']} | {r['runtime']} | {r['prefill_tok_s']} | {r.get('prefill_tok_s_vs_bf16_graph', '')} | "
             f"{r['decode_b1_tok_s']} | {r.get('decode_b1_tok_s_vs_bf16_graph', '')} | {r['decode_b8_tok_s']} | "
-            f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {_unfused(r)} | {r['linear_gib']}{share} | {agree} | "
-            f"{r.get('kernels', '')} |")
+            f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {_variant(r, '_default')} | {_variant(r, '_short')} | "
+            f"{r['linear_gib']}{share} | {agree} | {r.get('kernels', '')} |")
     if result.get("kernels"):
         names = list(GEMM_KERNELS)
         lines += ["", "One GEMM alone (µs per call, launch overhead removed by a CUDA graph):", "",
@@ -388,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill", type=int, default=2048)
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--max-len", type=int, default=2048,
+                        help="the graph decoders' cache length (the embedded runtime's serve default)")
     parser.add_argument("--calib", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("out/benchmarks/llm_runtime_gpu"))
     parser.add_argument("--workdir", type=Path, default=None)

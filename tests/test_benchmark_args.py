@@ -46,3 +46,19 @@ def test_llm_runtime_gpu_quantizable_bytes_leave_out_lm_head():
                                  "lm_head": torch.nn.Linear(8, 32, bias=False)}).to(torch.bfloat16)
     assert _linear_bytes(model) == (8 * 4 + 8 * 32) * 2
     assert _linear_bytes(model, skip=("lm_head",)) == 8 * 4 * 2
+
+
+def test_llm_runtime_gpu_table_has_a_cell_per_column():
+    from benchmarks.llm_runtime_gpu import table
+
+    env = {"gpu": "g", "driver": "d", "torch": "t", "modelopt": "m"}
+    base = {"shape": "s", "prefill_tok_s": 10, "decode_b1_tok_s": 2.0, "decode_b8_tok_s": 8.0, "linear_gib": 1.0}
+    rows = [{**base, "runtime": "bf16 eager"},
+            {**base, "runtime": "fp8", "decode_b1_tok_s_default": 1.5, "decode_b8_tok_s_default": 6.0,
+             "decode_b1_tok_s_default_vs_bf16_graph": 1.1, "decode_b8_tok_s_default_vs_bf16_graph": 1.2,
+             "argmax_agree": 0.9, "max_logit_diff": 0.1, "kernels": "k"}]
+    text = table({"environment": env, "rows": rows, "prefill": 8, "new_tokens": 4, "max_len": 2048})
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in lines}) == 1, lines
+    assert "1.5 / 6.0 (1.1 / 1.2)" in lines[-1]
+    assert "max_len 2048" in text

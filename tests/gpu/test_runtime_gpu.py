@@ -117,3 +117,24 @@ def test_fused_graph_decoder_decodes_as_generate(builds, record_property):
     assert _agreement(fused, eager) >= 0.9 * 16 * len(PROMPTS), (fused, eager)
     assert [f[0] for f in fused] == [e[0] for e in eager]
     torch.cuda.synchronize()
+
+
+def test_length_buckets_decode_as_generate_across_a_bucket(builds, record_property):
+    import torch
+
+    from llm_quant.runtime.cuda.decode import GraphDecoder
+
+    model, tokenizer = load_quantized(builds["fp8"], device="cuda")
+    opts = Sampling(max_new_tokens=24, end_id=-1, pad_id=tokenizer.pad_token_id)
+    # prompts of ~115 tokens: the 24 new ones cross from the 128-position bucket into the 256 one
+    prompts = [tokenizer.encode(" ".join([p] * 40))[:115] for p in PROMPTS[:2]]
+    assert all(len(ids) == 115 for ids in prompts)
+    model.graph_decoder = None
+    eager = [generate_ids(model, ids, opts) for ids in prompts]
+    model.graph_decoder = decoder = GraphDecoder(model, max_len=512, length_buckets=True)
+    bucketed = [generate_ids(model, ids, opts) for ids in prompts]
+    record_property("same_tokens", f"{_agreement(bucketed, eager)}/{24 * len(prompts)}")
+    record_property("capture_s", str(decoder.capture_seconds))
+    assert sorted(decoder.graphs[1].graphs) == [128, 256]
+    assert _agreement(bucketed, eager) >= 0.9 * 24 * len(prompts), (bucketed, eager)
+    torch.cuda.synchronize()

@@ -7,9 +7,14 @@ HF ``generate`` runs every decode step eagerly: hundreds of kernel launches per 
 rotary embedding run ``torch.compile``'d while a step is captured (:mod:`llm_quant.runtime.cuda.fused`), so the
 graph holds one fused kernel where eager code launches several; prefill stays eager. It is off by default until a
 GPU check passes with it: on an H100 it decoded an 8B shape 1.11-1.24x faster, but its greedy tokens agreed with
-eager on only 48 of 64 in the test model before its casts were made to round as eager's (checked on the CPU only). The step takes a prepared 4-D boolean mask, so
-HF's mask construction (which inspects values on the host) is never traced, and prompts of different lengths are
-left-padded (padding masked out, positions counted from each row's first real token).
+eager on only 48 of 64 in the test model before its casts were made to round as eager's (checked on the CPU only).
+With ``length_buckets=True`` a step reads only the first 128, 256, ... positions of the static cache (one graph per
+bucket, switched as the sequence grows) instead of all ``max_len`` (2048 in serve) of every layer at every token;
+equal logits on the CPU, not yet timed on a GPU, so it is off by default too.
+
+The step takes a prepared 4-D boolean mask, so HF's mask construction (which inspects values on the host) is never
+traced, and prompts of different lengths are left-padded (padding masked out, positions counted from each row's
+first real token).
 
     decoder = GraphDecoder(model, max_len=2048)
     tokens = decoder.generate(input_ids, max_new_tokens=64)   # [B, prompt + new] on the GPU
@@ -60,11 +65,32 @@ def _set_lengths(cache: Any, lengths: list[Any]) -> None:
             layer.cumulative_length = length
 
 
+@contextlib.contextmanager
+def _visible(cache: Any, length: int | None) -> Any:
+    """Within the block, attention reads the first ``length`` cache positions (all for None): the cache's update
+    still writes into the whole static cache, the keys and values it returns are views of their first ``length``
+    positions, so a captured step reads only those."""
+    if length is None:
+        yield
+        return
+    update = cache.update
+
+    def first(*args: Any, **kwargs: Any) -> Any:
+        keys, values = update(*args, **kwargs)
+        return keys[:, :, :length], values[:, :, :length]
+
+    cache.update = first
+    try:
+        yield
+    finally:
+        cache.__dict__.pop("update", None)
+
+
 @dataclass
 class _Graph:
     batch: int
     cache: Any
-    graph: Any
+    graphs: dict[int, Any]  # visible cache length -> the captured step
     ids: Any  # [B, 1] the token fed to the next step
     position: Any  # [1] its cache position
     pad: Any  # [B] left padding per row
@@ -80,16 +106,28 @@ class GraphDecoder:
     model: Any
     max_len: int = 2048
     fuse: bool = False
+    length_buckets: bool = False
     graphs: dict[int, _Graph] = field(default_factory=dict)
-    capture_seconds: dict[int, float] = field(default_factory=dict)
+    capture_seconds: dict[str, float] = field(default_factory=dict)
     fused: list[str] = field(default_factory=list)
     fuse_error: str | None = None
 
-    def _mask(self, position: Any, pad: Any, rows: int) -> Any:
-        """[B, 1, rows, max_len] boolean: query i (at cache position position + i) sees keys from its row's first
-        real token up to itself."""
+    def _visible_length(self, visible: int) -> int | None:
+        """How many cache positions a step whose keys end at ``visible`` reads: with ``length_buckets``, the next
+        power of two from 128 (a graph each), so a short conversation does not read all ``max_len`` positions of
+        every layer's cache at every token; else all of them (None)."""
+        if not self.length_buckets:
+            return None
+        length = 128
+        while length < visible:
+            length *= 2
+        return None if length >= self.max_len else length
+
+    def _mask(self, position: Any, pad: Any, rows: int, length: int | None = None) -> Any:
+        """[B, 1, rows, length or max_len] boolean: query i (at cache position position + i) sees keys from its
+        row's first real token up to itself."""
         torch = _torch()
-        keys = torch.arange(self.max_len, device=position.device)
+        keys = torch.arange(length or self.max_len, device=position.device)
         queries = position.reshape(1, -1)[:, :1] + torch.arange(rows, device=position.device).reshape(-1, 1)
         causal = keys.reshape(1, -1) <= queries  # [rows, max_len]
         real = keys.reshape(1, -1) >= pad.reshape(-1, 1)  # [B, max_len]
@@ -97,14 +135,15 @@ class GraphDecoder:
         own = keys.reshape(1, -1) == queries
         return (causal.unsqueeze(0) & (real.unsqueeze(1) | own.unsqueeze(0))).unsqueeze(1)
 
-    def _forward(self, ids: Any, position: Any, pad: Any, cache: Any) -> Any:
+    def _forward(self, ids: Any, position: Any, pad: Any, cache: Any, length: int | None = None) -> Any:
         torch = _torch()
         rows = ids.shape[1]
         cache_position = position.reshape(-1)[:1] + torch.arange(rows, device=ids.device)
         position_ids = (cache_position.reshape(1, -1) - pad.reshape(-1, 1)).clamp_min(0)
-        out = self.model(input_ids=ids, position_ids=position_ids, cache_position=cache_position,
-                         attention_mask=self._mask(position, pad, rows), past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+        with _visible(cache, length):
+            out = self.model(input_ids=ids, position_ids=position_ids, cache_position=cache_position,
+                             attention_mask=self._mask(position, pad, rows, length), past_key_values=cache,
+                             use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
 
     def _new_graph(self, batch: int, device: Any) -> _Graph:
@@ -112,16 +151,26 @@ class GraphDecoder:
         transformers = require("transformers", purpose="the static KV cache")
         cache = transformers.StaticCache(config=self.model.config, max_cache_len=self.max_len)
         zeros = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        return _Graph(batch, cache, None, zeros, torch.zeros(1, dtype=torch.long, device=device),
+        return _Graph(batch, cache, {}, zeros, torch.zeros(1, dtype=torch.long, device=device),
                       torch.zeros(batch, dtype=torch.long, device=device),
                       torch.zeros(batch, dtype=torch.long, device=device))
 
-    def _capture(self, state: _Graph) -> None:
+    def _step(self, state: _Graph, visible: int) -> None:
+        """One decode step (keys up to position ``visible`` - 1): a replay, or a capture whose warm-up runs it."""
+        length = self._visible_length(visible)
+        graph = state.graphs.get(length or self.max_len)
+        if graph is None:
+            self._capture(state, length)
+        else:
+            graph.replay()
+
+    def _capture(self, state: _Graph, length: int | None) -> None:
         torch = _torch()
         start = time.perf_counter()
 
         def step() -> None:
-            state.next_token.copy_(self._forward(state.ids, state.position, state.pad, state.cache).argmax(-1))
+            logits = self._forward(state.ids, state.position, state.pad, state.cache, length)
+            state.next_token.copy_(logits.argmax(-1))
 
         def warm_up() -> None:  # off the capture (compilation, autotuning, cuBLAS handles); same inputs
             side = torch.cuda.Stream()
@@ -148,8 +197,8 @@ class GraphDecoder:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 step()
-        state.graph = graph
-        self.capture_seconds[state.batch] = round(time.perf_counter() - start, 3)
+        state.graphs[length or self.max_len] = graph
+        self.capture_seconds[f"b{state.batch}/{length or self.max_len}"] = round(time.perf_counter() - start, 3)
 
     def generate(self, input_ids: Any, max_new_tokens: int, *, pad_lengths: Any = None,
                  eos_token_id: int | None = None, on_step: Callable[[Any], bool] | None = None) -> Any:
@@ -190,12 +239,9 @@ class GraphDecoder:
             out = [first]
             finished = first[:rows] == eos_token_id if eos_token_id is not None else None
             stop = on_step is not None and bool(on_step(first[:rows]))
+            self.graphs[batch] = state
             if max_new_tokens > 1 and not stop and not (finished is not None and bool(finished.all())):
-                if batch not in self.graphs:
-                    self._capture(state)  # its warm-up ran the first decode step
-                    self.graphs[batch] = state
-                else:
-                    state.graph.replay()
+                self._step(state, prompt + 1)
             while len(out) < max_new_tokens and not stop and not (finished is not None and bool(finished.all())):
                 token = state.next_token.clone()
                 out.append(token)
@@ -208,5 +254,5 @@ class GraphDecoder:
                 if len(out) < max_new_tokens:
                     state.ids.copy_(token.reshape(batch, 1))
                     state.position.add_(1)
-                    state.graph.replay()
+                    self._step(state, prompt + len(out))
             return torch.cat([input_ids, torch.stack(out, dim=1)], dim=1)

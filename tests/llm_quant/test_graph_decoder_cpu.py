@@ -1,0 +1,44 @@
+"""The graph decoder's step outside a CUDA graph (CPU): a step that reads only the first positions of the static
+cache (length buckets) gives the logits of one that reads all of it."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from llm_quant.runtime.cuda.decode import GraphDecoder  # noqa: E402
+
+
+def _tiny_llama():
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_visible_lengths_are_powers_of_two_below_max_len():
+    decoder = GraphDecoder(_tiny_llama(), max_len=600, length_buckets=True)
+    assert [decoder._visible_length(v) for v in (1, 128, 129, 300, 512, 513, 600)] == \
+        [128, 128, 256, 512, 512, None, None]
+    assert GraphDecoder(_tiny_llama(), max_len=600)._visible_length(5) is None  # off by default
+
+
+def test_a_step_over_the_first_positions_equals_one_over_the_whole_cache():
+    model = _tiny_llama()
+    decoder = GraphDecoder(model, max_len=300, length_buckets=True)
+    prompt = torch.randint(0, 128, (2, 7))
+    pad = torch.tensor([0, 3])  # the second row left-padded
+    logits = {}
+    with torch.inference_mode():
+        for length in (None, 128):
+            state = decoder._new_graph(2, torch.device("cpu"))
+            first = decoder._forward(prompt, torch.zeros(1, dtype=torch.long), pad, state.cache).argmax(-1)
+            steps = []
+            ids, position = first.reshape(2, 1), torch.tensor([7])
+            for _ in range(3):
+                out = decoder._forward(ids, position, pad, state.cache, length)
+                steps.append(out)
+                ids, position = out.argmax(-1).reshape(2, 1), position + 1
+            logits[length] = torch.stack(steps)
+            assert "update" not in state.cache.__dict__  # the slicing is undone after each step
+    torch.testing.assert_close(logits[128], logits[None], rtol=1e-5, atol=1e-5)
