@@ -16,6 +16,11 @@ site=/tmp/site312
 [ -d /tmp/np1/scipy ] || { [ -f .carry/scipy1.tar.xz ] && tar -C /tmp -xJf .carry/scipy1.tar.xz; } || \
   echo "gpu_check: no /tmp/np1/scipy (.carry/scipy1.tar.xz): the served model cannot import modelopt in the stub"
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# modelopt compiles its CUDA extensions on first use (60 s of the 2026-12-07 run): a build carried back from an
+# earlier run (.carry/torch_ext.tar.xz: same torch, CUDA and SM 9.0 on H100 and H200) is reused, ninja rebuilding
+# whatever differs; a machine without one returns its fresh build as $OUT/torch_ext.tar.xz to be carried next time
+export TORCH_EXTENSIONS_DIR=/tmp/torch_ext
+[ -d "$TORCH_EXTENSIONS_DIR" ] || [ ! -f .carry/torch_ext.tar.xz ] || tar -C /tmp -xJf .carry/torch_ext.tar.xz
 # Triton's python-backend stub ignores PYTHONPATH and takes its packages from the first python3 on PATH; it needs
 # numpy<2 (BYTES tensors, FACTS §5) and SciPy 1.15 ahead of the box's numpy 2, the carried wheels and this checkout:
 # a venv on the box's base python whose .pth lists them, then the torch venv's site-packages without its numpy,
@@ -55,5 +60,8 @@ status=${PIPESTATUS[0]}
 python3 scripts/gpu_record.py --junit "$out/gpu_junit.xml" --out "$out/gpu_check.json" --status "$status"
 if [ "${1:-}" = "--scale" ]; then
   python3 benchmarks/gpu_scale.py --out "$out" 2>&1 | tee "$out/gpu_scale.log"
+fi
+if [ -n "${OUT:-}" ] && [ ! -f .carry/torch_ext.tar.xz ] && [ -d "$TORCH_EXTENSIONS_DIR" ]; then
+  tar -C /tmp -cf - torch_ext | xz -6 -T0 > "$OUT/torch_ext.tar.xz"
 fi
 exit "$status"
