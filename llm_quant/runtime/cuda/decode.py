@@ -1,4 +1,5 @@
-"""Greedy decoding on CUDA without launch overhead: a static KV cache and one CUDA graph per batch size.
+"""Greedy decoding on CUDA without launch overhead: a static KV cache and one CUDA graph per batch size (and per
+cache-length bucket, where those are on).
 
 HF ``generate`` runs every decode step eagerly: hundreds of kernel launches per token, so a 1B model decodes at
 ~17 tok/s on an H100 whatever its kernels (FACTS §7). :class:`GraphDecoder` prefills eagerly into a
