@@ -139,9 +139,9 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
             row["profile_prefill"] = _profile(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
         if decoder is not None:
             prompt = torch.randint(0, min(vocab, 512), (1, args.prompt), device="cuda", generator=gen)
-            row["profile_decode_b1"] = _profile(lambda: decoder.generate(prompt, 16))
-            default = decoders["_default"]
-            row["profile_decode_b1_default"] = _profile(lambda: default.generate(prompt, 16))
+            for suffix, profiled in decoders.items():
+                if suffix != "_short" and profiled is not None:
+                    row[f"profile_decode_b1{suffix}"] = _profile(lambda d=profiled: d.generate(prompt, 16))
         for key in ("profile_prefill", "profile_decode_b1", "profile_decode_b1_default"):
             if key in row:
                 print(key, row[key], flush=True)

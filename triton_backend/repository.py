@@ -125,8 +125,8 @@ def _limits(spec: RepositorySpec) -> tuple[int, int]:
                                  "reject what preprocessing lets through", f"lower triton.{name} to at most {limit}")
         max_seq_len = opts.max_seq_len or engine[1]
         return opts.max_input_len or min(engine[0], max_seq_len - 1), max_seq_len
-    limit = (_model_config(spec) or {}).get("max_position_embeddings")
-    max_seq_len = opts.max_seq_len or (limit if isinstance(limit, int) and limit > 1 else 2048)
+    positions = (_model_config(spec) or {}).get("max_position_embeddings")
+    max_seq_len = opts.max_seq_len or (positions if isinstance(positions, int) and positions > 1 else 2048)
     return opts.max_input_len or max_seq_len - 1, max_seq_len
 
 

@@ -93,8 +93,9 @@ def _torch() -> Any:
 def _classes() -> dict[str, type]:
     """The int8 modules, defined on first use: torch is imported then, not when the package is (``llm-quant
     --help`` took ~3 s importing torch through this module)."""
-    torch = _torch()
-    nn = torch.nn
+    _torch()  # one clear line where torch is missing; the imports below then bind real types for mypy
+    import torch
+    from torch import nn
 
     class Int8Linear(nn.Module):
         """y = (q(x * pre_scale) @ q(W).T) * (act_amax / 127) * (w_amax / 127) + b, with int32 accumulation.

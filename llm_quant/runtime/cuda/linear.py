@@ -115,11 +115,19 @@ class _SharedInput:
 
 @functools.cache
 def _classes() -> dict[str, type]:
-    torch = _torch()
-    nn = torch.nn
+    _torch()  # one clear line where torch is missing; the imports below then bind real types for mypy
+    import torch
+    from torch import nn
 
     class Fp8Linear(nn.Module):
         """y = scaled_mm(e4m3(x * pre * 448 / a_amax), e4m3 W) * (a_amax / 448) * (w_amax / 448) + b."""
+
+        weight_fp8: torch.Tensor
+        w_scale: torch.Tensor
+        a_amax: torch.Tensor
+        a_scale: torch.Tensor
+        pre: Any  # [in] fp32 or None, as are bias and the optional buffers below
+        bias: Any
 
         def __init__(self, weight_dq: Any, w_amax: Any, a_amax: Any, pre: Any, bias: Any,
                      shared: _SharedInput) -> None:
@@ -162,6 +170,12 @@ def _classes() -> dict[str, type]:
         """int8 weights x per-channel scale. ``act``: None (W8A16), "per_tensor" or "per_token" (W8A8, the
         activation replaced by its integers and its scale applied to the output)."""
 
+        weight_q: torch.Tensor
+        w_scale: torch.Tensor
+        a_amax: Any
+        pre: Any
+        bias: Any
+
         def __init__(self, weight_dq: Any, w_amax: Any, act: str | None, a_amax: Any, pre: Any, bias: Any,
                      shared: _SharedInput, qmin: float = -127.0) -> None:
             super().__init__()
@@ -186,7 +200,7 @@ def _classes() -> dict[str, type]:
             # decode: the fastest small-M kernel for one row and for a few rows, timed on this card at load
             self.one_row = self.few_rows = cuda_kernels.SmallM()
             if self.weight_q.is_cuda:
-                opts = dict(act=self.act_kind, pre=self.pre, act_factor=self.act_factor or 1.0,
+                opts: dict[str, Any] = dict(act=self.act_kind, pre=self.pre, act_factor=self.act_factor or 1.0,
                             act_scale=self.act_scale or 1.0, qmin=self.qmin)
                 self.one_row = cuda_kernels.choose_small_m(self.weight_q, self.w_scale, rows=1, **opts)
                 self.few_rows = cuda_kernels.choose_small_m(self.weight_q, self.w_scale, rows=8, **opts)
@@ -225,6 +239,11 @@ def _classes() -> dict[str, type]:
 
     class Int4Linear(nn.Module):
         """Symmetric INT4 blocks along the input: tinygemm (``_weight_int4pack_mm``), or dequantize + cuBLAS."""
+
+        pre: Any
+        bias: Any
+        q_ref: Any
+        scale_ref: Any
 
         def __init__(self, weight_dq: Any, block: int, pre: Any, bias: Any) -> None:
             super().__init__()
@@ -273,8 +292,8 @@ def _is_fp8(quantizer: Any) -> bool:
 
 def _plan(module: Any, activations: str) -> str:
     """Which kernel a quantized linear gets (``fake`` keeps modelopt's module)."""
-    wq = getattr(module, "weight_quantizer", None)
-    inq = getattr(module, "input_quantizer", None)
+    wq: Any = getattr(module, "weight_quantizer", None)
+    inq: Any = getattr(module, "input_quantizer", None)
     if wq is None or not wq.is_enabled or (getattr(module, "output_quantizer", None) is not None
                                            and module.output_quantizer.is_enabled):
         return "fake"
@@ -314,7 +333,7 @@ def convert_linears_cuda(model: Any, activations: str = "per_tensor") -> KernelR
     for name, module in targets:
         plan = _plan(module, activations)
         parent_name, _, child = name.rpartition(".")
-        inq = getattr(module, "input_quantizer", None)
+        inq: Any = getattr(module, "input_quantizer", None)
         pre = _pre_scale(module)
         # one quantization of a shared input per (parent module, scale, pre-scale): q/k/v, gate/up
         key = (parent_name, plan, None if inq is None or inq.amax is None else float(inq.amax.float().max()),
