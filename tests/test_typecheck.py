@@ -95,3 +95,10 @@ def test_mypy_tensorrt_modules_against_stubs(repaired_stubs):
     assert modules, "expected at least vision/backends/trt.py to import tensorrt"
     proc = run_mypy(repaired_stubs, modules, ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_packages_type_check(tmp_path):
+    """The whole of every package under the project's own mypy settings (pyproject.toml, pydantic's plugin)."""
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), *PACKAGES],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
