@@ -94,6 +94,32 @@ def _profile(fn: Any, top: int = 8) -> dict[str, Any]:
             "host_waits": {e.key: e.count for e in host if e.key in waits}}
 
 
+def _kernel_sources(fn: Any, top: int = 12) -> list[dict[str, Any]]:
+    """Which aten ops launch one eager call's CUDA kernels: per outermost aten op, the kernels it launched and
+    their GPU time. Inside a CUDA graph kernels have no launching op, so a decode step is profiled eagerly for
+    this; kernels launched from Python (Triton's) have none either and are left out."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    sources: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CPU or not event.kernels:
+            continue
+        outer = event
+        while outer.cpu_parent is not None and outer.cpu_parent.name.startswith("aten::"):
+            outer = outer.cpu_parent
+        entry = sources.setdefault(outer.name, [0, 0.0])
+        entry[0] += len(event.kernels)
+        entry[1] += sum(kernel.duration for kernel in event.kernels)
+    ranked = sorted(sources.items(), key=lambda kv: -kv[1][0])[:top]
+    return [{"op": name, "kernels": int(v[0]), "ms": round(v[1] / 1e3, 3)} for name, v in ranked]
+
+
 def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, Any]:
     import torch
 
@@ -142,7 +168,17 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
             for suffix, profiled in decoders.items():
                 if suffix != "_short" and profiled is not None:
                     row[f"profile_decode_b1{suffix}"] = _profile(lambda d=profiled: d.generate(prompt, 16))
-        for key in ("profile_prefill", "profile_decode_b1", "profile_decode_b1_default"):
+            # one decode step run eagerly (the default decoder's batch-1 cache, rewound by the next generate):
+            # which ops the kernels per token come from
+            eager: Any = decoders["_default"]
+            state = eager.graphs[1]
+            try:  # diagnostics only: a failure here must not cost the timings above
+                with torch.inference_mode():
+                    row["profile_step_sources"] = _kernel_sources(
+                        lambda: eager._forward(state.ids, state.position, state.pad, state.cache))
+            except Exception as exc:  # noqa: BLE001
+                row["profile_step_sources"] = f"{exc.__class__.__name__}: {str(exc)[:200]}"
+        for key in ("profile_prefill", "profile_decode_b1", "profile_decode_b1_default", "profile_step_sources"):
             if key in row:
                 print(key, row[key], flush=True)
     row["linear_gib"] = round(_linear_bytes(model) / 2**30, 3)
