@@ -1,12 +1,14 @@
 """The graph decoder's step outside a CUDA graph (CPU): a step that reads only the first positions of the static
 cache (length buckets) gives the logits of one that reads all of it."""
 
+import inspect
+
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm_quant.runtime.cuda.decode import GraphDecoder  # noqa: E402
+from llm_quant.runtime.cuda.decode import GraphDecoder, _cache_argument  # noqa: E402
 
 
 def _tiny_llama():
@@ -23,6 +25,17 @@ def test_visible_lengths_are_powers_of_two_below_max_len():
     assert GraphDecoder(_tiny_llama(), max_len=600)._visible_length(5) is None  # off by default
 
 
+def test_the_cache_goes_by_the_name_the_model_takes():
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    assert _cache_argument(Older()) == "past_key_values"
+    takes_cache = "cache" in inspect.signature(transformers.LlamaForCausalLM.forward).parameters
+    assert _cache_argument(_tiny_llama()) == ("cache" if takes_cache else "past_key_values")
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated cache argument
 def test_a_step_over_the_first_positions_equals_one_over_the_whole_cache():
     model = _tiny_llama()
     decoder = GraphDecoder(model, max_len=300, length_buckets=True)

@@ -24,6 +24,7 @@ first real token).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,16 @@ def _set_lengths(cache: Any, lengths: list[Any]) -> None:
             layer.cumulative_length.copy_(length)
         elif length is not None:
             layer.cumulative_length = length
+
+
+def _cache_argument(model: Any) -> str:
+    """What the model's forward calls its KV cache: ``cache`` from transformers 5.2x on (``past_key_values``
+    warns there and goes in 5.40), ``past_key_values`` before."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: the older name, which every version takes
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @contextlib.contextmanager
@@ -143,8 +154,8 @@ class GraphDecoder:
         position_ids = (cache_position.reshape(1, -1) - pad.reshape(-1, 1)).clamp_min(0)
         with _visible(cache, length):
             out = self.model(input_ids=ids, position_ids=position_ids, cache_position=cache_position,
-                             attention_mask=self._mask(position, pad, rows, length), past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
+                             attention_mask=self._mask(position, pad, rows, length), use_cache=True,
+                             logits_to_keep=1, **{_cache_argument(self.model): cache})
         return out.logits[:, -1]
 
     def _new_graph(self, batch: int, device: Any) -> _Graph:
