@@ -123,6 +123,10 @@ class GraphDecoder:
     capture_seconds: dict[str, float] = field(default_factory=dict)
     fused: list[str] = field(default_factory=list)
     fuse_error: str | None = None
+    _cache_keyword: str = field(init=False, repr=False, default="past_key_values")
+
+    def __post_init__(self) -> None:
+        self._cache_keyword = _cache_argument(self.model)  # once: every prefill and capture passes the cache
 
     def _visible_length(self, visible: int) -> int | None:
         """How many cache positions a step whose keys end at ``visible`` reads: with ``length_buckets``, the next
@@ -155,7 +159,7 @@ class GraphDecoder:
         with _visible(cache, length):
             out = self.model(input_ids=ids, position_ids=position_ids, cache_position=cache_position,
                              attention_mask=self._mask(position, pad, rows, length), use_cache=True,
-                             logits_to_keep=1, **{_cache_argument(self.model): cache})
+                             logits_to_keep=1, **{self._cache_keyword: cache})
         return out.logits[:, -1]
 
     def _new_graph(self, batch: int, device: Any) -> _Graph:
