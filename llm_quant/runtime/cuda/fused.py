@@ -59,18 +59,19 @@ def fused_elementwise(model: Any) -> Iterator[list[str]]:
     with ExitStack() as stack:
         stack.callback(lambda: [restore() for restore in reversed(undo)])  # also when swapping fails part way
         attention_modules: set[str] = set()
+
+        def swap(module: Any, forward: Any, label: str) -> None:
+            module.forward = types.MethodType(forward, module)
+            undo.append(lambda: module.__dict__.pop("forward", None))
+            if label not in fused:
+                fused.append(label)
+
         for module in model.modules():
             cls = type(module)
             if cls.__name__.endswith("RMSNorm") and not any(True for _ in module.children()):
-                module.forward = types.MethodType(_compiled(cls.forward), module)
-                undo.append(lambda m=module: m.__dict__.pop("forward", None))
-                if cls.__name__ not in fused:
-                    fused.append(cls.__name__)
+                swap(module, _compiled(cls.forward), cls.__name__)
             elif all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-                module.forward = types.MethodType(_mlp_forward, module)
-                undo.append(lambda m=module: m.__dict__.pop("forward", None))
-                if "act(gate) * up" not in fused:
-                    fused.append("act(gate) * up")
+                swap(module, _mlp_forward, "act(gate) * up")
             elif hasattr(module, "q_proj") and hasattr(module, "k_proj"):
                 # modelopt's quantized attention is a subclass made elsewhere: the modeling module is its base's
                 attention_modules.update(c.__module__ for c in cls.__mro__
