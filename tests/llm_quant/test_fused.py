@@ -7,19 +7,13 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from llm_quant.runtime.cuda.fused import fused_elementwise  # noqa: E402
-
-
-def _tiny_llama():
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
+from tests.llm_quant.helpers import random_llama_model  # noqa: E402
 
 
 def test_fused_step_matches_eager_and_is_undone():
     import transformers.models.llama.modeling_llama as modeling
 
-    model = _tiny_llama()
+    model = random_llama_model()
     ids = torch.randint(0, 128, (2, 9))
     rotary = modeling.apply_rotary_pos_emb
     with torch.inference_mode():
@@ -46,7 +40,7 @@ def test_a_model_without_those_pieces_fuses_nothing():
 def test_bf16_fused_step_rounds_as_eager_and_finds_rotary_through_a_subclass():
     import transformers.models.llama.modeling_llama as modeling
 
-    model = _tiny_llama().to(torch.bfloat16)
+    model = random_llama_model().to(torch.bfloat16)
     # what modelopt does to attention: a subclass defined in another module
     quant = type("QuantLlamaAttention", (modeling.LlamaAttention,), {"__module__": "tests.elsewhere"})
     for layer in model.model.layers:

@@ -9,13 +9,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from llm_quant.runtime.cuda.decode import GraphDecoder, _cache_argument  # noqa: E402
+from tests.llm_quant.helpers import random_llama_model  # noqa: E402
 
 
 def _tiny_llama():
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
+    return random_llama_model(max_positions=512)
 
 
 def test_visible_lengths_are_powers_of_two_below_max_len():
