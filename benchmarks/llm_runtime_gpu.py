@@ -59,10 +59,8 @@ def _linear_bytes(model: Any, *, skip: tuple[str, ...] = ()) -> int:
     return total
 
 
-def _profile(fn: Any, top: int = 8) -> dict[str, Any]:
-    """Where one call's time goes: wall ms, GPU-busy ms (sum of kernel times; far below wall means the host's launches
-    are the bottleneck) and the ``top`` kernels by total time, from torch.profiler (kernels inside CUDA graphs
-    included)."""
+def _profiled(fn: Any) -> tuple[Any, float]:
+    """torch.profiler (CPU and CUDA) over one call of ``fn`` after a warm-up call, and that call's wall seconds."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -73,6 +71,16 @@ def _profile(fn: Any, top: int = 8) -> dict[str, Any]:
         fn()
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
+    return prof, wall
+
+
+def _profile(fn: Any, top: int = 8) -> dict[str, Any]:
+    """Where one call's time goes: wall ms, GPU-busy ms (sum of kernel times; far below wall means the host's launches
+    are the bottleneck) and the ``top`` kernels by total time, from torch.profiler (kernels inside CUDA graphs
+    included)."""
+    import torch
+
+    prof, wall = _profiled(fn)
     kernels: dict[str, list[float]] = {}
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time > 0:
@@ -99,13 +107,8 @@ def _kernel_sources(fn: Any, top: int = 12) -> list[dict[str, Any]]:
     their GPU time. Inside a CUDA graph kernels have no launching op, so a decode step is profiled eagerly for
     this; kernels launched from Python (Triton's) have none either and are left out."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
+    prof, _ = _profiled(fn)
     sources: dict[str, list[float]] = {}
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CPU or not event.kernels:
