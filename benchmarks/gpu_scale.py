@@ -125,11 +125,15 @@ def _run_child(kind: str, model: Path, work: Path, qformat: str, args: argparse.
     cold = _drop_page_cache()
     argv = [sys.executable, __file__, "--child", kind, "--model", str(model), "--work", str(work),
             "--qformats", qformat, "--calib-size", str(args.calib_size), "--calib-seq-len", str(args.calib_seq_len)]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    print(f"gpu_scale: {qformat} {kind} ...", file=sys.stderr, flush=True)
+    try:  # the child's progress goes to our stderr as it happens: a run cut short still shows where it was
+        done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.child_timeout} s", "cold_page_cache": cold}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{"):
             return {**json.loads(line), "cold_page_cache": cold}
-    return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return {"error": f"exit {done.returncode} without a result (its stderr is above)"}
 
 
 def _environment() -> dict[str, Any]:
@@ -177,6 +181,8 @@ def main() -> None:
     parser.add_argument("--calib-seq-len", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("out/benchmarks/gpu_scale"))
     parser.add_argument("--workdir", type=Path, default=None, help="where models and builds go (default: a tmp dir)")
+    parser.add_argument("--child-timeout", type=float, default=None,
+                        help="seconds one flow may take before its row records the timeout")
     parser.add_argument("--flows", default="ours,ours-trtllm,modelopt", help="which of ours, ours-trtllm, modelopt")
     parser.add_argument("--child", choices=FLOWS, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
