@@ -137,3 +137,18 @@ def test_choice_is_one_of_the_candidates():
     one = kernels.choose_small_m(w8, w_scale, act=kernels.ACT_INT8_TOKEN, rows=1)
     few = kernels.choose_small_m(w8, w_scale, act=kernels.ACT_INT8_TOKEN, rows=8)
     assert one.kernel in {"unsplit", "gemv", "cores"} and few in kernels.FEW_ROWS
+
+
+def test_time_ms_measures_the_kernel_in_a_graph():
+    """The load-time choice's clock: a one-row GEMM over twice the weight bytes takes longer (both come from HBM:
+    each call is timed after an L2-evicting read, whose own time is subtracted), and neither is lost in the 64 MiB
+    read's time."""
+    from llm_quant.runtime.cuda import kernels
+
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    small = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    large = torch.randn(4 * 4096, 4096, device="cuda", dtype=torch.bfloat16)
+    small_ms = kernels.time_ms(lambda: x @ small.t())
+    large_ms = kernels.time_ms(lambda: x @ large.t())
+    assert 0 < small_ms < large_ms, (small_ms, large_ms)
+    assert large_ms > 2 * small_ms, (small_ms, large_ms)  # 4x the bytes; the L2 sweep kept it bandwidth-bound

@@ -210,11 +210,8 @@ def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any =
     return best
 
 
-def time_ms(fn: Any, iters: int = 20) -> float:
-    """Median milliseconds of ``fn()`` on the current CUDA stream (after two warm-up calls)."""
+def _eager_ms(fn: Any, iters: int) -> float:
     torch = _torch()
-    for _ in range(2):
-        fn()
     times = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -224,6 +221,48 @@ def time_ms(fn: Any, iters: int = 20) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end))
     return sorted(times)[len(times) // 2]
+
+
+def _graph_ms(calls: list[Any], replays: int = 5) -> float:
+    """Median milliseconds of one replay of a CUDA graph of ``calls``."""
+    torch = _torch()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    return _eager_ms(graph.replay, replays)
+
+
+# 64 MiB read before each timed call: more than the 50 MB L2 of an H100 / H200, so the weights come from HBM as they
+# do in a decode step, whose previous layers' weights have just passed through L2
+_L2_SWEEP_BYTES = 64 << 20
+
+
+def time_ms(fn: Any, iters: int = 20) -> float:
+    """Milliseconds of one ``fn()`` as a graph-captured decode step pays for it: ``iters`` calls captured in one
+    CUDA graph, each after a 64 MiB read that evicts L2, less the time of those reads alone. Timed eagerly, a
+    one-row GEMM of an 8B model (25-40 µs) measured launch gaps as much as the kernels: two-kernel paths (quantize +
+    ``_scaled_mm``) lost to one fused kernel that was slower in the graph (benchmarks/results/small_m_sweep.md:
+    ``_scaled_mm`` 24.1 µs against the fused kernel's 33.5 at K 4096, N 14336). Where capture fails, eager calls are
+    timed (median, after two warm-up calls)."""
+    torch = _torch()
+    for _ in range(2):
+        fn()
+    try:
+        sweep = torch.empty(_L2_SWEEP_BYTES // 4, device="cuda", dtype=torch.float32)
+        sink = torch.empty((), device="cuda", dtype=torch.float32)
+
+        def evict() -> None:
+            torch.sum(sweep, out=sink)
+
+        both = _graph_ms([c for _ in range(iters) for c in (evict, fn)])
+        alone = _graph_ms([evict] * iters)
+        return max(both - alone, 0.0) / iters
+    except RuntimeError:  # capture not possible here (a kernel that synchronizes, no graph support)
+        torch.cuda.synchronize()
+        return _eager_ms(fn, iters)
 
 
 def _inner_k_tiles(k: int) -> int:
