@@ -141,6 +141,12 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
     decoders = {"": GraphDecoder(model, max_len=args.max_len, fuse=True, length_buckets=True),
                 "_default": GraphDecoder(model, max_len=args.max_len),
                 "_short": GraphDecoder(model, max_len=short)} if graph else {"": None}
+    if graph:  # prefill as serve runs it: through the decoder's static cache, fused (compiled) or not
+        for suffix in ("", "_default"):
+            prefilling: Any = decoders[suffix]
+            prefilling.prefill(prefill_ids)  # compilation happens here, not in the timing
+            seconds = _timed(lambda d=prefilling: d.prefill(prefill_ids))
+            row[f"prefill_tok_s_decoder{suffix}"] = round(args.prefill / seconds)
     for suffix, decoder in decoders.items():
         for batch in (1, 8):
             prompt = torch.randint(0, min(vocab, 512), (batch, args.prompt), device="cuda", generator=gen)
@@ -343,7 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ref = base.get(row["shape"])
         if ref is None or "error" in row:
             continue
-        for key in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b1_tok_s_default",
+        for key in ("prefill_tok_s", "prefill_tok_s_decoder", "prefill_tok_s_decoder_default", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b1_tok_s_default",
                     "decode_b8_tok_s_default", "decode_b1_tok_s_short", "decode_b8_tok_s_short"):
             if key in row and key in ref:
                 row[f"{key}_vs_bf16_graph"] = round(row[key] / ref[key], 3)
@@ -353,13 +359,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "kernels": micro}
 
 
-def _variant(row: dict[str, Any], suffix: str) -> str:
-    """Another graph decoder's batch-1 / batch-8 tok/s and their ratios to bf16's same decoder, where measured."""
-    if f"decode_b1_tok_s{suffix}" not in row:
+def _variant(row: dict[str, Any], suffix: str, key: str = "decode_b{}_tok_s", fills: tuple[str, str] = ("1", "8")) -> str:
+    """Two figures of one kind (another graph decoder's batch-1 / batch-8 tok/s; the decoders' prefill) and their
+    ratios to bf16's same, where measured."""
+    names = [key.format(fill) + suffix for fill in fills]
+    if any(name not in row for name in names):
         return ""
-    ratios = [row.get(f"decode_b{b}_tok_s{suffix}_vs_bf16_graph") for b in (1, 8)]
-    return (f"{row[f'decode_b1_tok_s{suffix}']} / {row[f'decode_b8_tok_s{suffix}']}"
-            + (f" ({ratios[0]} / {ratios[1]})" if None not in ratios else ""))
+    ratios = [row.get(f"{name}_vs_bf16_graph") for name in names]
+    return (f"{row[names[0]]} / {row[names[1]]}" + (f" ({ratios[0]} / {ratios[1]})" if None not in ratios else ""))
 
 
 def table(result: dict[str, Any]) -> str:
@@ -368,10 +375,10 @@ def table(result: dict[str, Any]) -> str:
              f"{env['modelopt']}; prefill {result['prefill']} tokens, decode {result['new_tokens']} new tokens; "
              f"graph decoders: fused + length buckets and default at max_len {result.get('max_len')}, default on a "
              "short cache", "",
-             "| shape | runtime | prefill tok/s | x bf16-graph | decode b1 tok/s | x | decode b8 tok/s | x | "
+             "| shape | runtime | prefill tok/s | x bf16-graph | decoder prefill fused / default (x) | decode b1 tok/s | x | decode b8 tok/s | x | "
              "default b1 / b8 tok/s (x) | short cache b1 / b8 (x) | linear GiB (share of bf16) | "
              "argmax agree / max Δlogit | kernels |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"| {r['shape']} | {r['runtime']} | error: {r['error']} |")
@@ -381,6 +388,7 @@ def table(result: dict[str, Any]) -> str:
                  if "quantized_share_of_bf16" in r else "")
         lines.append(
             f"| {r['shape']} | {r['runtime']} | {r['prefill_tok_s']} | {r.get('prefill_tok_s_vs_bf16_graph', '')} | "
+            f"{_variant(r, '', 'prefill_tok_s_decoder{}', ('', '_default'))} | "
             f"{r['decode_b1_tok_s']} | {r.get('decode_b1_tok_s_vs_bf16_graph', '')} | {r['decode_b8_tok_s']} | "
             f"{r.get('decode_b8_tok_s_vs_bf16_graph', '')} | {_variant(r, '_default')} | {_variant(r, '_short')} | "
             f"{r['linear_gib']}{share} | {agree} | {r.get('kernels', '')} |")

@@ -53,3 +53,22 @@ def test_a_step_over_the_first_positions_equals_one_over_the_whole_cache():
             logits[length] = torch.stack(steps)
             assert "update" not in state.cache.__dict__  # the slicing is undone after each step
     torch.testing.assert_close(logits[128], logits[None], rtol=1e-5, atol=1e-5)
+
+
+def test_prefill_gives_the_models_last_logits_fused_or_not_at_any_prompt_length():
+    """Prefill through the static cache (left padding masked) equals the model's own forward, eager and with the
+    elementwise work compiled; a second and third prompt length reuse the compilation without failing over."""
+    model = _tiny_llama()
+    plain, fused = GraphDecoder(model, max_len=64), GraphDecoder(model, max_len=64, fuse=True)
+    for length in (7, 11, 13):
+        ids = torch.randint(0, 128, (2, length))
+        with torch.inference_mode():
+            want = model(input_ids=ids).logits[:, -1]
+            padded = model(input_ids=ids[1:, 3:]).logits[:, -1]
+        torch.testing.assert_close(plain.prefill(ids), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fused.prefill(ids), want, rtol=1e-4, atol=1e-4)
+        # the second row's first three tokens are padding: its logits are those of the rest alone
+        got = plain.prefill(ids, pad_lengths=torch.tensor([0, 3]))
+        torch.testing.assert_close(got[1:], padded, rtol=1e-4, atol=1e-4)
+    assert fused.fuse_error is None and "LlamaRMSNorm" in fused.fused
+    assert not any("forward" in m.__dict__ for m in model.modules())  # the swap is undone after each prefill

@@ -6,7 +6,7 @@ HF ``generate`` runs every decode step eagerly: hundreds of kernel launches per 
 ``transformers.StaticCache`` and captures one decode step (embedding -> logits -> argmax) per batch size with
 ``torch.cuda.graph``; each further token is one graph replay. With ``fuse=True`` the RMSNorms, act(gate) x up and
 rotary embedding run ``torch.compile``'d while a step is captured (:mod:`llm_quant.runtime.cuda.fused`), so the
-graph holds one fused kernel where eager code launches several; prefill stays eager. It is off by default until a
+graph holds one fused kernel where eager code launches several, and in prefill too. It is off by default until a
 GPU check passes with it: on an H100 it decoded an 8B shape 1.11-1.24x faster, but its greedy tokens agreed with
 eager on only 48 of 64 in the test model before its casts were made to round as eager's (checked on the CPU only).
 With ``length_buckets=True`` a step reads only the first 128, 256, ... positions of the static cache (one graph per
@@ -204,17 +204,51 @@ class GraphDecoder:
             except Exception as exc:  # noqa: BLE001 - a compiler failure must not stop decoding: capture it eager
                 if not self.fuse:
                     raise
-                torch.cuda.synchronize()
                 fusion.close()
-                self.fuse, self.fused = False, []
-                self.fuse_error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                _set_lengths(state.cache, lengths)
+                self._fusion_failed(exc, state.cache, lengths)
                 warm_up()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 step()
         state.graphs[length or self.max_len] = graph
         self.capture_seconds[f"b{state.batch}/{length or self.max_len}"] = round(time.perf_counter() - start, 3)
+
+    def _fusion_failed(self, exc: Exception, cache: Any, lengths: list[Any]) -> None:
+        """Compiling failed: note why, run eager from now on, and undo what the failed run wrote to the cache."""
+        _torch().cuda.synchronize()
+        self.fuse, self.fused = False, []
+        self.fuse_error = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        _set_lengths(cache, lengths)
+
+    def _prefill(self, input_ids: Any, pad: Any, cache: Any) -> Any:
+        """The prompt's last logits [B, V], its keys and values written to ``cache`` from position 0; with ``fuse``
+        the elementwise work runs compiled here too (Inductor compiles the prompt length dynamic from the second
+        length on, so each new length does not recompile)."""
+        torch = _torch()
+        start = torch.zeros(1, dtype=torch.long, device=input_ids.device)
+        if self.fuse:
+            lengths = _lengths(cache)
+            try:
+                with fused_elementwise(self.model) as fused:
+                    logits = self._forward(input_ids, start, pad, cache)
+                self.fused = fused
+                return logits
+            except Exception as exc:  # noqa: BLE001 - as in _capture: a compiler failure falls back to eager
+                self._fusion_failed(exc, cache, lengths)
+        return self._forward(input_ids, start, pad, cache)
+
+    def prefill(self, input_ids: Any, *, pad_lengths: Any = None) -> Any:
+        """The last position's logits [B, V] of ``input_ids`` [B, P], as :meth:`generate` computes them before
+        its first token (into the static cache of batch size B, which the next ``generate`` rewinds)."""
+        torch = _torch()
+        batch = input_ids.shape[0]
+        pad = torch.zeros(batch, dtype=torch.long, device=input_ids.device) if pad_lengths is None else \
+            pad_lengths.to(device=input_ids.device, dtype=torch.long)
+        state = self.graphs.get(batch) or self._new_graph(batch, input_ids.device)
+        self.graphs[batch] = state
+        with torch.inference_mode():
+            _rewind(state.cache)
+            return self._prefill(input_ids, pad, state.cache)
 
     def generate(self, input_ids: Any, max_new_tokens: int, *, pad_lengths: Any = None,
                  eos_token_id: int | None = None, on_step: Callable[[Any], bool] | None = None) -> Any:
@@ -247,8 +281,7 @@ class GraphDecoder:
         state = self.graphs.get(batch) or self._new_graph(batch, device)
         with torch.inference_mode():  # the cache's tensors are inference tensors: rewind them in here too
             _rewind(state.cache)
-            first = self._forward(input_ids, torch.zeros(1, dtype=torch.long, device=device), pad,
-                                  state.cache).argmax(-1)
+            first = self._prefill(input_ids, pad, state.cache).argmax(-1)
             state.pad.copy_(pad)
             state.ids.copy_(first.reshape(batch, 1))
             state.position.fill_(prompt)

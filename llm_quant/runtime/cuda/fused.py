@@ -6,8 +6,9 @@ CUDA graph each still costs a few microseconds of GPU time, which for an 8B mode
 quantized GEMMs themselves (the profile in ``benchmarks/llm_runtime_gpu.py --profile``).
 
 :func:`fused_elementwise` swaps those three pieces for ``torch.compile``'d versions (Inductor: one Triton kernel
-each) while a decode step is warmed up and captured, and puts the eager ones back afterwards: the graph keeps the
-fused kernels, while prefill, whose shapes change with every prompt and would recompile, stays eager. What is
+each) while a decode step is warmed up and captured, or a prompt is prefilled, and puts the eager ones back
+afterwards: the graph keeps the fused kernels. Prefill, whose length changes with every prompt, recompiles once,
+for a dynamic length, at the second length it sees (Inductor's automatic dynamic shapes). What is
 fused is found by structure, not by model name: leaf modules whose class name ends in ``RMSNorm``; MLPs with
 ``gate_proj``, ``up_proj``, ``down_proj`` and ``act_fn``; the modeling module's ``apply_rotary_pos_emb``.
 """
