@@ -129,8 +129,9 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, source: str, pr
             f"{prep.device}, {prep.dtype}; {wall:.0f} s so far.\nCPU: {cpu_name()}; flags: "
             f"{' '.join(cpu_flags()) or 'unknown'}\n")
     table = "\n".join(lines) + "\n" + note
-    sys.__stdout__.write(table + "\n")
-    sys.__stdout__.flush()
+    console = sys.__stdout__ or sys.stdout  # None only where Python runs without a console
+    console.write(table + "\n")
+    console.flush()
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"budget_rule_{args.qformat}.json", {"rows": rows, "note": note})
     atomic_write_text(args.out / f"budget_rule_{args.qformat}.md", table)

@@ -88,7 +88,8 @@ def child_modelopt(model: Path, work: Path, qformat: str, calib_size: int, seq_l
     batches = prepare(cfg).calib_batches  # the same calibration tokens as ours (a flow needs its data too)
     stages["data"] = time.perf_counter() - t
     t = time.perf_counter()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.bfloat16).to("cuda").eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.bfloat16)
+    hf = hf.to("cuda").eval()  # type: ignore[arg-type]  # transformers' typed .to takes the model first
     stages["load"] = time.perf_counter() - t
     t = time.perf_counter()
     quant_cfg = calibrate.modelopt_config(qformat, block_size=calibrate.int4_block_size(hf, qformat)

@@ -133,7 +133,8 @@ MATRIX = (
 def runtime_matrix(model: Path, artifacts: dict[str, Path], feeds: dict[str, np.ndarray], *, threads: int | None,
                    warmup: int, repeats: int, data: Path | None = None, annotations: Path | None = None,
                    max_images: int | None = None) -> list[dict[str, Any]]:
-    rows, runners = [], []
+    rows: list[dict[str, Any]] = []
+    runners = []
     for label, key, backend, precision in MATRIX:
         path = model if key == "fp32" else artifacts.get(key)
         if path is None or not path.is_file() or not is_importable(backend):

@@ -137,8 +137,9 @@ def report(rows: list[dict], meta: dict, out: Path) -> None:
             f"{meta['search']}. Calibration: {meta['calibration']}. Units: qkv / o / gate+up / down of one layer.\n"
             f"CPU: {meta['cpu']}; flags: {' '.join(meta['cpu_flags']) or 'unknown'}\n")
     table = "\n".join(lines) + "\n" + note
-    sys.__stdout__.write(table + "\n")  # stdout itself carries modelopt's prints (redirected in main)
-    sys.__stdout__.flush()
+    console = sys.__stdout__ or sys.stdout  # None only where Python runs without a console
+    console.write(table + "\n")  # stdout itself carries modelopt's prints (redirected in main)
+    console.flush()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "perplexity.json", {"meta": meta, "rows": rows})
     atomic_write_text(out / "perplexity.md", table)

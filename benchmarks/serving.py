@@ -221,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = [flipped, fake]
     local = run_in_process(build / "embedded", args.single_duration, args.max_tokens,
                            min_requests=args.greedy_prompts)
+    assert single is not None  # serve(..., with_single=True) runs the one-client phase
     compared = sorted(set(single.texts) & set(local.texts))
     same = [p for p in compared if single.texts[p] == local.texts[p]]
 
-    assert single is not None
     rows = [single.summary(), loaded.summary(), local.summary()]
     overhead = {
         "latency_p50_ratio_1_client": round(rows[0]["p50_ms"] / rows[2]["p50_ms"], 3),  # type: ignore[operator]
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['phase']:<12} {row['clients']:>7} {row['seconds']:>6} {row['requests']:>5} {row['failed']:>4} "
               f"{row['req_per_s']:>7} {row['tokens_per_s']:>8} {row['p50_ms']:>8} {row['p99_ms']:>8}")
         print(f"  int8 triton x{args.clients} / {row['phase']}: tokens/s "
-              f"{rows[1]['tokens_per_s'] / max(row['tokens_per_s'], 1e-9):.2f}x")  # type: ignore[operator]
+              f"{float(rows[1]['tokens_per_s']) / max(float(row['tokens_per_s']), 1e-9):.2f}x")  # type: ignore[arg-type]
     print(f"CPU: {cpu_flags()}")
     print(f"greedy equality: {len(same)}/{len(compared)} prompts give identical text through Triton and "
           "in-process")
