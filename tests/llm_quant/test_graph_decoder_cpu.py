@@ -72,3 +72,21 @@ def test_prefill_gives_the_models_last_logits_fused_or_not_at_any_prompt_length(
         torch.testing.assert_close(got[1:], padded, rtol=1e-4, atol=1e-4)
     assert fused.fuse_error is None and "LlamaRMSNorm" in fused.fused
     assert not any("forward" in m.__dict__ for m in model.modules())  # the swap is undone after each prefill
+
+
+def test_the_mask_is_additive_so_eager_attention_decodes_too():
+    """Eager attention adds the mask to its scores: a boolean mask would add 0 / 1 there. With the decoder's
+    additive mask an eager-attention model prefills (left padding included) as its own forward does."""
+    model = _tiny_llama()
+    model.set_attn_implementation("eager")
+    decoder = GraphDecoder(model, max_len=64)
+    mask = decoder._mask(torch.zeros(1, dtype=torch.long), torch.tensor([0, 3]), 5)
+    assert mask.dtype == model.dtype and mask.shape == (2, 1, 5, 64)
+    assert mask[1, 0, 4, 3] == 0 and mask[1, 0, 4, 2] == torch.finfo(model.dtype).min  # padding is not seen
+    ids = torch.randint(0, 128, (2, 9))
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits[:, -1]
+        padded = model(input_ids=ids[1:, 3:]).logits[:, -1]
+    torch.testing.assert_close(decoder.prefill(ids), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(decoder.prefill(ids, pad_lengths=torch.tensor([0, 3]))[1:], padded,
+                               rtol=1e-4, atol=1e-4)

@@ -13,7 +13,7 @@ With ``length_buckets=True`` a step reads only the first 128, 256, ... positions
 bucket, switched as the sequence grows) instead of all ``max_len`` (2048 in serve) of every layer at every token;
 equal logits on the CPU, not yet timed on a GPU, so it is off by default too.
 
-The step takes a prepared 4-D boolean mask, so HF's mask construction (which inspects values on the host) is never
+The step takes a prepared 4-D additive mask, so HF's mask construction (which inspects values on the host) is never
 traced, and prompts of different lengths are left-padded (padding masked out, positions counted from each row's
 first real token).
 
@@ -140,8 +140,10 @@ class GraphDecoder:
         return None if length >= self.max_len else length
 
     def _mask(self, position: Any, pad: Any, rows: int, length: int | None = None) -> Any:
-        """[B, 1, rows, length or max_len] boolean: query i (at cache position position + i) sees keys from its
-        row's first real token up to itself."""
+        """[B, 1, rows, length or max_len], additive in the model's dtype (0 where query i, at cache position
+        position + i, sees a key: from its row's first real token up to itself; the dtype's lowest value elsewhere).
+        Additive, not boolean: SDPA turns a boolean mask into this in every call, a kernel per layer and token, and
+        eager attention adds the mask to its scores."""
         torch = _torch()
         keys = torch.arange(length or self.max_len, device=position.device)
         queries = position.reshape(1, -1)[:, :1] + torch.arange(rows, device=position.device).reshape(-1, 1)
@@ -149,7 +151,9 @@ class GraphDecoder:
         real = keys.reshape(1, -1) >= pad.reshape(-1, 1)  # [B, max_len]
         # a padding query sees itself: a row with no key at all would give NaN, and 0 x NaN poisons real rows
         own = keys.reshape(1, -1) == queries
-        return (causal.unsqueeze(0) & (real.unsqueeze(1) | own.unsqueeze(0))).unsqueeze(1)
+        sees = (causal.unsqueeze(0) & (real.unsqueeze(1) | own.unsqueeze(0))).unsqueeze(1)
+        dtype = self.model.dtype
+        return torch.zeros((), dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)
 
     def _forward(self, ids: Any, position: Any, pad: Any, cache: Any, length: int | None = None) -> Any:
         torch = _torch()
