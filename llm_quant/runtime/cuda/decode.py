@@ -2,13 +2,14 @@
 cache-length bucket, where those are on).
 
 HF ``generate`` runs every decode step eagerly: hundreds of kernel launches per token, so a 1B model decodes at
-~17 tok/s on an H100 whatever its kernels (FACTS §7). :class:`GraphDecoder` prefills eagerly into a
-``transformers.StaticCache`` and captures one decode step (embedding -> logits -> argmax) per batch size with
-``torch.cuda.graph``; each further token is one graph replay. With ``fuse=True`` the RMSNorms, act(gate) x up and
-rotary embedding run ``torch.compile``'d while a step is captured (:mod:`llm_quant.runtime.cuda.fused`), so the
-graph holds one fused kernel where eager code launches several, and in prefill too. It is off by default until a
-GPU check passes with it: on an H100 it decoded an 8B shape 1.11-1.24x faster, but its greedy tokens agreed with
-eager on only 48 of 64 in the test model before its casts were made to round as eager's (checked on the CPU only).
+~17 tok/s on an H100 whatever its kernels (FACTS §7). :class:`GraphDecoder` prefills into a
+``transformers.StaticCache`` (:meth:`GraphDecoder.prefill`) and captures one decode step (embedding -> logits ->
+argmax) per batch size with ``torch.cuda.graph``; each further token is one graph replay. With ``fuse=True`` the
+RMSNorms, act(gate) x up and rotary embedding run ``torch.compile``'d while a step is captured
+(:mod:`llm_quant.runtime.cuda.fused`), so the graph holds one fused kernel where eager code launches several;
+prefill runs them compiled too. It is off by default until a GPU check passes with it: on an H100 it decoded an 8B
+shape 1.11-1.24x faster, but its greedy tokens agreed with eager on only 48 of 64 in the test model before its
+casts were made to round as eager's (checked on the CPU only).
 With ``length_buckets=True`` a step reads only the first 128, 256, ... positions of the static cache (one graph per
 bucket, switched as the sequence grows) instead of all ``max_len`` (2048 in serve) of every layer at every token;
 equal logits on the CPU, not yet timed on a GPU, so it is off by default too.
