@@ -165,7 +165,7 @@ def row_quantize(x: Any, pre: Any = None) -> tuple[Any, Any]:
 ONE_ROW = (SmallM(), SmallM("gemv", 16, 512, 1), SmallM("gemv", 16, 512, 4), SmallM("gemv", 8, 512, 2),
            SmallM("gemv", 32, 512, 4, 8), SmallM("cores", 16, 512, 1), SmallM("cores", 32, 512, 4))
 FEW_ROWS = (SmallM(), SmallM("dot", 64, 256, 4), SmallM("dot", 128, 128, 2), SmallM("dot", 64, 128, 2))
-_CHOICE: dict[tuple[Any, ...], SmallM] = {}
+_CHOICE: dict[tuple[Any, ...], tuple[SmallM, float]] = {}
 
 
 def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any = None, act_factor: float = 1.0,
@@ -175,6 +175,14 @@ def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any =
     every candidate computes the same products (integers / e4m3 codes, fp32 accumulation), only the order of the
     fp32 sums differs. A candidate that fails to compile or run here, or disagrees with the unsplit kernel on a
     random input, is skipped."""
+    return choose_small_m_timed(weight, w_scale, act=act, rows=rows, pre=pre, act_factor=act_factor,
+                                act_scale=act_scale, qmin=qmin)[0]
+
+
+def choose_small_m_timed(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any = None,
+                         act_factor: float = 1.0, act_scale: float = 1.0, qmin: float = -127.0) -> tuple[SmallM, float]:
+    """:func:`choose_small_m`'s choice and its :func:`time_ms` (inf where no kernel ran here), for a caller that
+    weighs it against another path without timing it again."""
     torch = _torch()
     n, k = weight.shape
     key = (torch.cuda.get_device_name(weight.device), n, k, str(weight.dtype), act, rows, pre is not None)
@@ -193,7 +201,7 @@ def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any =
     try:
         reference = run(best).float()  # the unsplit kernel, checked on H100/H200 by tests/gpu/test_kernels.py
     except Exception:  # noqa: BLE001 - no kernel runs here: keep the unsplit one (its call names the problem)
-        return best
+        return best, best_ms
     bound = 1e-2 * float(reference.abs().max().clamp_min(1e-6))
     for how in candidates:
         try:
@@ -206,8 +214,8 @@ def choose_small_m(weight: Any, w_scale: Any, *, act: int, rows: int, pre: Any =
             continue
         if ms < best_ms:
             best, best_ms = how, ms
-    _CHOICE[key] = best
-    return best
+    _CHOICE[key] = best, best_ms
+    return best, best_ms
 
 
 def _eager_ms(fn: Any, iters: int) -> float:

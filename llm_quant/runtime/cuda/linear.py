@@ -84,12 +84,10 @@ def _small_m_wins(weight_fp8: Any, w_scale: Any, factor: float, a_scale: float) 
     key = (torch.cuda.get_device_name(weight_fp8.device), n, k)
     if key not in _SMALL_M_CHOICE:
         try:
-            how = cuda_kernels.choose_small_m(weight_fp8, w_scale, act=cuda_kernels.ACT_FP8, rows=1,
-                                              act_factor=factor, act_scale=a_scale)
+            how, fused = cuda_kernels.choose_small_m_timed(weight_fp8, w_scale, act=cuda_kernels.ACT_FP8, rows=1,
+                                                           act_factor=factor, act_scale=a_scale)
             x = torch.randn(1, k, device=weight_fp8.device, dtype=torch.bfloat16)
             a_scale_t = torch.tensor(a_scale, device=x.device)
-            fused = cuda_kernels.time_ms(lambda: cuda_kernels.small_m(
-                how, x, weight_fp8, w_scale, act=cuda_kernels.ACT_FP8, act_factor=factor, act_scale=a_scale))
             cublas = cuda_kernels.time_ms(lambda: torch._scaled_mm(
                 cuda_kernels.fp8_quantize(x, None, factor), weight_fp8.t(), scale_a=a_scale_t, scale_b=w_scale,
                 out_dtype=torch.bfloat16))
