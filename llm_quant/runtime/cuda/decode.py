@@ -242,18 +242,23 @@ class GraphDecoder:
                 self._fusion_failed(exc, cache, lengths)
         return self._forward(input_ids, start, pad, cache)
 
-    def prefill(self, input_ids: Any, *, pad_lengths: Any = None) -> Any:
-        """The last position's logits [B, V] of ``input_ids`` [B, P], as :meth:`generate` computes them before
-        its first token (into the static cache of batch size B, which the next ``generate`` rewinds)."""
+    def _prefilled(self, input_ids: Any, pad_lengths: Any) -> tuple[_Graph, Any, Any]:
+        """(batch size B's state, the padding [B], the prompt's last logits [B, V]) with that state's cache rewound
+        and the prompt written into it. Under ``inference_mode``: the cache's tensors are inference tensors."""
         torch = _torch()
         batch = input_ids.shape[0]
         pad = torch.zeros(batch, dtype=torch.long, device=input_ids.device) if pad_lengths is None else \
             pad_lengths.to(device=input_ids.device, dtype=torch.long)
         state = self.graphs.get(batch) or self._new_graph(batch, input_ids.device)
         self.graphs[batch] = state
-        with torch.inference_mode():
-            _rewind(state.cache)
-            return self._prefill(input_ids, pad, state.cache)
+        _rewind(state.cache)
+        return state, pad, self._prefill(input_ids, pad, state.cache)
+
+    def prefill(self, input_ids: Any, *, pad_lengths: Any = None) -> Any:
+        """The last position's logits [B, V] of ``input_ids`` [B, P], as :meth:`generate` computes them before
+        its first token (into the static cache of batch size B, which the next ``generate`` rewinds)."""
+        with _torch().inference_mode():
+            return self._prefilled(input_ids, pad_lengths)[2]
 
     def generate(self, input_ids: Any, max_new_tokens: int, *, pad_lengths: Any = None,
                  eos_token_id: int | None = None, on_step: Callable[[Any], bool] | None = None) -> Any:
@@ -280,20 +285,15 @@ class GraphDecoder:
         if prompt + max_new_tokens > self.max_len:
             raise QuantError(f"prompt ({prompt}) + new tokens ({max_new_tokens}) exceed the decoder's "
                              f"{self.max_len} positions", "ask for fewer tokens or build a decoder with a larger max_len")
-        device = input_ids.device
-        pad = torch.zeros(batch, dtype=torch.long, device=device) if pad_lengths is None else \
-            pad_lengths.to(device=device, dtype=torch.long)
-        state = self.graphs.get(batch) or self._new_graph(batch, device)
-        with torch.inference_mode():  # the cache's tensors are inference tensors: rewind them in here too
-            _rewind(state.cache)
-            first = self._prefill(input_ids, pad, state.cache).argmax(-1)
+        with torch.inference_mode():
+            state, pad, logits = self._prefilled(input_ids, pad_lengths)
+            first = logits.argmax(-1)
             state.pad.copy_(pad)
             state.ids.copy_(first.reshape(batch, 1))
             state.position.fill_(prompt)
             out = [first]
             finished = first[:rows] == eos_token_id if eos_token_id is not None else None
             stop = on_step is not None and bool(on_step(first[:rows]))
-            self.graphs[batch] = state
             if max_new_tokens > 1 and not stop and not (finished is not None and bool(finished.all())):
                 self._step(state, prompt + 1)
             while len(out) < max_new_tokens and not stop and not (finished is not None and bool(finished.all())):
