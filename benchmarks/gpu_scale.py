@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_timeout is not None and not args.child_timeout > 0:
+        parser.error(f"--child-timeout {args.child_timeout:g}: give a number of seconds above 0")
     unknown = sorted(set(args.flows.split(",")) - set(FLOWS))
     if unknown:
         parser.error(f"--flows {','.join(unknown)}: not a flow; choose from {','.join(FLOWS)}")

@@ -62,3 +62,27 @@ def test_llm_runtime_gpu_table_has_a_cell_per_column():
     assert len({line.count("|") for line in lines}) == 1, lines
     assert "1.5 / 6.0 (1.1 / 1.2)" in lines[-1]
     assert "max_len 2048" in text
+
+
+def test_gpu_scale_refuses_a_child_timeout_that_is_not_a_positive_number(tmp_path):
+    for value, words in (("0", "--child-timeout 0: give a number of seconds above 0"),
+                         ("soon", "argument --child-timeout: invalid float value: 'soon'")):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_scale.py"), "--child-timeout", value,
+                               "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
+        assert proc.returncode == 2
+        assert words in proc.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_gpu_scale_records_a_flow_that_runs_over_its_limit(tmp_path):
+    """A flow past --child-timeout becomes a row saying so (the call goes on to the next flow) instead of an
+    exception that loses the rows before it."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu_scale import _run_child
+
+    args = argparse.Namespace(calib_size=1, calib_seq_len=8, child_timeout=0.05)
+    row = _run_child("ours", tmp_path / "no-model", tmp_path / "work", "fp8", args)
+    assert row["error"] == "timed out after 0.05 s"
+    assert not (tmp_path / "work").exists()
