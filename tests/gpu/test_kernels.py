@@ -151,4 +151,6 @@ def test_time_ms_measures_the_kernel_in_a_graph():
     small_ms = kernels.time_ms(lambda: x @ small.t())
     large_ms = kernels.time_ms(lambda: x @ large.t())
     assert 0 < small_ms < large_ms, (small_ms, large_ms)
-    assert large_ms > 2 * small_ms, (small_ms, large_ms)  # 4x the bytes; the L2 sweep kept it bandwidth-bound
+    # 4x the bytes, and the L2 sweep keeps both reading HBM: a cached 32 MiB weight (H100 L2: 50 MiB) would run at L2
+    # speed, many times faster. Not 4x: a 4096-row GEMV fills the card less well (H100, 2026-12-07: 40 µs, 70 µs)
+    assert large_ms > 1.5 * small_ms, (small_ms, large_ms)

@@ -88,12 +88,16 @@ def test_graph_decoder_decodes_as_generate(builds):
     batched = generate_batch(model, [tokenizer.encode(p) for p in PROMPTS], [opts] * len(PROMPTS))
     decoder, model.graph_decoder = model.graph_decoder, None  # the same model through transformers' generate
     eager = [generate_ids(model, tokenizer.encode(p), opts) for p in PROMPTS]
+    eager_batched = generate_batch(model, [tokenizer.encode(p) for p in PROMPTS], [opts] * len(PROMPTS))
     model.graph_decoder = decoder
     assert all(len(g) == 16 for g in graph)
     assert _agreement(graph, eager) >= 0.9 * 16 * len(PROMPTS), (graph, eager)
     assert [g[0] for g in graph] == [e[0] for e in eager]
-    # left-padded batch rows decode as they do alone
-    assert _agreement(graph, batched) >= 0.9 * 16 * len(PROMPTS), (graph, batched)
+    # the left-padded batch decodes as transformers' generate decodes that same batch. Not compared with the rows
+    # alone: a batch of 4 runs other GEMM kernels than one row, and on this random model (flat logits) one flipped
+    # near-tie changes the rest of its row (H100, 2026-12-07: 50/64 tokens as alone, 'class Model:' from token 3)
+    assert _agreement(batched, eager_batched) >= 0.9 * 16 * len(PROMPTS), (batched, eager_batched)
+    assert [b[0] for b in batched] == [g[0] for g in graph]  # the padded prefill's first token is each row's own
     assert set(decoder.graphs) <= {1, 2, 4}
     torch.cuda.synchronize()
 

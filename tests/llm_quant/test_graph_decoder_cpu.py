@@ -20,7 +20,8 @@ def test_visible_lengths_are_powers_of_two_below_max_len():
     decoder = GraphDecoder(_tiny_llama(), max_len=600, length_buckets=True)
     assert [decoder._visible_length(v) for v in (1, 128, 129, 300, 512, 513, 600)] == \
         [128, 128, 256, 512, 512, None, None]
-    assert GraphDecoder(_tiny_llama(), max_len=600)._visible_length(5) is None  # off by default
+    assert GraphDecoder(_tiny_llama(), max_len=600)._visible_length(5) == 128  # on by default
+    assert GraphDecoder(_tiny_llama(), max_len=600, length_buckets=False)._visible_length(5) is None
 
 
 def test_the_cache_goes_by_the_name_the_model_takes():
@@ -59,7 +60,7 @@ def test_prefill_gives_the_models_last_logits_fused_or_not_at_any_prompt_length(
     """Prefill through the static cache (left padding masked) equals the model's own forward, eager and with the
     elementwise work compiled; a second and third prompt length reuse the compilation without failing over."""
     model = _tiny_llama()
-    plain, fused = GraphDecoder(model, max_len=64), GraphDecoder(model, max_len=64, fuse=True)
+    plain, fused = GraphDecoder(model, max_len=64, fuse=False), GraphDecoder(model, max_len=64)
     for length in (7, 11, 13):
         ids = torch.randint(0, 128, (2, length))
         with torch.inference_mode():
@@ -79,7 +80,7 @@ def test_the_mask_is_additive_so_eager_attention_decodes_too():
     additive mask an eager-attention model prefills (left padding included) as its own forward does."""
     model = _tiny_llama()
     model.set_attn_implementation("eager")
-    decoder = GraphDecoder(model, max_len=64)
+    decoder = GraphDecoder(model, max_len=64, fuse=False)
     mask = decoder._mask(torch.zeros(1, dtype=torch.long), torch.tensor([0, 3]), 5)
     assert mask.dtype == model.dtype and mask.shape == (2, 1, 5, 64)
     assert mask[1, 0, 4, 3] == 0 and mask[1, 0, 4, 2] == torch.finfo(model.dtype).min  # padding is not seen
