@@ -15,6 +15,7 @@ so calibration here is short (``--calib`` sequences of 128 random tokens). Print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import sys
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -135,12 +137,13 @@ def _measure(model: Any, args: argparse.Namespace, *, graph: bool) -> dict[str, 
     with torch.inference_mode():
         seconds = _timed(lambda: model(input_ids=prefill_ids, logits_to_keep=1))
     row["prefill_tok_s"] = round(args.prefill / seconds)
-    # graph rows, three decoders: with fused elementwise kernels and length buckets at the max_len serve uses; the
-    # default (neither) at that max_len; the default on a cache just long enough (what rows before 2026-12-07 timed)
+    # graph rows, three decoders: with fused elementwise kernels and length buckets (the default since 0fcfa4c) at the
+    # max_len serve uses; a plain one (neither; the keys keep their old "_default" name) at that max_len; the plain
+    # one on a cache just long enough (what rows before 2026-12-07 timed)
     short = args.prompt + args.new + 8
     decoders = {"": GraphDecoder(model, max_len=args.max_len, fuse=True, length_buckets=True),
-                "_default": GraphDecoder(model, max_len=args.max_len),
-                "_short": GraphDecoder(model, max_len=short)} if graph else {"": None}
+                "_default": GraphDecoder(model, max_len=args.max_len, fuse=False, length_buckets=False),
+                "_short": GraphDecoder(model, max_len=short, fuse=False, length_buckets=False)} if graph else {"": None}
     if graph:  # prefill as serve runs it: through the decoder's static cache, fused (compiled) or not
         for suffix in ("", "_default"):
             prefilling: Any = decoders[suffix]
@@ -207,11 +210,17 @@ def _agreement(fake_logits: Any, model: Any, ids: Any) -> dict[str, float]:
             "logit_scale": round(float(fake_logits.abs().max()), 3)}
 
 
-def _quantized(model_dir: Path, qformat: str, args: argparse.Namespace) -> dict[str, Any]:
+def _quantized(model_dir: Path, spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One quantized row. ``spec`` is a qformat, or ``fp8:scaled_mm``: FP8 with every decode row on quantize +
+    ``torch._scaled_mm`` instead of the small-M kernel the load-time clock picks (in the 2026-12-07 H100 run it
+    picked the Triton kernels for all 224 linears, although one GEMM alone ran 1.4x faster on ``_scaled_mm``)."""
     import torch
 
     from llm_quant.calibration import calibrate
+    from llm_quant.runtime.cuda import linear
     from llm_quant.runtime.cuda.linear import convert_linears_cuda
+
+    qformat, _, variant = spec.partition(":")
 
     model = calibrate.load_model(model_dir, dtype="bfloat16", device="cuda")
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -225,7 +234,8 @@ def _quantized(model_dir: Path, qformat: str, args: argparse.Namespace) -> dict[
     with torch.inference_mode():
         fake = model(input_ids=ids).logits.float()
     start = time.perf_counter()
-    report = convert_linears_cuda(model, activations=mode)
+    with mock.patch.object(linear, "_small_m_wins", lambda *a, **k: None) if variant else contextlib.nullcontext():
+        report = convert_linears_cuda(model, activations=mode)
     convert_s = time.perf_counter() - start
     row = {"calibrate_s": round(calib_s, 1), "convert_s": round(convert_s, 1), "kernels": report.summary(),
            **_agreement(fake, model, ids)}
@@ -373,10 +383,10 @@ def table(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [f"llm_runtime_gpu: {env['gpu']}, driver {env['driver']}, torch {env['torch']}, modelopt "
              f"{env['modelopt']}; prefill {result['prefill']} tokens, decode {result['new_tokens']} new tokens; "
-             f"graph decoders: fused + length buckets and default at max_len {result.get('max_len')}, default on a "
-             "short cache", "",
-             "| shape | runtime | prefill tok/s | x bf16-graph | decoder prefill fused / default (x) | decode b1 tok/s | x | decode b8 tok/s | x | "
-             "default b1 / b8 tok/s (x) | short cache b1 / b8 (x) | linear GiB (share of bf16) | "
+             f"graph decoders: fused + length buckets and plain (neither) at max_len {result.get('max_len')}, "
+             "plain on a short cache", "",
+             "| shape | runtime | prefill tok/s | x bf16-graph | decoder prefill fused / plain (x) | decode b1 tok/s | x | decode b8 tok/s | x | "
+             "plain b1 / b8 tok/s (x) | short cache b1 / b8 (x) | linear GiB (share of bf16) | "
              "argmax agree / max Δlogit | kernels |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in result["rows"]:
@@ -438,7 +448,8 @@ def chart(result: dict[str, Any]) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="llama-3.2-1b,llama-3.1-8b")
-    parser.add_argument("--formats", default="fp8,int8_sq,int4_awq")
+    parser.add_argument("--formats", default="fp8,int8_sq,int4_awq",
+                        help="qformats, comma-separated; fp8:scaled_mm forces FP8 decode rows onto _scaled_mm")
     parser.add_argument("--prefill", type=int, default=2048)
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new", type=int, default=64)
@@ -453,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also record where prefill and batch-1 decode time goes (torch.profiler)")
     args = parser.parse_args(argv)
+    from llm_quant.runtime.cuda.linear import QFORMAT_CUDA_KERNELS
+
+    runtimes = (*QFORMAT_CUDA_KERNELS, "fp8:scaled_mm")  # the qformats with CUDA kernels, and one FP8 variant
+    for spec in filter(None, args.formats.split(",")):
+        if spec not in runtimes:
+            parser.error(f"--formats: unknown runtime {spec!r}; choose from {', '.join(runtimes)}")
     import torch
 
     if not torch.cuda.is_available():

@@ -36,6 +36,15 @@ def test_llm_runtime_gpu_profile_without_a_gpu_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
+def test_llm_runtime_gpu_unknown_runtime_is_one_line_before_any_gpu_work(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "llm_runtime_gpu.py"), "--formats",
+                           "fp8,int8_sq:scaled_mm", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 2
+    assert "unknown runtime 'int8_sq:scaled_mm'" in proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
 def test_llm_runtime_gpu_quantizable_bytes_leave_out_lm_head():
     import torch
 
