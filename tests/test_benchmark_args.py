@@ -95,3 +95,35 @@ def test_gpu_scale_records_a_flow_that_runs_over_its_limit(tmp_path):
     row = _run_child("ours", tmp_path / "no-model", tmp_path / "work", "fp8", args)
     assert row["error"] == "timed out after 0.05 s"
     assert not (tmp_path / "work").exists()
+
+
+def test_int8_prefill_gpu_refuses_bad_rows_and_shapes_in_one_line(tmp_path):
+    script = str(ROOT / "benchmarks" / "int8_prefill_gpu.py")
+    for argv, words in ((["--rows", "8,2048"], "--rows: prefill row counts must be above 16"),
+                        (["--rows", "many"], "--rows: 'many' is not a comma-separated list"),
+                        (["--shape", "llama-99b"], "--shape: unknown shape 'llama-99b'")):
+        proc = subprocess.run([sys.executable, script, *argv, "--out", str(tmp_path / "out")], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 2
+        assert words in proc.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_int8_prefill_gpu_layer_and_table():
+    from benchmarks.int8_prefill_gpu import GROUPS, _layer_weights, chart, table
+    from llm_quant.model import tiny
+
+    dims = _layer_weights(tiny.SHAPES["llama-3.1-8b"])
+    assert dims == {"q": (4096, 4096), "k": (1024, 4096), "v": (1024, 4096), "o": (4096, 4096),
+                    "gate": (14336, 4096), "up": (14336, 4096), "down": (4096, 14336)}
+    assert sorted(n for names in GROUPS.values() for n in names) == sorted(dims)
+    for names in GROUPS.values():  # linears of a group read one input: the same in_features
+        assert len({dims[n][1] for n in names}) == 1
+    result = {"environment": {"gpu": "g", "driver": "d", "torch": "t"}, "shape": "s",
+              "rows": [{"rows": 512, "path": "bf16", "ms": 1.0, "x_bf16": 1.0},
+                       {"rows": 512, "path": "triton", "ms": 0.5, "x_bf16": 2.0, "max_rel_error": 1e-7},
+                       {"rows": 512, "path": "int_mm", "error": "RuntimeError: no kernel"}]}
+    lines = [line for line in table(result).splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in lines}) == 1, lines
+    assert "| 512 | triton | 0.5 | 2.0 | 1.00e-07 |  |" in lines
+    assert chart(result).startswith(b"\x89PNG")
