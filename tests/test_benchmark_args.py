@@ -7,42 +7,39 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_gpu_scale_refuses_an_unknown_flow(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_scale.py"), "--flows", "ours,bogus",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
-    assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert "--flows bogus: not a flow" in last and "ours-trtllm" in last
+def _refused(tmp_path, script, *argv):
+    """(exit status, last stderr line) of ``benchmarks/<script> argv --out <tmp>/out``, which must leave no traceback
+    and write nothing."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, check=False)
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    return proc.returncode, proc.stderr.strip().splitlines()[-1]
+
+
+def test_gpu_scale_refuses_an_unknown_flow(tmp_path):
+    status, last = _refused(tmp_path, "gpu_scale.py", "--flows", "ours,bogus")
+    assert status == 2
+    assert "--flows bogus: not a flow" in last and "ours-trtllm" in last
 
 
 def test_small_m_sweep_refuses_unknown_shapes_and_rows(tmp_path):
-    script = str(ROOT / "benchmarks" / "small_m_sweep.py")
     for argv, words in ((["--shape", "llama-99b"], "--shape llama-99b: not a known shape"),
                         (["--rows", "1,32"], "--rows 1,32: decode batch sizes are integers from 1 to 16")):
-        proc = subprocess.run([sys.executable, script, *argv, "--out", str(tmp_path / "out")], capture_output=True,
-                              text=True, check=False)
-        assert proc.returncode == 2
-        assert words in proc.stderr.strip().splitlines()[-1]
-        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+        status, last = _refused(tmp_path, "small_m_sweep.py", *argv)
+        assert status == 2
+        assert words in last
 
 
 def test_llm_runtime_gpu_profile_without_a_gpu_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "llm_runtime_gpu.py"), "--profile",
-                           "--shapes", "llama-3.2-1b", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          check=False)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == "llm_runtime_gpu: no CUDA GPU visible; run it on a GPU machine"
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    status, last = _refused(tmp_path, "llm_runtime_gpu.py", "--profile", "--shapes", "llama-3.2-1b")
+    assert status != 0
+    assert last == "llm_runtime_gpu: no CUDA GPU visible; run it on a GPU machine"
 
 
 def test_llm_runtime_gpu_unknown_runtime_is_one_line_before_any_gpu_work(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "llm_runtime_gpu.py"), "--formats",
-                           "fp8,int8_sq:scaled_mm", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          check=False)
-    assert proc.returncode == 2
-    assert "unknown runtime 'int8_sq:scaled_mm'" in proc.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    status, last = _refused(tmp_path, "llm_runtime_gpu.py", "--formats", "fp8,int8_sq:scaled_mm")
+    assert status == 2
+    assert "unknown runtime 'int8_sq:scaled_mm'" in last
 
 
 def test_llm_runtime_gpu_quantizable_bytes_leave_out_lm_head():
@@ -76,11 +73,9 @@ def test_llm_runtime_gpu_table_has_a_cell_per_column():
 def test_gpu_scale_refuses_a_child_timeout_that_is_not_a_positive_number(tmp_path):
     for value, words in (("0", "--child-timeout 0: give a number of seconds above 0"),
                          ("soon", "argument --child-timeout: invalid float value: 'soon'")):
-        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_scale.py"), "--child-timeout", value,
-                               "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False)
-        assert proc.returncode == 2
-        assert words in proc.stderr.strip().splitlines()[-1]
-        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+        status, last = _refused(tmp_path, "gpu_scale.py", "--child-timeout", value)
+        assert status == 2
+        assert words in last
 
 
 def test_gpu_scale_records_a_flow_that_runs_over_its_limit(tmp_path):
@@ -98,15 +93,12 @@ def test_gpu_scale_records_a_flow_that_runs_over_its_limit(tmp_path):
 
 
 def test_int8_prefill_gpu_refuses_bad_rows_and_shapes_in_one_line(tmp_path):
-    script = str(ROOT / "benchmarks" / "int8_prefill_gpu.py")
     for argv, words in ((["--rows", "8,2048"], "--rows: prefill row counts must be above 16"),
                         (["--rows", "many"], "--rows: 'many' is not a comma-separated list"),
                         (["--shape", "llama-99b"], "--shape: unknown shape 'llama-99b'")):
-        proc = subprocess.run([sys.executable, script, *argv, "--out", str(tmp_path / "out")], capture_output=True,
-                              text=True, check=False)
-        assert proc.returncode == 2
-        assert words in proc.stderr.strip().splitlines()[-1]
-        assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+        status, last = _refused(tmp_path, "int8_prefill_gpu.py", *argv)
+        assert status == 2
+        assert words in last
 
 
 def test_int8_prefill_gpu_layer_and_table():
